@@ -1,0 +1,1 @@
+//! NBD frontend: a fixed-newstyle NBD server that exports a `BlockTarget`.

@@ -1,0 +1,1 @@
+//! ublk frontend: serves `/dev/ublkb<minor>` from a `BlockTarget` through libublk.
