@@ -52,7 +52,7 @@ impl BlockRequest {
             return Ok(());
         }
         let lb = u64::from(LOGICAL_BLOCK_BYTES);
-        if self.offset_bytes % lb != 0 || u64::from(self.len_bytes) % lb != 0 {
+        if !self.offset_bytes.is_multiple_of(lb) || !u64::from(self.len_bytes).is_multiple_of(lb) {
             return Err(BlockError::InvalidArgument("offset or length not a multiple of 512 bytes"));
         }
         if self.len_bytes == 0 {
