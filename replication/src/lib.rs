@@ -9,3 +9,4 @@
 #![forbid(unsafe_code)]
 
 pub mod state;
+// Module list: each engineer appends their own `pub mod` line below.

@@ -1,0 +1,1 @@
+//! The control socket protocol (JSON lines) shared by the daemon and drbdctl.

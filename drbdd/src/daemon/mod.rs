@@ -1,0 +1,1 @@
+//! The daemon runtime: resources, their state machines, and the threads that drive them.

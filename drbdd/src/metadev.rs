@@ -1,0 +1,1 @@
+//! `MetaDevice` over a file or block device.
