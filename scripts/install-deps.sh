@@ -20,4 +20,14 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq "${missing[@]}"
+others=()
+for p in "${missing[@]}"; do
+  case "$p" in qemu-system-x86|qemu-utils) ;; *) others+=("$p") ;; esac
+done
+[ ${#others[@]} -eq 0 ] || apt-get install -y -qq "${others[@]}"
+if ! dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep -q "install ok installed"; then
+  # A backported qemu-utils breaks Debian 12's qemu-system-x86: install both at
+  # the version qemu-system-x86 offers, in one command, so qemu-io/qemu-nbd stay.
+  v=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/{print $2}')
+  apt-get install -y -qq --allow-downgrades "qemu-system-x86=$v" "qemu-utils=$v"
+fi
