@@ -1,1 +1,502 @@
-//! The per-resource request pipeline: frontend request -> activity log -> backing I/O -> completion.
+//! The per-resource request pipeline: frontend request -> (writes) write
+//! ordering -> activity log -> peer bitmaps -> local O_DIRECT I/O -> completion.
+//!
+//! Owns: the open sessions of a resource's device, request admission, the
+//! in-flight write table with its completion legs, and the reaction to
+//! backing-device errors. Must never: submit a data write before its AL
+//! transaction is durable, let overlapping writes overtake each other, complete
+//! a write before all of its legs are done, or hold the state lock across I/O.
+//!
+//! Threads: `submit` runs on the frontend's thread; engine completions run on
+//! the engine thread. Both take the short `state` lock; metadata work happens
+//! under the metadata lock only (never both at once, state first if ever).
+//!
+//! Replication later: a write carries a set of [`Leg`]s (today only
+//! [`Leg::LocalDisk`]); a peer leg is added per protocol when the write is
+//! sent, and the write completes upward when the last leg is done.
+
+pub mod meta;
+mod order;
+mod write;
+
+pub use meta::{al_extents_of, recover_after_crash, AlError, CrashRecovery, PipelineMeta, AL_EXTENT_BYTES};
+pub use write::Leg;
+
+use crate::backing::{Backing, BackingOp, EngineKind, FaultInjection};
+use drbdd_blockio::{
+    AlignedBuf, BlockError, BlockOp, BlockRequest, BlockSession, BlockTarget, Completion, Geometry,
+    LOGICAL_BLOCK_BYTES, PHYSICAL_BLOCK_BYTES,
+};
+use order::{Seq, WriteOrder};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+
+/// What to do when the backing device fails an I/O (DRBD's `on-io-error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnIoError {
+    /// Report EIO to the upper layer, keep the disk attached.
+    PassOn,
+    /// Detach the disk: the resource goes Diskless; the daemon is told.
+    Detach,
+    /// Like `Detach`, and the daemon runs the local-io-error handler.
+    CallLocalIoError,
+}
+
+/// Settings of one pipeline.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub backing_path: PathBuf,
+    /// Size of the exported device (data area at offset 0 of the backing device).
+    pub data_size_bytes: u64,
+    /// Backing I/Os in flight at most (engine queue depth, ≥ 128 recommended).
+    pub queue_depth: u32,
+    /// Largest read/write accepted.
+    pub max_io_bytes: u32,
+    /// FLUSH and FUA reach the backing device (off only with a battery-backed cache).
+    pub disk_flushes: bool,
+    /// FLUSH also writes out dirty bitmap pages.
+    pub md_flushes: bool,
+    pub on_io_error: OnIoError,
+    pub engine: EngineKind,
+}
+
+impl PipelineConfig {
+    /// Defaults for `backing_path` exporting `data_size_bytes`.
+    pub fn new(backing_path: PathBuf, data_size_bytes: u64) -> Self {
+        PipelineConfig {
+            backing_path,
+            data_size_bytes,
+            queue_depth: 128,
+            max_io_bytes: 1 << 20,
+            disk_flushes: true,
+            md_flushes: true,
+            on_io_error: OnIoError::Detach,
+            engine: EngineKind::UringOrSync,
+        }
+    }
+}
+
+/// Why a pipeline could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("{0}")]
+    Backing(#[from] std::io::Error),
+    #[error(
+        "backing device {path} has {have_bytes} bytes but the data area needs {need_bytes}; \
+         use a larger device or recreate the metadata for this size"
+    )]
+    BackingTooSmall { path: PathBuf, have_bytes: u64, need_bytes: u64 },
+    #[error("invalid pipeline setting: {0}")]
+    Config(String),
+    #[error("metadata update failed: {0}; check the metadata device, then detach and attach again")]
+    Metadata(String),
+}
+
+/// Something the daemon must react to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PipelineEvent {
+    /// The backing device failed and was detached (on-io-error detach or
+    /// call-local-io-error): the resource is Diskless now.
+    DiskFailed { policy: OnIoError, op: BlockOp, offset_bytes: u64, error: String },
+    /// The backing device failed one request; EIO went upward (pass-on).
+    IoErrorPassedOn { op: BlockOp, offset_bytes: u64, error: String },
+    /// A metadata update failed; writes fail with EIO until re-attach.
+    MetadataFailed { error: String },
+}
+
+/// Receives [`PipelineEvent`]s, on whatever thread they happen.
+pub type EventSink = Box<dyn Fn(PipelineEvent) + Send + Sync>;
+
+/// Health of the local disk as the pipeline sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DiskHealth {
+    Attached,
+    /// Detached after an I/O error: every request fails with EIO.
+    Failed,
+}
+
+/// Requests admitted but not finished at most, per queue-depth unit.
+const REQUESTS_PER_QUEUE_SLOT: usize = 4;
+
+struct State {
+    role_allows_io: bool,
+    sessions: BTreeMap<u64, (String, bool)>,
+    next_session_id: u64,
+    next_seq: Seq,
+    disk: DiskHealth,
+    stopping: bool,
+    /// Requests admitted and not yet completed upward (all ops).
+    in_flight: usize,
+    order: WriteOrder,
+    /// Writes held by `order`, waiting for an earlier overlapping write.
+    held: HashMap<Seq, write::PendingWrite>,
+    /// Writes admitted by `order` that found the activity log full.
+    al_waiting: VecDeque<write::PendingWrite>,
+    /// Bumped on every AL release (lost-wake-up guard for `al_waiting`).
+    al_epoch: u64,
+    /// Writes that activated AL extents and have not released them.
+    al_holders: usize,
+    /// Bitmap slots of peers that are not connected: writes set their bits.
+    disconnected_slots: Vec<usize>,
+}
+
+/// The request pipeline of one resource. Create with [`Pipeline::start`].
+pub struct Pipeline {
+    me: Weak<Pipeline>,
+    cfg: PipelineConfig,
+    geometry: Geometry,
+    backing: Backing,
+    meta: Arc<Mutex<dyn PipelineMeta>>,
+    state: Mutex<State>,
+    /// Signalled when `in_flight` drops.
+    drained: Condvar,
+    events: Mutex<Option<EventSink>>,
+    max_requests: usize,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("backing", &self.cfg.backing_path)
+            .field("engine", &self.backing.engine_name())
+            .field("size_bytes", &self.geometry.size_bytes)
+            .finish()
+    }
+}
+
+impl Pipeline {
+    /// Opens the backing device with O_DIRECT, starts the I/O engine and
+    /// returns the pipeline with role "no I/O" and every configured peer slot
+    /// disconnected. `meta` is shared with the daemon's resource actor.
+    pub fn start<M: PipelineMeta + 'static>(
+        cfg: PipelineConfig,
+        meta: Arc<Mutex<M>>,
+    ) -> Result<Arc<Pipeline>, PipelineError> {
+        let meta: Arc<Mutex<dyn PipelineMeta>> = meta;
+        check_config(&cfg)?;
+        let backing = Backing::open(&cfg.backing_path, cfg.engine, cfg.queue_depth)?;
+        let have_bytes = backing.file().size_bytes();
+        if have_bytes < cfg.data_size_bytes {
+            return Err(PipelineError::BackingTooSmall {
+                path: cfg.backing_path.clone(),
+                have_bytes,
+                need_bytes: cfg.data_size_bytes,
+            });
+        }
+        let disconnected_slots = lock_meta(&meta).peer_slots_in_use();
+        let geometry = Geometry {
+            size_bytes: cfg.data_size_bytes,
+            logical_block_bytes: LOGICAL_BLOCK_BYTES,
+            physical_block_bytes: PHYSICAL_BLOCK_BYTES,
+            max_io_bytes: cfg.max_io_bytes,
+            supports_discard: true,
+            supports_write_zeroes: true,
+            volatile_cache: cfg.disk_flushes,
+        };
+        let max_requests = usize::try_from(cfg.queue_depth).unwrap_or(usize::MAX).saturating_mul(REQUESTS_PER_QUEUE_SLOT);
+        tracing::info!(path = %cfg.backing_path.display(), engine = backing.engine_name(), "backing device attached");
+        Ok(Arc::new_cyclic(|me| Pipeline {
+            me: me.clone(),
+            geometry,
+            backing,
+            meta,
+            state: Mutex::new(State {
+                role_allows_io: false,
+                sessions: BTreeMap::new(),
+                next_session_id: 1,
+                next_seq: 1,
+                disk: DiskHealth::Attached,
+                stopping: false,
+                in_flight: 0,
+                order: WriteOrder::default(),
+                held: HashMap::new(),
+                al_waiting: VecDeque::new(),
+                al_epoch: 0,
+                al_holders: 0,
+                disconnected_slots,
+            }),
+            drained: Condvar::new(),
+            events: Mutex::new(None),
+            max_requests,
+            cfg,
+        }))
+    }
+
+    /// Whether this node may take I/O (Primary). Opens are refused otherwise.
+    pub fn set_role_allows_io(&self, allows: bool) {
+        self.lock_state().role_allows_io = allows;
+    }
+
+    /// Who holds the device open ("client" strings given to `open`), oldest first.
+    pub fn open_clients(&self) -> Vec<String> {
+        self.lock_state().sessions.values().map(|(c, _)| c.clone()).collect()
+    }
+
+    /// Bitmap slots of peers that are not connected; writes set their bits.
+    pub fn set_peer_slots_disconnected(&self, slots: Vec<usize>) {
+        self.lock_state().disconnected_slots = slots;
+    }
+
+    /// Bitmap slots whose bits writes currently set.
+    pub fn peer_slots_disconnected(&self) -> Vec<usize> {
+        self.lock_state().disconnected_slots.clone()
+    }
+
+    /// Marks a byte range out of sync for every disconnected peer slot.
+    pub fn mark_out_of_sync(&self, offset_bytes: u64, len_bytes: u64) {
+        let slots = self.peer_slots_disconnected();
+        let mut meta = lock_meta(&self.meta);
+        for slot in slots {
+            meta.mark_out_of_sync(slot, offset_bytes, len_bytes);
+        }
+    }
+
+    /// Where [`PipelineEvent`]s go (replaces the previous sink).
+    pub fn set_event_sink(&self, sink: EventSink) {
+        *self.events.lock().expect("event sink lock") = Some(sink);
+    }
+
+    /// Which engine runs the backing I/O: "io_uring" or "sync".
+    pub fn engine_name(&self) -> &'static str {
+        self.backing.engine_name()
+    }
+
+    /// Fault injection on the backing device (tests).
+    pub fn faults(&self) -> &Arc<FaultInjection> {
+        self.backing.faults()
+    }
+
+    /// Whether the disk was detached after an I/O error.
+    pub fn disk_failed(&self) -> bool {
+        self.lock_state().disk == DiskHealth::Failed
+    }
+
+    /// Requests admitted and not yet completed.
+    pub fn in_flight(&self) -> usize {
+        self.lock_state().in_flight
+    }
+
+    /// Waits until every admitted request completed, then persists bitmap and
+    /// superblock. Callers stop new I/O first (close sessions, or shutdown).
+    pub fn quiesce(&self) -> Result<(), PipelineError> {
+        let mut st = self.lock_state();
+        while st.in_flight > 0 {
+            st = self.drained.wait(st).expect("pipeline state lock");
+        }
+        drop(st);
+        lock_meta(&self.meta).persist().map_err(PipelineError::Metadata)
+    }
+
+    /// Refuses new requests (ShuttingDown), drains in-flight ones, persists
+    /// metadata and stops the engine. Idempotent.
+    pub fn shutdown(&self) -> Result<(), PipelineError> {
+        self.lock_state().stopping = true;
+        let result = self.quiesce();
+        self.backing.shutdown();
+        result
+    }
+
+    fn lock_state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("pipeline state lock poisoned")
+    }
+
+    fn arc(&self) -> Arc<Pipeline> {
+        self.me.upgrade().expect("pipeline used after its last Arc dropped")
+    }
+
+    fn emit(&self, event: PipelineEvent) {
+        tracing::warn!(?event, "pipeline event");
+        if let Some(sink) = self.events.lock().expect("event sink lock").as_ref() {
+            sink(event);
+        }
+    }
+
+    /// Admission: role, disk health, stopping, and the bound on requests in flight.
+    fn admit(&self, writable_session: bool, req: &BlockRequest) -> Result<Seq, BlockError> {
+        req.validate(self.geometry.size_bytes, self.geometry.max_io_bytes)?;
+        let modifies = !matches!(req.op, BlockOp::Read | BlockOp::Flush);
+        let mut st = self.lock_state();
+        loop {
+            if st.stopping {
+                return Err(BlockError::ShuttingDown);
+            }
+            if !st.role_allows_io {
+                return Err(BlockError::ReadOnly("this node is not Primary".into()));
+            }
+            if modifies && !writable_session {
+                return Err(BlockError::ReadOnly("the device was opened read-only".into()));
+            }
+            if st.disk == DiskHealth::Failed {
+                return Err(BlockError::Io);
+            }
+            if st.in_flight < self.max_requests {
+                break;
+            }
+            st = self.drained.wait(st).expect("pipeline state lock");
+        }
+        st.in_flight += 1;
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        Ok(seq)
+    }
+
+    /// A request admitted by [`Pipeline::admit`] finished upward.
+    fn retire(&self) {
+        let mut st = self.lock_state();
+        st.in_flight = st.in_flight.checked_sub(1).expect("retiring more requests than admitted");
+        drop(st);
+        self.drained.notify_all();
+    }
+
+    fn submit(&self, writable_session: bool, req: BlockRequest, buf: AlignedBuf, done: Completion) {
+        let seq = match self.admit(writable_session, &req) {
+            Ok(seq) => seq,
+            Err(e) => return done(Err(e)),
+        };
+        let len_ok = match req.op {
+            BlockOp::Read | BlockOp::Write => buf.len() == usize::try_from(req.len_bytes).unwrap_or(usize::MAX),
+            _ => true,
+        };
+        if !len_ok {
+            self.retire();
+            return done(Err(BlockError::InvalidArgument("buffer length does not match the request")));
+        }
+        match req.op {
+            BlockOp::Read => self.submit_read(req, buf, done),
+            BlockOp::Flush => self.submit_flush(req, done),
+            BlockOp::Write | BlockOp::Discard | BlockOp::WriteZeroes => {
+                self.submit_write(write::PendingWrite { seq, req, buf, done })
+            }
+        }
+    }
+
+    fn submit_read(&self, req: BlockRequest, buf: AlignedBuf, done: Completion) {
+        let me = self.arc();
+        let op = BackingOp::Read { offset_bytes: req.offset_bytes, buf };
+        self.backing.submit(
+            op,
+            Box::new(move |result| {
+                let result = result.map_err(|e| me.local_io_failed(&req, &e));
+                me.retire();
+                done(result);
+            }),
+        );
+    }
+
+    fn submit_flush(&self, req: BlockRequest, done: Completion) {
+        if self.cfg.md_flushes {
+            if let Err(e) = lock_meta(&self.meta).flush_bitmap() {
+                self.emit(PipelineEvent::MetadataFailed { error: e });
+                self.retire();
+                return done(Err(BlockError::Io));
+            }
+        }
+        if !self.cfg.disk_flushes {
+            self.retire();
+            return done(Ok(AlignedBuf::empty()));
+        }
+        let me = self.arc();
+        self.backing.submit(
+            BackingOp::Flush,
+            Box::new(move |result| {
+                let result = result.map_err(|e| me.local_io_failed(&req, &e));
+                me.retire();
+                done(result);
+            }),
+        );
+    }
+
+    /// Applies the on-io-error policy to a failed backing op; returns the error for upward.
+    fn local_io_failed(&self, req: &BlockRequest, error: &std::io::Error) -> BlockError {
+        let error_text = error.to_string();
+        match self.cfg.on_io_error {
+            OnIoError::PassOn => {
+                self.emit(PipelineEvent::IoErrorPassedOn { op: req.op, offset_bytes: req.offset_bytes, error: error_text });
+            }
+            policy @ (OnIoError::Detach | OnIoError::CallLocalIoError) => {
+                let first = {
+                    let mut st = self.lock_state();
+                    let first = st.disk == DiskHealth::Attached;
+                    st.disk = DiskHealth::Failed;
+                    first
+                };
+                if first {
+                    self.emit(PipelineEvent::DiskFailed { policy, op: req.op, offset_bytes: req.offset_bytes, error: error_text });
+                }
+            }
+        }
+        if error.raw_os_error() == Some(libc::ENOSPC) {
+            BlockError::NoSpace
+        } else {
+            BlockError::Io
+        }
+    }
+}
+
+fn check_config(cfg: &PipelineConfig) -> Result<(), PipelineError> {
+    let lb = u64::from(LOGICAL_BLOCK_BYTES);
+    if cfg.data_size_bytes == 0 || !cfg.data_size_bytes.is_multiple_of(lb) {
+        return Err(PipelineError::Config(format!(
+            "data size {} bytes must be a positive multiple of {lb}",
+            cfg.data_size_bytes
+        )));
+    }
+    if cfg.queue_depth == 0 || cfg.queue_depth > 4096 {
+        return Err(PipelineError::Config(format!("queue depth {} must be 1..=4096", cfg.queue_depth)));
+    }
+    if cfg.max_io_bytes == 0 || !cfg.max_io_bytes.is_multiple_of(PHYSICAL_BLOCK_BYTES) {
+        return Err(PipelineError::Config(format!(
+            "max I/O size {} bytes must be a positive multiple of {PHYSICAL_BLOCK_BYTES}",
+            cfg.max_io_bytes
+        )));
+    }
+    Ok(())
+}
+
+fn lock_meta<'a>(meta: &'a Mutex<dyn PipelineMeta + 'static>) -> MutexGuard<'a, dyn PipelineMeta + 'static> {
+    meta.lock().expect("metadata lock poisoned")
+}
+
+impl BlockTarget for Pipeline {
+    fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    fn open(&self, client: &str, writable: bool) -> Result<Arc<dyn BlockSession>, BlockError> {
+        let mut st = self.lock_state();
+        if st.stopping {
+            return Err(BlockError::ShuttingDown);
+        }
+        if !st.role_allows_io {
+            return Err(BlockError::ReadOnly(
+                "this node is not Primary; promote it first (drbdctl primary <resource>)".into(),
+            ));
+        }
+        let id = st.next_session_id;
+        st.next_session_id += 1;
+        st.sessions.insert(id, (client.to_string(), writable));
+        drop(st);
+        Ok(Arc::new(PipelineSession { pipeline: self.arc(), id, writable }))
+    }
+}
+
+/// One open of the device; dropping it releases the open.
+#[derive(Debug)]
+struct PipelineSession {
+    pipeline: Arc<Pipeline>,
+    id: u64,
+    writable: bool,
+}
+
+impl BlockSession for PipelineSession {
+    fn submit(&self, req: BlockRequest, buf: AlignedBuf, done: Completion) {
+        self.pipeline.submit(self.writable, req, buf, done);
+    }
+}
+
+impl Drop for PipelineSession {
+    fn drop(&mut self) {
+        self.pipeline.lock_state().sessions.remove(&self.id);
+    }
+}
