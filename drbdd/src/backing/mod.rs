@@ -35,7 +35,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// One operation on the backing device. Offsets/lengths are in bytes and
 /// already validated (aligned, in range) by the caller.
@@ -44,7 +44,11 @@ pub enum BackingOp {
     /// Fill `buf` from `offset_bytes`.
     Read { offset_bytes: u64, buf: AlignedBuf },
     /// Write `buf` at `offset_bytes`; `fua`: durable before completion.
-    Write { offset_bytes: u64, buf: AlignedBuf, fua: bool },
+    Write {
+        offset_bytes: u64,
+        buf: AlignedBuf,
+        fua: bool,
+    },
     /// `fdatasync` of the backing device.
     Flush,
     /// Deallocate a range (reads may return zeroes or old data afterwards).
@@ -102,7 +106,12 @@ impl BackingFile {
             })?;
         let is_block_device = file.metadata()?.file_type().is_block_device();
         let size_bytes = crate::metadev::device_size_bytes(&file)?;
-        Ok(BackingFile { file, path: path.to_path_buf(), is_block_device, size_bytes })
+        Ok(BackingFile {
+            file,
+            path: path.to_path_buf(),
+            is_block_device,
+            size_bytes,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -122,7 +131,12 @@ impl BackingFile {
     }
 
     /// DISCARD on a block device via `BLKDISCARD` (blocking).
-    pub(crate) fn blk_range_ioctl(&self, request: libc::c_ulong, offset_bytes: u64, len_bytes: u64) -> io::Result<()> {
+    pub(crate) fn blk_range_ioctl(
+        &self,
+        request: libc::c_ulong,
+        offset_bytes: u64,
+        len_bytes: u64,
+    ) -> io::Result<()> {
         let range: [u64; 2] = [offset_bytes, len_bytes];
         // SAFETY: BLKDISCARD/BLKZEROOUT read two u64 (start, length) through the
         // pointer, which points at a live array on our stack; the fd stays open.
@@ -139,11 +153,24 @@ pub(crate) const BLKDISCARD: libc::c_ulong = 0x1277;
 /// `_IO(0x12, 127)`: zero a byte range of a block device.
 pub(crate) const BLKZEROOUT: libc::c_ulong = 0x127f;
 
-/// Test hook: makes ops fail with EIO without touching the device.
-#[derive(Debug, Default)]
+/// Test hook: makes ops fail with EIO without touching the device, or parks
+/// content-changing ops until released (to hold writes "in flight").
+#[derive(Default)]
 pub struct FaultInjection {
     fail_reads: AtomicBool,
     fail_writes: AtomicBool,
+    hold_writes: AtomicBool,
+    parked: Mutex<Vec<(BackingOp, IoDone)>>,
+}
+
+impl std::fmt::Debug for FaultInjection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultInjection")
+            .field("fail_reads", &self.fail_reads)
+            .field("fail_writes", &self.fail_writes)
+            .field("hold_writes", &self.hold_writes)
+            .finish()
+    }
 }
 
 impl FaultInjection {
@@ -155,6 +182,17 @@ impl FaultInjection {
     /// Fail every write, discard and write-zeroes (`true`) or stop (`false`).
     pub fn set_fail_writes(&self, fail: bool) {
         self.fail_writes.store(fail, Ordering::SeqCst);
+    }
+
+    /// Park every write, discard and write-zeroes (`true`) until
+    /// [`Backing::release_held`]; `false` stops parking new ones.
+    pub fn set_hold_writes(&self, hold: bool) {
+        self.hold_writes.store(hold, Ordering::SeqCst);
+    }
+
+    /// Ops parked by `set_hold_writes`.
+    pub fn held_count(&self) -> usize {
+        self.parked.lock().expect("parked ops lock").len()
     }
 
     fn should_fail(&self, op: &BackingOp) -> bool {
@@ -188,23 +226,31 @@ impl Backing {
     pub fn open(path: &Path, kind: EngineKind, queue_depth: u32) -> io::Result<Self> {
         let file = Arc::new(BackingFile::open(path)?);
         let engine = match kind {
-            EngineKind::Sync => IoEngine::Sync(sync::SyncEngine::start(Arc::clone(&file), queue_depth)?),
-            EngineKind::UringOrSync => match uring::UringEngine::start(Arc::clone(&file), queue_depth) {
-                Ok(e) => IoEngine::Uring(e),
-                Err(e) => {
-                    tracing::warn!(
-                        "io_uring setup failed for {} ({e}); using the synchronous I/O engine",
-                        path.display()
-                    );
-                    eprintln!(
+            EngineKind::Sync => {
+                IoEngine::Sync(sync::SyncEngine::start(Arc::clone(&file), queue_depth)?)
+            }
+            EngineKind::UringOrSync => {
+                match uring::UringEngine::start(Arc::clone(&file), queue_depth) {
+                    Ok(e) => IoEngine::Uring(e),
+                    Err(e) => {
+                        tracing::warn!(
+                            "io_uring setup failed for {} ({e}); using the synchronous I/O engine",
+                            path.display()
+                        );
+                        eprintln!(
                         "drbdd: io_uring setup failed for {} ({e}); using the synchronous I/O engine",
                         path.display()
                     );
-                    IoEngine::Sync(sync::SyncEngine::start(Arc::clone(&file), queue_depth)?)
+                        IoEngine::Sync(sync::SyncEngine::start(Arc::clone(&file), queue_depth)?)
+                    }
                 }
-            },
+            }
         };
-        Ok(Backing { file, engine, faults: Arc::new(FaultInjection::default()) })
+        Ok(Backing {
+            file,
+            engine,
+            faults: Arc::new(FaultInjection::default()),
+        })
     }
 
     /// Executes `op`; `done` runs once on an engine thread.
@@ -215,6 +261,27 @@ impl Backing {
             std::thread::spawn(move || done(Err(io::Error::from_raw_os_error(libc::EIO))));
             return;
         }
+        if op.modifies() && self.faults.hold_writes.load(Ordering::SeqCst) {
+            self.faults
+                .parked
+                .lock()
+                .expect("parked ops lock")
+                .push((op, done));
+            return;
+        }
+        self.submit_to_engine(op, done);
+    }
+
+    /// Submits ops parked by [`FaultInjection::set_hold_writes`], oldest first.
+    pub fn release_held(&self) {
+        let parked: Vec<(BackingOp, IoDone)> =
+            std::mem::take(&mut *self.faults.parked.lock().expect("parked ops lock"));
+        for (op, done) in parked {
+            self.submit_to_engine(op, done);
+        }
+    }
+
+    fn submit_to_engine(&self, op: BackingOp, done: IoDone) {
         match &self.engine {
             IoEngine::Uring(e) => e.submit(op, done),
             IoEngine::Sync(e) => e.submit(op, done),
@@ -252,11 +319,18 @@ impl Backing {
 pub(crate) fn execute_blocking(file: &BackingFile, op: BackingOp) -> io::Result<AlignedBuf> {
     use std::os::unix::fs::FileExt;
     match op {
-        BackingOp::Read { offset_bytes, mut buf } => {
+        BackingOp::Read {
+            offset_bytes,
+            mut buf,
+        } => {
             file.file.read_exact_at(buf.as_mut_slice(), offset_bytes)?;
             Ok(buf)
         }
-        BackingOp::Write { offset_bytes, buf, fua } => {
+        BackingOp::Write {
+            offset_bytes,
+            buf,
+            fua,
+        } => {
             file.file.write_all_at(buf.as_slice(), offset_bytes)?;
             if fua {
                 file.file.sync_data()?;
@@ -267,7 +341,10 @@ pub(crate) fn execute_blocking(file: &BackingFile, op: BackingOp) -> io::Result<
             file.file.sync_data()?;
             Ok(AlignedBuf::empty())
         }
-        BackingOp::Discard { offset_bytes, len_bytes } => {
+        BackingOp::Discard {
+            offset_bytes,
+            len_bytes,
+        } => {
             if file.is_block_device {
                 file.blk_range_ioctl(BLKDISCARD, offset_bytes, len_bytes)?;
             } else {
@@ -275,7 +352,10 @@ pub(crate) fn execute_blocking(file: &BackingFile, op: BackingOp) -> io::Result<
             }
             Ok(AlignedBuf::empty())
         }
-        BackingOp::WriteZeroes { offset_bytes, len_bytes } => {
+        BackingOp::WriteZeroes {
+            offset_bytes,
+            len_bytes,
+        } => {
             if file.is_block_device {
                 file.blk_range_ioctl(BLKZEROOUT, offset_bytes, len_bytes)?;
             } else if let Err(e) = fallocate(file, ZERO_RANGE_MODE, offset_bytes, len_bytes) {

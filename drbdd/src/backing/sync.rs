@@ -27,7 +27,10 @@ struct Queue {
 
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Queue").field("jobs", &self.jobs.len()).field("stopping", &self.stopping).finish()
+        f.debug_struct("Queue")
+            .field("jobs", &self.jobs.len())
+            .field("stopping", &self.stopping)
+            .finish()
     }
 }
 
@@ -47,7 +50,10 @@ pub struct SyncEngine {
 impl SyncEngine {
     /// Starts `min(queue_depth, 8)` workers on `file`.
     pub fn start(file: Arc<BackingFile>, queue_depth: u32) -> io::Result<Self> {
-        let shared = Arc::new(Shared { queue: Mutex::new(Queue::default()), wake: Condvar::new() });
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+        });
         let mut workers = Vec::new();
         for i in 0..queue_depth.clamp(1, WORKERS_MAX) {
             let shared = Arc::clone(&shared);
@@ -57,7 +63,10 @@ impl SyncEngine {
                 .spawn(move || worker(&shared, &file))?;
             workers.push(handle);
         }
-        Ok(SyncEngine { shared, workers: Mutex::new(workers) })
+        Ok(SyncEngine {
+            shared,
+            workers: Mutex::new(workers),
+        })
     }
 
     /// Queues `op`; a worker runs it and then `done`.
@@ -77,7 +86,11 @@ impl SyncEngine {
 
     /// Lets queued jobs finish, then stops and joins the workers.
     pub fn shutdown(&self) {
-        self.shared.queue.lock().expect("sync engine queue lock").stopping = true;
+        self.shared
+            .queue
+            .lock()
+            .expect("sync engine queue lock")
+            .stopping = true;
         self.shared.wake.notify_all();
         let me = std::thread::current().id();
         let handles = std::mem::take(&mut *self.workers.lock().expect("sync engine workers lock"));

@@ -50,7 +50,10 @@ struct Shared {
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let queued = self.queue.lock().map(|q| q.len()).unwrap_or(0);
-        f.debug_struct("Shared").field("queued", &queued).field("stopping", &self.stopping).finish()
+        f.debug_struct("Shared")
+            .field("queued", &queued)
+            .field("stopping", &self.stopping)
+            .finish()
     }
 }
 
@@ -86,8 +89,13 @@ impl UringEngine {
             eventfd_buf: Box::leak(Box::new([0; 8])),
             eventfd_armed: false,
         };
-        let thread = std::thread::Builder::new().name("drbdd-uring".into()).spawn(move || worker.run())?;
-        Ok(UringEngine { shared, thread: Mutex::new(Some(thread)) })
+        let thread = std::thread::Builder::new()
+            .name("drbdd-uring".into())
+            .spawn(move || worker.run())?;
+        Ok(UringEngine {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
     }
 
     /// Hands `op` to the ring thread.
@@ -96,7 +104,11 @@ impl UringEngine {
             std::thread::spawn(move || done(Err(io::Error::from_raw_os_error(libc::ESHUTDOWN))));
             return;
         }
-        self.shared.queue.lock().expect("uring queue lock").push_back((op, done));
+        self.shared
+            .queue
+            .lock()
+            .expect("uring queue lock")
+            .push_back((op, done));
         if !self.shared.wake_pending.swap(true, Ordering::SeqCst) {
             wake(&self.shared);
         }
@@ -162,7 +174,11 @@ impl RingThread {
             }
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                    ) => {}
                 Err(e) => return self.fail_fatally(&e),
             }
             cqes.clear();
@@ -172,38 +188,65 @@ impl RingThread {
                     self.eventfd_armed = false;
                     self.shared.wake_pending.store(false, Ordering::SeqCst);
                 } else {
-                    self.complete(usize::try_from(token).expect("slot token fits usize"), result);
+                    self.complete(
+                        usize::try_from(token).expect("slot token fits usize"),
+                        result,
+                    );
                 }
             }
         }
     }
 
     fn idle(&self) -> bool {
-        self.free.len() == self.slots.len() && self.shared.queue.lock().expect("uring queue lock").is_empty()
+        self.free.len() == self.slots.len()
+            && self
+                .shared
+                .queue
+                .lock()
+                .expect("uring queue lock")
+                .is_empty()
     }
 
     /// Moves queued jobs into free slots and the submission queue.
     fn take_queued(&mut self) {
         while !self.free.is_empty() {
-            let Some((op, done)) = self.shared.queue.lock().expect("uring queue lock").pop_front() else {
+            let Some((op, done)) = self
+                .shared
+                .queue
+                .lock()
+                .expect("uring queue lock")
+                .pop_front()
+            else {
                 return;
             };
             let inline = self.file.is_block_device()
-                && matches!(op, BackingOp::Discard { .. } | BackingOp::WriteZeroes { .. });
+                && matches!(
+                    op,
+                    BackingOp::Discard { .. } | BackingOp::WriteZeroes { .. }
+                );
             if inline {
                 done(execute_blocking(&self.file, op));
                 continue;
             }
             let idx = self.free.pop().expect("free slot checked above");
-            self.slots[idx] = Some(Slot { op, done, done_bytes: 0, punch_hole: false });
+            self.slots[idx] = Some(Slot {
+                op,
+                done,
+                done_bytes: 0,
+                punch_hole: false,
+            });
             self.push_slot(idx);
         }
     }
 
     fn arm_eventfd(&mut self) {
-        let entry = opcode::Read::new(types::Fd(self.shared.eventfd.as_raw_fd()), self.eventfd_buf.as_mut_ptr(), 8)
-            .build()
-            .user_data(EVENTFD_TOKEN);
+        let entry = opcode::Read::new(
+            types::Fd(self.shared.eventfd.as_raw_fd()),
+            self.eventfd_buf.as_mut_ptr(),
+            8,
+        )
+        .build()
+        .user_data(EVENTFD_TOKEN);
         self.push(&entry);
         self.eventfd_armed = true;
     }
@@ -219,7 +262,8 @@ impl RingThread {
             // Cannot happen by the sizing above; submit to make room and retry.
             let _ = self.ring.submit();
             // SAFETY: as above.
-            unsafe { self.ring.submission().push(entry) }.expect("io_uring SQ has room after submit");
+            unsafe { self.ring.submission().push(entry) }
+                .expect("io_uring SQ has room after submit");
         }
     }
 
@@ -230,9 +274,15 @@ impl RingThread {
         let entry = match &mut slot.op {
             BackingOp::Read { offset_bytes, buf } => {
                 let (ptr, len) = remaining(buf.as_mut_ptr(), buf.len(), slot.done_bytes);
-                opcode::Read::new(fd, ptr, len).offset(*offset_bytes + u64::from(slot.done_bytes)).build()
+                opcode::Read::new(fd, ptr, len)
+                    .offset(*offset_bytes + u64::from(slot.done_bytes))
+                    .build()
             }
-            BackingOp::Write { offset_bytes, buf, fua } => {
+            BackingOp::Write {
+                offset_bytes,
+                buf,
+                fua,
+            } => {
                 let (ptr, len) = remaining(buf.as_ptr().cast_mut(), buf.len(), slot.done_bytes);
                 let flags = if *fua { libc::RWF_DSYNC } else { 0 };
                 opcode::Write::new(fd, ptr.cast_const(), len)
@@ -240,26 +290,47 @@ impl RingThread {
                     .rw_flags(flags)
                     .build()
             }
-            BackingOp::Flush => opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build(),
-            BackingOp::Discard { offset_bytes, len_bytes } => {
-                opcode::Fallocate::new(fd, *len_bytes).offset(*offset_bytes).mode(PUNCH_HOLE_MODE).build()
-            }
-            BackingOp::WriteZeroes { offset_bytes, len_bytes } => {
-                let mode = if slot.punch_hole { PUNCH_HOLE_MODE } else { ZERO_RANGE_MODE };
-                opcode::Fallocate::new(fd, *len_bytes).offset(*offset_bytes).mode(mode).build()
+            BackingOp::Flush => opcode::Fsync::new(fd)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build(),
+            BackingOp::Discard {
+                offset_bytes,
+                len_bytes,
+            } => opcode::Fallocate::new(fd, *len_bytes)
+                .offset(*offset_bytes)
+                .mode(PUNCH_HOLE_MODE)
+                .build(),
+            BackingOp::WriteZeroes {
+                offset_bytes,
+                len_bytes,
+            } => {
+                let mode = if slot.punch_hole {
+                    PUNCH_HOLE_MODE
+                } else {
+                    ZERO_RANGE_MODE
+                };
+                opcode::Fallocate::new(fd, *len_bytes)
+                    .offset(*offset_bytes)
+                    .mode(mode)
+                    .build()
             }
         };
         self.push(&entry.user_data(token));
     }
 
     fn complete(&mut self, idx: usize, result: i32) {
-        let slot = self.slots[idx].as_mut().expect("completion for an empty slot");
+        let slot = self.slots[idx]
+            .as_mut()
+            .expect("completion for an empty slot");
         if result < 0 {
             let errno = -result;
             if errno == libc::EAGAIN || errno == libc::EINTR {
                 return self.push_slot(idx);
             }
-            if errno == libc::EOPNOTSUPP && matches!(slot.op, BackingOp::WriteZeroes { .. }) && !slot.punch_hole {
+            if errno == libc::EOPNOTSUPP
+                && matches!(slot.op, BackingOp::WriteZeroes { .. })
+                && !slot.punch_hole
+            {
                 slot.punch_hole = true;
                 return self.push_slot(idx);
             }
@@ -271,7 +342,10 @@ impl RingThread {
         };
         let moved = u32::try_from(result).expect("non-negative result fits u32");
         if moved == 0 {
-            let e = io::Error::new(io::ErrorKind::UnexpectedEof, "backing device ended inside a request");
+            let e = io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "backing device ended inside a request",
+            );
             return self.finish(idx, Err(e));
         }
         slot.done_bytes = slot.done_bytes.saturating_add(moved);
@@ -300,7 +374,13 @@ impl RingThread {
             std::mem::forget(op);
             done(Err(io::Error::from_raw_os_error(libc::EIO)));
         }
-        let queued: Vec<Job> = self.shared.queue.lock().expect("uring queue lock").drain(..).collect();
+        let queued: Vec<Job> = self
+            .shared
+            .queue
+            .lock()
+            .expect("uring queue lock")
+            .drain(..)
+            .collect();
         for (_, done) in queued {
             done(Err(io::Error::from_raw_os_error(libc::EIO)));
         }
@@ -309,7 +389,9 @@ impl RingThread {
 
 /// Pointer and length of the part of a buffer not yet transferred.
 fn remaining(base: *mut u8, total: usize, done_bytes: u32) -> (*mut u8, u32) {
-    let done = usize::try_from(done_bytes).expect("u32 fits usize").min(total);
+    let done = usize::try_from(done_bytes)
+        .expect("u32 fits usize")
+        .min(total);
     let left = u32::try_from(total - done).expect("I/O sizes are bounded by max_io_bytes (u32)");
     (base.wrapping_add(done), left)
 }

@@ -71,7 +71,10 @@ pub struct CrashRecovery {
 /// bitmap, and only then clears the crash flags.
 pub fn recover_after_crash(meta: &mut dyn PipelineMeta) -> Result<CrashRecovery, String> {
     if !meta.crashed_while_primary() {
-        return Ok(CrashRecovery { extents: Vec::new(), slots: Vec::new() });
+        return Ok(CrashRecovery {
+            extents: Vec::new(),
+            slots: Vec::new(),
+        });
     }
     let extents = meta.al_logged_extents();
     let slots = meta.peer_slots_in_use();

@@ -19,7 +19,9 @@ pub mod meta;
 mod order;
 mod write;
 
-pub use meta::{al_extents_of, recover_after_crash, AlError, CrashRecovery, PipelineMeta, AL_EXTENT_BYTES};
+pub use meta::{
+    al_extents_of, recover_after_crash, AlError, CrashRecovery, PipelineMeta, AL_EXTENT_BYTES,
+};
 pub use write::Leg;
 
 use crate::backing::{Backing, BackingOp, EngineKind, FaultInjection};
@@ -86,10 +88,16 @@ pub enum PipelineError {
         "backing device {path} has {have_bytes} bytes but the data area needs {need_bytes}; \
          use a larger device or recreate the metadata for this size"
     )]
-    BackingTooSmall { path: PathBuf, have_bytes: u64, need_bytes: u64 },
+    BackingTooSmall {
+        path: PathBuf,
+        have_bytes: u64,
+        need_bytes: u64,
+    },
     #[error("invalid pipeline setting: {0}")]
     Config(String),
-    #[error("metadata update failed: {0}; check the metadata device, then detach and attach again")]
+    #[error(
+        "metadata update failed: {0}; check the metadata device, then detach and attach again"
+    )]
     Metadata(String),
 }
 
@@ -98,9 +106,18 @@ pub enum PipelineError {
 pub enum PipelineEvent {
     /// The backing device failed and was detached (on-io-error detach or
     /// call-local-io-error): the resource is Diskless now.
-    DiskFailed { policy: OnIoError, op: BlockOp, offset_bytes: u64, error: String },
+    DiskFailed {
+        policy: OnIoError,
+        op: BlockOp,
+        offset_bytes: u64,
+        error: String,
+    },
     /// The backing device failed one request; EIO went upward (pass-on).
-    IoErrorPassedOn { op: BlockOp, offset_bytes: u64, error: String },
+    IoErrorPassedOn {
+        op: BlockOp,
+        offset_bytes: u64,
+        error: String,
+    },
     /// A metadata update failed; writes fail with EIO until re-attach.
     MetadataFailed { error: String },
 }
@@ -194,7 +211,9 @@ impl Pipeline {
             supports_write_zeroes: true,
             volatile_cache: cfg.disk_flushes,
         };
-        let max_requests = usize::try_from(cfg.queue_depth).unwrap_or(usize::MAX).saturating_mul(REQUESTS_PER_QUEUE_SLOT);
+        let max_requests = usize::try_from(cfg.queue_depth)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(REQUESTS_PER_QUEUE_SLOT);
         tracing::info!(path = %cfg.backing_path.display(), engine = backing.engine_name(), "backing device attached");
         Ok(Arc::new_cyclic(|me| Pipeline {
             me: me.clone(),
@@ -230,7 +249,11 @@ impl Pipeline {
 
     /// Who holds the device open ("client" strings given to `open`), oldest first.
     pub fn open_clients(&self) -> Vec<String> {
-        self.lock_state().sessions.values().map(|(c, _)| c.clone()).collect()
+        self.lock_state()
+            .sessions
+            .values()
+            .map(|(c, _)| c.clone())
+            .collect()
     }
 
     /// Bitmap slots of peers that are not connected; writes set their bits.
@@ -267,6 +290,11 @@ impl Pipeline {
         self.backing.faults()
     }
 
+    /// Submits backing ops parked by [`FaultInjection::set_hold_writes`] (tests).
+    pub fn release_held_io(&self) {
+        self.backing.release_held();
+    }
+
     /// Whether the disk was detached after an I/O error.
     pub fn disk_failed(&self) -> bool {
         self.lock_state().disk == DiskHealth::Failed
@@ -285,7 +313,9 @@ impl Pipeline {
             st = self.drained.wait(st).expect("pipeline state lock");
         }
         drop(st);
-        lock_meta(&self.meta).persist().map_err(PipelineError::Metadata)
+        lock_meta(&self.meta)
+            .persist()
+            .map_err(PipelineError::Metadata)
     }
 
     /// Refuses new requests (ShuttingDown), drains in-flight ones, persists
@@ -302,7 +332,9 @@ impl Pipeline {
     }
 
     fn arc(&self) -> Arc<Pipeline> {
-        self.me.upgrade().expect("pipeline used after its last Arc dropped")
+        self.me
+            .upgrade()
+            .expect("pipeline used after its last Arc dropped")
     }
 
     fn emit(&self, event: PipelineEvent) {
@@ -325,7 +357,9 @@ impl Pipeline {
                 return Err(BlockError::ReadOnly("this node is not Primary".into()));
             }
             if modifies && !writable_session {
-                return Err(BlockError::ReadOnly("the device was opened read-only".into()));
+                return Err(BlockError::ReadOnly(
+                    "the device was opened read-only".into(),
+                ));
             }
             if st.disk == DiskHealth::Failed {
                 return Err(BlockError::Io);
@@ -344,7 +378,10 @@ impl Pipeline {
     /// A request admitted by [`Pipeline::admit`] finished upward.
     fn retire(&self) {
         let mut st = self.lock_state();
-        st.in_flight = st.in_flight.checked_sub(1).expect("retiring more requests than admitted");
+        st.in_flight = st
+            .in_flight
+            .checked_sub(1)
+            .expect("retiring more requests than admitted");
         drop(st);
         self.drained.notify_all();
     }
@@ -355,25 +392,37 @@ impl Pipeline {
             Err(e) => return done(Err(e)),
         };
         let len_ok = match req.op {
-            BlockOp::Read | BlockOp::Write => buf.len() == usize::try_from(req.len_bytes).unwrap_or(usize::MAX),
+            BlockOp::Read | BlockOp::Write => {
+                buf.len() == usize::try_from(req.len_bytes).unwrap_or(usize::MAX)
+            }
             _ => true,
         };
         if !len_ok {
             self.retire();
-            return done(Err(BlockError::InvalidArgument("buffer length does not match the request")));
+            return done(Err(BlockError::InvalidArgument(
+                "buffer length does not match the request",
+            )));
         }
         match req.op {
             BlockOp::Read => self.submit_read(req, buf, done),
             BlockOp::Flush => self.submit_flush(req, done),
             BlockOp::Write | BlockOp::Discard | BlockOp::WriteZeroes => {
-                self.submit_write(write::PendingWrite { seq, req, buf, done })
+                self.submit_write(write::PendingWrite {
+                    seq,
+                    req,
+                    buf,
+                    done,
+                })
             }
         }
     }
 
     fn submit_read(&self, req: BlockRequest, buf: AlignedBuf, done: Completion) {
         let me = self.arc();
-        let op = BackingOp::Read { offset_bytes: req.offset_bytes, buf };
+        let op = BackingOp::Read {
+            offset_bytes: req.offset_bytes,
+            buf,
+        };
         self.backing.submit(
             op,
             Box::new(move |result| {
@@ -412,7 +461,11 @@ impl Pipeline {
         let error_text = error.to_string();
         match self.cfg.on_io_error {
             OnIoError::PassOn => {
-                self.emit(PipelineEvent::IoErrorPassedOn { op: req.op, offset_bytes: req.offset_bytes, error: error_text });
+                self.emit(PipelineEvent::IoErrorPassedOn {
+                    op: req.op,
+                    offset_bytes: req.offset_bytes,
+                    error: error_text,
+                });
             }
             policy @ (OnIoError::Detach | OnIoError::CallLocalIoError) => {
                 let first = {
@@ -422,7 +475,12 @@ impl Pipeline {
                     first
                 };
                 if first {
-                    self.emit(PipelineEvent::DiskFailed { policy, op: req.op, offset_bytes: req.offset_bytes, error: error_text });
+                    self.emit(PipelineEvent::DiskFailed {
+                        policy,
+                        op: req.op,
+                        offset_bytes: req.offset_bytes,
+                        error: error_text,
+                    });
                 }
             }
         }
@@ -443,7 +501,10 @@ fn check_config(cfg: &PipelineConfig) -> Result<(), PipelineError> {
         )));
     }
     if cfg.queue_depth == 0 || cfg.queue_depth > 4096 {
-        return Err(PipelineError::Config(format!("queue depth {} must be 1..=4096", cfg.queue_depth)));
+        return Err(PipelineError::Config(format!(
+            "queue depth {} must be 1..=4096",
+            cfg.queue_depth
+        )));
     }
     if cfg.max_io_bytes == 0 || !cfg.max_io_bytes.is_multiple_of(PHYSICAL_BLOCK_BYTES) {
         return Err(PipelineError::Config(format!(
@@ -454,7 +515,9 @@ fn check_config(cfg: &PipelineConfig) -> Result<(), PipelineError> {
     Ok(())
 }
 
-fn lock_meta<'a>(meta: &'a Mutex<dyn PipelineMeta + 'static>) -> MutexGuard<'a, dyn PipelineMeta + 'static> {
+fn lock_meta<'a>(
+    meta: &'a Mutex<dyn PipelineMeta + 'static>,
+) -> MutexGuard<'a, dyn PipelineMeta + 'static> {
     meta.lock().expect("metadata lock poisoned")
 }
 
@@ -477,7 +540,11 @@ impl BlockTarget for Pipeline {
         st.next_session_id += 1;
         st.sessions.insert(id, (client.to_string(), writable));
         drop(st);
-        Ok(Arc::new(PipelineSession { pipeline: self.arc(), id, writable }))
+        Ok(Arc::new(PipelineSession {
+            pipeline: self.arc(),
+            id,
+            writable,
+        }))
     }
 }
 

@@ -30,7 +30,10 @@ impl WriteOrder {
     /// it is held until [`WriteOrder::complete`] admits it.
     pub(crate) fn try_admit(&mut self, seq: Seq, range: Range<u64>) -> bool {
         assert!(
-            self.admitted.keys().chain(self.held.iter().map(|(s, _)| s)).all(|&s| s < seq),
+            self.admitted
+                .keys()
+                .chain(self.held.iter().map(|(s, _)| s))
+                .all(|&s| s < seq),
             "write sequence numbers must increase"
         );
         let blocked = self.admitted.values().any(|r| overlaps(r, &range))
@@ -47,7 +50,10 @@ impl WriteOrder {
     /// Write `seq` finished; returns the held writes that may start now, oldest first.
     pub(crate) fn complete(&mut self, seq: Seq) -> Vec<Seq> {
         let removed = self.admitted.remove(&seq);
-        assert!(removed.is_some(), "completing write {seq} that was never admitted");
+        assert!(
+            removed.is_some(),
+            "completing write {seq} that was never admitted"
+        );
         let mut started = Vec::new();
         let mut still_held: VecDeque<(Seq, Range<u64>)> = VecDeque::with_capacity(self.held.len());
         for (s, r) in std::mem::take(&mut self.held) {
@@ -92,7 +98,10 @@ mod tests {
         let mut o = WriteOrder::default();
         assert!(o.try_admit(1, 0..512));
         assert!(!o.try_admit(2, 0..1024)); // held behind 1
-        assert!(!o.try_admit(3, 512..1024), "overlaps held write 2, so it must wait too");
+        assert!(
+            !o.try_admit(3, 512..1024),
+            "overlaps held write 2, so it must wait too"
+        );
         assert_eq!(o.complete(1), vec![2]);
         assert_eq!(o.complete(2), vec![3]);
         assert_eq!(o.complete(3), Vec::<Seq>::new());

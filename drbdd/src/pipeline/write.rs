@@ -116,21 +116,39 @@ impl Pipeline {
 
     /// Submits every leg of an activated write.
     fn start_legs(&self, w: PendingWrite, extents: Vec<u64>) {
-        let PendingWrite { seq, req, buf, done } = w;
+        let PendingWrite {
+            seq,
+            req,
+            buf,
+            done,
+        } = w;
         let inflight = Arc::new(WriteInFlight {
             seq,
             extents,
-            legs: Mutex::new(Legs { pending: vec![Leg::LocalDisk], error: None, buf: None, done: Some(done) }),
+            legs: Mutex::new(Legs {
+                pending: vec![Leg::LocalDisk],
+                error: None,
+                buf: None,
+                done: Some(done),
+            }),
         });
         let op = match req.op {
-            BlockOp::Write => {
-                BackingOp::Write { offset_bytes: req.offset_bytes, buf, fua: req.fua && self.cfg.disk_flushes }
+            BlockOp::Write => BackingOp::Write {
+                offset_bytes: req.offset_bytes,
+                buf,
+                fua: req.fua && self.cfg.disk_flushes,
+            },
+            BlockOp::Discard => BackingOp::Discard {
+                offset_bytes: req.offset_bytes,
+                len_bytes: u64::from(req.len_bytes),
+            },
+            BlockOp::WriteZeroes => BackingOp::WriteZeroes {
+                offset_bytes: req.offset_bytes,
+                len_bytes: u64::from(req.len_bytes),
+            },
+            BlockOp::Read | BlockOp::Flush => {
+                unreachable!("only content-changing ops take the write path")
             }
-            BlockOp::Discard => BackingOp::Discard { offset_bytes: req.offset_bytes, len_bytes: u64::from(req.len_bytes) },
-            BlockOp::WriteZeroes => {
-                BackingOp::WriteZeroes { offset_bytes: req.offset_bytes, len_bytes: u64::from(req.len_bytes) }
-            }
-            BlockOp::Read | BlockOp::Flush => unreachable!("only content-changing ops take the write path"),
         };
         let me = self.arc();
         self.backing.submit(
@@ -139,7 +157,10 @@ impl Pipeline {
                 let result = match result {
                     Ok(buf) => Ok(buf),
                     // Discard is advisory: a device without it still honours the contract.
-                    Err(e) if req.op == BlockOp::Discard && e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                    Err(e)
+                        if req.op == BlockOp::Discard
+                            && e.raw_os_error() == Some(libc::EOPNOTSUPP) =>
+                    {
                         Ok(AlignedBuf::empty())
                     }
                     Err(e) => Err(me.local_io_failed(&req, &e)),
@@ -154,7 +175,12 @@ impl Pipeline {
         let finished = {
             let mut legs = w.legs.lock().expect("write legs lock");
             let pos = legs.pending.iter().position(|l| *l == leg);
-            let pos = pos.unwrap_or_else(|| panic!("leg {leg:?} of write {} finished twice or never started", w.seq));
+            let pos = pos.unwrap_or_else(|| {
+                panic!(
+                    "leg {leg:?} of write {} finished twice or never started",
+                    w.seq
+                )
+            });
             legs.pending.swap_remove(pos);
             match result {
                 Ok(buf) if leg == Leg::LocalDisk => legs.buf = Some(buf),
@@ -164,7 +190,10 @@ impl Pipeline {
                 }
             }
             if legs.pending.is_empty() {
-                let done = legs.done.take().expect("write completes upward exactly once");
+                let done = legs
+                    .done
+                    .take()
+                    .expect("write completes upward exactly once");
                 let outcome = match legs.error.take() {
                     Some(e) => Err(e),
                     None => Ok(legs.buf.take().unwrap_or_else(AlignedBuf::empty)),
@@ -181,7 +210,13 @@ impl Pipeline {
 
     /// Releases AL extents and the write's range, completes upward, then
     /// starts writes that waited for this one or for AL room.
-    fn finish_write(&self, seq: Seq, extents: &[u64], outcome: Result<AlignedBuf, BlockError>, done: Completion) {
+    fn finish_write(
+        &self,
+        seq: Seq,
+        extents: &[u64],
+        outcome: Result<AlignedBuf, BlockError>,
+        done: Completion,
+    ) {
         if !extents.is_empty() {
             lock_meta(&self.meta).al_release(extents);
         }
@@ -196,7 +231,11 @@ impl Pipeline {
                 .into_iter()
                 .map(|s| st.held.remove(&s).expect("admitted write was held"))
                 .collect();
-            let retry: Vec<PendingWrite> = if extents.is_empty() { Vec::new() } else { st.al_waiting.drain(..).collect() };
+            let retry: Vec<PendingWrite> = if extents.is_empty() {
+                Vec::new()
+            } else {
+                st.al_waiting.drain(..).collect()
+            };
             (retry, started)
         };
         done(outcome);

@@ -1,0 +1,745 @@
+//! The local request path of `drbdd::pipeline::Pipeline`, end to end on real
+//! O_DIRECT files under /tmp: requests go through a `BlockSession`, data is
+//! checked by reading the backing file, metadata effects (activity log,
+//! bitmaps, crash flags) are checked on a recording `PipelineMeta` double.
+//! Every data test runs on both engines (io_uring and sync).
+
+use drbdd::backing::EngineKind;
+use drbdd::pipeline::{
+    recover_after_crash, AlError, OnIoError, Pipeline, PipelineConfig, PipelineEvent, PipelineMeta,
+    AL_EXTENT_BYTES,
+};
+use drbdd_blockio::{AlignedBuf, BlockError, BlockOp, BlockRequest, BlockSession, BlockTarget};
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const GRANULE_BYTES: u64 = 4096;
+const DATA_BYTES: u64 = 64 << 20; // 16 AL extents
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A `PipelineMeta` that records what the pipeline did.
+#[derive(Debug)]
+struct RecordingMeta {
+    al_capacity: usize,
+    active: HashMap<u64, usize>,
+    logged: Vec<u64>,
+    /// Extents newly logged per AL transaction, with the first 512 bytes of
+    /// the extent's first write target as they were on disk at that moment.
+    transactions: Vec<Vec<u64>>,
+    al_full_count: usize,
+    max_active: usize,
+    bits: HashMap<usize, BTreeSet<u64>>,
+    slots: Vec<usize>,
+    crashed: bool,
+    fail_al: bool,
+    bitmap_flushes: usize,
+    persists: usize,
+    /// Backing file + offset to sample on each activation (AL-before-data check).
+    probe: Option<(PathBuf, u64)>,
+    probe_samples: Vec<Vec<u8>>,
+}
+
+impl RecordingMeta {
+    fn new(al_capacity: usize, slots: Vec<usize>) -> Self {
+        RecordingMeta {
+            al_capacity,
+            active: HashMap::new(),
+            logged: Vec::new(),
+            transactions: Vec::new(),
+            al_full_count: 0,
+            max_active: 0,
+            bits: HashMap::new(),
+            slots,
+            crashed: false,
+            fail_al: false,
+            bitmap_flushes: 0,
+            persists: 0,
+            probe: None,
+            probe_samples: Vec::new(),
+        }
+    }
+}
+
+impl PipelineMeta for RecordingMeta {
+    fn al_activate(&mut self, extents: &[u64]) -> Result<(), AlError> {
+        if self.fail_al {
+            return Err(AlError::Failed("injected".into()));
+        }
+        let new_active = extents
+            .iter()
+            .filter(|e| !self.active.contains_key(e))
+            .count();
+        if self.active.len() + new_active > self.al_capacity {
+            self.al_full_count += 1;
+            return Err(AlError::Full);
+        }
+        let to_log: Vec<u64> = extents
+            .iter()
+            .copied()
+            .filter(|e| !self.logged.contains(e))
+            .collect();
+        if !to_log.is_empty() {
+            if let Some((path, offset)) = &self.probe {
+                let data = std::fs::read(path).expect("probe read");
+                let at = usize::try_from(*offset).expect("offset");
+                self.probe_samples.push(data[at..at + 512].to_vec());
+            }
+            self.logged.extend(&to_log);
+            self.transactions.push(to_log);
+        }
+        for e in extents {
+            *self.active.entry(*e).or_insert(0) += 1;
+        }
+        self.max_active = self.max_active.max(self.active.len());
+        Ok(())
+    }
+
+    fn al_release(&mut self, extents: &[u64]) {
+        for e in extents {
+            let n = self.active.get_mut(e).expect("release of an active extent");
+            *n -= 1;
+            if *n == 0 {
+                self.active.remove(e);
+            }
+        }
+    }
+
+    fn al_logged_extents(&self) -> Vec<u64> {
+        self.logged.clone()
+    }
+
+    fn peer_slots_in_use(&self) -> Vec<usize> {
+        self.slots.clone()
+    }
+
+    fn mark_out_of_sync(&mut self, slot: usize, offset_bytes: u64, len_bytes: u64) {
+        let set = self.bits.entry(slot).or_default();
+        for bit in offset_bytes / GRANULE_BYTES..(offset_bytes + len_bytes).div_ceil(GRANULE_BYTES)
+        {
+            set.insert(bit);
+        }
+    }
+
+    fn flush_bitmap(&mut self) -> Result<(), String> {
+        self.bitmap_flushes += 1;
+        Ok(())
+    }
+
+    fn persist(&mut self) -> Result<(), String> {
+        self.persists += 1;
+        Ok(())
+    }
+
+    fn crashed_while_primary(&self) -> bool {
+        self.crashed
+    }
+
+    fn clear_crash_flags(&mut self) -> Result<(), String> {
+        self.crashed = false;
+        Ok(())
+    }
+
+    fn data_size_bytes(&self) -> u64 {
+        DATA_BYTES
+    }
+}
+
+/// A backing file under /tmp (not tmpfs: O_DIRECT), removed on drop.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    meta: Arc<Mutex<RecordingMeta>>,
+    pipeline: Arc<Pipeline>,
+    events: Arc<Mutex<Vec<PipelineEvent>>>,
+}
+
+fn fixture(
+    engine: EngineKind,
+    tweak: impl FnOnce(&mut PipelineConfig, &mut RecordingMeta),
+) -> Fixture {
+    let dir = tempfile::tempdir_in("/tmp").expect("tempdir under /tmp");
+    let path = dir.path().join("backing.img");
+    let f = std::fs::File::create(&path).expect("create backing");
+    f.set_len(DATA_BYTES + (1 << 20)).expect("size backing");
+    let mut cfg = PipelineConfig::new(path.clone(), DATA_BYTES);
+    cfg.engine = engine;
+    cfg.queue_depth = 128;
+    let mut meta = RecordingMeta::new(8, vec![0, 2]);
+    tweak(&mut cfg, &mut meta);
+    let meta = Arc::new(Mutex::new(meta));
+    let pipeline = Pipeline::start(cfg, Arc::clone(&meta)).expect("pipeline starts");
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&events);
+    pipeline.set_event_sink(Box::new(move |e| sink.lock().expect("events").push(e)));
+    pipeline.set_role_allows_io(true);
+    Fixture {
+        _dir: dir,
+        path,
+        meta,
+        pipeline,
+        events,
+    }
+}
+
+fn engines() -> [EngineKind; 2] {
+    [EngineKind::UringOrSync, EngineKind::Sync]
+}
+
+type Outcome = Result<AlignedBuf, BlockError>;
+
+fn submit(
+    s: &Arc<dyn BlockSession>,
+    req: BlockRequest,
+    buf: AlignedBuf,
+) -> mpsc::Receiver<Outcome> {
+    let (tx, rx) = mpsc::channel();
+    s.submit(
+        req,
+        buf,
+        Box::new(move |r| tx.send(r).expect("test receiver alive")),
+    );
+    rx
+}
+
+fn run(s: &Arc<dyn BlockSession>, req: BlockRequest, buf: AlignedBuf) -> Outcome {
+    submit(s, req, buf)
+        .recv_timeout(WAIT)
+        .expect("request completes")
+}
+
+fn req(op: BlockOp, offset_bytes: u64, len_bytes: u32) -> BlockRequest {
+    BlockRequest {
+        op,
+        offset_bytes,
+        len_bytes,
+        fua: false,
+    }
+}
+
+fn pattern(seed: u64, len: usize) -> AlignedBuf {
+    let mut b = AlignedBuf::zeroed(len);
+    for (i, x) in b.as_mut_slice().iter_mut().enumerate() {
+        *x = u8::try_from((seed.wrapping_mul(31) + (i as u64 / 7)) % 251).expect("fits") ^ 0x5a;
+    }
+    b
+}
+
+fn write(s: &Arc<dyn BlockSession>, offset_bytes: u64, data: &AlignedBuf) -> Outcome {
+    let len = u32::try_from(data.len()).expect("len");
+    run(s, req(BlockOp::Write, offset_bytes, len), data.clone())
+}
+
+fn read(s: &Arc<dyn BlockSession>, offset_bytes: u64, len: u32) -> Vec<u8> {
+    let len_usize = usize::try_from(len).expect("len");
+    run(
+        s,
+        req(BlockOp::Read, offset_bytes, len),
+        AlignedBuf::zeroed(len_usize),
+    )
+    .expect("read ok")
+    .as_slice()
+    .to_vec()
+}
+
+fn file_bytes(path: &Path, offset: u64, len: usize) -> Vec<u8> {
+    let data = std::fs::read(path).expect("read backing");
+    let at = usize::try_from(offset).expect("offset");
+    data[at..at + len].to_vec()
+}
+
+#[test]
+fn read_write_round_trip_through_session() {
+    for engine in engines() {
+        let fx = fixture(engine, |_, _| {});
+        let s = fx.pipeline.open("test #1", true).expect("open");
+        for (i, &(off, len)) in [
+            (0u64, 4096usize),
+            (512, 512),
+            (1 << 20, 65536),
+            (DATA_BYTES - 8192, 8192),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let data = pattern(i as u64 + 1, len);
+            write(&s, off, &data).expect("write ok");
+            let len32 = u32::try_from(len).expect("len");
+            assert_eq!(
+                read(&s, off, len32),
+                data.as_slice(),
+                "read back at {off} ({engine:?})"
+            );
+            assert_eq!(
+                file_bytes(&fx.path, off, len),
+                data.as_slice(),
+                "on disk at {off}"
+            );
+        }
+        fx.pipeline.shutdown().expect("shutdown");
+    }
+}
+
+#[test]
+fn flush_makes_writes_durable_and_flushes_bitmap_with_md_flushes() {
+    for engine in engines() {
+        let fx = fixture(engine, |_, _| {});
+        let s = fx.pipeline.open("t", true).expect("open");
+        write(&s, 0, &pattern(3, 4096)).expect("write");
+        run(&s, req(BlockOp::Flush, 0, 0), AlignedBuf::empty()).expect("flush ok");
+        assert!(
+            fx.meta.lock().expect("meta").bitmap_flushes >= 1,
+            "md-flushes: bitmap written on flush"
+        );
+        assert_eq!(file_bytes(&fx.path, 0, 4096), pattern(3, 4096).as_slice());
+    }
+}
+
+#[test]
+fn flush_without_disk_flushes_still_completes() {
+    let fx = fixture(EngineKind::UringOrSync, |c, _| {
+        c.disk_flushes = false;
+        c.md_flushes = false;
+    });
+    let s = fx.pipeline.open("t", true).expect("open");
+    run(&s, req(BlockOp::Flush, 0, 0), AlignedBuf::empty()).expect("flush ok");
+    assert_eq!(fx.meta.lock().expect("meta").bitmap_flushes, 0);
+    assert!(!fx.pipeline.geometry().volatile_cache);
+}
+
+#[test]
+fn fua_write_is_on_disk_when_it_completes() {
+    for engine in engines() {
+        let fx = fixture(engine, |_, _| {});
+        let s = fx.pipeline.open("t", true).expect("open");
+        let data = pattern(9, 8192);
+        let mut r = req(BlockOp::Write, 4096, 8192);
+        r.fua = true;
+        run(&s, r, data.clone()).expect("fua write ok");
+        assert_eq!(file_bytes(&fx.path, 4096, 8192), data.as_slice());
+    }
+}
+
+#[test]
+fn discard_reads_back_zeroes() {
+    for engine in engines() {
+        let fx = fixture(engine, |_, _| {});
+        let s = fx.pipeline.open("t", true).expect("open");
+        write(&s, 0, &pattern(5, 65536)).expect("write");
+        run(&s, req(BlockOp::Discard, 4096, 16384), AlignedBuf::empty()).expect("discard ok");
+        let back = read(&s, 0, 65536);
+        assert!(
+            back[4096..20480].iter().all(|&b| b == 0),
+            "discarded range reads zero"
+        );
+        assert_eq!(
+            &back[..4096],
+            &pattern(5, 65536).as_slice()[..4096],
+            "data before the range kept"
+        );
+        assert_eq!(
+            &back[20480..],
+            &pattern(5, 65536).as_slice()[20480..],
+            "data after the range kept"
+        );
+    }
+}
+
+#[test]
+fn write_zeroes_reads_back_zeroes() {
+    for engine in engines() {
+        let fx = fixture(engine, |_, _| {});
+        let s = fx.pipeline.open("t", true).expect("open");
+        write(&s, 1 << 20, &pattern(6, 32768)).expect("write");
+        run(
+            &s,
+            req(BlockOp::WriteZeroes, (1 << 20) + 512, 8192),
+            AlignedBuf::empty(),
+        )
+        .expect("write zeroes ok");
+        let back = read(&s, 1 << 20, 32768);
+        assert!(back[512..8704].iter().all(|&b| b == 0));
+        assert_eq!(&back[8704..], &pattern(6, 32768).as_slice()[8704..]);
+        assert_eq!(&back[..512], &pattern(6, 32768).as_slice()[..512]);
+    }
+}
+
+#[test]
+fn out_of_range_and_unaligned_requests_fail_with_einval() {
+    let fx = fixture(EngineKind::UringOrSync, |_, _| {});
+    let s = fx.pipeline.open("t", true).expect("open");
+    let cases = [
+        (req(BlockOp::Write, DATA_BYTES - 512, 1024), 1024usize),
+        (req(BlockOp::Read, DATA_BYTES, 512), 512),
+        (req(BlockOp::Write, 100, 512), 512),
+        (req(BlockOp::Read, 0, 700), 700),
+        (req(BlockOp::Discard, u64::MAX - 511, 512), 0),
+        (req(BlockOp::WriteZeroes, DATA_BYTES - 512, 4096), 0),
+    ];
+    for (r, len) in cases {
+        let err = run(&s, r, AlignedBuf::zeroed(len)).expect_err("must be refused");
+        assert_eq!(err.errno(), libc::EINVAL, "{r:?} -> {err}");
+    }
+    let end = file_bytes(&fx.path, DATA_BYTES - 512, 512);
+    assert!(
+        end.iter().all(|&b| b == 0),
+        "nothing was written by refused requests"
+    );
+    assert_eq!(fx.pipeline.in_flight(), 0);
+}
+
+#[test]
+fn many_concurrent_requests_complete() {
+    for engine in engines() {
+        let fx = fixture(engine, |c, m| {
+            c.queue_depth = 256;
+            m.al_capacity = 64;
+        });
+        let s = fx.pipeline.open("t", true).expect("open");
+        let (tx, rx) = mpsc::channel();
+        for i in 0..256u64 {
+            let tx = tx.clone();
+            let off = i * 256 * 1024; // spread over all 16 extents
+            s.submit(
+                req(BlockOp::Write, off, 4096),
+                pattern(i, 4096),
+                Box::new(move |r| tx.send((i, r)).expect("rx")),
+            );
+        }
+        for _ in 0..256 {
+            let (i, r) = rx.recv_timeout(WAIT).expect("all 256 complete");
+            r.unwrap_or_else(|e| panic!("write {i} failed: {e}"));
+        }
+        for i in (0..256u64).step_by(17) {
+            assert_eq!(read(&s, i * 256 * 1024, 4096), pattern(i, 4096).as_slice());
+        }
+        assert_eq!(fx.pipeline.in_flight(), 0);
+    }
+}
+
+#[test]
+fn overlapping_writes_land_in_submission_order() {
+    for engine in engines() {
+        let fx = fixture(engine, |_, _| {});
+        let s = fx.pipeline.open("t", true).expect("open");
+        // Hold the first write in the engine so the later ones must queue behind it.
+        fx.pipeline.faults().set_hold_writes(true);
+        let (tx, rx) = mpsc::channel();
+        for i in 0..20u64 {
+            let tx = tx.clone();
+            let off = (i % 3) * 512; // all overlap 0..8192-ish
+            s.submit(
+                req(BlockOp::Write, off, 8192),
+                pattern(100 + i, 8192),
+                Box::new(move |r| tx.send((i, r)).expect("rx")),
+            );
+        }
+        assert_eq!(
+            fx.pipeline.faults().held_count(),
+            1,
+            "only the first overlapping write reached the engine"
+        );
+        fx.pipeline.faults().set_hold_writes(false);
+        fx.pipeline.release_held_io();
+        let order: Vec<u64> = (0..20)
+            .map(|_| rx.recv_timeout(WAIT).expect("completes"))
+            .map(|(i, r)| {
+                r.expect("write ok");
+                i
+            })
+            .collect();
+        assert_eq!(
+            order,
+            (0..20).collect::<Vec<_>>(),
+            "overlapping writes complete in submission order"
+        );
+        let mut model = vec![0u8; 8192 + 1024];
+        for i in 0..20u64 {
+            let off = usize::try_from((i % 3) * 512).expect("off");
+            model[off..off + 8192].copy_from_slice(pattern(100 + i, 8192).as_slice());
+        }
+        assert_eq!(
+            read(&s, 0, 8192 + 1024),
+            model,
+            "final content is the last submitted write per block"
+        );
+    }
+}
+
+#[test]
+fn al_transaction_is_written_before_first_write_to_new_extent() {
+    let fx = fixture(EngineKind::UringOrSync, |_, _| {});
+    let off = 5 * AL_EXTENT_BYTES + 4096;
+    fx.meta.lock().expect("meta").probe = Some((fx.path.clone(), off));
+    let s = fx.pipeline.open("t", true).expect("open");
+    write(&s, off, &pattern(1, 4096)).expect("write");
+    write(&s, off + 4096, &pattern(2, 4096)).expect("second write, same extent");
+    let m = fx.meta.lock().expect("meta");
+    assert_eq!(
+        m.transactions,
+        vec![vec![5]],
+        "one AL transaction, for extent 5 only"
+    );
+    assert!(
+        m.probe_samples[0].iter().all(|&b| b == 0),
+        "data was not on disk when the AL transaction was written"
+    );
+    assert!(
+        m.active.is_empty(),
+        "extent released after the write completed"
+    );
+    drop(m);
+    assert_eq!(file_bytes(&fx.path, off, 4096), pattern(1, 4096).as_slice());
+}
+
+#[test]
+fn writes_set_bitmap_bits_for_disconnected_peer_slots() {
+    let fx = fixture(EngineKind::UringOrSync, |_, _| {});
+    let s = fx.pipeline.open("t", true).expect("open");
+    assert_eq!(
+        fx.pipeline.peer_slots_disconnected(),
+        vec![0, 2],
+        "all configured slots start disconnected"
+    );
+    write(&s, 8192, &pattern(1, 12288)).expect("write"); // bits 2,3,4
+    run(
+        &s,
+        req(BlockOp::Discard, 1 << 20, 4096),
+        AlignedBuf::empty(),
+    )
+    .expect("discard");
+    fx.pipeline.set_peer_slots_disconnected(vec![2]);
+    write(&s, 512, &pattern(2, 512)).expect("write in bit 0"); // only slot 2
+    let m = fx.meta.lock().expect("meta");
+    let bits = |slot| {
+        m.bits
+            .get(&slot)
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .collect::<Vec<u64>>()
+    };
+    assert_eq!(bits(0), vec![2, 3, 4, 256]);
+    assert_eq!(bits(2), vec![0, 2, 3, 4, 256]);
+    assert!(bits(1).is_empty(), "unused slot untouched");
+}
+
+#[test]
+fn write_waits_while_activity_log_is_full_then_proceeds() {
+    let fx = fixture(EngineKind::UringOrSync, |_, m| m.al_capacity = 1);
+    let s = fx.pipeline.open("t", true).expect("open");
+    fx.pipeline.faults().set_hold_writes(true);
+    let first = submit(&s, req(BlockOp::Write, 0, 4096), pattern(1, 4096));
+    let second = submit(
+        &s,
+        req(BlockOp::Write, AL_EXTENT_BYTES, 4096),
+        pattern(2, 4096),
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        fx.pipeline.faults().held_count(),
+        1,
+        "second write did not reach the disk"
+    );
+    assert!(
+        fx.meta.lock().expect("meta").al_full_count >= 1,
+        "second write found the AL full"
+    );
+    assert!(second.try_recv().is_err(), "second write still waiting");
+    fx.pipeline.faults().set_hold_writes(false);
+    fx.pipeline.release_held_io();
+    first
+        .recv_timeout(WAIT)
+        .expect("first completes")
+        .expect("ok");
+    second
+        .recv_timeout(WAIT)
+        .expect("second completes")
+        .expect("ok");
+    let m = fx.meta.lock().expect("meta");
+    assert_eq!(m.max_active, 1, "never more active extents than AL slots");
+    assert_eq!(m.transactions, vec![vec![0], vec![1]]);
+    drop(m);
+    assert_eq!(read(&s, AL_EXTENT_BYTES, 4096), pattern(2, 4096).as_slice());
+}
+
+#[test]
+fn recover_after_crash_marks_al_extents_out_of_sync() {
+    let mut meta = RecordingMeta::new(8, vec![0, 3]);
+    meta.logged = vec![2, 15];
+    meta.crashed = true;
+    let rec = recover_after_crash(&mut meta).expect("recovery");
+    assert_eq!(rec.extents, vec![2, 15]);
+    let per_extent = AL_EXTENT_BYTES / GRANULE_BYTES;
+    for slot in [0, 3] {
+        let bits = &meta.bits[&slot];
+        assert_eq!(bits.len() as u64, 2 * per_extent);
+        assert!(bits.contains(&(2 * per_extent)) && bits.contains(&(16 * per_extent - 1)));
+    }
+    assert!(!meta.crashed, "crash flag cleared after the bits were set");
+    assert!(
+        meta.bitmap_flushes >= 1,
+        "bits persisted before clearing the flag"
+    );
+    let again = recover_after_crash(&mut meta).expect("second call");
+    assert!(again.extents.is_empty(), "nothing to do without a crash");
+}
+
+#[test]
+fn pass_on_io_error_returns_eio_and_keeps_disk() {
+    let fx = fixture(EngineKind::UringOrSync, |c, _| {
+        c.on_io_error = OnIoError::PassOn
+    });
+    let s = fx.pipeline.open("t", true).expect("open");
+    fx.pipeline.faults().set_fail_writes(true);
+    let err = write(&s, 0, &pattern(1, 4096)).expect_err("write fails");
+    assert_eq!(err.errno(), libc::EIO);
+    fx.pipeline.faults().set_fail_writes(false);
+    assert!(!fx.pipeline.disk_failed());
+    write(&s, 0, &pattern(2, 4096)).expect("disk still attached");
+    let ev = fx.events.lock().expect("events").clone();
+    assert!(
+        matches!(
+            ev.as_slice(),
+            [PipelineEvent::IoErrorPassedOn {
+                op: BlockOp::Write,
+                offset_bytes: 0,
+                ..
+            }]
+        ),
+        "{ev:?}"
+    );
+    assert!(
+        fx.meta.lock().expect("meta").active.is_empty(),
+        "failed write released its AL extent"
+    );
+}
+
+#[test]
+fn detach_on_io_error_reports_disk_failed_and_fails_later_io() {
+    let fx = fixture(EngineKind::UringOrSync, |c, _| {
+        c.on_io_error = OnIoError::Detach
+    });
+    let s = fx.pipeline.open("t", true).expect("open");
+    fx.pipeline.faults().set_fail_reads(true);
+    assert_eq!(
+        run(&s, req(BlockOp::Read, 0, 4096), AlignedBuf::zeroed(4096))
+            .expect_err("eio")
+            .errno(),
+        libc::EIO
+    );
+    assert!(fx.pipeline.disk_failed());
+    fx.pipeline.faults().set_fail_reads(false);
+    assert_eq!(
+        write(&s, 0, &pattern(1, 4096))
+            .expect_err("detached")
+            .errno(),
+        libc::EIO
+    );
+    let ev = fx.events.lock().expect("events").clone();
+    assert!(
+        matches!(
+            ev.as_slice(),
+            [PipelineEvent::DiskFailed {
+                policy: OnIoError::Detach,
+                op: BlockOp::Read,
+                ..
+            }]
+        ),
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn metadata_failure_fails_the_write_without_touching_data() {
+    let fx = fixture(EngineKind::UringOrSync, |_, m| m.fail_al = true);
+    let s = fx.pipeline.open("t", true).expect("open");
+    assert_eq!(
+        write(&s, 0, &pattern(1, 4096)).expect_err("eio").errno(),
+        libc::EIO
+    );
+    assert!(file_bytes(&fx.path, 0, 4096).iter().all(|&b| b == 0));
+    assert!(matches!(
+        fx.events.lock().expect("events").as_slice(),
+        [PipelineEvent::MetadataFailed { .. }]
+    ));
+}
+
+#[test]
+fn open_refused_when_role_does_not_allow_io() {
+    let fx = fixture(EngineKind::UringOrSync, |_, _| {});
+    fx.pipeline.set_role_allows_io(false);
+    let err = fx.pipeline.open("mount", true).expect_err("refused");
+    assert!(matches!(err, BlockError::ReadOnly(_)), "{err:?}");
+    assert_eq!(err.errno(), libc::EROFS);
+}
+
+#[test]
+fn open_clients_names_sessions_until_dropped() {
+    let fx = fixture(EngineKind::UringOrSync, |_, _| {});
+    let a = fx
+        .pipeline
+        .open("nbd unix:/run/drbdd/r0.nbd #1", true)
+        .expect("open a");
+    let b = fx.pipeline.open("ublk /dev/ublkb0", false).expect("open b");
+    assert_eq!(
+        fx.pipeline.open_clients(),
+        vec!["nbd unix:/run/drbdd/r0.nbd #1", "ublk /dev/ublkb0"]
+    );
+    assert_eq!(
+        write(&b, 0, &pattern(1, 512))
+            .expect_err("read-only session")
+            .errno(),
+        libc::EROFS
+    );
+    drop(a);
+    assert_eq!(fx.pipeline.open_clients(), vec!["ublk /dev/ublkb0"]);
+    drop(b);
+    assert!(fx.pipeline.open_clients().is_empty());
+}
+
+#[test]
+fn shutdown_drains_persists_and_refuses_new_requests() {
+    let fx = fixture(EngineKind::UringOrSync, |_, _| {});
+    let s = fx.pipeline.open("t", true).expect("open");
+    let pending: Vec<_> = (0..32u64)
+        .map(|i| submit(&s, req(BlockOp::Write, i * 8192, 4096), pattern(i, 4096)))
+        .collect();
+    fx.pipeline.shutdown().expect("shutdown");
+    for rx in pending {
+        rx.try_recv()
+            .expect("completed before shutdown returned")
+            .expect("ok");
+    }
+    assert!(fx.meta.lock().expect("meta").persists >= 1);
+    assert_eq!(
+        write(&s, 0, &pattern(1, 512)).expect_err("stopped").errno(),
+        libc::ESHUTDOWN
+    );
+}
+
+#[test]
+fn backing_smaller_than_data_area_is_refused() {
+    let dir = tempfile::tempdir_in("/tmp").expect("tempdir");
+    let path = dir.path().join("small.img");
+    std::fs::File::create(&path)
+        .expect("create")
+        .set_len(1 << 20)
+        .expect("len");
+    let meta = Arc::new(Mutex::new(RecordingMeta::new(8, vec![0])));
+    let err = Pipeline::start(PipelineConfig::new(path, 2 << 20), meta).expect_err("too small");
+    assert!(err.to_string().contains("needs 2097152"), "{err}");
+}
+
+#[test]
+fn io_uring_engine_runs_when_the_kernel_has_it() {
+    let fx = fixture(EngineKind::UringOrSync, |_, _| {});
+    if fx.pipeline.engine_name() != "io_uring" {
+        eprintln!("SKIP: io_uring unavailable here; the sync engine ran the other tests");
+        return;
+    }
+    let sync = fixture(EngineKind::Sync, |_, _| {});
+    assert_eq!(sync.pipeline.engine_name(), "sync");
+}
