@@ -743,3 +743,51 @@ fn io_uring_engine_runs_when_the_kernel_has_it() {
     let sync = fixture(EngineKind::Sync, |_, _| {});
     assert_eq!(sync.pipeline.engine_name(), "sync");
 }
+
+/// Rough throughput probe, not a correctness test: `cargo test -p drbdd --test
+/// pipeline_local measure -- --ignored --nocapture`. Keeps 128 requests of
+/// 4 KiB in flight for one second per engine and prints IOPS.
+#[test]
+#[ignore]
+fn measure_4k_iops_at_queue_depth_128() {
+    for engine in engines() {
+        for op in [BlockOp::Write, BlockOp::Read] {
+            let fx = fixture(engine, |c, m| {
+                c.queue_depth = 128;
+                m.al_capacity = 64;
+            });
+            let s = fx.pipeline.open("bench", true).expect("open");
+            let (tx, rx) = mpsc::channel::<Outcome>();
+            let issue = |i: u64| {
+                let tx = tx.clone();
+                let off = (i.wrapping_mul(2_654_435_761) % (DATA_BYTES / 4096)) * 4096;
+                s.submit(
+                    req(op, off, 4096),
+                    AlignedBuf::zeroed(4096),
+                    Box::new(move |r| tx.send(r).expect("rx")),
+                );
+            };
+            let start = std::time::Instant::now();
+            let mut issued = 0u64;
+            while issued < 128 {
+                issue(issued);
+                issued += 1;
+            }
+            let mut completed = 0u64;
+            while start.elapsed() < Duration::from_secs(1) {
+                rx.recv_timeout(WAIT).expect("completes").expect("ok");
+                completed += 1;
+                issue(issued);
+                issued += 1;
+            }
+            let secs = start.elapsed().as_secs_f64();
+            for _ in completed..issued {
+                rx.recv_timeout(WAIT).expect("drain").expect("ok");
+            }
+            eprintln!(
+                "{engine:?} {op:?} 4k qd128: {:.0} IOPS",
+                completed as f64 / secs
+            );
+        }
+    }
+}
