@@ -1,0 +1,375 @@
+//! The transmission phase of one connection: a reader loop that parses
+//! requests and submits them to the `BlockSession`, and a writer thread that
+//! sends simple replies as completions arrive (in any order, from any thread).
+//!
+//! Owns: the per-connection in-flight bound and the reply channel. Every
+//! reply holds one in-flight permit from before its request is submitted until
+//! the writer has written it, and the reply channel has room for as many
+//! replies as there are permits, so a completion callback never blocks on the
+//! socket — a slow client stalls only its own reader. Must never: read a
+//! payload larger than `proto::MAX_PAYLOAD_BYTES`, panic on client input, or
+//! reply twice to one request.
+
+use crate::proto::{self, Command, Request};
+use crate::stream::Stream;
+use drbdd_blockio::{AlignedBuf, BlockError, BlockOp, BlockRequest, BlockSession, Geometry};
+use std::io::{self, BufWriter, Read, Write};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
+use std::sync::{Arc, Condvar, Mutex};
+
+/// Counting semaphore bounding requests in flight on one connection.
+#[derive(Debug)]
+struct InFlight {
+    count: Mutex<usize>,
+    freed: Condvar,
+    max: usize,
+}
+
+impl InFlight {
+    fn acquire(&self) {
+        let mut n = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        while *n >= self.max {
+            n = self.freed.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+        *n += 1;
+    }
+
+    fn release(&self) {
+        let mut n = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        assert!(*n > 0, "in-flight permit released twice");
+        *n -= 1;
+        self.freed.notify_one();
+    }
+}
+
+/// One simple reply; `data` is the payload of a successful read.
+#[derive(Debug)]
+struct Reply {
+    handle: u64,
+    error: u32,
+    data: Option<AlignedBuf>,
+}
+
+/// Sends a reply that already holds a permit.
+#[derive(Debug, Clone)]
+struct ReplySink {
+    tx: SyncSender<Reply>,
+    in_flight: Arc<InFlight>,
+}
+
+impl ReplySink {
+    fn send(&self, reply: Reply) {
+        // Never blocks: channel capacity == permit count (see module doc).
+        if self.tx.send(reply).is_err() {
+            // Writer gone (connection torn down): nobody will release for us.
+            self.in_flight.release();
+        }
+    }
+}
+
+/// Tuning of one connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TransmissionParams {
+    pub(crate) geometry: Geometry,
+    pub(crate) read_only: bool,
+    pub(crate) max_in_flight: usize,
+}
+
+/// Maps a block error to the NBD error value for this command. Writes past
+/// the end get ENOSPC as the spec asks; everything else follows the errno.
+fn nbd_error(command: Command, err: &BlockError) -> u32 {
+    let writes = matches!(
+        command,
+        Command::Write | Command::WriteZeroes | Command::Trim
+    );
+    if writes && *err == BlockError::OutOfRange {
+        return proto::NBD_ENOSPC;
+    }
+    proto::nbd_error_from_errno(err.errno())
+}
+
+fn writer_loop(stream: Stream, rx: Receiver<Reply>, in_flight: Arc<InFlight>) {
+    let shutdown_handle = stream.try_clone().ok();
+    let mut out = BufWriter::with_capacity(64 * 1024, stream);
+    let mut broken = false;
+    let write_one = |out: &mut BufWriter<Stream>, r: &Reply| -> io::Result<()> {
+        out.write_all(&proto::encode_simple_reply(r.handle, r.error))?;
+        if let Some(data) = &r.data {
+            out.write_all(data.as_slice())?;
+        }
+        Ok(())
+    };
+    loop {
+        let reply = match rx.try_recv() {
+            Ok(r) => r,
+            Err(TryRecvError::Empty) => {
+                // Batch replies: flush only when nothing else is queued.
+                if !broken && out.flush().is_err() {
+                    broken = true;
+                }
+                match rx.recv() {
+                    Ok(r) => r,
+                    Err(_) => break,
+                }
+            }
+            Err(TryRecvError::Disconnected) => break,
+        };
+        if !broken {
+            if let Err(e) = write_one(&mut out, &reply) {
+                tracing::debug!(error = %e, "NBD reply write failed; closing connection");
+                broken = true;
+                if let Some(s) = &shutdown_handle {
+                    s.shutdown();
+                }
+            }
+        }
+        in_flight.release();
+    }
+    let _ = out.flush();
+}
+
+/// What the reader does with one request header.
+enum Step {
+    Continue,
+    Stop,
+}
+
+struct Reader<'a> {
+    stream: &'a mut Stream,
+    session: &'a Arc<dyn BlockSession>,
+    params: TransmissionParams,
+    sink: ReplySink,
+}
+
+impl Reader<'_> {
+    /// Replies immediately (the permit is already held).
+    fn reply_now(&self, handle: u64, error: u32) {
+        self.sink.send(Reply {
+            handle,
+            error,
+            data: None,
+        });
+    }
+
+    fn submit(&self, command: Command, handle: u64, block: BlockRequest, buf: AlignedBuf) {
+        let sink = self.sink.clone();
+        let is_read = command == Command::Read;
+        self.session.submit(
+            block,
+            buf,
+            Box::new(move |res| {
+                let reply = match res {
+                    Ok(buf) => Reply {
+                        handle,
+                        error: 0,
+                        data: is_read.then_some(buf),
+                    },
+                    Err(e) => Reply {
+                        handle,
+                        error: nbd_error(command, &e),
+                        data: None,
+                    },
+                };
+                sink.send(reply);
+            }),
+        );
+    }
+
+    /// Reads and discards a payload we refuse, keeping the stream in sync.
+    fn drain(&mut self, len_bytes: u32) -> io::Result<()> {
+        let copied = io::copy(
+            &mut Read::by_ref(self.stream).take(u64::from(len_bytes)),
+            &mut io::sink(),
+        )?;
+        if copied != u64::from(len_bytes) {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
+    }
+
+    fn handle_write(&mut self, req: &Request) -> io::Result<()> {
+        let g = self.params.geometry;
+        if req.len_bytes > g.max_io_bytes || self.params.read_only {
+            self.drain(req.len_bytes)?;
+            let error = if self.params.read_only {
+                proto::NBD_EPERM
+            } else {
+                proto::NBD_EINVAL
+            };
+            self.reply_now(req.handle, error);
+            return Ok(());
+        }
+        let len = usize::try_from(req.len_bytes)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+        let mut buf = AlignedBuf::zeroed(len);
+        self.stream.read_exact(buf.as_mut_slice())?;
+        let block = BlockRequest {
+            op: BlockOp::Write,
+            offset_bytes: req.offset_bytes,
+            len_bytes: req.len_bytes,
+            fua: req.fua(),
+        };
+        self.submit(Command::Write, req.handle, block, buf);
+        Ok(())
+    }
+
+    /// Write-zeroes as ordinary writes of zeroes, one chunk at a time (bounded
+    /// memory): used for NO_HOLE, and when the target has no write-zeroes.
+    fn write_zeroes_as_writes(&self, req: &Request) {
+        let g = self.params.geometry;
+        let chunk_max = g.max_io_bytes.clamp(4096, 1 << 20);
+        let end = req.offset_bytes.checked_add(u64::from(req.len_bytes));
+        if end.is_none_or(|e| e > g.size_bytes) {
+            return self.reply_now(req.handle, proto::NBD_ENOSPC);
+        }
+        let mut offset = req.offset_bytes;
+        let mut left = req.len_bytes;
+        let mut buf = AlignedBuf::zeroed(usize::try_from(chunk_max.min(left)).unwrap_or(0));
+        while left > 0 {
+            let len = chunk_max.min(left);
+            if buf.len() != usize::try_from(len).unwrap_or(0) {
+                buf = AlignedBuf::zeroed(usize::try_from(len).unwrap_or(0));
+            }
+            let block = BlockRequest {
+                op: BlockOp::Write,
+                offset_bytes: offset,
+                len_bytes: len,
+                fua: req.fua(),
+            };
+            let (tx, rx) = mpsc::sync_channel(1);
+            self.session
+                .submit(block, buf, Box::new(move |res| drop(tx.send(res))));
+            match rx.recv() {
+                Ok(Ok(back)) => buf = back,
+                Ok(Err(e)) => {
+                    return self.reply_now(req.handle, nbd_error(Command::WriteZeroes, &e))
+                }
+                Err(_) => return self.reply_now(req.handle, proto::NBD_EIO),
+            }
+            offset += u64::from(len);
+            left -= len;
+        }
+        self.reply_now(req.handle, 0);
+    }
+
+    fn handle_request(&mut self, req: Request) -> io::Result<Step> {
+        if req.command == Command::Disconnect {
+            return Ok(Step::Stop);
+        }
+        if req.payload_bytes() > proto::MAX_PAYLOAD_BYTES {
+            tracing::info!(
+                len = req.len_bytes,
+                "NBD write payload over 32 MiB: closing connection"
+            );
+            return Ok(Step::Stop);
+        }
+        self.sink.in_flight.acquire();
+        let g = self.params.geometry;
+        let (op, fua) = match req.command {
+            Command::Write => return self.handle_write(&req).map(|()| Step::Continue),
+            Command::Read if req.len_bytes > g.max_io_bytes => {
+                self.reply_now(req.handle, proto::NBD_EINVAL);
+                return Ok(Step::Continue);
+            }
+            Command::Read => (BlockOp::Read, false),
+            Command::Flush => (BlockOp::Flush, false),
+            Command::Trim | Command::WriteZeroes if self.params.read_only => {
+                self.reply_now(req.handle, proto::NBD_EPERM);
+                return Ok(Step::Continue);
+            }
+            Command::Trim => (BlockOp::Discard, req.fua()),
+            Command::WriteZeroes if req.no_hole() || !g.supports_write_zeroes => {
+                self.write_zeroes_as_writes(&req);
+                return Ok(Step::Continue);
+            }
+            Command::WriteZeroes => (BlockOp::WriteZeroes, req.fua()),
+            Command::Unknown(_) | Command::Disconnect => {
+                self.reply_now(req.handle, proto::NBD_EINVAL);
+                return Ok(Step::Continue);
+            }
+        };
+        let (offset_bytes, len_bytes) = if op == BlockOp::Flush {
+            (0, 0)
+        } else {
+            (req.offset_bytes, req.len_bytes)
+        };
+        let block = BlockRequest {
+            op,
+            offset_bytes,
+            len_bytes,
+            fua,
+        };
+        if let Err(e) = block.validate(g.size_bytes, g.max_io_bytes) {
+            self.reply_now(req.handle, nbd_error(req.command, &e));
+            return Ok(Step::Continue);
+        }
+        let buf = if op == BlockOp::Read {
+            AlignedBuf::zeroed(
+                usize::try_from(len_bytes)
+                    .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?,
+            )
+        } else {
+            AlignedBuf::empty()
+        };
+        self.submit(req.command, req.handle, block, buf);
+        Ok(Step::Continue)
+    }
+
+    fn run(&mut self) -> io::Result<()> {
+        let mut header = [0u8; proto::REQUEST_BYTES];
+        loop {
+            match self.stream.read_exact(&mut header) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e),
+            }
+            let req = match proto::parse_request(&header) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::info!(error = %e, "NBD request out of sync: closing connection");
+                    return Ok(());
+                }
+            };
+            if let Step::Stop = self.handle_request(req)? {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Serves requests until the client disconnects, the stream fails or
+/// breaks protocol; returns after every in-flight request was answered.
+pub(crate) fn serve(
+    mut stream: Stream,
+    session: &Arc<dyn BlockSession>,
+    params: TransmissionParams,
+) -> io::Result<()> {
+    let max = params.max_in_flight.max(1);
+    let in_flight = Arc::new(InFlight {
+        count: Mutex::new(0),
+        freed: Condvar::new(),
+        max,
+    });
+    let (tx, rx) = mpsc::sync_channel(max);
+    let write_half = stream.try_clone()?;
+    let writer_in_flight = Arc::clone(&in_flight);
+    let writer = std::thread::Builder::new()
+        .name("nbd-writer".into())
+        .spawn(move || writer_loop(write_half, rx, writer_in_flight))?;
+    let result = {
+        let mut reader = Reader {
+            stream: &mut stream,
+            session,
+            params,
+            sink: ReplySink { tx, in_flight },
+        };
+        reader.run()
+        // `reader` (and its sender) drops here; the writer ends once every
+        // completion has sent its reply and dropped its sender clone.
+    };
+    if writer.join().is_err() {
+        tracing::error!("NBD writer thread panicked");
+    }
+    stream.shutdown();
+    result
+}
