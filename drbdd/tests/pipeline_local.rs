@@ -791,3 +791,92 @@ fn measure_4k_iops_at_queue_depth_128() {
         }
     }
 }
+
+/// A loop device over a file under /tmp, detached on drop.
+struct LoopDevice {
+    dev: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl LoopDevice {
+    fn new(size_bytes: u64) -> Option<LoopDevice> {
+        let dir = tempfile::tempdir_in("/tmp").expect("tempdir");
+        let img = dir.path().join("loop.img");
+        std::fs::File::create(&img)
+            .expect("create")
+            .set_len(size_bytes)
+            .expect("len");
+        let out = std::process::Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(&img)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            eprintln!(
+                "SKIP: losetup failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return None;
+        }
+        let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string());
+        Some(LoopDevice { dev, _dir: dir })
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .arg("-d")
+            .arg(&self.dev)
+            .status();
+    }
+}
+
+#[test]
+fn block_device_backing_discards_and_zeroes_via_ioctls() {
+    let Some(lo) = LoopDevice::new(DATA_BYTES) else {
+        eprintln!("SKIP: no loop device (needs root and loop support)");
+        return;
+    };
+    let mut md =
+        drbdd::metadev::FileMetaDevice::open(&lo.dev).expect("open loop as metadata device");
+    assert_eq!(md.size_bytes(), DATA_BYTES, "BLKGETSIZE64 size");
+    md.flush().expect("fdatasync on a block device");
+    drop(md);
+    for engine in engines() {
+        let meta = Arc::new(Mutex::new(RecordingMeta::new(8, vec![0])));
+        let pipeline = Pipeline::start(
+            PipelineConfig {
+                engine,
+                ..PipelineConfig::new(lo.dev.clone(), DATA_BYTES)
+            },
+            meta,
+        )
+        .expect("pipeline on a block device");
+        pipeline.set_role_allows_io(true);
+        let s = pipeline.open("t", true).expect("open");
+        write(&s, 0, &pattern(7, 65536)).expect("write");
+        run(
+            &s,
+            req(BlockOp::WriteZeroes, 4096, 8192),
+            AlignedBuf::empty(),
+        )
+        .expect("BLKZEROOUT");
+        run(&s, req(BlockOp::Discard, 32768, 8192), AlignedBuf::empty()).expect("BLKDISCARD");
+        let back = read(&s, 0, 65536);
+        assert!(
+            back[4096..12288].iter().all(|&b| b == 0),
+            "zeroed range reads zero ({engine:?})"
+        );
+        assert!(
+            back[32768..40960].iter().all(|&b| b == 0),
+            "loop devices zero discarded ranges"
+        );
+        assert_eq!(
+            &back[12288..32768],
+            &pattern(7, 65536).as_slice()[12288..32768]
+        );
+        run(&s, req(BlockOp::Flush, 0, 0), AlignedBuf::empty()).expect("flush");
+        pipeline.shutdown().expect("shutdown");
+    }
+}
