@@ -900,7 +900,7 @@ fn random_overlapping_writes_end_as_if_applied_in_submission_order() {
             let (off, len) = (start * 512, usize::try_from(sectors * 512).expect("len"));
             let data = pattern(i, len);
             let at = usize::try_from(off).expect("off");
-            let op = if rng % 10 == 0 {
+            let op = if rng.is_multiple_of(10) {
                 BlockOp::WriteZeroes
             } else {
                 BlockOp::Write
