@@ -933,3 +933,66 @@ fn random_overlapping_writes_end_as_if_applied_in_submission_order() {
         );
     }
 }
+
+/// Adds one peer leg per write and parks the handles for the test to complete.
+#[derive(Debug, Default)]
+struct ParkingReplicator {
+    legs: Mutex<Vec<(BlockRequest, Vec<u8>, drbdd::pipeline::LegHandle)>>,
+}
+
+impl drbdd::pipeline::Replicator for ParkingReplicator {
+    fn replicate(&self, write: &mut drbdd::pipeline::ReplicatedWrite<'_>) {
+        let handle = write.add_peer_leg(1);
+        self.legs
+            .lock()
+            .expect("legs")
+            .push((write.req, write.data.to_vec(), handle));
+    }
+}
+
+#[test]
+fn write_completes_only_after_every_leg_including_peers() {
+    use drbdd::pipeline::{Leg, LegOutcome};
+    let fx = fixture(EngineKind::UringOrSync, |_, _| {});
+    fx.pipeline.set_peer_slots_disconnected(vec![]); // the peer is "connected"
+    let repl = Arc::new(ParkingReplicator::default());
+    fx.pipeline
+        .set_replicator(Some(repl.clone() as Arc<dyn drbdd::pipeline::Replicator>));
+    let s = fx.pipeline.open("t", true).expect("open");
+    let first = submit(&s, req(BlockOp::Write, 0, 4096), pattern(1, 4096));
+    let second = submit(&s, req(BlockOp::Write, 8192, 4096), pattern(2, 4096));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        file_bytes(&fx.path, 0, 4096),
+        pattern(1, 4096).as_slice(),
+        "local leg done"
+    );
+    assert!(first.try_recv().is_err(), "write waits for its peer leg");
+    let mut legs = std::mem::take(&mut *repl.legs.lock().expect("legs"));
+    assert_eq!(legs.len(), 2);
+    assert_eq!(
+        legs[0].1,
+        pattern(1, 4096).as_slice(),
+        "replicator saw the data"
+    );
+    assert_eq!(legs[0].2.leg(), Leg::Peer(1));
+    let (_, _, lost) = legs.pop().expect("second");
+    let (_, _, acked) = legs.pop().expect("first");
+    acked.complete(LegOutcome::Done);
+    first.recv_timeout(WAIT).expect("completes").expect("ok");
+    lost.complete(LegOutcome::PeerLost { slot: 2 });
+    second
+        .recv_timeout(WAIT)
+        .expect("completes")
+        .expect("ok despite the lost peer");
+    let m = fx.meta.lock().expect("meta");
+    assert!(
+        m.bits.get(&0).is_none_or(|b| b.is_empty()),
+        "connected slot 0 untouched"
+    );
+    assert_eq!(
+        m.bits[&2].iter().copied().collect::<Vec<_>>(),
+        vec![2],
+        "lost peer's slot marks the write"
+    );
+}

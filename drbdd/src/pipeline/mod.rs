@@ -11,9 +11,11 @@
 //! the engine thread. Both take the short `state` lock; metadata work happens
 //! under the metadata lock only (never both at once, state first if ever).
 //!
-//! Replication later: a write carries a set of [`Leg`]s (today only
-//! [`Leg::LocalDisk`]); a peer leg is added per protocol when the write is
-//! sent, and the write completes upward when the last leg is done.
+//! Replication: a write carries a set of [`Leg`]s, always [`Leg::LocalDisk`];
+//! a [`Replicator`] (plugged in with [`Pipeline::set_replicator`]) adds a
+//! [`Leg::Peer`] per peer its protocol waits for, before the local write is
+//! submitted, and completes it through its [`LegHandle`]. The write completes
+//! upward when the last leg is done.
 
 pub mod meta;
 mod order;
@@ -22,7 +24,7 @@ mod write;
 pub use meta::{
     al_extents_of, recover_after_crash, AlError, CrashRecovery, PipelineMeta, AL_EXTENT_BYTES,
 };
-pub use write::Leg;
+pub use write::{Leg, LegHandle, LegOutcome, ReplicatedWrite, Replicator};
 
 use crate::backing::{Backing, BackingOp, EngineKind, FaultInjection};
 use drbdd_blockio::{
@@ -169,6 +171,7 @@ pub struct Pipeline {
     /// Signalled when `in_flight` drops.
     drained: Condvar,
     events: Mutex<Option<EventSink>>,
+    replicator: Mutex<Option<Arc<dyn Replicator>>>,
     max_requests: usize,
 }
 
@@ -237,6 +240,7 @@ impl Pipeline {
             }),
             drained: Condvar::new(),
             events: Mutex::new(None),
+            replicator: Mutex::new(None),
             max_requests,
             cfg,
         }))
@@ -278,6 +282,12 @@ impl Pipeline {
     /// Where [`PipelineEvent`]s go (replaces the previous sink).
     pub fn set_event_sink(&self, sink: EventSink) {
         *self.events.lock().expect("event sink lock") = Some(sink);
+    }
+
+    /// Plugs in (or removes) the replication layer: every later write is
+    /// offered to it and may get peer legs.
+    pub fn set_replicator(&self, replicator: Option<Arc<dyn Replicator>>) {
+        *self.replicator.lock().expect("replicator lock") = replicator;
     }
 
     /// Which engine runs the backing I/O: "io_uring" or "sync".

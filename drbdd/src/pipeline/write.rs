@@ -38,8 +38,127 @@ pub(super) struct PendingWrite {
 /// A write whose legs are running.
 struct WriteInFlight {
     seq: Seq,
+    req: BlockRequest,
     extents: Vec<u64>,
     legs: Mutex<Legs>,
+}
+
+/// Sends writes to peers. The replication layer implements this and plugs it
+/// in with [`Pipeline::set_replicator`].
+pub trait Replicator: Send + Sync + std::fmt::Debug {
+    /// Called once per write, after its AL transaction and before the local
+    /// write is submitted. For every peer the protocol waits for, call
+    /// [`ReplicatedWrite::add_peer_leg`] and complete the handle later (from
+    /// any thread). Must not block on I/O.
+    fn replicate(&self, write: &mut ReplicatedWrite<'_>);
+}
+
+/// A write offered to the [`Replicator`].
+pub struct ReplicatedWrite<'a> {
+    /// The request (op, range, FUA).
+    pub req: BlockRequest,
+    /// The data of a `Write`; empty for discard and write-zeroes.
+    pub data: &'a [u8],
+    pipeline: &'a Pipeline,
+    write: &'a Arc<WriteInFlight>,
+}
+
+impl std::fmt::Debug for ReplicatedWrite<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicatedWrite")
+            .field("req", &self.req)
+            .field("seq", &self.write.seq)
+            .finish()
+    }
+}
+
+impl ReplicatedWrite<'_> {
+    /// The write now also waits for peer `node_id`.
+    pub fn add_peer_leg(&mut self, node_id: u8) -> LegHandle {
+        let leg = Leg::Peer(node_id);
+        let mut legs = self.write.legs.lock().expect("write legs lock");
+        assert!(
+            !legs.pending.contains(&leg),
+            "peer {node_id} added twice to write {}",
+            self.write.seq
+        );
+        legs.pending.push(leg);
+        drop(legs);
+        LegHandle {
+            pipeline: self.pipeline.arc(),
+            write: Arc::clone(self.write),
+            leg,
+            completed: false,
+        }
+    }
+}
+
+/// How a peer leg ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LegOutcome {
+    /// The peer acknowledged as its protocol requires.
+    Done,
+    /// The peer went away before acknowledging: the range is marked out of
+    /// sync in its bitmap `slot` and the write still succeeds.
+    PeerLost { slot: usize },
+    /// The write fails upward with this error.
+    Failed(BlockError),
+}
+
+/// A pending peer leg of one write; complete it exactly once.
+#[derive(Debug)]
+pub struct LegHandle {
+    pipeline: Arc<Pipeline>,
+    write: Arc<WriteInFlight>,
+    leg: Leg,
+    completed: bool,
+}
+
+impl LegHandle {
+    pub fn leg(&self) -> Leg {
+        self.leg
+    }
+
+    /// Finishes this leg; the write completes upward when its last leg is done.
+    pub fn complete(mut self, outcome: LegOutcome) {
+        self.completed = true;
+        self.finish(outcome);
+    }
+
+    fn finish(&self, outcome: LegOutcome) {
+        let result = match outcome {
+            LegOutcome::Done => Ok(AlignedBuf::empty()),
+            LegOutcome::PeerLost { slot } => {
+                let req = &self.write.req;
+                lock_meta(&self.pipeline.meta).mark_out_of_sync(
+                    slot,
+                    req.offset_bytes,
+                    u64::from(req.len_bytes),
+                );
+                Ok(AlignedBuf::empty())
+            }
+            LegOutcome::Failed(e) => Err(e),
+        };
+        self.pipeline.leg_done(&self.write, self.leg, result);
+    }
+}
+
+impl Drop for LegHandle {
+    fn drop(&mut self) {
+        if !self.completed {
+            tracing::error!(leg = ?self.leg, seq = self.write.seq, "peer leg dropped without completion; failing the write");
+            self.finish(LegOutcome::Failed(BlockError::Io));
+        }
+    }
+}
+
+impl std::fmt::Debug for WriteInFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteInFlight")
+            .field("seq", &self.seq)
+            .field("req", &self.req)
+            .finish()
+    }
 }
 
 struct Legs {
@@ -124,6 +243,7 @@ impl Pipeline {
         } = w;
         let inflight = Arc::new(WriteInFlight {
             seq,
+            req,
             extents,
             legs: Mutex::new(Legs {
                 pending: vec![Leg::LocalDisk],
@@ -150,6 +270,19 @@ impl Pipeline {
                 unreachable!("only content-changing ops take the write path")
             }
         };
+        let replicator = self.replicator.lock().expect("replicator lock").clone();
+        if let Some(r) = replicator {
+            let data = match &op {
+                BackingOp::Write { buf, .. } => buf.as_slice(),
+                _ => &[],
+            };
+            r.replicate(&mut ReplicatedWrite {
+                req,
+                data,
+                pipeline: self,
+                write: &inflight,
+            });
+        }
         let me = self.arc();
         self.backing.submit(
             op,
