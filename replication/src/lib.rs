@@ -10,3 +10,4 @@
 
 pub mod state;
 // Module list: each engineer appends their own `pub mod` line below.
+pub mod wire;

@@ -1,0 +1,626 @@
+//! The replication wire format: framed, versioned, length- and crc32c-checked
+//! packets between two drbdd nodes (documented in `replication/WIRE.md`).
+//!
+//! Owns: the packet vocabulary, its byte layout (big-endian), the bounds on
+//! every field, and the incremental decoder. Must never: panic on bytes that
+//! came from the network, allocate more than the declared (bounded) payload, or
+//! know what a packet means — the handshake and peer state machines decide that.
+
+use crate::state::{DiskState, Role};
+use thiserror::Error;
+
+/// First four bytes of every packet: ASCII "dRBr".
+pub const MAGIC: u32 = 0x6452_4272;
+/// Version of the framing (header layout). Protocol semantics are negotiated
+/// separately through [`Packet::Hello`].
+pub const FRAME_VERSION: u16 = 1;
+/// Bytes in the fixed header: magic, frame version, type, payload length, crc32c.
+pub const HEADER_BYTES: usize = 16;
+/// Largest data payload of a `Data` or `ResyncReply` packet.
+pub const MAX_DATA_BYTES: u32 = 1 << 20;
+/// Largest payload of any packet (data plus its fixed fields).
+pub const MAX_PAYLOAD_BYTES: u32 = MAX_DATA_BYTES + 64;
+/// Longest resource name on the wire and in configuration.
+pub const MAX_RESOURCE_NAME_BYTES: usize = 64;
+/// Longest free-text reason in a `Disconnect` packet.
+pub const MAX_REASON_BYTES: usize = 256;
+/// Most RLE runs in one bitmap chunk.
+pub const MAX_BITMAP_RUNS: usize = 65_536;
+/// Bytes of a nonce in an authentication challenge.
+pub const NONCE_BYTES: usize = 32;
+/// Bytes of an HMAC-SHA256 authentication response.
+pub const MAC_BYTES: usize = 32;
+
+/// Replication-protocol versions this build speaks (negotiated in `Hello`).
+pub const PROTOCOL_VERSION_MIN: u16 = 1;
+/// Highest replication-protocol version this build speaks.
+pub const PROTOCOL_VERSION_MAX: u16 = 1;
+
+/// Feature bit: the sender has a shared secret configured and will authenticate.
+pub const FEATURE_AUTH: u64 = 1 << 0;
+/// Feature bit: the sender can replicate discards.
+pub const FEATURE_DISCARD: u64 = 1 << 1;
+/// Feature bit: the sender can replicate write-zeroes.
+pub const FEATURE_ZEROES: u64 = 1 << 2;
+/// Feature bit: the sender understands RLE bitmap chunks.
+pub const FEATURE_RLE_BITMAP: u64 = 1 << 3;
+
+/// `Data` flag: force unit access (complete only once durable on the peer).
+pub const DATA_FUA: u32 = 1 << 0;
+/// `Data` flag: flush the peer's disk before this write.
+pub const DATA_FLUSH: u32 = 1 << 1;
+/// `Data` flag: discard the range (no payload).
+pub const DATA_DISCARD: u32 = 1 << 2;
+/// `Data` flag: write zeroes over the range (no payload).
+pub const DATA_ZEROES: u32 = 1 << 3;
+const DATA_FLAGS_KNOWN: u32 = DATA_FUA | DATA_FLUSH | DATA_DISCARD | DATA_ZEROES;
+
+/// Why bytes could not be decoded. The connection must be dropped: after a
+/// framing error the stream position is unknown.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum WireError {
+    #[error("bad magic {0:#010x}: the peer is not a drbdd node (or the stream is out of step)")]
+    BadMagic(u32),
+    #[error("unsupported frame version {0}; this build speaks frame version {FRAME_VERSION}")]
+    BadFrameVersion(u16),
+    #[error("unknown packet type {0}")]
+    UnknownType(u16),
+    #[error("payload of {0} bytes exceeds the limit of {MAX_PAYLOAD_BYTES} bytes")]
+    PayloadTooLarge(u32),
+    #[error("payload checksum mismatch: header says {expected:#010x}, payload has {actual:#010x}")]
+    BadChecksum { expected: u32, actual: u32 },
+    #[error("{packet} payload truncated: needed {needed} more bytes")]
+    Truncated { packet: &'static str, needed: usize },
+    #[error("{packet} payload has {0} trailing bytes", packet = .1)]
+    TrailingBytes(usize, &'static str),
+    #[error("{packet}: {what}")]
+    BadField { packet: &'static str, what: String },
+}
+
+/// One replication packet. Every variable-length field is bounded; see the
+/// `MAX_*` constants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Packet {
+    /// First packet in each direction: who I am and what I speak.
+    Hello {
+        protocol_min: u16,
+        protocol_max: u16,
+        node_id: u8,
+        resource: String,
+        features: u64,
+    },
+    AuthChallenge {
+        nonce: [u8; NONCE_BYTES],
+    },
+    AuthResponse {
+        mac: [u8; MAC_BYTES],
+    },
+    /// Role and disk state of the sender; `flags` reserved (0).
+    State {
+        role: Role,
+        disk: DiskState,
+        flags: u32,
+    },
+    /// The sender's generation identifiers as seen for the receiver.
+    GenerationIds {
+        current: u64,
+        /// The sender's bitmap UUID for the receiver's slot.
+        bitmap: u64,
+        history: [u64; 2],
+        /// Out-of-sync 4 KiB blocks the sender tracks for the receiver.
+        dirty_blocks: u64,
+        /// When the sender last became primary (caller's wall clock, ms; 0 = never).
+        promoted_at_ms: u64,
+        flags: u32,
+    },
+    /// Size of the sender's backing device and of the data currently in use.
+    Sizes {
+        backing_bytes: u64,
+        current_bytes: u64,
+        max_io_bytes: u32,
+    },
+    Data {
+        seq: u64,
+        epoch: u32,
+        flags: u32,
+        offset_bytes: u64,
+        len_bytes: u32,
+        payload: Vec<u8>,
+    },
+    /// Protocol B: the peer received the write.
+    RecvAck {
+        seq: u64,
+    },
+    /// Protocol C: the write is on the peer's disk.
+    WriteAck {
+        seq: u64,
+    },
+    /// The peer failed the write; the range is out of sync on the peer.
+    NegAck {
+        seq: u64,
+    },
+    /// Ends `epoch`: the peer must not reorder writes across it.
+    Barrier {
+        epoch: u32,
+    },
+    /// Every write of `epoch` is on the peer's disk.
+    BarrierAck {
+        epoch: u32,
+        writes: u32,
+    },
+    Ping,
+    PingAck,
+    /// Run-length encoded bitmap: `runs` alternate clear, set, clear, ...
+    /// starting at `start_bit` (the first run may be 0).
+    BitmapChunk {
+        start_bit: u64,
+        total_bits: u64,
+        last: bool,
+        runs: Vec<u64>,
+    },
+    ResyncRequest {
+        id: u64,
+        offset_bytes: u64,
+        len_bytes: u32,
+    },
+    ResyncReply {
+        id: u64,
+        offset_bytes: u64,
+        payload: Vec<u8>,
+    },
+    /// The source could not read the range.
+    ResyncNegReply {
+        id: u64,
+    },
+    /// The target holds every block; it adopts the source's generations.
+    ResyncFinished,
+    /// The range is out of sync between sender and receiver.
+    OutOfSync {
+        offset_bytes: u64,
+        len_bytes: u32,
+    },
+    Disconnect {
+        reason: String,
+    },
+}
+
+impl Packet {
+    /// The packet's type code on the wire.
+    pub fn type_code(&self) -> u16 {
+        match self {
+            Packet::Hello { .. } => 1,
+            Packet::AuthChallenge { .. } => 2,
+            Packet::AuthResponse { .. } => 3,
+            Packet::State { .. } => 4,
+            Packet::GenerationIds { .. } => 5,
+            Packet::Sizes { .. } => 6,
+            Packet::Data { .. } => 7,
+            Packet::RecvAck { .. } => 8,
+            Packet::WriteAck { .. } => 9,
+            Packet::NegAck { .. } => 10,
+            Packet::Barrier { .. } => 11,
+            Packet::BarrierAck { .. } => 12,
+            Packet::Ping => 13,
+            Packet::PingAck => 14,
+            Packet::BitmapChunk { .. } => 15,
+            Packet::ResyncRequest { .. } => 16,
+            Packet::ResyncReply { .. } => 17,
+            Packet::ResyncNegReply { .. } => 18,
+            Packet::ResyncFinished => 19,
+            Packet::OutOfSync { .. } => 20,
+            Packet::Disconnect { .. } => 21,
+        }
+    }
+
+    /// Short name for logs.
+    pub fn name(&self) -> &'static str {
+        type_name(self.type_code()).unwrap_or("?")
+    }
+
+    /// Encodes header and payload. Panics if the packet violates a bound:
+    /// packets are built by this crate, so that is a programmer error.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_BYTES + 64);
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Appends the encoded packet to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&MAGIC.to_be_bytes());
+        out.extend_from_slice(&FRAME_VERSION.to_be_bytes());
+        out.extend_from_slice(&self.type_code().to_be_bytes());
+        out.extend_from_slice(&[0u8; 8]); // length + crc, patched below
+        let payload_start = out.len();
+        self.encode_payload(out);
+        let payload = &out[payload_start..];
+        let len = u32::try_from(payload.len()).expect("payload length fits u32");
+        assert!(len <= MAX_PAYLOAD_BYTES, "{} payload of {len} bytes too large", self.name());
+        let crc = crc32c::crc32c(payload);
+        out[start + 8..start + 12].copy_from_slice(&len.to_be_bytes());
+        out[start + 12..start + 16].copy_from_slice(&crc.to_be_bytes());
+    }
+
+    fn encode_payload(&self, out: &mut Vec<u8>) {
+        let mut w = Writer(out);
+        match self {
+            Packet::Hello { protocol_min, protocol_max, node_id, resource, features } => {
+                w.u16(*protocol_min);
+                w.u16(*protocol_max);
+                w.u8(*node_id);
+                w.string(resource, MAX_RESOURCE_NAME_BYTES);
+                w.u64(*features);
+            }
+            Packet::AuthChallenge { nonce } => w.bytes(nonce),
+            Packet::AuthResponse { mac } => w.bytes(mac),
+            Packet::State { role, disk, flags } => {
+                w.u8(role_code(*role));
+                w.u8(disk_code(*disk));
+                w.u32(*flags);
+            }
+            Packet::GenerationIds { current, bitmap, history, dirty_blocks, promoted_at_ms, flags } => {
+                for v in [*current, *bitmap, history[0], history[1], *dirty_blocks, *promoted_at_ms] {
+                    w.u64(v);
+                }
+                w.u32(*flags);
+            }
+            Packet::Sizes { backing_bytes, current_bytes, max_io_bytes } => {
+                w.u64(*backing_bytes);
+                w.u64(*current_bytes);
+                w.u32(*max_io_bytes);
+            }
+            Packet::Data { seq, epoch, flags, offset_bytes, len_bytes, payload } => {
+                assert!(*len_bytes <= MAX_DATA_BYTES, "data packet too long");
+                let no_payload = flags & (DATA_DISCARD | DATA_ZEROES) != 0;
+                let want = if no_payload { 0 } else { *len_bytes };
+                assert!(u32::try_from(payload.len()) == Ok(want), "data payload length mismatch");
+                w.u64(*seq);
+                w.u32(*epoch);
+                w.u32(*flags);
+                w.u64(*offset_bytes);
+                w.u32(*len_bytes);
+                w.bytes(payload);
+            }
+            Packet::RecvAck { seq } | Packet::WriteAck { seq } | Packet::NegAck { seq } => w.u64(*seq),
+            Packet::Barrier { epoch } => w.u32(*epoch),
+            Packet::BarrierAck { epoch, writes } => {
+                w.u32(*epoch);
+                w.u32(*writes);
+            }
+            Packet::Ping | Packet::PingAck | Packet::ResyncFinished => {}
+            Packet::BitmapChunk { start_bit, total_bits, last, runs } => {
+                assert!(runs.len() <= MAX_BITMAP_RUNS, "too many bitmap runs");
+                w.u64(*start_bit);
+                w.u64(*total_bits);
+                w.u8(u8::from(*last));
+                w.u32(u32::try_from(runs.len()).expect("bounded"));
+                for run in runs {
+                    w.varint(*run);
+                }
+            }
+            Packet::ResyncRequest { id, offset_bytes, len_bytes } => {
+                w.u64(*id);
+                w.u64(*offset_bytes);
+                w.u32(*len_bytes);
+            }
+            Packet::ResyncReply { id, offset_bytes, payload } => {
+                w.u64(*id);
+                w.u64(*offset_bytes);
+                w.u32(u32::try_from(payload.len()).expect("bounded"));
+                w.bytes(payload);
+            }
+            Packet::ResyncNegReply { id } => w.u64(*id),
+            Packet::OutOfSync { offset_bytes, len_bytes } => {
+                w.u64(*offset_bytes);
+                w.u32(*len_bytes);
+            }
+            Packet::Disconnect { reason } => w.string(reason, MAX_REASON_BYTES),
+        }
+    }
+}
+
+/// Decodes one packet from the front of `buf`.
+///
+/// Returns `Ok(Some((packet, consumed)))`, `Ok(None)` if more bytes are needed,
+/// or `Err` if the bytes can never form a valid packet.
+pub fn decode(buf: &[u8]) -> Result<Option<(Packet, usize)>, WireError> {
+    if buf.len() >= 4 {
+        let magic = be_u32(&buf[0..4]);
+        if magic != MAGIC {
+            return Err(WireError::BadMagic(magic));
+        }
+    }
+    if buf.len() < HEADER_BYTES {
+        return Ok(None);
+    }
+    let version = u16::from_be_bytes([buf[4], buf[5]]);
+    if version != FRAME_VERSION {
+        return Err(WireError::BadFrameVersion(version));
+    }
+    let kind = u16::from_be_bytes([buf[6], buf[7]]);
+    let name = type_name(kind).ok_or(WireError::UnknownType(kind))?;
+    let len = be_u32(&buf[8..12]);
+    if len > MAX_PAYLOAD_BYTES {
+        return Err(WireError::PayloadTooLarge(len));
+    }
+    let expected = be_u32(&buf[12..16]);
+    let len = usize::try_from(len).map_err(|_| WireError::PayloadTooLarge(len))?;
+    let total = HEADER_BYTES + len;
+    if buf.len() < total {
+        return Ok(None);
+    }
+    let payload = &buf[HEADER_BYTES..total];
+    let actual = crc32c::crc32c(payload);
+    if actual != expected {
+        return Err(WireError::BadChecksum { expected, actual });
+    }
+    let mut r = Reader { buf: payload, pos: 0, packet: name };
+    let packet = decode_payload(kind, &mut r)?;
+    if r.pos != payload.len() {
+        return Err(WireError::TrailingBytes(payload.len() - r.pos, name));
+    }
+    Ok(Some((packet, total)))
+}
+
+fn decode_payload(kind: u16, r: &mut Reader<'_>) -> Result<Packet, WireError> {
+    Ok(match kind {
+        1 => Packet::Hello {
+            protocol_min: r.u16()?,
+            protocol_max: r.u16()?,
+            node_id: r.u8()?,
+            resource: r.string(MAX_RESOURCE_NAME_BYTES)?,
+            features: r.u64()?,
+        },
+        2 => Packet::AuthChallenge { nonce: r.array()? },
+        3 => Packet::AuthResponse { mac: r.array()? },
+        4 => Packet::State { role: decode_role(r)?, disk: decode_disk(r)?, flags: r.u32()? },
+        5 => Packet::GenerationIds {
+            current: r.u64()?,
+            bitmap: r.u64()?,
+            history: [r.u64()?, r.u64()?],
+            dirty_blocks: r.u64()?,
+            promoted_at_ms: r.u64()?,
+            flags: r.u32()?,
+        },
+        6 => Packet::Sizes { backing_bytes: r.u64()?, current_bytes: r.u64()?, max_io_bytes: r.u32()? },
+        7 => decode_data(r)?,
+        8 => Packet::RecvAck { seq: r.u64()? },
+        9 => Packet::WriteAck { seq: r.u64()? },
+        10 => Packet::NegAck { seq: r.u64()? },
+        11 => Packet::Barrier { epoch: r.u32()? },
+        12 => Packet::BarrierAck { epoch: r.u32()?, writes: r.u32()? },
+        13 => Packet::Ping,
+        14 => Packet::PingAck,
+        15 => decode_bitmap(r)?,
+        16 => {
+            let (id, offset_bytes, len_bytes) = (r.u64()?, r.u64()?, r.u32()?);
+            check_range(r, offset_bytes, len_bytes)?;
+            Packet::ResyncRequest { id, offset_bytes, len_bytes }
+        }
+        17 => {
+            let (id, offset_bytes, len) = (r.u64()?, r.u64()?, r.u32()?);
+            check_range(r, offset_bytes, len)?;
+            Packet::ResyncReply { id, offset_bytes, payload: r.vec(len)? }
+        }
+        18 => Packet::ResyncNegReply { id: r.u64()? },
+        19 => Packet::ResyncFinished,
+        20 => {
+            let (offset_bytes, len_bytes) = (r.u64()?, r.u32()?);
+            check_range(r, offset_bytes, len_bytes)?;
+            Packet::OutOfSync { offset_bytes, len_bytes }
+        }
+        21 => Packet::Disconnect { reason: r.string(MAX_REASON_BYTES)? },
+        other => return Err(WireError::UnknownType(other)),
+    })
+}
+
+fn decode_data(r: &mut Reader<'_>) -> Result<Packet, WireError> {
+    let (seq, epoch, flags, offset_bytes, len_bytes) = (r.u64()?, r.u32()?, r.u32()?, r.u64()?, r.u32()?);
+    if flags & !DATA_FLAGS_KNOWN != 0 {
+        return Err(r.bad(format!("unknown flags {flags:#x}")));
+    }
+    check_range(r, offset_bytes, len_bytes)?;
+    let no_payload = flags & (DATA_DISCARD | DATA_ZEROES) != 0;
+    let payload = if no_payload { Vec::new() } else { r.vec(len_bytes)? };
+    Ok(Packet::Data { seq, epoch, flags, offset_bytes, len_bytes, payload })
+}
+
+fn decode_bitmap(r: &mut Reader<'_>) -> Result<Packet, WireError> {
+    let (start_bit, total_bits) = (r.u64()?, r.u64()?);
+    let last = match r.u8()? {
+        0 => false,
+        1 => true,
+        other => return Err(r.bad(format!("last flag {other} is neither 0 nor 1"))),
+    };
+    let count = usize::try_from(r.u32()?).unwrap_or(usize::MAX);
+    if count > MAX_BITMAP_RUNS {
+        return Err(r.bad(format!("{count} runs exceed the limit of {MAX_BITMAP_RUNS}")));
+    }
+    // Each run takes at least one byte, so `count` is bounded by the payload too.
+    if count > r.remaining() {
+        return Err(WireError::Truncated { packet: r.packet, needed: count - r.remaining() });
+    }
+    let mut runs = Vec::with_capacity(count);
+    let mut covered: u64 = start_bit;
+    for _ in 0..count {
+        let run = r.varint()?;
+        covered = covered
+            .checked_add(run)
+            .filter(|end| *end <= total_bits)
+            .ok_or_else(|| r.bad(format!("runs extend past total_bits {total_bits}")))?;
+        runs.push(run);
+    }
+    Ok(Packet::BitmapChunk { start_bit, total_bits, last, runs })
+}
+
+fn check_range(r: &Reader<'_>, offset_bytes: u64, len_bytes: u32) -> Result<(), WireError> {
+    if len_bytes > MAX_DATA_BYTES {
+        return Err(r.bad(format!("length {len_bytes} exceeds {MAX_DATA_BYTES} bytes")));
+    }
+    if offset_bytes.checked_add(u64::from(len_bytes)).is_none() {
+        return Err(r.bad(format!("range {offset_bytes}+{len_bytes} overflows")));
+    }
+    Ok(())
+}
+
+fn type_name(kind: u16) -> Option<&'static str> {
+    const NAMES: [&str; 21] = [
+        "Hello",
+        "AuthChallenge",
+        "AuthResponse",
+        "State",
+        "GenerationIds",
+        "Sizes",
+        "Data",
+        "RecvAck",
+        "WriteAck",
+        "NegAck",
+        "Barrier",
+        "BarrierAck",
+        "Ping",
+        "PingAck",
+        "BitmapChunk",
+        "ResyncRequest",
+        "ResyncReply",
+        "ResyncNegReply",
+        "ResyncFinished",
+        "OutOfSync",
+        "Disconnect",
+    ];
+    usize::from(kind).checked_sub(1).and_then(|i| NAMES.get(i).copied())
+}
+
+fn role_code(role: Role) -> u8 {
+    index_of(Role::ALL, role)
+}
+
+fn disk_code(disk: DiskState) -> u8 {
+    index_of(DiskState::ALL, disk)
+}
+
+fn index_of<T: PartialEq + Copy>(all: &[T], v: T) -> u8 {
+    let i = all.iter().position(|x| *x == v).expect("variant is in ALL");
+    u8::try_from(i).expect("fewer than 256 variants")
+}
+
+fn decode_role(r: &mut Reader<'_>) -> Result<Role, WireError> {
+    let code = r.u8()?;
+    Role::ALL.get(usize::from(code)).copied().ok_or_else(|| r.bad(format!("unknown role {code}")))
+}
+
+fn decode_disk(r: &mut Reader<'_>) -> Result<DiskState, WireError> {
+    let code = r.u8()?;
+    DiskState::ALL
+        .get(usize::from(code))
+        .copied()
+        .ok_or_else(|| r.bad(format!("unknown disk state {code}")))
+}
+
+fn be_u32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+struct Writer<'a>(&'a mut Vec<u8>);
+
+impl Writer<'_> {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn bytes(&mut self, v: &[u8]) {
+        self.0.extend_from_slice(v);
+    }
+    fn string(&mut self, s: &str, max: usize) {
+        assert!(s.len() <= max, "string of {} bytes exceeds {max}", s.len());
+        self.u16(u16::try_from(s.len()).expect("bounded"));
+        self.bytes(s.as_bytes());
+    }
+    /// LEB128: 7 bits per byte, high bit set on all but the last byte.
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.u8(u8::try_from(v & 0x7f).expect("masked") | 0x80);
+            v >>= 7;
+        }
+        self.u8(u8::try_from(v).expect("below 0x80"));
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    packet: &'static str,
+}
+
+impl Reader<'_> {
+    fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+    fn bad(&self, what: String) -> WireError {
+        WireError::BadField { packet: self.packet, what }
+    }
+    fn take(&mut self, n: usize) -> Result<&[u8], WireError> {
+        if self.remaining() < n {
+            return Err(WireError::Truncated { packet: self.packet, needed: n - self.remaining() });
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, WireError> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+    fn u32(&mut self) -> Result<u32, WireError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, WireError> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+    fn vec(&mut self, len: u32) -> Result<Vec<u8>, WireError> {
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        Ok(self.take(len)?.to_vec())
+    }
+    fn string(&mut self, max: usize) -> Result<String, WireError> {
+        let len = usize::from(self.u16()?);
+        if len > max {
+            return Err(self.bad(format!("string of {len} bytes exceeds {max}")));
+        }
+        let bytes = self.take(len)?.to_vec();
+        String::from_utf8(bytes).map_err(|_| self.bad("string is not UTF-8".to_string()))
+    }
+    fn varint(&mut self) -> Result<u64, WireError> {
+        let mut value: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let byte = self.u8()?;
+            let bits = u64::from(byte & 0x7f);
+            if shift == 63 && bits > 1 {
+                return Err(self.bad("varint overflows u64".to_string()));
+            }
+            value |= bits << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(self.bad("varint longer than 10 bytes".to_string()))
+    }
+}
+
+#[cfg(test)]
+#[path = "wire_tests.rs"]
+mod tests;

@@ -1,0 +1,157 @@
+//! Proves the codec never panics on arbitrary bytes, round-trips every packet
+//! kind, and rejects corrupted or oversized frames with a reason.
+
+use super::*;
+use proptest::prelude::*;
+
+fn arb_role() -> impl Strategy<Value = Role> {
+    prop::sample::select(Role::ALL.to_vec())
+}
+
+fn arb_disk() -> impl Strategy<Value = DiskState> {
+    prop::sample::select(DiskState::ALL.to_vec())
+}
+
+fn arb_data() -> impl Strategy<Value = Packet> {
+    (any::<u64>(), any::<u32>(), 0u32..16, 0u64..(1 << 50), prop::collection::vec(any::<u8>(), 0..2048))
+        .prop_map(|(seq, epoch, flags, offset_bytes, payload)| {
+            let no_payload = flags & (DATA_DISCARD | DATA_ZEROES) != 0;
+            let len_bytes = if no_payload { 4096 } else { u32::try_from(payload.len()).unwrap() };
+            let payload = if no_payload { Vec::new() } else { payload };
+            Packet::Data { seq, epoch, flags, offset_bytes, len_bytes, payload }
+        })
+}
+
+fn arb_packet() -> impl Strategy<Value = Packet> {
+    prop_oneof![
+        (any::<u16>(), any::<u16>(), any::<u8>(), "[a-z0-9_-]{0,64}", any::<u64>()).prop_map(
+            |(protocol_min, protocol_max, node_id, resource, features)| Packet::Hello {
+                protocol_min,
+                protocol_max,
+                node_id,
+                resource,
+                features
+            }
+        ),
+        any::<[u8; 32]>().prop_map(|nonce| Packet::AuthChallenge { nonce }),
+        any::<[u8; 32]>().prop_map(|mac| Packet::AuthResponse { mac }),
+        (arb_role(), arb_disk(), any::<u32>()).prop_map(|(role, disk, flags)| Packet::State { role, disk, flags }),
+        any::<[u64; 7]>().prop_map(|v| Packet::GenerationIds {
+            current: v[0],
+            bitmap: v[1],
+            history: [v[2], v[3]],
+            dirty_blocks: v[4],
+            promoted_at_ms: v[5],
+            flags: u32::try_from(v[6] >> 32).unwrap(),
+        }),
+        (any::<u64>(), any::<u64>(), any::<u32>()).prop_map(|(backing_bytes, current_bytes, max_io_bytes)| {
+            Packet::Sizes { backing_bytes, current_bytes, max_io_bytes }
+        }),
+        arb_data(),
+        any::<u64>().prop_map(|seq| Packet::RecvAck { seq }),
+        any::<u64>().prop_map(|seq| Packet::WriteAck { seq }),
+        any::<u64>().prop_map(|seq| Packet::NegAck { seq }),
+        any::<u32>().prop_map(|epoch| Packet::Barrier { epoch }),
+        (any::<u32>(), any::<u32>()).prop_map(|(epoch, writes)| Packet::BarrierAck { epoch, writes }),
+        Just(Packet::Ping),
+        Just(Packet::PingAck),
+        Just(Packet::ResyncFinished),
+        (0u64..1000, prop::collection::vec(0u64..100_000, 0..64), any::<bool>()).prop_map(|(start_bit, runs, last)| {
+            let total_bits = start_bit + runs.iter().sum::<u64>() + 7;
+            Packet::BitmapChunk { start_bit, total_bits, last, runs }
+        }),
+        (any::<u64>(), 0u64..(1 << 50), 0u32..=MAX_DATA_BYTES).prop_map(|(id, offset_bytes, len_bytes)| {
+            Packet::ResyncRequest { id, offset_bytes, len_bytes }
+        }),
+        (any::<u64>(), 0u64..(1 << 50), prop::collection::vec(any::<u8>(), 0..1024))
+            .prop_map(|(id, offset_bytes, payload)| Packet::ResyncReply { id, offset_bytes, payload }),
+        any::<u64>().prop_map(|id| Packet::ResyncNegReply { id }),
+        (0u64..(1 << 50), 0u32..=MAX_DATA_BYTES)
+            .prop_map(|(offset_bytes, len_bytes)| Packet::OutOfSync { offset_bytes, len_bytes }),
+        ".{0,60}".prop_map(|reason| Packet::Disconnect { reason }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        let _ = decode(&bytes);
+    }
+
+    #[test]
+    fn arbitrary_payload_behind_valid_header_never_panics(kind in 0u16..24, payload in prop::collection::vec(any::<u8>(), 0..200)) {
+        let mut buf = Vec::new();
+        buf.extend_from_slice(&MAGIC.to_be_bytes());
+        buf.extend_from_slice(&FRAME_VERSION.to_be_bytes());
+        buf.extend_from_slice(&kind.to_be_bytes());
+        buf.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
+        buf.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
+        buf.extend_from_slice(&payload);
+        let _ = decode(&buf);
+    }
+
+    #[test]
+    fn every_packet_round_trips(packet in arb_packet()) {
+        let bytes = packet.encode();
+        let (decoded, consumed) = decode(&bytes).unwrap().unwrap();
+        prop_assert_eq!(consumed, bytes.len());
+        prop_assert_eq!(decoded, packet);
+    }
+
+    #[test]
+    fn every_prefix_of_a_packet_asks_for_more(packet in arb_packet(), cut in any::<prop::sample::Index>()) {
+        let bytes = packet.encode();
+        let cut = cut.index(bytes.len());
+        prop_assert_eq!(decode(&bytes[..cut]), Ok(None));
+    }
+}
+
+#[test]
+fn two_packets_back_to_back_decode_in_order() {
+    let mut buf = Packet::Ping.encode();
+    Packet::Barrier { epoch: 7 }.encode_into(&mut buf);
+    let (first, used) = decode(&buf).unwrap().unwrap();
+    assert_eq!(first, Packet::Ping);
+    let (second, used2) = decode(&buf[used..]).unwrap().unwrap();
+    assert_eq!(second, Packet::Barrier { epoch: 7 });
+    assert_eq!(used + used2, buf.len());
+}
+
+#[test]
+fn corrupted_payload_is_rejected_by_checksum() {
+    let mut buf = Packet::WriteAck { seq: 42 }.encode();
+    let last = buf.len() - 1;
+    buf[last] ^= 1;
+    assert!(matches!(decode(&buf), Err(WireError::BadChecksum { .. })));
+}
+
+#[test]
+fn oversized_length_is_rejected_before_waiting_for_bytes() {
+    let mut buf = Packet::Ping.encode();
+    buf[8..12].copy_from_slice(&(MAX_PAYLOAD_BYTES + 1).to_be_bytes());
+    assert_eq!(decode(&buf), Err(WireError::PayloadTooLarge(MAX_PAYLOAD_BYTES + 1)));
+}
+
+#[test]
+fn wrong_magic_is_rejected_from_four_bytes() {
+    assert_eq!(decode(b"GET "), Err(WireError::BadMagic(u32::from_be_bytes(*b"GET "))));
+}
+
+#[test]
+fn resource_name_longer_than_limit_is_rejected() {
+    let mut payload = Vec::new();
+    payload.extend_from_slice(&1u16.to_be_bytes());
+    payload.extend_from_slice(&1u16.to_be_bytes());
+    payload.push(0);
+    payload.extend_from_slice(&65u16.to_be_bytes());
+    payload.extend_from_slice(&[b'a'; 65]);
+    payload.extend_from_slice(&0u64.to_be_bytes());
+    let mut buf = Vec::new();
+    buf.extend_from_slice(&MAGIC.to_be_bytes());
+    buf.extend_from_slice(&FRAME_VERSION.to_be_bytes());
+    buf.extend_from_slice(&1u16.to_be_bytes());
+    buf.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
+    buf.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
+    buf.extend_from_slice(&payload);
+    assert!(matches!(decode(&buf), Err(WireError::BadField { packet: "Hello", .. })));
+}
