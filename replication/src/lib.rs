@@ -11,3 +11,5 @@
 pub mod state;
 // Module list: each engineer appends their own `pub mod` line below.
 pub mod wire;
+pub mod auth;
+pub mod generation;
