@@ -13,3 +13,4 @@ pub mod state;
 pub mod wire;
 pub mod auth;
 pub mod generation;
+pub mod ack;

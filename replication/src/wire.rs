@@ -182,6 +182,10 @@ pub enum Packet {
     Disconnect {
         reason: String,
     },
+    /// The sync source's new bitmap UUID; the target takes it as current.
+    SyncUuid {
+        uuid: u64,
+    },
 }
 
 impl Packet {
@@ -209,6 +213,7 @@ impl Packet {
             Packet::ResyncFinished => 19,
             Packet::OutOfSync { .. } => 20,
             Packet::Disconnect { .. } => 21,
+            Packet::SyncUuid { .. } => 22,
         }
     }
 
@@ -316,6 +321,7 @@ impl Packet {
                 w.u32(*len_bytes);
             }
             Packet::Disconnect { reason } => w.string(reason, MAX_REASON_BYTES),
+            Packet::SyncUuid { uuid } => w.u64(*uuid),
         }
     }
 }
@@ -411,6 +417,7 @@ fn decode_payload(kind: u16, r: &mut Reader<'_>) -> Result<Packet, WireError> {
             Packet::OutOfSync { offset_bytes, len_bytes }
         }
         21 => Packet::Disconnect { reason: r.string(MAX_REASON_BYTES)? },
+        22 => Packet::SyncUuid { uuid: r.u64()? },
         other => return Err(WireError::UnknownType(other)),
     })
 }
@@ -465,7 +472,7 @@ fn check_range(r: &Reader<'_>, offset_bytes: u64, len_bytes: u32) -> Result<(), 
 }
 
 fn type_name(kind: u16) -> Option<&'static str> {
-    const NAMES: [&str; 21] = [
+    const NAMES: [&str; 22] = [
         "Hello",
         "AuthChallenge",
         "AuthResponse",
@@ -487,6 +494,7 @@ fn type_name(kind: u16) -> Option<&'static str> {
         "ResyncFinished",
         "OutOfSync",
         "Disconnect",
+        "SyncUuid",
     ];
     usize::from(kind).checked_sub(1).and_then(|i| NAMES.get(i).copied())
 }

@@ -66,6 +66,7 @@ fn arb_packet() -> impl Strategy<Value = Packet> {
         (any::<u64>(), 0u64..(1 << 50), prop::collection::vec(any::<u8>(), 0..1024))
             .prop_map(|(id, offset_bytes, payload)| Packet::ResyncReply { id, offset_bytes, payload }),
         any::<u64>().prop_map(|id| Packet::ResyncNegReply { id }),
+        any::<u64>().prop_map(|uuid| Packet::SyncUuid { uuid }),
         (0u64..(1 << 50), 0u32..=MAX_DATA_BYTES)
             .prop_map(|(offset_bytes, len_bytes)| Packet::OutOfSync { offset_bytes, len_bytes }),
         ".{0,60}".prop_map(|reason| Packet::Disconnect { reason }),
