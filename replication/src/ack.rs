@@ -148,7 +148,9 @@ impl AckTracker {
         payload: Vec<u8>,
     ) -> Result<(u64, Vec<AckAction>), AckError> {
         if self.entries.len() >= self.max_in_flight {
-            return Err(AckError::Congested { in_flight: self.entries.len() });
+            return Err(AckError::Congested {
+                in_flight: self.entries.len(),
+            });
         }
         let mut out = Vec::new();
         if self.epoch_observed {
@@ -171,9 +173,19 @@ impl AckTracker {
                 on_peer_disk: false,
             },
         );
-        out.push(AckAction::Send(Packet::Data { seq, epoch: self.epoch, flags, offset_bytes, len_bytes, payload }));
+        out.push(AckAction::Send(Packet::Data {
+            seq,
+            epoch: self.epoch,
+            flags,
+            offset_bytes,
+            len_bytes,
+            payload,
+        }));
         if leg_done {
-            out.push(AckAction::CompleteWrite { id, outcome: PeerOutcome::Acked });
+            out.push(AckAction::CompleteWrite {
+                id,
+                outcome: PeerOutcome::Acked,
+            });
         }
         Ok((seq, out))
     }
@@ -182,7 +194,9 @@ impl AckTracker {
     /// Its peer leg completes at the `BarrierAck` of the epoch it closes.
     pub fn submit_flush(&mut self, id: WriteId) -> Result<(u64, Vec<AckAction>), AckError> {
         if self.entries.len() >= self.max_in_flight {
-            return Err(AckError::Congested { in_flight: self.entries.len() });
+            return Err(AckError::Congested {
+                in_flight: self.entries.len(),
+            });
         }
         let mut out = Vec::new();
         if self.epoch_writes > 0 {
@@ -205,7 +219,10 @@ impl AckTracker {
                 };
                 self.entries.insert(seq, entry);
             }
-            _ => out.push(AckAction::CompleteWrite { id, outcome: PeerOutcome::Acked }),
+            _ => out.push(AckAction::CompleteWrite {
+                id,
+                outcome: PeerOutcome::Acked,
+            }),
         }
         Ok((seq, out))
     }
@@ -230,23 +247,35 @@ impl AckTracker {
     }
 
     pub fn on_recv_ack(&mut self, seq: u64) -> Result<Vec<AckAction>, AckError> {
-        let e = self.entries.get_mut(&seq).ok_or(AckError::UnknownSeq(seq))?;
+        let e = self
+            .entries
+            .get_mut(&seq)
+            .ok_or(AckError::UnknownSeq(seq))?;
         let mut out = Vec::new();
         if self.protocol == Protocol::B && !e.leg_done {
             e.leg_done = true;
-            out.push(AckAction::CompleteWrite { id: e.id, outcome: PeerOutcome::Acked });
+            out.push(AckAction::CompleteWrite {
+                id: e.id,
+                outcome: PeerOutcome::Acked,
+            });
         }
         self.after_change(seq);
         Ok(out)
     }
 
     pub fn on_write_ack(&mut self, seq: u64) -> Result<Vec<AckAction>, AckError> {
-        let e = self.entries.get_mut(&seq).ok_or(AckError::UnknownSeq(seq))?;
+        let e = self
+            .entries
+            .get_mut(&seq)
+            .ok_or(AckError::UnknownSeq(seq))?;
         let mut out = Vec::new();
         e.on_peer_disk = true;
         if !e.leg_done {
             e.leg_done = true;
-            out.push(AckAction::CompleteWrite { id: e.id, outcome: PeerOutcome::Acked });
+            out.push(AckAction::CompleteWrite {
+                id: e.id,
+                outcome: PeerOutcome::Acked,
+            });
         }
         self.after_change(seq);
         Ok(out)
@@ -254,14 +283,23 @@ impl AckTracker {
 
     /// The peer failed to write `seq`: the range is out of sync on it.
     pub fn on_neg_ack(&mut self, seq: u64) -> Result<Vec<AckAction>, AckError> {
-        let e = self.entries.get_mut(&seq).ok_or(AckError::UnknownSeq(seq))?;
+        let e = self
+            .entries
+            .get_mut(&seq)
+            .ok_or(AckError::UnknownSeq(seq))?;
         let mut out = Vec::new();
         e.on_peer_disk = true; // nothing more will come for it
         if e.leg_done {
-            out.push(AckAction::MarkOutOfSync { offset_bytes: e.offset_bytes, len_bytes: u64::from(e.len_bytes) });
+            out.push(AckAction::MarkOutOfSync {
+                offset_bytes: e.offset_bytes,
+                len_bytes: u64::from(e.len_bytes),
+            });
         } else {
             e.leg_done = true;
-            out.push(AckAction::CompleteWrite { id: e.id, outcome: PeerOutcome::OutOfSync });
+            out.push(AckAction::CompleteWrite {
+                id: e.id,
+                outcome: PeerOutcome::OutOfSync,
+            });
         }
         self.after_change(seq);
         Ok(out)
@@ -269,7 +307,10 @@ impl AckTracker {
 
     /// Every write of epochs ≤ `epoch` is on the peer's disk.
     pub fn on_barrier_ack(&mut self, epoch: u32) -> Result<Vec<AckAction>, AckError> {
-        if self.last_barrier.is_none_or(|last| epoch_after(epoch, last)) {
+        if self
+            .last_barrier
+            .is_none_or(|last| epoch_after(epoch, last))
+        {
             return Err(AckError::UnknownEpoch(epoch));
         }
         let mut out = Vec::new();
@@ -284,7 +325,10 @@ impl AckTracker {
             e.on_peer_disk = true;
             if !e.leg_done {
                 e.leg_done = true;
-                out.push(AckAction::CompleteWrite { id: e.id, outcome: PeerOutcome::Acked });
+                out.push(AckAction::CompleteWrite {
+                    id: e.id,
+                    outcome: PeerOutcome::Acked,
+                });
             }
             self.after_change(seq);
         }
@@ -298,9 +342,15 @@ impl AckTracker {
         let mut out = Vec::new();
         for e in std::mem::take(&mut self.entries).into_values() {
             if !e.leg_done {
-                out.push(AckAction::CompleteWrite { id: e.id, outcome: PeerOutcome::OutOfSync });
+                out.push(AckAction::CompleteWrite {
+                    id: e.id,
+                    outcome: PeerOutcome::OutOfSync,
+                });
             } else if !e.on_peer_disk && !e.is_flush {
-                out.push(AckAction::MarkOutOfSync { offset_bytes: e.offset_bytes, len_bytes: u64::from(e.len_bytes) });
+                out.push(AckAction::MarkOutOfSync {
+                    offset_bytes: e.offset_bytes,
+                    len_bytes: u64::from(e.len_bytes),
+                });
             }
         }
         self.epoch_writes = 0;
@@ -310,7 +360,9 @@ impl AckTracker {
 
     /// Notes upward completion (for epochs) and retires finished entries.
     fn after_change(&mut self, seq: u64) {
-        let Some(e) = self.entries.get(&seq) else { return };
+        let Some(e) = self.entries.get(&seq) else {
+            return;
+        };
         if e.local_done && e.leg_done && e.epoch == self.epoch && !e.is_flush {
             self.epoch_observed = true;
         }

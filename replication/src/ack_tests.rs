@@ -31,7 +31,11 @@ fn protocol_b_completes_on_recv_ack() {
     let mut t = AckTracker::new(Protocol::B, 8);
     let (seq, out) = t.submit_write(7, 0, 4096, 0, vec![0; 4096]).unwrap();
     assert!(!completes(&out, 7, PeerOutcome::Acked));
-    assert!(completes(&t.on_recv_ack(seq).unwrap(), 7, PeerOutcome::Acked));
+    assert!(completes(
+        &t.on_recv_ack(seq).unwrap(),
+        7,
+        PeerOutcome::Acked
+    ));
 }
 
 #[test]
@@ -41,7 +45,11 @@ fn protocol_c_completes_only_after_write_ack() {
     assert!(!completes(&out, 7, PeerOutcome::Acked));
     assert!(t.on_recv_ack(seq).unwrap().is_empty());
     t.local_done(seq);
-    assert!(completes(&t.on_write_ack(seq).unwrap(), 7, PeerOutcome::Acked));
+    assert!(completes(
+        &t.on_write_ack(seq).unwrap(),
+        7,
+        PeerOutcome::Acked
+    ));
     assert_eq!(t.in_flight(), 0);
 }
 
@@ -50,12 +58,18 @@ fn write_after_an_observed_completion_starts_a_new_epoch() {
     let mut t = AckTracker::new(Protocol::C, 8);
     let (s1, _) = t.submit_write(1, 0, 512, 0, vec![0; 512]).unwrap();
     let (_, out) = t.submit_write(2, 512, 512, 0, vec![0; 512]).unwrap();
-    assert!(barriers(&out).is_empty(), "concurrent writes share an epoch");
+    assert!(
+        barriers(&out).is_empty(),
+        "concurrent writes share an epoch"
+    );
     t.local_done(s1);
     t.on_write_ack(s1).unwrap();
     let (_, out) = t.submit_write(3, 1024, 512, 0, vec![0; 512]).unwrap();
     assert_eq!(barriers(&out), vec![1]);
-    assert!(matches!(out[1], AckAction::Send(Packet::Data { epoch: 2, .. })));
+    assert!(matches!(
+        out[1],
+        AckAction::Send(Packet::Data { epoch: 2, .. })
+    ));
 }
 
 #[test]
@@ -83,7 +97,10 @@ fn table_is_bounded_by_max_buffers() {
     let mut t = AckTracker::new(Protocol::C, 2);
     t.submit_write(1, 0, 512, 0, vec![0; 512]).unwrap();
     t.submit_write(2, 0, 512, 0, vec![0; 512]).unwrap();
-    assert_eq!(t.submit_write(3, 0, 512, 0, vec![0; 512]), Err(AckError::Congested { in_flight: 2 }));
+    assert_eq!(
+        t.submit_write(3, 0, 512, 0, vec![0; 512]),
+        Err(AckError::Congested { in_flight: 2 })
+    );
 }
 
 #[test]
@@ -94,9 +111,21 @@ fn connection_loss_marks_unconfirmed_writes_out_of_sync() {
     let mut c = AckTracker::new(Protocol::C, 8);
     c.submit_write(2, 8192, 4096, 0, vec![0; 4096]).unwrap();
     let out = t.connection_lost();
-    assert_eq!(out, vec![AckAction::MarkOutOfSync { offset_bytes: 0, len_bytes: 4096 }]);
+    assert_eq!(
+        out,
+        vec![AckAction::MarkOutOfSync {
+            offset_bytes: 0,
+            len_bytes: 4096
+        }]
+    );
     let out = c.connection_lost();
-    assert_eq!(out, vec![AckAction::CompleteWrite { id: 2, outcome: PeerOutcome::OutOfSync }]);
+    assert_eq!(
+        out,
+        vec![AckAction::CompleteWrite {
+            id: 2,
+            outcome: PeerOutcome::OutOfSync
+        }]
+    );
 }
 
 #[test]
@@ -110,5 +139,9 @@ fn acks_for_unknown_sequence_numbers_are_protocol_errors() {
 fn neg_ack_makes_the_range_out_of_sync() {
     let mut t = AckTracker::new(Protocol::C, 8);
     let (seq, _) = t.submit_write(4, 0, 4096, 0, vec![0; 4096]).unwrap();
-    assert!(completes(&t.on_neg_ack(seq).unwrap(), 4, PeerOutcome::OutOfSync));
+    assert!(completes(
+        &t.on_neg_ack(seq).unwrap(),
+        4,
+        PeerOutcome::OutOfSync
+    ));
 }

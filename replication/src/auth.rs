@@ -16,7 +16,13 @@ type HmacSha256 = Hmac<Sha256>;
 /// Domain separation so these MACs are never valid anywhere else.
 const DOMAIN: &[u8] = b"drbdd-auth-v1";
 
-fn mac_for(secret: &[u8], nonce: &[u8; NONCE_BYTES], responder: u8, challenger: u8, resource: &str) -> HmacSha256 {
+fn mac_for(
+    secret: &[u8],
+    nonce: &[u8; NONCE_BYTES],
+    responder: u8,
+    challenger: u8,
+    resource: &str,
+) -> HmacSha256 {
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts keys of any length");
     mac.update(DOMAIN);
     mac.update(nonce);
@@ -36,7 +42,9 @@ pub fn auth_response(
     challenger: u8,
     resource: &str,
 ) -> [u8; MAC_BYTES] {
-    let bytes = mac_for(secret, nonce, responder, challenger, resource).finalize().into_bytes();
+    let bytes = mac_for(secret, nonce, responder, challenger, resource)
+        .finalize()
+        .into_bytes();
     let mut out = [0u8; MAC_BYTES];
     out.copy_from_slice(&bytes);
     out
@@ -51,7 +59,9 @@ pub fn verify_response(
     resource: &str,
     response: &[u8],
 ) -> bool {
-    mac_for(secret, nonce, responder, challenger, resource).verify_slice(response).is_ok()
+    mac_for(secret, nonce, responder, challenger, resource)
+        .verify_slice(response)
+        .is_ok()
 }
 
 #[cfg(test)]

@@ -45,7 +45,11 @@ pub struct GiView {
 impl Generations {
     /// The tuple of freshly created metadata.
     pub fn just_created(peer_slots: usize) -> Self {
-        Self { current: UUID_JUST_CREATED, bitmaps: vec![UUID_EMPTY; peer_slots], history: [UUID_EMPTY; 2] }
+        Self {
+            current: UUID_JUST_CREATED,
+            bitmaps: vec![UUID_EMPTY; peer_slots],
+            history: [UUID_EMPTY; 2],
+        }
     }
 
     /// The view for the peer in `slot`.
@@ -72,8 +76,14 @@ impl Generations {
     /// disconnected peer slot whose bitmap does not already track an older
     /// generation, the old current becomes the bitmap UUID.
     pub fn start_new_generation(&mut self, new_uuid: u64, disconnected_slots: &[usize]) {
-        assert!(!is_empty_uuid(new_uuid), "new generation UUID must not be empty");
-        assert_ne!(new_uuid, self.current, "new generation UUID must differ from the current one");
+        assert!(
+            !is_empty_uuid(new_uuid),
+            "new generation UUID must not be empty"
+        );
+        assert_ne!(
+            new_uuid, self.current,
+            "new generation UUID must differ from the current one"
+        );
         let old = self.current;
         for slot in disconnected_slots {
             let bitmap = &mut self.bitmaps[*slot];
@@ -113,7 +123,10 @@ impl Generations {
 
     /// Resync completed on the target: it adopts the source's tuple.
     pub fn resync_finished_as_target(&mut self, slot: usize, source: &GiView) {
-        assert!(!is_empty_uuid(source.current), "sync source has no data generation");
+        assert!(
+            !is_empty_uuid(source.current),
+            "sync source has no data generation"
+        );
         self.current = source.current;
         self.history = source.history;
         self.bitmaps[slot] = UUID_EMPTY;
@@ -239,20 +252,35 @@ pub fn decide(local: &GiView, peer: &GiView) -> SyncDecision {
     match (local_ahead, peer_ahead) {
         (true, false) => return SyncDecision::SourceBitmap,
         (false, true) => return SyncDecision::TargetBitmap,
-        (true, true) => return SyncDecision::SplitBrain { shared_parent: false },
+        (true, true) => {
+            return SyncDecision::SplitBrain {
+                shared_parent: false,
+            }
+        }
         (false, false) => {}
     }
     if same(local.bitmap, peer.bitmap) {
-        return SyncDecision::SplitBrain { shared_parent: true };
+        return SyncDecision::SplitBrain {
+            shared_parent: true,
+        };
     }
-    match (in_history(local.current, peer), in_history(peer.current, local)) {
+    match (
+        in_history(local.current, peer),
+        in_history(peer.current, local),
+    ) {
         (true, false) => return SyncDecision::TargetFull,
         (false, true) => return SyncDecision::SourceFull,
-        (true, true) => return SyncDecision::SplitBrain { shared_parent: false },
+        (true, true) => {
+            return SyncDecision::SplitBrain {
+                shared_parent: false,
+            }
+        }
         (false, false) => {}
     }
     if any_common(local, peer) {
-        SyncDecision::SplitBrain { shared_parent: false }
+        SyncDecision::SplitBrain {
+            shared_parent: false,
+        }
     } else {
         SyncDecision::Unrelated
     }
@@ -339,26 +367,33 @@ fn pick_0pri(policy: AfterSb0Pri, local: &SbSide, peer: &SbSide) -> Result<bool,
     match policy {
         AfterSb0Pri::Disconnect => Err("after-sb-0pri is disconnect".into()),
         AfterSb0Pri::DiscardYoungerPrimary | AfterSb0Pri::DiscardOlderPrimary => {
-            if local.promoted_at_ms == 0 || peer.promoted_at_ms == 0 || local.promoted_at_ms == peer.promoted_at_ms {
+            if local.promoted_at_ms == 0
+                || peer.promoted_at_ms == 0
+                || local.promoted_at_ms == peer.promoted_at_ms
+            {
                 return Err("cannot tell which node became primary last".into());
             }
             let local_younger = local.promoted_at_ms > peer.promoted_at_ms;
             Ok(local_younger == (policy == AfterSb0Pri::DiscardYoungerPrimary))
         }
-        AfterSb0Pri::DiscardZeroChanges => match (local.changed_blocks == 0, peer.changed_blocks == 0) {
-            (true, true) => Ok(tie),
-            (true, false) => Ok(true),
-            (false, true) => Ok(false),
-            (false, false) => Err(format!(
+        AfterSb0Pri::DiscardZeroChanges => {
+            match (local.changed_blocks == 0, peer.changed_blocks == 0) {
+                (true, true) => Ok(tie),
+                (true, false) => Ok(true),
+                (false, true) => Ok(false),
+                (false, false) => Err(format!(
                 "both nodes changed data ({} and {} blocks); discard-zero-changes cannot choose",
                 local.changed_blocks, peer.changed_blocks
             )),
-        },
-        AfterSb0Pri::DiscardLeastChanges => Ok(match local.changed_blocks.cmp(&peer.changed_blocks) {
-            std::cmp::Ordering::Less => true,
-            std::cmp::Ordering::Greater => false,
-            std::cmp::Ordering::Equal => tie,
-        }),
+            }
+        }
+        AfterSb0Pri::DiscardLeastChanges => {
+            Ok(match local.changed_blocks.cmp(&peer.changed_blocks) {
+                std::cmp::Ordering::Less => true,
+                std::cmp::Ordering::Greater => false,
+                std::cmp::Ordering::Equal => tie,
+            })
+        }
     }
 }
 

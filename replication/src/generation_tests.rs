@@ -6,7 +6,12 @@ use super::*;
 use proptest::prelude::*;
 
 fn gi(current: u64, bitmap: u64, history: [u64; 2]) -> GiView {
-    GiView { current, bitmap, history, crashed_primary: false }
+    GiView {
+        current,
+        bitmap,
+        history,
+        crashed_primary: false,
+    }
 }
 
 #[test]
@@ -20,8 +25,14 @@ fn forced_primary_becomes_full_sync_source_of_a_just_created_peer() {
     let mut forced = Generations::just_created(1);
     forced.start_new_generation(0x1000, &[]);
     let fresh = Generations::just_created(1);
-    assert_eq!(decide(&forced.view(0), &fresh.view(0)), SyncDecision::SourceFull);
-    assert_eq!(decide(&fresh.view(0), &forced.view(0)), SyncDecision::TargetFull);
+    assert_eq!(
+        decide(&forced.view(0), &fresh.view(0)),
+        SyncDecision::SourceFull
+    );
+    assert_eq!(
+        decide(&fresh.view(0), &forced.view(0)),
+        SyncDecision::TargetFull
+    );
 }
 
 #[test]
@@ -34,17 +45,34 @@ fn equal_current_uuids_need_no_sync() {
 fn crashed_primary_with_equal_uuids_resyncs_from_the_crashed_node() {
     let mut crashed = gi(0x10, 0, [0, 0]);
     crashed.crashed_primary = true;
-    assert_eq!(decide(&crashed, &gi(0x10, 0, [0, 0])), SyncDecision::SourceBitmap);
+    assert_eq!(
+        decide(&crashed, &gi(0x10, 0, [0, 0])),
+        SyncDecision::SourceBitmap
+    );
 }
 
 #[test]
 fn primary_that_lost_its_secondary_is_bitmap_source() {
-    let mut primary = Generations { current: 0x10, bitmaps: vec![0], history: [0, 0] };
-    let secondary = Generations { current: 0x10, bitmaps: vec![0], history: [0, 0] };
+    let mut primary = Generations {
+        current: 0x10,
+        bitmaps: vec![0],
+        history: [0, 0],
+    };
+    let secondary = Generations {
+        current: 0x10,
+        bitmaps: vec![0],
+        history: [0, 0],
+    };
     primary.start_new_generation(0x20, &[0]);
     assert_eq!(primary.bitmaps[0], 0x10);
-    assert_eq!(decide(&primary.view(0), &secondary.view(0)), SyncDecision::SourceBitmap);
-    assert_eq!(decide(&secondary.view(0), &primary.view(0)), SyncDecision::TargetBitmap);
+    assert_eq!(
+        decide(&primary.view(0), &secondary.view(0)),
+        SyncDecision::SourceBitmap
+    );
+    assert_eq!(
+        decide(&secondary.view(0), &primary.view(0)),
+        SyncDecision::TargetBitmap
+    );
 }
 
 #[test]
@@ -57,42 +85,77 @@ fn current_in_peer_history_means_full_sync() {
 
 #[test]
 fn both_promoted_while_apart_is_split_brain_with_shared_parent() {
-    let mut a = Generations { current: 0x10, bitmaps: vec![0], history: [0, 0] };
+    let mut a = Generations {
+        current: 0x10,
+        bitmaps: vec![0],
+        history: [0, 0],
+    };
     let mut b = a.clone();
     a.start_new_generation(0x20, &[0]);
     b.start_new_generation(0x30, &[0]);
-    assert_eq!(decide(&a.view(0), &b.view(0)), SyncDecision::SplitBrain { shared_parent: true });
+    assert_eq!(
+        decide(&a.view(0), &b.view(0)),
+        SyncDecision::SplitBrain {
+            shared_parent: true
+        }
+    );
 }
 
 #[test]
 fn diverged_with_different_parents_is_unrecoverable_split_brain() {
     let a = gi(0x20, 0x11, [0x10, 0]);
     let b = gi(0x30, 0x12, [0x10, 0]);
-    assert_eq!(decide(&a, &b), SyncDecision::SplitBrain { shared_parent: false });
+    assert_eq!(
+        decide(&a, &b),
+        SyncDecision::SplitBrain {
+            shared_parent: false
+        }
+    );
 }
 
 #[test]
 fn nothing_in_common_is_unrelated() {
-    assert_eq!(decide(&gi(0x20, 0x21, [0x22, 0]), &gi(0x30, 0x31, [0x32, 0])), SyncDecision::Unrelated);
+    assert_eq!(
+        decide(&gi(0x20, 0x21, [0x22, 0]), &gi(0x30, 0x31, [0x32, 0])),
+        SyncDecision::Unrelated
+    );
 }
 
 #[test]
 fn resync_finish_leaves_equal_generations() {
-    let mut source = Generations { current: 0x20, bitmaps: vec![0x10], history: [0x10, 0] };
-    let mut target = Generations { current: 0x10, bitmaps: vec![0], history: [0, 0] };
+    let mut source = Generations {
+        current: 0x20,
+        bitmaps: vec![0x10],
+        history: [0x10, 0],
+    };
+    let mut target = Generations {
+        current: 0x10,
+        bitmaps: vec![0],
+        history: [0, 0],
+    };
     source.resync_started_as_source(0, 0x55);
     target.resync_started_as_target(0, 0x55);
     // An interruption now resumes bitmap-based in the same direction.
-    assert_eq!(decide(&source.view(0), &target.view(0)), SyncDecision::SourceBitmap);
+    assert_eq!(
+        decide(&source.view(0), &target.view(0)),
+        SyncDecision::SourceBitmap
+    );
     source.resync_finished_as_source(0);
     target.resync_finished_as_target(0, &source.view(0));
     assert_eq!(target.current, source.current);
-    assert_eq!(decide(&target.view(0), &source.view(0)), SyncDecision::NoSync);
+    assert_eq!(
+        decide(&target.view(0), &source.view(0)),
+        SyncDecision::NoSync
+    );
 }
 
 #[test]
 fn history_rotates_newest_first() {
-    let mut g = Generations { current: 1 << 8, bitmaps: vec![], history: [0, 0] };
+    let mut g = Generations {
+        current: 1 << 8,
+        bitmaps: vec![],
+        history: [0, 0],
+    };
     g.start_new_generation(2 << 8, &[]);
     g.start_new_generation(3 << 8, &[]);
     g.start_new_generation(4 << 8, &[]);
@@ -100,48 +163,113 @@ fn history_rotates_newest_first() {
 }
 
 fn side(node_id: u8, primary: bool, changed_blocks: u64, promoted_at_ms: u64) -> SbSide {
-    SbSide { node_id, primary, changed_blocks, promoted_at_ms }
+    SbSide {
+        node_id,
+        primary,
+        changed_blocks,
+        promoted_at_ms,
+    }
 }
 
 fn policy0(p: AfterSb0Pri) -> SbPolicy {
-    SbPolicy { after_sb_0pri: p, ..SbPolicy::default() }
+    SbPolicy {
+        after_sb_0pri: p,
+        ..SbPolicy::default()
+    }
 }
 
 #[test]
 fn discard_zero_changes_picks_the_node_without_changes() {
-    let r = resolve_split_brain(&policy0(AfterSb0Pri::DiscardZeroChanges), &side(0, false, 0, 0), &side(1, false, 5, 0));
-    assert_eq!(r, SbResolution::LocalIsVictim { policy: "discard-zero-changes" });
+    let r = resolve_split_brain(
+        &policy0(AfterSb0Pri::DiscardZeroChanges),
+        &side(0, false, 0, 0),
+        &side(1, false, 5, 0),
+    );
+    assert_eq!(
+        r,
+        SbResolution::LocalIsVictim {
+            policy: "discard-zero-changes"
+        }
+    );
 }
 
 #[test]
 fn discard_zero_changes_refuses_when_both_changed() {
-    let r = resolve_split_brain(&policy0(AfterSb0Pri::DiscardZeroChanges), &side(0, false, 3, 0), &side(1, false, 5, 0));
+    let r = resolve_split_brain(
+        &policy0(AfterSb0Pri::DiscardZeroChanges),
+        &side(0, false, 3, 0),
+        &side(1, false, 5, 0),
+    );
     assert!(matches!(r, SbResolution::Disconnect { .. }));
 }
 
 #[test]
 fn discard_least_changes_and_younger_primary() {
-    let r = resolve_split_brain(&policy0(AfterSb0Pri::DiscardLeastChanges), &side(0, false, 9, 0), &side(1, false, 5, 0));
-    assert_eq!(r, SbResolution::PeerIsVictim { policy: "discard-least-changes" });
-    let r = resolve_split_brain(&policy0(AfterSb0Pri::DiscardYoungerPrimary), &side(0, false, 9, 200), &side(1, false, 5, 100));
-    assert_eq!(r, SbResolution::LocalIsVictim { policy: "discard-younger-primary" });
-    let r = resolve_split_brain(&policy0(AfterSb0Pri::DiscardOlderPrimary), &side(0, false, 9, 200), &side(1, false, 5, 100));
-    assert_eq!(r, SbResolution::PeerIsVictim { policy: "discard-older-primary" });
+    let r = resolve_split_brain(
+        &policy0(AfterSb0Pri::DiscardLeastChanges),
+        &side(0, false, 9, 0),
+        &side(1, false, 5, 0),
+    );
+    assert_eq!(
+        r,
+        SbResolution::PeerIsVictim {
+            policy: "discard-least-changes"
+        }
+    );
+    let r = resolve_split_brain(
+        &policy0(AfterSb0Pri::DiscardYoungerPrimary),
+        &side(0, false, 9, 200),
+        &side(1, false, 5, 100),
+    );
+    assert_eq!(
+        r,
+        SbResolution::LocalIsVictim {
+            policy: "discard-younger-primary"
+        }
+    );
+    let r = resolve_split_brain(
+        &policy0(AfterSb0Pri::DiscardOlderPrimary),
+        &side(0, false, 9, 200),
+        &side(1, false, 5, 100),
+    );
+    assert_eq!(
+        r,
+        SbResolution::PeerIsVictim {
+            policy: "discard-older-primary"
+        }
+    );
 }
 
 #[test]
 fn discard_secondary_with_one_primary() {
-    let p = SbPolicy { after_sb_1pri: AfterSb1Pri::DiscardSecondary, ..SbPolicy::default() };
+    let p = SbPolicy {
+        after_sb_1pri: AfterSb1Pri::DiscardSecondary,
+        ..SbPolicy::default()
+    };
     let r = resolve_split_brain(&p, &side(0, true, 9, 0), &side(1, false, 5, 0));
-    assert_eq!(r, SbResolution::PeerIsVictim { policy: "discard-secondary" });
+    assert_eq!(
+        r,
+        SbResolution::PeerIsVictim {
+            policy: "discard-secondary"
+        }
+    );
 }
 
 #[test]
 fn unsupported_and_default_policies_refuse_with_a_reason() {
-    let p = SbPolicy { after_sb_1pri: AfterSb1Pri::CallPriLostAfterSb, ..SbPolicy::default() };
+    let p = SbPolicy {
+        after_sb_1pri: AfterSb1Pri::CallPriLostAfterSb,
+        ..SbPolicy::default()
+    };
     let r = resolve_split_brain(&p, &side(0, true, 9, 0), &side(1, false, 5, 0));
-    assert!(matches!(r, SbResolution::Disconnect { ref reason } if reason.contains("not supported")));
-    let r = resolve_split_brain(&SbPolicy::default(), &side(0, true, 9, 0), &side(1, true, 5, 0));
+    assert!(
+        matches!(r, SbResolution::Disconnect { ref reason } if reason.contains("not supported"))
+    );
+    let r = resolve_split_brain(
+        &SbPolicy::default(),
+        &side(0, true, 9, 0),
+        &side(1, true, 5, 0),
+    );
     assert!(matches!(r, SbResolution::Disconnect { .. }));
 }
 
@@ -150,12 +278,19 @@ fn arb_uuid() -> impl Strategy<Value = u64> {
 }
 
 fn arb_view() -> impl Strategy<Value = GiView> {
-    (arb_uuid(), arb_uuid(), arb_uuid(), arb_uuid(), any::<bool>()).prop_map(|(c, b, h0, h1, crashed)| GiView {
-        current: c,
-        bitmap: b,
-        history: [h0, h1],
-        crashed_primary: crashed,
-    })
+    (
+        arb_uuid(),
+        arb_uuid(),
+        arb_uuid(),
+        arb_uuid(),
+        any::<bool>(),
+    )
+        .prop_map(|(c, b, h0, h1, crashed)| GiView {
+            current: c,
+            bitmap: b,
+            history: [h0, h1],
+            crashed_primary: crashed,
+        })
 }
 
 fn arb_side() -> impl Strategy<Value = SbSide> {

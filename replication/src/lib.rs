@@ -10,7 +10,8 @@
 
 pub mod state;
 // Module list: each engineer appends their own `pub mod` line below.
-pub mod wire;
+pub mod ack;
 pub mod auth;
 pub mod generation;
-pub mod ack;
+pub mod handshake;
+pub mod wire;

@@ -241,7 +241,11 @@ impl Packet {
         self.encode_payload(out);
         let payload = &out[payload_start..];
         let len = u32::try_from(payload.len()).expect("payload length fits u32");
-        assert!(len <= MAX_PAYLOAD_BYTES, "{} payload of {len} bytes too large", self.name());
+        assert!(
+            len <= MAX_PAYLOAD_BYTES,
+            "{} payload of {len} bytes too large",
+            self.name()
+        );
         let crc = crc32c::crc32c(payload);
         out[start + 8..start + 12].copy_from_slice(&len.to_be_bytes());
         out[start + 12..start + 16].copy_from_slice(&crc.to_be_bytes());
@@ -250,7 +254,13 @@ impl Packet {
     fn encode_payload(&self, out: &mut Vec<u8>) {
         let mut w = Writer(out);
         match self {
-            Packet::Hello { protocol_min, protocol_max, node_id, resource, features } => {
+            Packet::Hello {
+                protocol_min,
+                protocol_max,
+                node_id,
+                resource,
+                features,
+            } => {
                 w.u16(*protocol_min);
                 w.u16(*protocol_max);
                 w.u8(*node_id);
@@ -264,22 +274,50 @@ impl Packet {
                 w.u8(disk_code(*disk));
                 w.u32(*flags);
             }
-            Packet::GenerationIds { current, bitmap, history, dirty_blocks, promoted_at_ms, flags } => {
-                for v in [*current, *bitmap, history[0], history[1], *dirty_blocks, *promoted_at_ms] {
+            Packet::GenerationIds {
+                current,
+                bitmap,
+                history,
+                dirty_blocks,
+                promoted_at_ms,
+                flags,
+            } => {
+                for v in [
+                    *current,
+                    *bitmap,
+                    history[0],
+                    history[1],
+                    *dirty_blocks,
+                    *promoted_at_ms,
+                ] {
                     w.u64(v);
                 }
                 w.u32(*flags);
             }
-            Packet::Sizes { backing_bytes, current_bytes, max_io_bytes } => {
+            Packet::Sizes {
+                backing_bytes,
+                current_bytes,
+                max_io_bytes,
+            } => {
                 w.u64(*backing_bytes);
                 w.u64(*current_bytes);
                 w.u32(*max_io_bytes);
             }
-            Packet::Data { seq, epoch, flags, offset_bytes, len_bytes, payload } => {
+            Packet::Data {
+                seq,
+                epoch,
+                flags,
+                offset_bytes,
+                len_bytes,
+                payload,
+            } => {
                 assert!(*len_bytes <= MAX_DATA_BYTES, "data packet too long");
                 let no_payload = flags & (DATA_DISCARD | DATA_ZEROES) != 0;
                 let want = if no_payload { 0 } else { *len_bytes };
-                assert!(u32::try_from(payload.len()) == Ok(want), "data payload length mismatch");
+                assert!(
+                    u32::try_from(payload.len()) == Ok(want),
+                    "data payload length mismatch"
+                );
                 w.u64(*seq);
                 w.u32(*epoch);
                 w.u32(*flags);
@@ -287,14 +325,21 @@ impl Packet {
                 w.u32(*len_bytes);
                 w.bytes(payload);
             }
-            Packet::RecvAck { seq } | Packet::WriteAck { seq } | Packet::NegAck { seq } => w.u64(*seq),
+            Packet::RecvAck { seq } | Packet::WriteAck { seq } | Packet::NegAck { seq } => {
+                w.u64(*seq)
+            }
             Packet::Barrier { epoch } => w.u32(*epoch),
             Packet::BarrierAck { epoch, writes } => {
                 w.u32(*epoch);
                 w.u32(*writes);
             }
             Packet::Ping | Packet::PingAck | Packet::ResyncFinished => {}
-            Packet::BitmapChunk { start_bit, total_bits, last, runs } => {
+            Packet::BitmapChunk {
+                start_bit,
+                total_bits,
+                last,
+                runs,
+            } => {
                 assert!(runs.len() <= MAX_BITMAP_RUNS, "too many bitmap runs");
                 w.u64(*start_bit);
                 w.u64(*total_bits);
@@ -304,19 +349,30 @@ impl Packet {
                     w.varint(*run);
                 }
             }
-            Packet::ResyncRequest { id, offset_bytes, len_bytes } => {
+            Packet::ResyncRequest {
+                id,
+                offset_bytes,
+                len_bytes,
+            } => {
                 w.u64(*id);
                 w.u64(*offset_bytes);
                 w.u32(*len_bytes);
             }
-            Packet::ResyncReply { id, offset_bytes, payload } => {
+            Packet::ResyncReply {
+                id,
+                offset_bytes,
+                payload,
+            } => {
                 w.u64(*id);
                 w.u64(*offset_bytes);
                 w.u32(u32::try_from(payload.len()).expect("bounded"));
                 w.bytes(payload);
             }
             Packet::ResyncNegReply { id } => w.u64(*id),
-            Packet::OutOfSync { offset_bytes, len_bytes } => {
+            Packet::OutOfSync {
+                offset_bytes,
+                len_bytes,
+            } => {
                 w.u64(*offset_bytes);
                 w.u32(*len_bytes);
             }
@@ -361,7 +417,11 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Packet, usize)>, WireError> {
     if actual != expected {
         return Err(WireError::BadChecksum { expected, actual });
     }
-    let mut r = Reader { buf: payload, pos: 0, packet: name };
+    let mut r = Reader {
+        buf: payload,
+        pos: 0,
+        packet: name,
+    };
     let packet = decode_payload(kind, &mut r)?;
     if r.pos != payload.len() {
         return Err(WireError::TrailingBytes(payload.len() - r.pos, name));
@@ -380,7 +440,11 @@ fn decode_payload(kind: u16, r: &mut Reader<'_>) -> Result<Packet, WireError> {
         },
         2 => Packet::AuthChallenge { nonce: r.array()? },
         3 => Packet::AuthResponse { mac: r.array()? },
-        4 => Packet::State { role: decode_role(r)?, disk: decode_disk(r)?, flags: r.u32()? },
+        4 => Packet::State {
+            role: decode_role(r)?,
+            disk: decode_disk(r)?,
+            flags: r.u32()?,
+        },
         5 => Packet::GenerationIds {
             current: r.u64()?,
             bitmap: r.u64()?,
@@ -389,48 +453,80 @@ fn decode_payload(kind: u16, r: &mut Reader<'_>) -> Result<Packet, WireError> {
             promoted_at_ms: r.u64()?,
             flags: r.u32()?,
         },
-        6 => Packet::Sizes { backing_bytes: r.u64()?, current_bytes: r.u64()?, max_io_bytes: r.u32()? },
+        6 => Packet::Sizes {
+            backing_bytes: r.u64()?,
+            current_bytes: r.u64()?,
+            max_io_bytes: r.u32()?,
+        },
         7 => decode_data(r)?,
         8 => Packet::RecvAck { seq: r.u64()? },
         9 => Packet::WriteAck { seq: r.u64()? },
         10 => Packet::NegAck { seq: r.u64()? },
         11 => Packet::Barrier { epoch: r.u32()? },
-        12 => Packet::BarrierAck { epoch: r.u32()?, writes: r.u32()? },
+        12 => Packet::BarrierAck {
+            epoch: r.u32()?,
+            writes: r.u32()?,
+        },
         13 => Packet::Ping,
         14 => Packet::PingAck,
         15 => decode_bitmap(r)?,
         16 => {
             let (id, offset_bytes, len_bytes) = (r.u64()?, r.u64()?, r.u32()?);
             check_range(r, offset_bytes, len_bytes)?;
-            Packet::ResyncRequest { id, offset_bytes, len_bytes }
+            Packet::ResyncRequest {
+                id,
+                offset_bytes,
+                len_bytes,
+            }
         }
         17 => {
             let (id, offset_bytes, len) = (r.u64()?, r.u64()?, r.u32()?);
             check_range(r, offset_bytes, len)?;
-            Packet::ResyncReply { id, offset_bytes, payload: r.vec(len)? }
+            Packet::ResyncReply {
+                id,
+                offset_bytes,
+                payload: r.vec(len)?,
+            }
         }
         18 => Packet::ResyncNegReply { id: r.u64()? },
         19 => Packet::ResyncFinished,
         20 => {
             let (offset_bytes, len_bytes) = (r.u64()?, r.u32()?);
             check_range(r, offset_bytes, len_bytes)?;
-            Packet::OutOfSync { offset_bytes, len_bytes }
+            Packet::OutOfSync {
+                offset_bytes,
+                len_bytes,
+            }
         }
-        21 => Packet::Disconnect { reason: r.string(MAX_REASON_BYTES)? },
+        21 => Packet::Disconnect {
+            reason: r.string(MAX_REASON_BYTES)?,
+        },
         22 => Packet::SyncUuid { uuid: r.u64()? },
         other => return Err(WireError::UnknownType(other)),
     })
 }
 
 fn decode_data(r: &mut Reader<'_>) -> Result<Packet, WireError> {
-    let (seq, epoch, flags, offset_bytes, len_bytes) = (r.u64()?, r.u32()?, r.u32()?, r.u64()?, r.u32()?);
+    let (seq, epoch, flags, offset_bytes, len_bytes) =
+        (r.u64()?, r.u32()?, r.u32()?, r.u64()?, r.u32()?);
     if flags & !DATA_FLAGS_KNOWN != 0 {
         return Err(r.bad(format!("unknown flags {flags:#x}")));
     }
     check_range(r, offset_bytes, len_bytes)?;
     let no_payload = flags & (DATA_DISCARD | DATA_ZEROES) != 0;
-    let payload = if no_payload { Vec::new() } else { r.vec(len_bytes)? };
-    Ok(Packet::Data { seq, epoch, flags, offset_bytes, len_bytes, payload })
+    let payload = if no_payload {
+        Vec::new()
+    } else {
+        r.vec(len_bytes)?
+    };
+    Ok(Packet::Data {
+        seq,
+        epoch,
+        flags,
+        offset_bytes,
+        len_bytes,
+        payload,
+    })
 }
 
 fn decode_bitmap(r: &mut Reader<'_>) -> Result<Packet, WireError> {
@@ -442,11 +538,16 @@ fn decode_bitmap(r: &mut Reader<'_>) -> Result<Packet, WireError> {
     };
     let count = usize::try_from(r.u32()?).unwrap_or(usize::MAX);
     if count > MAX_BITMAP_RUNS {
-        return Err(r.bad(format!("{count} runs exceed the limit of {MAX_BITMAP_RUNS}")));
+        return Err(r.bad(format!(
+            "{count} runs exceed the limit of {MAX_BITMAP_RUNS}"
+        )));
     }
     // Each run takes at least one byte, so `count` is bounded by the payload too.
     if count > r.remaining() {
-        return Err(WireError::Truncated { packet: r.packet, needed: count - r.remaining() });
+        return Err(WireError::Truncated {
+            packet: r.packet,
+            needed: count - r.remaining(),
+        });
     }
     let mut runs = Vec::with_capacity(count);
     let mut covered: u64 = start_bit;
@@ -458,7 +559,12 @@ fn decode_bitmap(r: &mut Reader<'_>) -> Result<Packet, WireError> {
             .ok_or_else(|| r.bad(format!("runs extend past total_bits {total_bits}")))?;
         runs.push(run);
     }
-    Ok(Packet::BitmapChunk { start_bit, total_bits, last, runs })
+    Ok(Packet::BitmapChunk {
+        start_bit,
+        total_bits,
+        last,
+        runs,
+    })
 }
 
 fn check_range(r: &Reader<'_>, offset_bytes: u64, len_bytes: u32) -> Result<(), WireError> {
@@ -496,7 +602,9 @@ fn type_name(kind: u16) -> Option<&'static str> {
         "Disconnect",
         "SyncUuid",
     ];
-    usize::from(kind).checked_sub(1).and_then(|i| NAMES.get(i).copied())
+    usize::from(kind)
+        .checked_sub(1)
+        .and_then(|i| NAMES.get(i).copied())
 }
 
 fn role_code(role: Role) -> u8 {
@@ -514,7 +622,10 @@ fn index_of<T: PartialEq + Copy>(all: &[T], v: T) -> u8 {
 
 fn decode_role(r: &mut Reader<'_>) -> Result<Role, WireError> {
     let code = r.u8()?;
-    Role::ALL.get(usize::from(code)).copied().ok_or_else(|| r.bad(format!("unknown role {code}")))
+    Role::ALL
+        .get(usize::from(code))
+        .copied()
+        .ok_or_else(|| r.bad(format!("unknown role {code}")))
 }
 
 fn decode_disk(r: &mut Reader<'_>) -> Result<DiskState, WireError> {
@@ -573,11 +684,17 @@ impl Reader<'_> {
         self.buf.len() - self.pos
     }
     fn bad(&self, what: String) -> WireError {
-        WireError::BadField { packet: self.packet, what }
+        WireError::BadField {
+            packet: self.packet,
+            what,
+        }
     }
     fn take(&mut self, n: usize) -> Result<&[u8], WireError> {
         if self.remaining() < n {
-            return Err(WireError::Truncated { packet: self.packet, needed: n - self.remaining() });
+            return Err(WireError::Truncated {
+                packet: self.packet,
+                needed: n - self.remaining(),
+            });
         }
         let s = &self.buf[self.pos..self.pos + n];
         self.pos += n;

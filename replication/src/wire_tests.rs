@@ -13,29 +13,57 @@ fn arb_disk() -> impl Strategy<Value = DiskState> {
 }
 
 fn arb_data() -> impl Strategy<Value = Packet> {
-    (any::<u64>(), any::<u32>(), 0u32..16, 0u64..(1 << 50), prop::collection::vec(any::<u8>(), 0..2048))
+    (
+        any::<u64>(),
+        any::<u32>(),
+        0u32..16,
+        0u64..(1 << 50),
+        prop::collection::vec(any::<u8>(), 0..2048),
+    )
         .prop_map(|(seq, epoch, flags, offset_bytes, payload)| {
             let no_payload = flags & (DATA_DISCARD | DATA_ZEROES) != 0;
-            let len_bytes = if no_payload { 4096 } else { u32::try_from(payload.len()).unwrap() };
+            let len_bytes = if no_payload {
+                4096
+            } else {
+                u32::try_from(payload.len()).unwrap()
+            };
             let payload = if no_payload { Vec::new() } else { payload };
-            Packet::Data { seq, epoch, flags, offset_bytes, len_bytes, payload }
+            Packet::Data {
+                seq,
+                epoch,
+                flags,
+                offset_bytes,
+                len_bytes,
+                payload,
+            }
         })
 }
 
 fn arb_packet() -> impl Strategy<Value = Packet> {
     prop_oneof![
-        (any::<u16>(), any::<u16>(), any::<u8>(), "[a-z0-9_-]{0,64}", any::<u64>()).prop_map(
-            |(protocol_min, protocol_max, node_id, resource, features)| Packet::Hello {
-                protocol_min,
-                protocol_max,
-                node_id,
-                resource,
-                features
-            }
-        ),
+        (
+            any::<u16>(),
+            any::<u16>(),
+            any::<u8>(),
+            "[a-z0-9_-]{0,64}",
+            any::<u64>()
+        )
+            .prop_map(
+                |(protocol_min, protocol_max, node_id, resource, features)| Packet::Hello {
+                    protocol_min,
+                    protocol_max,
+                    node_id,
+                    resource,
+                    features
+                }
+            ),
         any::<[u8; 32]>().prop_map(|nonce| Packet::AuthChallenge { nonce }),
         any::<[u8; 32]>().prop_map(|mac| Packet::AuthResponse { mac }),
-        (arb_role(), arb_disk(), any::<u32>()).prop_map(|(role, disk, flags)| Packet::State { role, disk, flags }),
+        (arb_role(), arb_disk(), any::<u32>()).prop_map(|(role, disk, flags)| Packet::State {
+            role,
+            disk,
+            flags
+        }),
         any::<[u64; 7]>().prop_map(|v| Packet::GenerationIds {
             current: v[0],
             bitmap: v[1],
@@ -44,31 +72,66 @@ fn arb_packet() -> impl Strategy<Value = Packet> {
             promoted_at_ms: v[5],
             flags: u32::try_from(v[6] >> 32).unwrap(),
         }),
-        (any::<u64>(), any::<u64>(), any::<u32>()).prop_map(|(backing_bytes, current_bytes, max_io_bytes)| {
-            Packet::Sizes { backing_bytes, current_bytes, max_io_bytes }
-        }),
+        (any::<u64>(), any::<u64>(), any::<u32>()).prop_map(
+            |(backing_bytes, current_bytes, max_io_bytes)| {
+                Packet::Sizes {
+                    backing_bytes,
+                    current_bytes,
+                    max_io_bytes,
+                }
+            }
+        ),
         arb_data(),
         any::<u64>().prop_map(|seq| Packet::RecvAck { seq }),
         any::<u64>().prop_map(|seq| Packet::WriteAck { seq }),
         any::<u64>().prop_map(|seq| Packet::NegAck { seq }),
         any::<u32>().prop_map(|epoch| Packet::Barrier { epoch }),
-        (any::<u32>(), any::<u32>()).prop_map(|(epoch, writes)| Packet::BarrierAck { epoch, writes }),
+        (any::<u32>(), any::<u32>())
+            .prop_map(|(epoch, writes)| Packet::BarrierAck { epoch, writes }),
         Just(Packet::Ping),
         Just(Packet::PingAck),
         Just(Packet::ResyncFinished),
-        (0u64..1000, prop::collection::vec(0u64..100_000, 0..64), any::<bool>()).prop_map(|(start_bit, runs, last)| {
-            let total_bits = start_bit + runs.iter().sum::<u64>() + 7;
-            Packet::BitmapChunk { start_bit, total_bits, last, runs }
-        }),
-        (any::<u64>(), 0u64..(1 << 50), 0u32..=MAX_DATA_BYTES).prop_map(|(id, offset_bytes, len_bytes)| {
-            Packet::ResyncRequest { id, offset_bytes, len_bytes }
-        }),
-        (any::<u64>(), 0u64..(1 << 50), prop::collection::vec(any::<u8>(), 0..1024))
-            .prop_map(|(id, offset_bytes, payload)| Packet::ResyncReply { id, offset_bytes, payload }),
+        (
+            0u64..1000,
+            prop::collection::vec(0u64..100_000, 0..64),
+            any::<bool>()
+        )
+            .prop_map(|(start_bit, runs, last)| {
+                let total_bits = start_bit + runs.iter().sum::<u64>() + 7;
+                Packet::BitmapChunk {
+                    start_bit,
+                    total_bits,
+                    last,
+                    runs,
+                }
+            }),
+        (any::<u64>(), 0u64..(1 << 50), 0u32..=MAX_DATA_BYTES).prop_map(
+            |(id, offset_bytes, len_bytes)| {
+                Packet::ResyncRequest {
+                    id,
+                    offset_bytes,
+                    len_bytes,
+                }
+            }
+        ),
+        (
+            any::<u64>(),
+            0u64..(1 << 50),
+            prop::collection::vec(any::<u8>(), 0..1024)
+        )
+            .prop_map(|(id, offset_bytes, payload)| Packet::ResyncReply {
+                id,
+                offset_bytes,
+                payload
+            }),
         any::<u64>().prop_map(|id| Packet::ResyncNegReply { id }),
         any::<u64>().prop_map(|uuid| Packet::SyncUuid { uuid }),
-        (0u64..(1 << 50), 0u32..=MAX_DATA_BYTES)
-            .prop_map(|(offset_bytes, len_bytes)| Packet::OutOfSync { offset_bytes, len_bytes }),
+        (0u64..(1 << 50), 0u32..=MAX_DATA_BYTES).prop_map(|(offset_bytes, len_bytes)| {
+            Packet::OutOfSync {
+                offset_bytes,
+                len_bytes,
+            }
+        }),
         ".{0,60}".prop_map(|reason| Packet::Disconnect { reason }),
     ]
 }
@@ -130,12 +193,18 @@ fn corrupted_payload_is_rejected_by_checksum() {
 fn oversized_length_is_rejected_before_waiting_for_bytes() {
     let mut buf = Packet::Ping.encode();
     buf[8..12].copy_from_slice(&(MAX_PAYLOAD_BYTES + 1).to_be_bytes());
-    assert_eq!(decode(&buf), Err(WireError::PayloadTooLarge(MAX_PAYLOAD_BYTES + 1)));
+    assert_eq!(
+        decode(&buf),
+        Err(WireError::PayloadTooLarge(MAX_PAYLOAD_BYTES + 1))
+    );
 }
 
 #[test]
 fn wrong_magic_is_rejected_from_four_bytes() {
-    assert_eq!(decode(b"GET "), Err(WireError::BadMagic(u32::from_be_bytes(*b"GET "))));
+    assert_eq!(
+        decode(b"GET "),
+        Err(WireError::BadMagic(u32::from_be_bytes(*b"GET ")))
+    );
 }
 
 #[test]
@@ -154,5 +223,11 @@ fn resource_name_longer_than_limit_is_rejected() {
     buf.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
     buf.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
     buf.extend_from_slice(&payload);
-    assert!(matches!(decode(&buf), Err(WireError::BadField { packet: "Hello", .. })));
+    assert!(matches!(
+        decode(&buf),
+        Err(WireError::BadField {
+            packet: "Hello",
+            ..
+        })
+    ));
 }
