@@ -14,4 +14,5 @@ pub mod ack;
 pub mod auth;
 pub mod generation;
 pub mod handshake;
+pub mod resync;
 pub mod wire;
