@@ -10,11 +10,11 @@
 //! Legs: the local disk write is the pipeline's leg; this table decides the
 //! peer's leg. [`AckAction::CompleteWrite`] means "the peer leg is done"
 //! (A: handed to the send path; B: RecvAck; C: WriteAck); the write completes
-//! upward when the pipeline's local leg is done too. With
-//! `PeerOutcome::OutOfSync` the caller marks the range out of sync for this
-//! peer itself (the pipeline's `LegOutcome::PeerLost`); a separate
-//! [`AckAction::MarkOutOfSync`] is only emitted for writes whose leg already
-//! completed.
+//! upward when the pipeline's local leg is done too. Whenever the peer cannot
+//! have a write's data, an explicit [`AckAction::MarkOutOfSync`] for its range
+//! is emitted (setting a bitmap bit twice is harmless, so a caller that maps
+//! `PeerOutcome::OutOfSync` to the pipeline's `LegOutcome::PeerLost` may mark
+//! it again).
 //!
 //! Epochs: writes are grouped into epochs. A new epoch starts (a `Barrier`
 //! for the old one is sent) when a write follows a write of the current epoch
@@ -289,12 +289,11 @@ impl AckTracker {
             .ok_or(AckError::UnknownSeq(seq))?;
         let mut out = Vec::new();
         e.on_peer_disk = true; // nothing more will come for it
-        if e.leg_done {
-            out.push(AckAction::MarkOutOfSync {
-                offset_bytes: e.offset_bytes,
-                len_bytes: u64::from(e.len_bytes),
-            });
-        } else {
+        out.push(AckAction::MarkOutOfSync {
+            offset_bytes: e.offset_bytes,
+            len_bytes: u64::from(e.len_bytes),
+        });
+        if !e.leg_done {
             e.leg_done = true;
             out.push(AckAction::CompleteWrite {
                 id: e.id,
@@ -341,15 +340,16 @@ impl AckTracker {
     pub fn connection_lost(&mut self) -> Vec<AckAction> {
         let mut out = Vec::new();
         for e in std::mem::take(&mut self.entries).into_values() {
+            if !e.on_peer_disk && !e.is_flush {
+                out.push(AckAction::MarkOutOfSync {
+                    offset_bytes: e.offset_bytes,
+                    len_bytes: u64::from(e.len_bytes),
+                });
+            }
             if !e.leg_done {
                 out.push(AckAction::CompleteWrite {
                     id: e.id,
                     outcome: PeerOutcome::OutOfSync,
-                });
-            } else if !e.on_peer_disk && !e.is_flush {
-                out.push(AckAction::MarkOutOfSync {
-                    offset_bytes: e.offset_bytes,
-                    len_bytes: u64::from(e.len_bytes),
                 });
             }
         }

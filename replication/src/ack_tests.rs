@@ -121,10 +121,16 @@ fn connection_loss_marks_unconfirmed_writes_out_of_sync() {
     let out = c.connection_lost();
     assert_eq!(
         out,
-        vec![AckAction::CompleteWrite {
-            id: 2,
-            outcome: PeerOutcome::OutOfSync
-        }]
+        vec![
+            AckAction::MarkOutOfSync {
+                offset_bytes: 8192,
+                len_bytes: 4096
+            },
+            AckAction::CompleteWrite {
+                id: 2,
+                outcome: PeerOutcome::OutOfSync
+            }
+        ]
     );
 }
 

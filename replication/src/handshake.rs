@@ -13,7 +13,10 @@ use thiserror::Error;
 use crate::auth::{auth_response, verify_response};
 use crate::generation::{decide, GiView, SyncDecision};
 use crate::state::{DiskState, Role};
-use crate::wire::{Packet, FEATURE_AUTH, NONCE_BYTES, PROTOCOL_VERSION_MAX, PROTOCOL_VERSION_MIN};
+use crate::wire::{
+    Packet, FEATURE_AUTH, FEATURE_PROTOCOL_MASK, NONCE_BYTES, PROTOCOL_VERSION_MAX,
+    PROTOCOL_VERSION_MIN,
+};
 
 /// Who we are and whom we accept.
 #[derive(Clone)]
@@ -108,6 +111,11 @@ pub enum HandshakeError {
     PeerDeviceTooSmall {
         peer_bytes: u64,
         local_in_use_bytes: u64,
+    },
+    #[error("replication protocol differs: we use {local}, the peer uses {peer}; set the same protocol on both nodes")]
+    ProtocolMismatch {
+        local: &'static str,
+        peer: &'static str,
     },
     #[error("handshake already failed or finished")]
     Finished,
@@ -244,6 +252,16 @@ impl Handshake {
             return Err(HandshakeError::UnexpectedNode {
                 expected: self.cfg.peer_node_id,
                 got: node_id,
+            });
+        }
+        let (ours, theirs) = (
+            self.cfg.features & FEATURE_PROTOCOL_MASK,
+            features & FEATURE_PROTOCOL_MASK,
+        );
+        if ours != 0 && theirs != 0 && ours != theirs {
+            return Err(HandshakeError::ProtocolMismatch {
+                local: protocol_name(ours),
+                peer: protocol_name(theirs),
             });
         }
         self.version = version;
@@ -484,6 +502,15 @@ pub fn agreed_size(local: &NodeInfo, peer: &NodeInfo) -> Result<u64, HandshakeEr
         });
     }
     Ok(size)
+}
+
+fn protocol_name(bits: u64) -> &'static str {
+    match bits {
+        crate::wire::FEATURE_PROTOCOL_A => "protocol A",
+        crate::wire::FEATURE_PROTOCOL_B => "protocol B",
+        crate::wire::FEATURE_PROTOCOL_C => "protocol C",
+        _ => "an unknown protocol",
+    }
 }
 
 fn phase_name(phase: Phase) -> &'static str {

@@ -321,3 +321,20 @@ fn sides_reach_mirror_sync_decisions() {
     assert_eq!(ra.unwrap().decision, SyncDecision::SourceBitmap);
     assert_eq!(rb.unwrap().decision, SyncDecision::TargetBitmap);
 }
+
+#[test]
+fn different_replication_protocols_are_refused() {
+    let mut ca = cfg(0, 1, None);
+    ca.features = crate::wire::FEATURE_PROTOCOL_C;
+    let mut cb = cfg(1, 0, None);
+    cb.features = crate::wire::FEATURE_PROTOCOL_A;
+    let a = Handshake::new(ca, info(DiskState::UpToDate, 1 << 30, 0x10), NONCE_A);
+    let b = Handshake::new(cb, info(DiskState::UpToDate, 1 << 30, 0x10), NONCE_B);
+    assert!(matches!(
+        run(a, b).0,
+        Err(HandshakeError::ProtocolMismatch {
+            local: "protocol C",
+            peer: "protocol A"
+        })
+    ));
+}

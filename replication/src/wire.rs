@@ -45,6 +45,16 @@ pub const FEATURE_ZEROES: u64 = 1 << 2;
 /// Feature bit: the sender understands RLE bitmap chunks.
 pub const FEATURE_RLE_BITMAP: u64 = 1 << 3;
 
+/// Feature bits 8..=10: the replication protocol (A, B, C) the sender is
+/// configured with; both nodes of a connection must agree.
+pub const FEATURE_PROTOCOL_A: u64 = 1 << 8;
+/// See [`FEATURE_PROTOCOL_A`].
+pub const FEATURE_PROTOCOL_B: u64 = 1 << 9;
+/// See [`FEATURE_PROTOCOL_A`].
+pub const FEATURE_PROTOCOL_C: u64 = 1 << 10;
+/// Mask of the protocol feature bits.
+pub const FEATURE_PROTOCOL_MASK: u64 = FEATURE_PROTOCOL_A | FEATURE_PROTOCOL_B | FEATURE_PROTOCOL_C;
+
 /// `Data` flag: force unit access (complete only once durable on the peer).
 pub const DATA_FUA: u32 = 1 << 0;
 /// `Data` flag: flush the peer's disk before this write.
