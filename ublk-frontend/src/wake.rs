@@ -1,0 +1,354 @@
+//! Cross-thread completion of ublk requests: a per-request slot the target's
+//! completion callback fills from any thread, and a per-queue eventfd doorbell
+//! that wakes the queue thread out of its io_uring wait.
+//!
+//! Owns: [`Doorbell`], [`Slot`], and [`serve_request`] (one request from ublk
+//! descriptor to commit result). Must never: block the queue thread while the
+//! target works on a request, or lose a wakeup.
+//!
+//! Wakeup protocol: the callback stores the outcome, wakes the task's waker
+//! (which queues the task on the queue's executor) and only then rings the
+//! doorbell. The queue thread polls the eventfd from its io_uring; after every
+//! reap it runs the executor until nothing is runnable, so a task woken before a
+//! doorbell ring that the queue thread already drained still runs in that pass.
+
+use crate::ops::{commit_result, decode, IoDesc};
+use drbdd_blockio::{AlignedBuf, BlockError, BlockOp, BlockSession};
+use rustix::event::{eventfd, EventfdFlags};
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+/// An eventfd that completion callbacks ring to wake one queue thread.
+#[derive(Debug)]
+pub(crate) struct Doorbell {
+    fd: OwnedFd,
+    /// True while a ring is pending that the queue thread has not drained yet;
+    /// saves a write(2) per completion under load.
+    rung: AtomicBool,
+}
+
+impl Doorbell {
+    pub(crate) fn new() -> std::io::Result<Self> {
+        let fd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        Ok(Doorbell {
+            fd,
+            rung: AtomicBool::new(false),
+        })
+    }
+
+    /// Called by completion callbacks (any thread) after waking their task.
+    pub(crate) fn ring(&self) {
+        if !self.rung.swap(true, Ordering::AcqRel) {
+            // EAGAIN means the counter is saturated, i.e. already readable.
+            let _ = rustix::io::write(&self.fd, &1u64.to_ne_bytes());
+        }
+    }
+
+    /// Called by the queue thread when the eventfd polled readable: re-enables
+    /// ringing, then drains the counter. A ring racing with this either lands
+    /// after the drain (fd stays readable) or its task is already runnable.
+    pub(crate) fn drain(&self) {
+        self.rung.store(false, Ordering::Release);
+        let mut counter = [0u8; 8];
+        let _ = rustix::io::read(&self.fd, &mut counter);
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Where one request's outcome waits for its task.
+#[derive(Debug, Default)]
+pub(crate) struct Slot {
+    state: Mutex<SlotState>,
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    outcome: Option<Result<AlignedBuf, BlockError>>,
+    waker: Option<Waker>,
+}
+
+impl Slot {
+    /// Stores the outcome and wakes the waiting task (completion side).
+    pub(crate) fn complete(&self, outcome: Result<AlignedBuf, BlockError>) {
+        let waker = {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            assert!(state.outcome.is_none(), "a request completed twice");
+            state.outcome = Some(outcome);
+            state.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// A future resolving to the outcome once [`Slot::complete`] ran.
+    pub(crate) fn wait(self: &Arc<Self>) -> SlotWait {
+        SlotWait {
+            slot: Arc::clone(self),
+        }
+    }
+}
+
+/// Future returned by [`Slot::wait`].
+#[derive(Debug)]
+pub(crate) struct SlotWait {
+    slot: Arc<Slot>,
+}
+
+impl Future for SlotWait {
+    type Output = Result<AlignedBuf, BlockError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.slot.state.lock().unwrap_or_else(|p| p.into_inner());
+        match state.outcome.take() {
+            Some(outcome) => Poll::Ready(outcome),
+            None => {
+                state.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// What every request of one device needs.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestContext {
+    pub(crate) session: Arc<dyn BlockSession>,
+    pub(crate) size_bytes: u64,
+    pub(crate) max_io_bytes: u32,
+}
+
+/// Serves one ublk request: decodes it, hands it to the target, waits for the
+/// completion without blocking the thread, copies read data into the tag's
+/// buffer `io_buf`, and returns the result to commit.
+pub(crate) async fn serve_request(
+    ctx: &RequestContext,
+    doorbell: &Arc<Doorbell>,
+    desc: IoDesc,
+    io_buf: &mut [u8],
+) -> i32 {
+    let req = match decode(desc, ctx.size_bytes, ctx.max_io_bytes) {
+        Ok(req) => req,
+        Err(e) => return commit_result_err(&e),
+    };
+    let len = usize::try_from(req.len_bytes).unwrap_or(usize::MAX);
+    let data = match req.op {
+        BlockOp::Read | BlockOp::Write if len > io_buf.len() => {
+            return commit_result_err(&BlockError::InvalidArgument(
+                "request larger than the tag buffer",
+            ))
+        }
+        BlockOp::Write => AlignedBuf::from_slice(&io_buf[..len]),
+        BlockOp::Read => AlignedBuf::zeroed(len),
+        BlockOp::Flush | BlockOp::Discard | BlockOp::WriteZeroes => AlignedBuf::empty(),
+    };
+    let slot = Arc::new(Slot::default());
+    let (done_slot, done_bell) = (Arc::clone(&slot), Arc::clone(doorbell));
+    ctx.session.submit(
+        req,
+        data,
+        Box::new(move |outcome| {
+            done_slot.complete(outcome);
+            done_bell.ring();
+        }),
+    );
+    match slot.wait().await {
+        Ok(buf) if req.op == BlockOp::Read => {
+            if buf.len() != len {
+                return commit_result_err(&BlockError::Io);
+            }
+            io_buf[..len].copy_from_slice(buf.as_slice());
+            commit_result(&req, Ok(()))
+        }
+        Ok(_) => commit_result(&req, Ok(())),
+        Err(e) => commit_result(&req, Err(&e)),
+    }
+}
+
+fn commit_result_err(e: &BlockError) -> i32 {
+    -e.errno()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drbdd_blockio::mem::MemTarget;
+    use drbdd_blockio::{BlockRequest, BlockTarget, Completion};
+    use libublk::sys;
+    use std::time::Duration;
+
+    /// A session that completes every request from another thread after a delay,
+    /// like a write waiting for a peer's ack.
+    #[derive(Debug)]
+    struct DelayedSession {
+        inner: Arc<dyn BlockSession>,
+        delay: Duration,
+    }
+
+    impl BlockSession for DelayedSession {
+        fn submit(&self, req: BlockRequest, buf: AlignedBuf, done: Completion) {
+            let (inner, delay) = (Arc::clone(&self.inner), self.delay);
+            std::thread::spawn(move || {
+                std::thread::sleep(delay);
+                inner.submit(req, buf, done);
+            });
+        }
+    }
+
+    fn ctx(session: Arc<dyn BlockSession>) -> RequestContext {
+        RequestContext {
+            session,
+            size_bytes: 1 << 20,
+            max_io_bytes: 64 << 10,
+        }
+    }
+
+    fn desc(op: u32, start_sector: u64, nr_sectors: u32) -> IoDesc {
+        IoDesc {
+            op_flags: op,
+            nr_sectors,
+            start_sector,
+        }
+    }
+
+    fn eventfd_readable(bell: &Doorbell) -> bool {
+        let mut pfd = [rustix::event::PollFd::new(
+            &bell.fd,
+            rustix::event::PollFlags::IN,
+        )];
+        rustix::event::poll(&mut pfd, None).unwrap_or(0) == 1
+    }
+
+    #[test]
+    fn write_then_read_round_trips_through_the_tag_buffer() {
+        let target = MemTarget::new(1 << 20);
+        let ctx = ctx(target.open("test", true).unwrap());
+        let bell = Arc::new(Doorbell::new().unwrap());
+        let mut buf = vec![0xabu8; 64 << 10];
+        let res = smol::block_on(serve_request(
+            &ctx,
+            &bell,
+            desc(sys::UBLK_IO_OP_WRITE, 8, 8),
+            &mut buf,
+        ));
+        assert_eq!(res, 4096);
+        assert!(target.snapshot()[4096..8192].iter().all(|&b| b == 0xab));
+        let mut out = vec![0u8; 64 << 10];
+        let res = smol::block_on(serve_request(
+            &ctx,
+            &bell,
+            desc(sys::UBLK_IO_OP_READ, 8, 8),
+            &mut out,
+        ));
+        assert_eq!(res, 4096);
+        assert!(out[..4096].iter().all(|&b| b == 0xab));
+        assert!(out[4096..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn completion_on_another_thread_wakes_the_task_and_rings_the_doorbell() {
+        let target = MemTarget::new(1 << 20);
+        let delayed = Arc::new(DelayedSession {
+            inner: target.open("t", true).unwrap(),
+            delay: Duration::from_millis(50),
+        });
+        let ctx = ctx(delayed);
+        let bell = Arc::new(Doorbell::new().unwrap());
+        let mut buf = vec![7u8; 64 << 10];
+        let res = smol::block_on(serve_request(
+            &ctx,
+            &bell,
+            desc(sys::UBLK_IO_OP_WRITE, 0, 16),
+            &mut buf,
+        ));
+        assert_eq!(res, 8192);
+        assert!(
+            eventfd_readable(&bell),
+            "completion must ring the queue's eventfd"
+        );
+        bell.drain();
+        bell.ring();
+        assert!(
+            eventfd_readable(&bell),
+            "a ring after drain must make the eventfd readable again"
+        );
+    }
+
+    #[test]
+    fn a_slow_request_does_not_hold_up_other_tags_of_the_queue() {
+        use std::rc::Rc;
+        let target = MemTarget::new(1 << 20);
+        let slow: Arc<dyn BlockSession> = Arc::new(DelayedSession {
+            inner: target.open("slow", true).unwrap(),
+            delay: Duration::from_millis(300),
+        });
+        let slow_ctx = ctx(slow);
+        let fast_ctx = ctx(target.open("fast", true).unwrap());
+        let bell = Arc::new(Doorbell::new().unwrap());
+        let finished = Rc::new(std::cell::RefCell::new(Vec::new()));
+        let exe = smol::LocalExecutor::new();
+        let (bell_a, done_a) = (Arc::clone(&bell), Rc::clone(&finished));
+        let a = exe.spawn(async move {
+            let mut buf = vec![1u8; 64 << 10];
+            serve_request(
+                &slow_ctx,
+                &bell_a,
+                desc(sys::UBLK_IO_OP_WRITE, 0, 8),
+                &mut buf,
+            )
+            .await;
+            done_a.borrow_mut().push("slow");
+        });
+        let (bell_b, done_b) = (Arc::clone(&bell), Rc::clone(&finished));
+        let b = exe.spawn(async move {
+            let mut buf = vec![0u8; 64 << 10];
+            serve_request(
+                &fast_ctx,
+                &bell_b,
+                desc(sys::UBLK_IO_OP_READ, 64, 8),
+                &mut buf,
+            )
+            .await;
+            done_b.borrow_mut().push("fast");
+        });
+        smol::block_on(exe.run(async move {
+            a.await;
+            b.await;
+        }));
+        assert_eq!(*finished.borrow(), vec!["fast", "slow"]);
+    }
+
+    #[test]
+    fn flush_is_submitted_with_no_range_and_errors_become_negative_errno() {
+        let target = MemTarget::new(1 << 20);
+        let ctx = ctx(target.open("t", true).unwrap());
+        let bell = Arc::new(Doorbell::new().unwrap());
+        let mut buf = vec![0u8; 4096];
+        assert_eq!(
+            smol::block_on(serve_request(
+                &ctx,
+                &bell,
+                desc(sys::UBLK_IO_OP_FLUSH, u64::MAX, 0),
+                &mut buf
+            )),
+            0
+        );
+        let past_end = desc(sys::UBLK_IO_OP_READ, (1 << 20) / 512, 8);
+        assert_eq!(
+            smol::block_on(serve_request(&ctx, &bell, past_end, &mut buf)),
+            -libc::EINVAL
+        );
+        let too_big_for_buffer = desc(sys::UBLK_IO_OP_WRITE, 0, 16);
+        assert_eq!(
+            smol::block_on(serve_request(&ctx, &bell, too_big_for_buffer, &mut buf)),
+            -libc::EINVAL
+        );
+    }
+}
