@@ -14,5 +14,6 @@ pub mod ack;
 pub mod auth;
 pub mod generation;
 pub mod handshake;
+pub mod peer;
 pub mod resync;
 pub mod wire;

@@ -89,6 +89,18 @@ impl SyncBitmap {
         (first..end.min(self.total_blocks)).for_each(|b| self.put(b, false));
     }
 
+    /// A copy for a device of `total_blocks`: bits beyond the end are
+    /// dropped, new blocks are in sync.
+    pub fn resized(&self, total_blocks: u64) -> Self {
+        let mut out = Self::new(total_blocks);
+        let mut block = 0;
+        while let Some(b) = self.next_set(block).filter(|b| *b < total_blocks) {
+            out.put(b, true);
+            block = b + 1;
+        }
+        out
+    }
+
     pub fn set_all(&mut self) {
         (0..self.total_blocks).for_each(|b| self.put(b, true));
     }

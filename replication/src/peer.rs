@@ -1,0 +1,775 @@
+//! The per-peer connection state machine: ties the handshake, the write
+//! table, the receive path, bitmap exchange and resync together for one
+//! connection (user's guide 11.2.7–11.2.9 for the state names).
+//!
+//! Owns: the connection state, replication state and peer disk state of one
+//! peer, the byte stream to it, ping/ping-timeout, and every decision on that
+//! connection. Must never: do I/O or read a clock. The caller feeds
+//! [`Event`]s (with `now_ms` where time matters) to [`Peer::handle`] and
+//! executes the returned [`Action`]s: send packets, submit disk I/O, persist
+//! bitmap and generation changes, complete write legs, close the transport.
+//! The caller reports I/O completions back as events.
+//!
+//! Composition: the resource state machine owns the local role and disk
+//! state and the persistent GI tuple; this machine reports the changes it
+//! makes on this connection ([`Action::UpdateGenerations`],
+//! [`Action::LocalDisk`]) and the caller applies them.
+
+use std::collections::BTreeMap;
+
+use crate::ack::{AckAction, AckTracker, PeerOutcome, Protocol, WriteId};
+use crate::generation::{Generations, GiView, SbPolicy, SyncDecision};
+use crate::handshake::{Agreement, Handshake, HandshakeConfig, HandshakeStep, NodeInfo};
+use crate::resync::{RateConfig, RateController, ResyncPlanner, SyncBitmap};
+use crate::state::{ConnState, DiskState, ReplState, Role};
+use crate::wire::{self, Packet, NONCE_BYTES};
+
+#[path = "peer_rx.rs"]
+mod rx;
+#[path = "peer_sync.rs"]
+mod sync;
+
+/// Static settings of one connection.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    pub handshake: HandshakeConfig,
+    pub protocol: Protocol,
+    /// Most writes in flight to the peer (`max-buffers`).
+    pub max_buffers: usize,
+    pub ping_int_ms: u64,
+    pub ping_timeout_ms: u64,
+    /// Longest a handshake may take.
+    pub connect_timeout_ms: u64,
+    pub sb_policy: SbPolicy,
+    pub rate: RateConfig,
+    pub max_resync_requests: usize,
+    pub max_resync_request_bytes: u32,
+}
+
+/// What this node currently is, as the resource state machine knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalState {
+    pub role: Role,
+    pub disk: DiskState,
+    pub backing_bytes: u64,
+    pub current_bytes: u64,
+    pub max_io_bytes: u32,
+    /// The GI tuple as it concerns this peer (its bitmap slot only).
+    pub generations: GiView,
+    pub promoted_at_ms: u64,
+}
+
+/// Inputs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// The transport is up. `nonce` and `sync_uuid` are fresh random values.
+    Connected {
+        now_ms: u64,
+        nonce: [u8; NONCE_BYTES],
+        sync_uuid: u64,
+    },
+    BytesReceived {
+        now_ms: u64,
+        bytes: &'a [u8],
+    },
+    Tick {
+        now_ms: u64,
+    },
+    /// The transport failed (reset, EOF, send error).
+    ConnectionLost {
+        now_ms: u64,
+    },
+    /// An application write (or discard / zeroes per `flags`) on this node.
+    LocalWrite {
+        id: WriteId,
+        offset_bytes: u64,
+        len_bytes: u32,
+        flags: u32,
+        data: Vec<u8>,
+    },
+    /// An application flush on this node.
+    LocalFlush {
+        id: WriteId,
+    },
+    /// The local disk finished the application write `id`.
+    LocalWriteDone {
+        id: WriteId,
+    },
+    /// A write from [`Action::SubmitPeerWrite`] finished on our disk.
+    PeerWriteDone {
+        seq: u64,
+        ok: bool,
+    },
+    /// A flush from [`Action::SubmitPeerFlush`] finished.
+    PeerFlushDone {
+        epoch: u32,
+    },
+    /// A read from [`Action::ReadForResync`] finished (`None`: read error).
+    ResyncReadDone {
+        id: u64,
+        data: Option<Vec<u8>>,
+    },
+    /// A write from [`Action::SubmitResyncWrite`] finished on our disk.
+    ResyncWriteDone {
+        id: u64,
+    },
+    /// The resource changed role (promote/demote).
+    RoleChanged {
+        role: Role,
+    },
+    /// Admin `disconnect`: go StandAlone.
+    AdminDisconnect,
+}
+
+/// Connection, replication and peer states for status and `events2`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub conn: ConnState,
+    pub repl: ReplState,
+    pub peer_role: Role,
+    pub peer_disk: DiskState,
+}
+
+/// A change of the GI tuple the caller must persist (and apply to
+/// [`Generations`] with this peer's slot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GiUpdate {
+    ResyncStartedAsSource { sync_uuid: u64 },
+    ResyncStartedAsTarget { sync_uuid: u64 },
+    ResyncFinishedAsSource,
+    ResyncFinishedAsTarget { source: GiView },
+}
+
+impl GiUpdate {
+    /// Applies the update to a tuple, for the peer in `slot`.
+    pub fn apply(&self, gens: &mut Generations, slot: usize) {
+        match self {
+            GiUpdate::ResyncStartedAsSource { sync_uuid } => {
+                gens.resync_started_as_source(slot, *sync_uuid)
+            }
+            GiUpdate::ResyncStartedAsTarget { sync_uuid } => {
+                gens.resync_started_as_target(slot, *sync_uuid)
+            }
+            GiUpdate::ResyncFinishedAsSource => gens.resync_finished_as_source(slot),
+            GiUpdate::ResyncFinishedAsTarget { source } => {
+                gens.resync_finished_as_target(slot, source)
+            }
+        }
+    }
+}
+
+/// Outputs, in the order they must be executed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Send(Packet),
+    /// The peer leg of application write `id` is done (see `ack`).
+    CompleteWrite {
+        id: WriteId,
+        outcome: PeerOutcome,
+    },
+    /// Set these bits in this peer's bitmap slot (persist).
+    MarkOutOfSync {
+        offset_bytes: u64,
+        len_bytes: u64,
+    },
+    /// Clear these bits in this peer's bitmap slot (persist).
+    MarkInSync {
+        offset_bytes: u64,
+        len_bytes: u64,
+    },
+    /// Write replicated data to the local disk; report `PeerWriteDone`.
+    SubmitPeerWrite {
+        seq: u64,
+        offset_bytes: u64,
+        len_bytes: u32,
+        flags: u32,
+        data: Vec<u8>,
+    },
+    /// Flush the local disk (end of a peer epoch); report `PeerFlushDone`.
+    SubmitPeerFlush {
+        epoch: u32,
+    },
+    /// Read local data for the sync target; report `ResyncReadDone`.
+    ReadForResync {
+        id: u64,
+        offset_bytes: u64,
+        len_bytes: u32,
+    },
+    /// Write resync data to the local disk; report `ResyncWriteDone`.
+    SubmitResyncWrite {
+        id: u64,
+        offset_bytes: u64,
+        data: Vec<u8>,
+    },
+    UpdateGenerations(GiUpdate),
+    /// The local disk state changes because of this connection (sync target).
+    LocalDisk(DiskState),
+    StateChanged(PeerStatus),
+    /// The handshake agreed on this device size (bytes).
+    SizeAgreed {
+        size_bytes: u64,
+    },
+    Log(String),
+    /// Also log loudly (e.g. unauthenticated peer, split brain).
+    Warn(String),
+    /// Close the transport. `retry`: reconnect later (Connecting); otherwise
+    /// the connection stays StandAlone until the admin acts.
+    Disconnect {
+        reason: String,
+        retry: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ping {
+    Idle,
+    Sent { at_ms: u64 },
+}
+
+/// One peer connection.
+#[derive(Debug)]
+pub struct Peer {
+    cfg: PeerConfig,
+    local: LocalState,
+    gens: Generations,
+    status: PeerStatus,
+    now_ms: u64,
+    handshake: Option<Handshake>,
+    connected_at_ms: u64,
+    agreement: Option<Agreement>,
+    sync_uuid: u64,
+    rx_buf: Vec<u8>,
+    last_rx_ms: u64,
+    ping: Ping,
+    ack: AckTracker,
+    /// Application writes whose local disk write is not done: id -> seq.
+    local_pending: BTreeMap<WriteId, u64>,
+    rx: rx::Receiver,
+    bitmap: SyncBitmap,
+    sync: sync::SyncState,
+}
+
+impl Peer {
+    /// `bitmap` is this peer's out-of-sync bitmap as loaded from metadata.
+    pub fn new(cfg: PeerConfig, local: LocalState, bitmap: SyncBitmap) -> Self {
+        let gi = local.generations;
+        let gens = Generations {
+            current: gi.current,
+            bitmaps: vec![gi.bitmap],
+            history: gi.history,
+        };
+        let sync = sync::SyncState::new(&cfg);
+        Self {
+            ack: AckTracker::new(cfg.protocol, cfg.max_buffers),
+            cfg,
+            local,
+            gens,
+            status: PeerStatus {
+                conn: ConnState::Connecting,
+                repl: ReplState::Off,
+                peer_role: Role::Unknown,
+                peer_disk: DiskState::DUnknown,
+            },
+            now_ms: 0,
+            handshake: None,
+            connected_at_ms: 0,
+            agreement: None,
+            sync_uuid: 0,
+            rx_buf: Vec::new(),
+            last_rx_ms: 0,
+            ping: Ping::Idle,
+            local_pending: BTreeMap::new(),
+            rx: rx::Receiver::default(),
+            bitmap,
+            sync,
+        }
+    }
+
+    pub fn status(&self) -> PeerStatus {
+        self.status
+    }
+
+    /// This peer's out-of-sync bitmap (in memory).
+    pub fn bitmap(&self) -> &SyncBitmap {
+        &self.bitmap
+    }
+
+    /// The GI tuple after this connection's changes (slot 0 = this peer).
+    pub fn generations(&self) -> &Generations {
+        &self.gens
+    }
+
+    pub fn agreement(&self) -> Option<&Agreement> {
+        self.agreement.as_ref()
+    }
+
+    /// Resync progress, when syncing.
+    pub fn progress(&mut self) -> Option<crate::resync::Progress> {
+        self.sync.progress(self.now_ms, self.bitmap.count())
+    }
+
+    fn established(&self) -> bool {
+        self.status.conn == ConnState::Connected
+    }
+
+    fn set_status(&mut self, out: &mut Vec<Action>, f: impl FnOnce(&mut PeerStatus)) {
+        let before = self.status;
+        f(&mut self.status);
+        if self.status != before {
+            out.push(Action::StateChanged(self.status));
+        }
+    }
+
+    /// Feeds one event; returns what to do.
+    pub fn handle(&mut self, event: Event<'_>) -> Vec<Action> {
+        let mut out = Vec::new();
+        match event {
+            Event::Connected {
+                now_ms,
+                nonce,
+                sync_uuid,
+            } => self.on_connected(now_ms, nonce, sync_uuid, &mut out),
+            Event::BytesReceived { now_ms, bytes } => self.on_bytes(now_ms, bytes, &mut out),
+            Event::Tick { now_ms } => self.on_tick(now_ms, &mut out),
+            Event::ConnectionLost { now_ms } => {
+                self.now_ms = now_ms;
+                self.lose_connection("connection lost".into(), true, &mut out);
+            }
+            Event::LocalWrite {
+                id,
+                offset_bytes,
+                len_bytes,
+                flags,
+                data,
+            } => {
+                self.on_local_write(id, offset_bytes, len_bytes, flags, data, &mut out);
+            }
+            Event::LocalFlush { id } => self.on_local_flush(id, &mut out),
+            Event::LocalWriteDone { id } => self.on_local_write_done(id, &mut out),
+            Event::PeerWriteDone { seq, ok } => self.rx_write_done(seq, ok, &mut out),
+            Event::PeerFlushDone { epoch } => self.rx_flush_done(epoch, &mut out),
+            Event::ResyncReadDone { id, data } => self.source_read_done(id, data, &mut out),
+            Event::ResyncWriteDone { id } => self.target_write_done(id, &mut out),
+            Event::RoleChanged { role } => {
+                self.local.role = role;
+                if self.established() {
+                    out.push(Action::Send(Packet::State {
+                        role,
+                        disk: self.local.disk,
+                        flags: 0,
+                    }));
+                }
+            }
+            Event::AdminDisconnect => {
+                if self.established() {
+                    out.push(Action::Send(Packet::Disconnect {
+                        reason: "administrative disconnect".into(),
+                    }));
+                }
+                self.lose_connection("administrative disconnect".into(), false, &mut out);
+            }
+        }
+        out
+    }
+
+    fn on_connected(
+        &mut self,
+        now_ms: u64,
+        nonce: [u8; NONCE_BYTES],
+        sync_uuid: u64,
+        out: &mut Vec<Action>,
+    ) {
+        self.now_ms = now_ms;
+        if self.status.conn != ConnState::Connecting {
+            out.push(Action::Disconnect {
+                reason: format!("not connecting (state {})", self.status.conn),
+                retry: false,
+            });
+            return;
+        }
+        let mut hs = Handshake::new(self.cfg.handshake.clone(), self.node_info(), nonce);
+        out.extend(hs.start().into_iter().map(Action::Send));
+        self.handshake = Some(hs);
+        self.connected_at_ms = now_ms;
+        self.last_rx_ms = now_ms;
+        self.sync_uuid = sync_uuid;
+        self.rx_buf.clear();
+    }
+
+    fn node_info(&self) -> NodeInfo {
+        let mut gi = self.gens.view(0);
+        gi.crashed_primary = self.local.generations.crashed_primary;
+        NodeInfo {
+            role: self.local.role,
+            disk: self.local.disk,
+            backing_bytes: self.local.backing_bytes,
+            current_bytes: self.local.current_bytes,
+            max_io_bytes: self.local.max_io_bytes,
+            gi,
+            dirty_blocks: self.bitmap.count(),
+            promoted_at_ms: self.local.promoted_at_ms,
+        }
+    }
+
+    fn on_bytes(&mut self, now_ms: u64, bytes: &[u8], out: &mut Vec<Action>) {
+        self.now_ms = now_ms;
+        self.last_rx_ms = now_ms;
+        if self.handshake.is_none() && !self.established() {
+            return; // stale bytes from a connection we already dropped
+        }
+        self.rx_buf.extend_from_slice(bytes);
+        loop {
+            match wire::decode(&self.rx_buf) {
+                Ok(None) => break,
+                Ok(Some((packet, used))) => {
+                    self.rx_buf.drain(..used);
+                    self.on_packet(packet, out);
+                    if self.handshake.is_none() && !self.established() {
+                        break; // the packet ended the connection
+                    }
+                }
+                Err(e) => {
+                    self.protocol_error(format!("undecodable packet: {e}"), out);
+                    break;
+                }
+            }
+        }
+    }
+
+    fn protocol_error(&mut self, reason: String, out: &mut Vec<Action>) {
+        self.lose_connection(format!("protocol error: {reason}"), true, out);
+    }
+
+    fn on_packet(&mut self, packet: Packet, out: &mut Vec<Action>) {
+        if let Some(hs) = self.handshake.as_mut() {
+            match hs.on_packet(packet) {
+                Ok(HandshakeStep::Continue(packets)) => {
+                    out.extend(packets.into_iter().map(Action::Send))
+                }
+                Ok(HandshakeStep::Done(packets, agreement)) => {
+                    out.extend(packets.into_iter().map(Action::Send));
+                    self.handshake = None;
+                    self.on_agreement(*agreement, out);
+                }
+                Err(e) => {
+                    self.handshake = None;
+                    out.push(Action::Send(Packet::Disconnect {
+                        reason: truncate(&e.to_string()),
+                    }));
+                    self.lose_connection(format!("handshake refused: {e}"), false, out);
+                }
+            }
+            return;
+        }
+        self.on_established_packet(packet, out);
+    }
+
+    fn on_established_packet(&mut self, packet: Packet, out: &mut Vec<Action>) {
+        let result = match packet {
+            Packet::Ping => {
+                out.push(Action::Send(Packet::PingAck));
+                Ok(())
+            }
+            Packet::PingAck => {
+                self.ping = Ping::Idle;
+                Ok(())
+            }
+            Packet::RecvAck { seq } => self.ack.on_recv_ack(seq).map(|a| self.apply_ack(a, out)),
+            Packet::WriteAck { seq } => self.ack.on_write_ack(seq).map(|a| self.apply_ack(a, out)),
+            Packet::NegAck { seq } => self.ack.on_neg_ack(seq).map(|a| self.apply_ack(a, out)),
+            Packet::BarrierAck { epoch, .. } => self
+                .ack
+                .on_barrier_ack(epoch)
+                .map(|a| self.apply_ack(a, out)),
+            Packet::State { role, disk, .. } => {
+                self.set_status(out, |s| {
+                    s.peer_role = role;
+                    s.peer_disk = disk;
+                });
+                Ok(())
+            }
+            Packet::Disconnect { reason } => {
+                self.lose_connection(format!("peer disconnected: {reason}"), true, out);
+                return;
+            }
+            Packet::OutOfSync {
+                offset_bytes,
+                len_bytes,
+            } => {
+                self.mark_out_of_sync(offset_bytes, u64::from(len_bytes), out);
+                Ok(())
+            }
+            other => {
+                if let Err(e) = self.on_data_path_packet(other, out) {
+                    self.protocol_error(e, out);
+                }
+                return;
+            }
+        };
+        if let Err(e) = result {
+            self.protocol_error(e.to_string(), out);
+        }
+    }
+
+    fn on_data_path_packet(&mut self, packet: Packet, out: &mut Vec<Action>) -> Result<(), String> {
+        match packet {
+            Packet::Data {
+                seq,
+                epoch,
+                flags,
+                offset_bytes,
+                len_bytes,
+                payload,
+            } => self.rx_data(
+                rx::PeerWrite {
+                    seq,
+                    epoch,
+                    flags,
+                    offset_bytes,
+                    len_bytes,
+                    data: payload,
+                },
+                out,
+            ),
+            Packet::Barrier { epoch } => self.rx_barrier(epoch, out),
+            Packet::BitmapChunk {
+                start_bit,
+                total_bits,
+                last,
+                runs,
+            } => self.on_bitmap_chunk(start_bit, total_bits, last, &runs, out),
+            Packet::SyncUuid { uuid } => self.on_sync_uuid(uuid, out),
+            Packet::ResyncRequest {
+                id,
+                offset_bytes,
+                len_bytes,
+            } => self.source_request(id, offset_bytes, len_bytes, out),
+            Packet::ResyncReply {
+                id,
+                offset_bytes,
+                payload,
+            } => self.target_reply(id, offset_bytes, payload, out),
+            Packet::ResyncNegReply { id } => self.target_neg_reply(id, out),
+            Packet::ResyncFinished => self.source_finished(out),
+            other => Err(format!(
+                "unexpected {} packet on an established connection",
+                other.name()
+            )),
+        }
+    }
+
+    fn on_agreement(&mut self, agreement: Agreement, out: &mut Vec<Action>) {
+        if !agreement.authenticated {
+            out.push(Action::Warn(format!(
+                "connection to node {} is NOT authenticated: no shared-secret is configured on either node",
+                agreement.peer_node_id
+            )));
+        }
+        out.push(Action::Log(format!(
+            "handshake with node {} done (protocol version {}): {}",
+            agreement.peer_node_id,
+            agreement.protocol_version,
+            agreement.decision.describe()
+        )));
+        out.push(Action::SizeAgreed {
+            size_bytes: agreement.size_bytes,
+        });
+        let decision = agreement.decision;
+        let peer = agreement.peer;
+        self.agreement = Some(agreement);
+        self.ping = Ping::Idle;
+        self.set_status(out, |s| {
+            s.conn = ConnState::Connected;
+            s.repl = ReplState::Established;
+            s.peer_role = peer.role;
+            s.peer_disk = peer.disk;
+        });
+        self.start_after_handshake(decision, out);
+    }
+
+    fn on_tick(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        self.now_ms = now_ms;
+        if self.handshake.is_some() {
+            if now_ms.saturating_sub(self.connected_at_ms) > self.cfg.connect_timeout_ms {
+                self.lose_connection("handshake timed out".into(), true, out);
+            }
+            return;
+        }
+        if !self.established() {
+            return;
+        }
+        match self.ping {
+            Ping::Sent { at_ms } if now_ms.saturating_sub(at_ms) > self.cfg.ping_timeout_ms => {
+                self.lose_connection(
+                    format!(
+                        "PingAck did not arrive in time ({} ms)",
+                        self.cfg.ping_timeout_ms
+                    ),
+                    true,
+                    out,
+                );
+                return;
+            }
+            Ping::Idle if now_ms.saturating_sub(self.last_rx_ms) >= self.cfg.ping_int_ms => {
+                out.push(Action::Send(Packet::Ping));
+                self.ping = Ping::Sent { at_ms: now_ms };
+            }
+            _ => {}
+        }
+        let closed = self.ack.close_idle_epoch();
+        self.apply_ack(closed, out);
+        self.pump_resync(out);
+    }
+
+    fn apply_ack(&mut self, actions: Vec<AckAction>, out: &mut Vec<Action>) {
+        for a in actions {
+            match a {
+                AckAction::Send(p) => out.push(Action::Send(p)),
+                AckAction::CompleteWrite { id, outcome } => {
+                    out.push(Action::CompleteWrite { id, outcome })
+                }
+                AckAction::MarkOutOfSync {
+                    offset_bytes,
+                    len_bytes,
+                } => {
+                    self.mark_out_of_sync(offset_bytes, len_bytes, out);
+                }
+            }
+        }
+    }
+
+    fn mark_out_of_sync(&mut self, offset_bytes: u64, len_bytes: u64, out: &mut Vec<Action>) {
+        self.bitmap.set_range(offset_bytes, len_bytes);
+        out.push(Action::MarkOutOfSync {
+            offset_bytes,
+            len_bytes,
+        });
+    }
+
+    /// Writes are replicated while connected and past the handshake;
+    /// otherwise they only make the range out of sync for this peer.
+    fn replicating(&self) -> bool {
+        self.established()
+            && matches!(
+                self.status.repl,
+                ReplState::Established
+                    | ReplState::WFBitMapS
+                    | ReplState::SyncSource
+                    | ReplState::PausedSyncS
+            )
+    }
+
+    fn on_local_write(
+        &mut self,
+        id: WriteId,
+        offset: u64,
+        len: u32,
+        flags: u32,
+        data: Vec<u8>,
+        out: &mut Vec<Action>,
+    ) {
+        if !self.replicating() {
+            self.mark_out_of_sync(offset, u64::from(len), out);
+            out.push(Action::CompleteWrite {
+                id,
+                outcome: PeerOutcome::OutOfSync,
+            });
+            return;
+        }
+        match self.ack.submit_write(id, offset, len, flags, data) {
+            Ok((seq, actions)) => {
+                self.local_pending.insert(id, seq);
+                self.apply_ack(actions, out);
+            }
+            Err(e) => {
+                // Congested: the write still succeeds locally; the peer gets it by resync.
+                out.push(Action::Log(format!("write {id} not replicated: {e}")));
+                self.mark_out_of_sync(offset, u64::from(len), out);
+                if self.status.repl == ReplState::Established {
+                    out.push(Action::Send(Packet::OutOfSync {
+                        offset_bytes: offset,
+                        len_bytes: len,
+                    }));
+                }
+                out.push(Action::CompleteWrite {
+                    id,
+                    outcome: PeerOutcome::OutOfSync,
+                });
+            }
+        }
+    }
+
+    fn on_local_flush(&mut self, id: WriteId, out: &mut Vec<Action>) {
+        if !self.replicating() {
+            out.push(Action::CompleteWrite {
+                id,
+                outcome: PeerOutcome::OutOfSync,
+            });
+            return;
+        }
+        match self.ack.submit_flush(id) {
+            Ok((_, actions)) => self.apply_ack(actions, out),
+            Err(_) => out.push(Action::CompleteWrite {
+                id,
+                outcome: PeerOutcome::OutOfSync,
+            }),
+        }
+    }
+
+    fn on_local_write_done(&mut self, id: WriteId, out: &mut Vec<Action>) {
+        if let Some(seq) = self.local_pending.remove(&id) {
+            let actions = self.ack.local_done(seq);
+            self.apply_ack(actions, out);
+        }
+        self.source_retry_deferred(out);
+    }
+
+    /// Drops the connection: unconfirmed writes become out of sync.
+    fn lose_connection(&mut self, reason: String, retry: bool, out: &mut Vec<Action>) {
+        let was_up = self.handshake.is_some() || self.established();
+        self.handshake = None;
+        let lost = self.ack.connection_lost();
+        self.apply_ack(lost, out);
+        self.local_pending.clear();
+        self.rx = rx::Receiver::default();
+        self.sync.reset();
+        self.rx_buf.clear();
+        self.ping = Ping::Idle;
+        self.agreement = None;
+        let conn = if retry {
+            ConnState::Connecting
+        } else {
+            ConnState::StandAlone
+        };
+        self.set_status(out, |s| {
+            s.conn = conn;
+            s.repl = ReplState::Off;
+            s.peer_role = Role::Unknown;
+            s.peer_disk = DiskState::DUnknown;
+        });
+        if was_up || !retry {
+            out.push(Action::Disconnect { reason, retry });
+        }
+    }
+}
+
+fn truncate(s: &str) -> String {
+    let mut end = s.len().min(wire::MAX_REASON_BYTES);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// Decision helpers shared with the sync module.
+fn decision_is_source(d: SyncDecision) -> bool {
+    matches!(d, SyncDecision::SourceBitmap | SyncDecision::SourceFull)
+}
+
+/// Default helpers for building a planner/controller from config.
+fn planner_for(cfg: &PeerConfig) -> (ResyncPlanner, RateController) {
+    (
+        ResyncPlanner::new(cfg.max_resync_requests, cfg.max_resync_request_bytes),
+        RateController::new(cfg.rate),
+    )
+}

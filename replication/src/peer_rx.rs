@@ -1,0 +1,179 @@
+//! The receive path of a peer connection (part of `peer`): replicated writes
+//! from the peer, their acknowledgements, and epochs/barriers.
+//!
+//! Owns: submitting peer writes in arrival order without letting a later
+//! epoch overtake an earlier one, RecvAck (protocol B) on arrival, WriteAck
+//! (protocol C) or NegAck when our disk is done, and BarrierAck once every
+//! write of an epoch is done and flushed. Must never: submit a write of epoch
+//! e+1 while a write of epoch e is still on its way to the disk, or submit a
+//! peer write over a block a resync write is still writing.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::{Action, Peer};
+use crate::ack::Protocol;
+use crate::state::ReplState;
+use crate::wire::Packet;
+
+/// A replicated write as received.
+#[derive(Debug, Clone)]
+pub(super) struct PeerWrite {
+    pub(super) seq: u64,
+    pub(super) epoch: u32,
+    pub(super) flags: u32,
+    pub(super) offset_bytes: u64,
+    pub(super) len_bytes: u32,
+    pub(super) data: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+struct RxEpoch {
+    epoch: u32,
+    /// Writes submitted to the disk and not done.
+    pending: u32,
+    writes: u32,
+    barrier: bool,
+    flushing: bool,
+}
+
+/// Receive-side state of one connection.
+#[derive(Debug, Default)]
+pub(super) struct Receiver {
+    epochs: VecDeque<RxEpoch>,
+    /// seq -> epoch of writes on their way to our disk.
+    inflight: BTreeMap<u64, u32>,
+    /// Writes waiting for an earlier epoch or an overlapping resync write.
+    held: VecDeque<PeerWrite>,
+}
+
+impl Receiver {
+    fn epoch_mut(&mut self, epoch: u32) -> &mut RxEpoch {
+        if let Some(i) = self.epochs.iter().position(|e| e.epoch == epoch) {
+            return &mut self.epochs[i];
+        }
+        self.epochs.push_back(RxEpoch {
+            epoch,
+            pending: 0,
+            writes: 0,
+            barrier: false,
+            flushing: false,
+        });
+        self.epochs.back_mut().expect("just pushed")
+    }
+
+    fn earlier_pending(&self, epoch: u32) -> bool {
+        self.epochs
+            .iter()
+            .take_while(|e| e.epoch != epoch)
+            .any(|e| e.pending > 0)
+    }
+}
+
+impl Peer {
+    fn rx_bound(&self) -> usize {
+        self.cfg.max_buffers.saturating_mul(4).saturating_add(64)
+    }
+
+    pub(super) fn rx_data(&mut self, w: PeerWrite, out: &mut Vec<Action>) -> Result<(), String> {
+        if self.rx.inflight.len() + self.rx.held.len() >= self.rx_bound() {
+            return Err(format!(
+                "peer exceeded {} writes in flight",
+                self.rx_bound()
+            ));
+        }
+        if matches!(
+            self.status.repl,
+            ReplState::SyncTarget | ReplState::WFBitMapT | ReplState::WFSyncUUID
+        ) {
+            // Arrival order is what matters: a resync reply behind this write
+            // in the stream is older than it.
+            self.sync
+                .planner
+                .on_peer_write(w.offset_bytes, u64::from(w.len_bytes));
+        }
+        if self.cfg.protocol == Protocol::B {
+            out.push(Action::Send(Packet::RecvAck { seq: w.seq }));
+        }
+        self.rx.epoch_mut(w.epoch);
+        self.rx.held.push_back(w);
+        self.rx_release(out);
+        Ok(())
+    }
+
+    /// Submits held writes from the front while ordering allows.
+    pub(super) fn rx_release(&mut self, out: &mut Vec<Action>) {
+        while let Some(front) = self.rx.held.front() {
+            let blocked = self.rx.earlier_pending(front.epoch)
+                || self
+                    .sync
+                    .planner
+                    .overlaps_writing(front.offset_bytes, u64::from(front.len_bytes));
+            if blocked {
+                return;
+            }
+            let w = self.rx.held.pop_front().expect("front exists");
+            let e = self.rx.epoch_mut(w.epoch);
+            e.pending += 1;
+            e.writes += 1;
+            self.rx.inflight.insert(w.seq, w.epoch);
+            out.push(Action::SubmitPeerWrite {
+                seq: w.seq,
+                offset_bytes: w.offset_bytes,
+                len_bytes: w.len_bytes,
+                flags: w.flags,
+                data: w.data,
+            });
+        }
+        self.rx_maybe_flush(out);
+    }
+
+    pub(super) fn rx_write_done(&mut self, seq: u64, ok: bool, out: &mut Vec<Action>) {
+        let Some(epoch) = self.rx.inflight.remove(&seq) else {
+            return; // from a connection that is gone
+        };
+        if !ok {
+            out.push(Action::Send(Packet::NegAck { seq }));
+        } else if self.cfg.protocol == Protocol::C {
+            out.push(Action::Send(Packet::WriteAck { seq }));
+        }
+        let e = self.rx.epoch_mut(epoch);
+        e.pending -= 1;
+        self.rx_release(out);
+    }
+
+    pub(super) fn rx_barrier(&mut self, epoch: u32, out: &mut Vec<Action>) -> Result<(), String> {
+        let e = self.rx.epoch_mut(epoch);
+        if e.barrier {
+            return Err(format!("barrier {epoch} received twice"));
+        }
+        e.barrier = true;
+        self.rx_maybe_flush(out);
+        Ok(())
+    }
+
+    /// Flushes the oldest epoch once its barrier arrived and its writes are done.
+    fn rx_maybe_flush(&mut self, out: &mut Vec<Action>) {
+        let Some(front) = self.rx.epochs.front() else {
+            return;
+        };
+        let epoch = front.epoch;
+        let held = self.rx.held.iter().any(|w| w.epoch == epoch);
+        if front.barrier && front.pending == 0 && !front.flushing && !held {
+            self.rx.epochs[0].flushing = true;
+            out.push(Action::SubmitPeerFlush { epoch });
+        }
+    }
+
+    pub(super) fn rx_flush_done(&mut self, epoch: u32, out: &mut Vec<Action>) {
+        match self.rx.epochs.front() {
+            Some(front) if front.epoch == epoch && front.flushing => {}
+            _ => return, // from a connection that is gone
+        }
+        let e = self.rx.epochs.pop_front().expect("checked above");
+        out.push(Action::Send(Packet::BarrierAck {
+            epoch,
+            writes: e.writes,
+        }));
+        self.rx_release(out);
+    }
+}

@@ -1,0 +1,464 @@
+//! Bitmap exchange and resync on a peer connection (part of `peer`).
+//!
+//! Owns: acting on the handshake's sync decision (including split-brain
+//! policies), the WFBitMapS/T → SyncSource/SyncTarget → Established path, the
+//! target's requests and the source's replies. Must never: read a block for
+//! the target while a local application write to it is unfinished (the reply
+//! could carry older data than the replicated write), or declare the target
+//! UpToDate before every bit is clear and every resync write is on its disk.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::{decision_is_source, planner_for, Action, GiUpdate, Peer, PeerConfig};
+use crate::generation::{is_empty_uuid, resolve_split_brain, SbResolution, SbSide, SyncDecision};
+use crate::resync::{
+    Progress, ProgressMeter, RateController, ReplyVerdict, ResyncPlanner, BLOCK_BYTES,
+};
+use crate::state::{DiskState, ReplState, Role};
+use crate::wire::Packet;
+
+/// Most RLE runs per bitmap chunk we send (keeps chunks far below the
+/// payload limit: at most 10 bytes per run).
+const BITMAP_RUNS_PER_CHUNK: usize = 4096;
+
+/// Resync state of one connection.
+#[derive(Debug)]
+pub(super) struct SyncState {
+    pub(super) planner: ResyncPlanner,
+    rate: RateController,
+    meter: Option<ProgressMeter>,
+    bitmap_sent: bool,
+    bitmap_received: bool,
+    acked_bytes: u64,
+    source_reads: BTreeMap<u64, (u64, u32)>,
+    source_deferred: VecDeque<(u64, u64, u32)>,
+    max_requests: usize,
+    cfg: PeerConfig,
+}
+
+impl SyncState {
+    pub(super) fn new(cfg: &PeerConfig) -> Self {
+        let (planner, rate) = planner_for(cfg);
+        Self {
+            planner,
+            rate,
+            meter: None,
+            bitmap_sent: false,
+            bitmap_received: false,
+            acked_bytes: 0,
+            source_reads: BTreeMap::new(),
+            source_deferred: VecDeque::new(),
+            max_requests: cfg.max_resync_requests,
+            cfg: cfg.clone(),
+        }
+    }
+
+    pub(super) fn reset(&mut self) {
+        *self = Self::new(&self.cfg);
+    }
+
+    pub(super) fn progress(&mut self, now_ms: u64, remaining_blocks: u64) -> Option<Progress> {
+        self.meter
+            .as_mut()
+            .map(|m| m.update(now_ms, remaining_blocks))
+    }
+}
+
+impl Peer {
+    pub(super) fn start_after_handshake(&mut self, decision: SyncDecision, out: &mut Vec<Action>) {
+        let size_bytes = self.agreement.as_ref().map_or(0, |a| a.size_bytes);
+        let blocks = size_bytes.div_ceil(BLOCK_BYTES);
+        if self.bitmap.total_blocks() != blocks {
+            self.bitmap = self.bitmap.resized(blocks);
+        }
+        match decision {
+            SyncDecision::NoSync | SyncDecision::BothJustCreated => {}
+            SyncDecision::SourceBitmap
+            | SyncDecision::SourceFull
+            | SyncDecision::TargetBitmap
+            | SyncDecision::TargetFull => {
+                let full = matches!(
+                    decision,
+                    SyncDecision::SourceFull | SyncDecision::TargetFull
+                );
+                self.begin_bitmap_exchange(decision_is_source(decision), full, out);
+            }
+            SyncDecision::SplitBrain {
+                shared_parent: true,
+            } => self.on_split_brain(out),
+            SyncDecision::SplitBrain {
+                shared_parent: false,
+            }
+            | SyncDecision::Unrelated => {
+                out.push(Action::Warn(format!(
+                    "{}; dropping the connection",
+                    decision.describe()
+                )));
+                out.push(Action::Send(Packet::Disconnect {
+                    reason: decision.describe().into(),
+                }));
+                self.lose_connection(decision.describe().into(), false, out);
+            }
+        }
+    }
+
+    fn on_split_brain(&mut self, out: &mut Vec<Action>) {
+        let agreement = self
+            .agreement
+            .as_ref()
+            .expect("split brain is decided after the handshake");
+        let local = SbSide {
+            node_id: self.cfg.handshake.local_node_id,
+            primary: self.local.role == Role::Primary,
+            changed_blocks: self.bitmap.count(),
+            promoted_at_ms: self.local.promoted_at_ms,
+        };
+        let peer = SbSide {
+            node_id: agreement.peer_node_id,
+            primary: agreement.peer.role == Role::Primary,
+            changed_blocks: agreement.peer.dirty_blocks,
+            promoted_at_ms: agreement.peer.promoted_at_ms,
+        };
+        out.push(Action::Warn(format!(
+            "Split-Brain detected with node {}",
+            peer.node_id
+        )));
+        match resolve_split_brain(&self.cfg.sb_policy, &local, &peer) {
+            SbResolution::LocalIsVictim { policy } => {
+                out.push(Action::Warn(format!(
+                    "split brain resolved by {policy}: discarding our changes"
+                )));
+                self.begin_bitmap_exchange(false, false, out);
+            }
+            SbResolution::PeerIsVictim { policy } => {
+                out.push(Action::Warn(format!(
+                    "split brain resolved by {policy}: the peer discards its changes"
+                )));
+                self.begin_bitmap_exchange(true, false, out);
+            }
+            SbResolution::Disconnect { reason } => {
+                out.push(Action::Send(Packet::Disconnect {
+                    reason: "split brain".into(),
+                }));
+                self.lose_connection(reason, false, out);
+            }
+        }
+    }
+
+    fn begin_bitmap_exchange(&mut self, source: bool, full: bool, out: &mut Vec<Action>) {
+        if full {
+            self.bitmap.set_all();
+            let len_bytes = self.bitmap.total_blocks() * BLOCK_BYTES;
+            out.push(Action::MarkOutOfSync {
+                offset_bytes: 0,
+                len_bytes,
+            });
+        }
+        let repl = if source {
+            ReplState::WFBitMapS
+        } else {
+            ReplState::WFBitMapT
+        };
+        self.set_status(out, |s| s.repl = repl);
+        for chunk in self.bitmap.to_chunks(BITMAP_RUNS_PER_CHUNK) {
+            out.push(Action::Send(chunk));
+        }
+        self.sync.bitmap_sent = true;
+        self.maybe_start_sync(out);
+    }
+
+    pub(super) fn on_bitmap_chunk(
+        &mut self,
+        start_bit: u64,
+        total_bits: u64,
+        last: bool,
+        runs: &[u64],
+        out: &mut Vec<Action>,
+    ) -> Result<(), String> {
+        if !matches!(
+            self.status.repl,
+            ReplState::WFBitMapS | ReplState::WFBitMapT
+        ) || self.sync.bitmap_received
+        {
+            return Err(format!(
+                "bitmap chunk in replication state {}",
+                self.status.repl
+            ));
+        }
+        if !self.bitmap.merge_chunk(start_bit, total_bits, runs) {
+            return Err(format!(
+                "bitmap chunk for {total_bits} blocks does not fit our {}",
+                self.bitmap.total_blocks()
+            ));
+        }
+        let mut pos = start_bit;
+        for (i, run) in runs.iter().enumerate() {
+            if i % 2 == 1 && *run > 0 {
+                out.push(Action::MarkOutOfSync {
+                    offset_bytes: pos * BLOCK_BYTES,
+                    len_bytes: run * BLOCK_BYTES,
+                });
+            }
+            pos += run;
+        }
+        if last {
+            self.sync.bitmap_received = true;
+            self.maybe_start_sync(out);
+        }
+        Ok(())
+    }
+
+    fn maybe_start_sync(&mut self, out: &mut Vec<Action>) {
+        if !(self.sync.bitmap_sent && self.sync.bitmap_received)
+            || self.status.repl != ReplState::WFBitMapS
+        {
+            if self.sync.bitmap_sent && self.sync.bitmap_received {
+                self.set_status(out, |s| s.repl = ReplState::WFSyncUUID);
+            }
+            return;
+        }
+        let mut uuid = self.sync_uuid;
+        if is_empty_uuid(uuid) || uuid == self.gens.current {
+            uuid = self.gens.current.rotate_left(17) ^ 0x5a5a_0000_0000_0001;
+        }
+        let update = GiUpdate::ResyncStartedAsSource { sync_uuid: uuid };
+        update.apply(&mut self.gens, 0);
+        out.push(Action::UpdateGenerations(update));
+        out.push(Action::Send(Packet::SyncUuid { uuid }));
+        self.sync.meter = Some(ProgressMeter::new(self.bitmap.count()));
+        out.push(Action::Log(format!(
+            "resync as source: {} blocks out of sync",
+            self.bitmap.count()
+        )));
+        self.set_status(out, |s| {
+            s.repl = ReplState::SyncSource;
+            s.peer_disk = DiskState::Inconsistent;
+        });
+    }
+
+    pub(super) fn on_sync_uuid(&mut self, uuid: u64, out: &mut Vec<Action>) -> Result<(), String> {
+        if self.status.repl != ReplState::WFSyncUUID || is_empty_uuid(uuid) {
+            return Err(format!(
+                "SyncUuid in replication state {}",
+                self.status.repl
+            ));
+        }
+        let update = GiUpdate::ResyncStartedAsTarget { sync_uuid: uuid };
+        update.apply(&mut self.gens, 0);
+        out.push(Action::UpdateGenerations(update));
+        self.local.disk = DiskState::Inconsistent;
+        out.push(Action::LocalDisk(DiskState::Inconsistent));
+        self.sync.meter = Some(ProgressMeter::new(self.bitmap.count()));
+        out.push(Action::Log(format!(
+            "resync as target: {} blocks out of sync",
+            self.bitmap.count()
+        )));
+        self.set_status(out, |s| s.repl = ReplState::SyncTarget);
+        self.pump_resync(out);
+        Ok(())
+    }
+
+    /// Sends as many resync requests as the window and rate allow.
+    pub(super) fn pump_resync(&mut self, out: &mut Vec<Action>) {
+        if self.status.repl != ReplState::SyncTarget {
+            return;
+        }
+        let in_flight = self.sync.planner.in_flight_bytes();
+        let budget = self
+            .sync
+            .rate
+            .budget(self.now_ms, in_flight, self.sync.acked_bytes, false);
+        let requests = self.sync.planner.next_requests(&self.bitmap, budget);
+        for r in requests {
+            self.sync.rate.spent(u64::from(r.len_bytes));
+            out.push(Action::Send(Packet::ResyncRequest {
+                id: r.id,
+                offset_bytes: r.offset_bytes,
+                len_bytes: r.len_bytes,
+            }));
+        }
+        self.maybe_finish_target(out);
+    }
+
+    pub(super) fn target_reply(
+        &mut self,
+        id: u64,
+        offset: u64,
+        data: Vec<u8>,
+        out: &mut Vec<Action>,
+    ) -> Result<(), String> {
+        if self.status.repl != ReplState::SyncTarget {
+            return Err(format!(
+                "resync reply in replication state {}",
+                self.status.repl
+            ));
+        }
+        match self.sync.planner.on_reply(id, offset, data.len()) {
+            None => Err(format!(
+                "resync reply {id} at {offset} does not match a request"
+            )),
+            Some(ReplyVerdict::Discard) => {
+                out.push(Action::Log(format!("resync reply {id} at {offset} is older than an application write; requesting again")));
+                self.pump_resync(out);
+                Ok(())
+            }
+            Some(ReplyVerdict::Write { offset_bytes, .. }) => {
+                out.push(Action::SubmitResyncWrite {
+                    id,
+                    offset_bytes,
+                    data,
+                });
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) fn target_neg_reply(
+        &mut self,
+        id: u64,
+        out: &mut Vec<Action>,
+    ) -> Result<(), String> {
+        if !self.sync.planner.on_neg_reply(id) {
+            return Err(format!(
+                "resync negative reply {id} does not match a request"
+            ));
+        }
+        self.lose_connection(
+            "the sync source could not read a block; will retry".into(),
+            true,
+            out,
+        );
+        Ok(())
+    }
+
+    pub(super) fn target_write_done(&mut self, id: u64, out: &mut Vec<Action>) {
+        let Some((offset_bytes, len_bytes)) = self.sync.planner.write_done(id, &mut self.bitmap)
+        else {
+            return; // from a connection that is gone
+        };
+        out.push(Action::MarkInSync {
+            offset_bytes,
+            len_bytes,
+        });
+        self.sync.acked_bytes += len_bytes;
+        self.rx_release(out);
+        self.pump_resync(out);
+    }
+
+    fn maybe_finish_target(&mut self, out: &mut Vec<Action>) {
+        if self.status.repl != ReplState::SyncTarget || !self.sync.planner.is_finished(&self.bitmap)
+        {
+            return;
+        }
+        let source = self
+            .agreement
+            .as_ref()
+            .expect("syncing implies an agreement")
+            .peer
+            .gi;
+        out.push(Action::Send(Packet::ResyncFinished));
+        let update = GiUpdate::ResyncFinishedAsTarget { source };
+        update.apply(&mut self.gens, 0);
+        out.push(Action::UpdateGenerations(update));
+        self.local.disk = DiskState::UpToDate;
+        out.push(Action::LocalDisk(DiskState::UpToDate));
+        out.push(Action::Log(
+            "resync finished: local disk is UpToDate".into(),
+        ));
+        self.sync.meter = None;
+        self.set_status(out, |s| s.repl = ReplState::Established);
+    }
+
+    pub(super) fn source_request(
+        &mut self,
+        id: u64,
+        offset: u64,
+        len: u32,
+        out: &mut Vec<Action>,
+    ) -> Result<(), String> {
+        if self.status.repl != ReplState::SyncSource {
+            return Err(format!(
+                "resync request in replication state {}",
+                self.status.repl
+            ));
+        }
+        let size = self.agreement.as_ref().map_or(0, |a| a.size_bytes);
+        if offset.saturating_add(u64::from(len)) > size || len == 0 {
+            return Err(format!(
+                "resync request {offset}+{len} outside the device of {size} bytes"
+            ));
+        }
+        if self.sync.source_reads.len() + self.sync.source_deferred.len()
+            >= self.sync.max_requests.saturating_mul(2)
+        {
+            return Err("peer exceeded the resync request window".into());
+        }
+        self.sync.source_deferred.push_back((id, offset, len));
+        self.source_retry_deferred(out);
+        Ok(())
+    }
+
+    /// Issues deferred reads whose range has no unfinished local write.
+    pub(super) fn source_retry_deferred(&mut self, out: &mut Vec<Action>) {
+        let mut still = VecDeque::new();
+        while let Some((id, offset, len)) = self.sync.source_deferred.pop_front() {
+            if self.ack.overlaps_unfinished_local(offset, u64::from(len)) {
+                still.push_back((id, offset, len));
+            } else {
+                self.sync.source_reads.insert(id, (offset, len));
+                out.push(Action::ReadForResync {
+                    id,
+                    offset_bytes: offset,
+                    len_bytes: len,
+                });
+            }
+        }
+        self.sync.source_deferred = still;
+    }
+
+    pub(super) fn source_read_done(
+        &mut self,
+        id: u64,
+        data: Option<Vec<u8>>,
+        out: &mut Vec<Action>,
+    ) {
+        let Some((offset_bytes, len)) = self.sync.source_reads.remove(&id) else {
+            return; // from a connection that is gone
+        };
+        match data {
+            Some(data) if u32::try_from(data.len()) == Ok(len) => {
+                self.sync.acked_bytes += u64::from(len);
+                out.push(Action::Send(Packet::ResyncReply {
+                    id,
+                    offset_bytes,
+                    payload: data,
+                }));
+            }
+            _ => out.push(Action::Send(Packet::ResyncNegReply { id })),
+        }
+    }
+
+    pub(super) fn source_finished(&mut self, out: &mut Vec<Action>) -> Result<(), String> {
+        if self.status.repl != ReplState::SyncSource {
+            return Err(format!(
+                "ResyncFinished in replication state {}",
+                self.status.repl
+            ));
+        }
+        let update = GiUpdate::ResyncFinishedAsSource;
+        update.apply(&mut self.gens, 0);
+        out.push(Action::UpdateGenerations(update));
+        self.bitmap.clear_all();
+        out.push(Action::MarkInSync {
+            offset_bytes: 0,
+            len_bytes: self.bitmap.total_blocks() * BLOCK_BYTES,
+        });
+        out.push(Action::Log("resync finished: peer is UpToDate".into()));
+        self.sync.meter = None;
+        self.set_status(out, |s| {
+            s.repl = ReplState::Established;
+            s.peer_disk = DiskState::UpToDate;
+        });
+        Ok(())
+    }
+}
