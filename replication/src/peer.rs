@@ -119,6 +119,8 @@ pub enum Event<'a> {
     },
     /// Admin `disconnect`: go StandAlone.
     AdminDisconnect,
+    /// Admin `connect`: leave StandAlone and accept connections again.
+    AdminConnect,
 }
 
 /// Connection, replication and peer states for status and `events2`.
@@ -285,6 +287,29 @@ impl Peer {
         }
     }
 
+    /// Replaces what we announce at the next handshake (role, disk, sizes,
+    /// generations) — e.g. after a promotion started a new data generation.
+    /// Only while not connected: an established connection learns of role
+    /// changes through [`Event::RoleChanged`].
+    pub fn set_local(&mut self, local: LocalState) {
+        assert!(
+            self.handshake.is_none() && !self.established(),
+            "set_local while connected"
+        );
+        let gi = local.generations;
+        self.gens = Generations {
+            current: gi.current,
+            bitmaps: vec![gi.bitmap],
+            history: gi.history,
+        };
+        self.local = local;
+    }
+
+    /// Changes the split-brain policies (configuration reload).
+    pub fn set_sb_policy(&mut self, policy: SbPolicy) {
+        self.cfg.sb_policy = policy;
+    }
+
     pub fn status(&self) -> PeerStatus {
         self.status
     }
@@ -358,6 +383,11 @@ impl Peer {
                         disk: self.local.disk,
                         flags: 0,
                     }));
+                }
+            }
+            Event::AdminConnect => {
+                if self.status.conn == ConnState::StandAlone {
+                    self.set_status(&mut out, |s| s.conn = ConnState::Connecting);
                 }
             }
             Event::AdminDisconnect => {
@@ -441,6 +471,11 @@ impl Peer {
     }
 
     fn on_packet(&mut self, packet: Packet, out: &mut Vec<Action>) {
+        if let (Some(_), Packet::Disconnect { reason }) = (&self.handshake, &packet) {
+            let reason = format!("peer refused the connection: {reason}");
+            self.lose_connection(reason, false, out);
+            return;
+        }
         if let Some(hs) = self.handshake.as_mut() {
             match hs.on_packet(packet) {
                 Ok(HandshakeStep::Continue(packets)) => {
@@ -736,7 +771,8 @@ impl Peer {
         self.rx_buf.clear();
         self.ping = Ping::Idle;
         self.agreement = None;
-        let conn = if retry {
+        let stay_down = self.status.conn == ConnState::StandAlone;
+        let conn = if retry && !stay_down {
             ConnState::Connecting
         } else {
             ConnState::StandAlone

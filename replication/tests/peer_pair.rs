@@ -1,0 +1,311 @@
+//! Two `Peer` state machines driven against each other over an in-memory
+//! transport with a virtual clock (see `common`). Proves, end to end through
+//! the wire codec: the handshake both ways and refusal of a wrong secret; when
+//! writes complete under protocols A, B and C; that a dropped connection turns
+//! unacknowledged writes into out-of-sync bits; that a bitmap resync moves
+//! exactly the dirty blocks and a full sync moves all of them; that an
+//! application write during resync is never overwritten by older resync data;
+//! and split-brain detection with and without automatic recovery.
+
+mod common;
+
+use common::*;
+use drbdd_replication::ack::{PeerOutcome, Protocol};
+use drbdd_replication::generation::{AfterSb0Pri, SbPolicy, SyncDecision};
+use drbdd_replication::peer::Event;
+use drbdd_replication::state::{ConnState, DiskState, ReplState, Role};
+use drbdd_replication::wire::Packet;
+
+fn pair(protocol: Protocol, secret_a: Option<&str>, secret_b: Option<&str>) -> Pair {
+    let a = Node::new(
+        config(0, 1, secret_a, protocol),
+        Role::Primary,
+        DiskState::UpToDate,
+        gens(0x10),
+        disk(0),
+    );
+    let b = Node::new(
+        config(1, 0, secret_b, protocol),
+        Role::Secondary,
+        DiskState::UpToDate,
+        gens(0x10),
+        disk(0),
+    );
+    Pair::new(a, b)
+}
+
+fn assert_established(p: &Pair) {
+    for n in &p.nodes {
+        let s = n.peer.status();
+        assert_eq!(
+            (s.conn, s.repl),
+            (ConnState::Connected, ReplState::Established),
+            "{:?}",
+            n.logs
+        );
+    }
+}
+
+#[test]
+fn handshake_with_matching_secret_connects_both_ways() {
+    let mut p = pair(Protocol::C, Some("s3cret"), Some("s3cret"));
+    p.connect();
+    assert_established(&p);
+    assert_eq!(p.nodes[0].peer.status().peer_role, Role::Secondary);
+    assert_eq!(p.nodes[1].peer.status().peer_role, Role::Primary);
+    assert_eq!(
+        p.nodes[0].peer.agreement().unwrap().decision,
+        SyncDecision::NoSync
+    );
+    assert!(p.nodes[0].peer.agreement().unwrap().authenticated);
+}
+
+#[test]
+fn wrong_secret_is_refused_and_both_stay_standalone() {
+    let mut p = pair(Protocol::C, Some("s3cret"), Some("guess"));
+    p.connect();
+    for n in &p.nodes {
+        assert_eq!(n.peer.status().conn, ConnState::StandAlone);
+        let (reason, retry) = &n.disconnects[0];
+        assert!(reason.contains("authentication"), "{reason}");
+        assert!(!retry);
+    }
+    assert!(!p.nodes[1]
+        .sent
+        .iter()
+        .any(|pk| matches!(pk, Packet::State { .. } | Packet::Data { .. })));
+}
+
+#[test]
+fn unauthenticated_connection_is_allowed_with_a_warning() {
+    let mut p = pair(Protocol::C, None, None);
+    p.connect();
+    assert_established(&p);
+    assert!(p.nodes[0]
+        .logs
+        .iter()
+        .any(|l| l.contains("NOT authenticated")));
+}
+
+#[test]
+fn protocol_c_write_completes_only_after_peer_write_ack() {
+    let mut p = pair(Protocol::C, None, None);
+    p.connect();
+    p.nodes[1].hold_peer_writes = true;
+    p.app_write(0, 1, 3, 0xAA);
+    p.run();
+    assert_eq!(
+        p.nodes[0].completed(1),
+        None,
+        "peer's disk write not done yet"
+    );
+    p.nodes[1].release_held();
+    p.run();
+    assert_eq!(p.nodes[0].completed(1), Some(PeerOutcome::Acked));
+    assert_eq!(p.nodes[1].block(3), p.nodes[0].block(3));
+}
+
+#[test]
+fn protocol_a_write_completes_when_sent() {
+    let mut p = pair(Protocol::A, None, None);
+    p.connect();
+    p.nodes[1].hold_peer_writes = true;
+    p.app_write(0, 1, 3, 0xAA);
+    assert_eq!(p.nodes[0].completed(1), Some(PeerOutcome::Acked));
+}
+
+#[test]
+fn protocol_b_write_completes_on_receive_ack() {
+    let mut p = pair(Protocol::B, None, None);
+    p.connect();
+    p.nodes[1].hold_peer_writes = true;
+    p.app_write(0, 1, 3, 0xAA);
+    assert_eq!(p.nodes[0].completed(1), None, "not yet received");
+    p.run();
+    assert_eq!(
+        p.nodes[0].completed(1),
+        Some(PeerOutcome::Acked),
+        "received, not yet on disk"
+    );
+}
+
+#[test]
+fn flush_completes_after_the_peer_acknowledges_the_barrier() {
+    let mut p = pair(Protocol::A, None, None);
+    p.connect();
+    p.nodes[1].hold_peer_writes = true;
+    p.app_write(0, 1, 3, 0xAA);
+    p.event(0, Event::LocalFlush { id: 2 });
+    p.run();
+    assert_eq!(p.nodes[0].completed(2), None, "peer write not on disk yet");
+    p.nodes[1].release_held();
+    p.run();
+    assert!(p.nodes[1].sent.iter().any(|pk| matches!(
+        pk,
+        Packet::BarrierAck {
+            epoch: 1,
+            writes: 1
+        }
+    )));
+    assert_eq!(p.nodes[0].completed(2), Some(PeerOutcome::Acked));
+}
+
+#[test]
+fn connection_drop_marks_unacknowledged_writes_out_of_sync() {
+    let mut p = pair(Protocol::C, None, None);
+    p.connect();
+    p.nodes[1].hold_peer_writes = true;
+    p.app_write(0, 1, 5, 0xAA);
+    p.run();
+    p.cut();
+    assert_eq!(p.nodes[0].completed(1), Some(PeerOutcome::OutOfSync));
+    assert!(p.nodes[0].peer.bitmap().is_set(5));
+    assert!(p.nodes[0].persisted_bitmap.is_set(5));
+    assert_eq!(p.nodes[0].peer.status().conn, ConnState::Connecting);
+}
+
+#[test]
+fn writes_while_disconnected_are_out_of_sync_and_resync_moves_exactly_them() {
+    let mut p = pair(Protocol::C, None, None);
+    p.connect();
+    p.cut();
+    for (id, block) in [(1, 2u64), (2, 3), (3, 40)] {
+        p.app_write(0, id, block, 0xB0 + u8::try_from(id).unwrap());
+    }
+    assert_eq!(p.nodes[0].peer.bitmap().count(), 3);
+    // The resource starts a new data generation for the primary that lost its peer.
+    let uuid = p.fresh_uuid();
+    p.nodes[0].gens.start_new_generation(uuid, &[0]);
+    let st = local_state(Role::Primary, DiskState::UpToDate, &p.nodes[0].gens);
+    p.nodes[0].peer.set_local(st);
+    p.connect();
+    p.advance(300);
+    assert_established(&p);
+    assert_eq!(resync_blocks_sent(&p.nodes[0]), vec![2, 3, 40]);
+    assert_eq!(p.nodes[0].disk, p.nodes[1].disk);
+    assert_eq!(p.nodes[1].disk_state, DiskState::UpToDate);
+    assert_eq!(p.nodes[0].peer.bitmap().count(), 0);
+    assert_eq!(p.nodes[1].gens.current, p.nodes[0].gens.current);
+    assert_eq!(p.nodes[0].peer.status().peer_disk, DiskState::UpToDate);
+}
+
+#[test]
+fn just_created_peer_gets_a_full_sync() {
+    let a = Node::new(
+        config(0, 1, None, Protocol::C),
+        Role::Primary,
+        DiskState::UpToDate,
+        gens(0x10),
+        disk(0x5A),
+    );
+    let b = Node::new(
+        config(1, 0, None, Protocol::C),
+        Role::Secondary,
+        DiskState::Inconsistent,
+        just_created(),
+        disk(0),
+    );
+    let mut p = Pair::new(a, b);
+    p.connect();
+    p.advance(1000);
+    assert_eq!(resync_blocks_sent(&p.nodes[0]).len(), 64);
+    assert_eq!(p.nodes[0].disk, p.nodes[1].disk);
+    assert_eq!(p.nodes[1].disk_state, DiskState::UpToDate);
+    assert_eq!(p.nodes[1].gens.current, 0x10);
+    assert_established(&p);
+}
+
+#[test]
+fn application_write_during_resync_is_not_overwritten_by_older_resync_data() {
+    let mut p = pair(Protocol::C, None, None);
+    p.connect();
+    p.cut();
+    p.app_write(0, 1, 5, 0x11);
+    let uuid = p.fresh_uuid();
+    p.nodes[0].gens.start_new_generation(uuid, &[0]);
+    let st = local_state(Role::Primary, DiskState::UpToDate, &p.nodes[0].gens);
+    p.nodes[0].peer.set_local(st);
+    // The source's read of block 5 completes late, carrying the old data 0x11.
+    p.nodes[0].hold_resync_reads = true;
+    p.connect();
+    assert_eq!(p.nodes[1].peer.status().repl, ReplState::SyncTarget);
+    assert_eq!(p.nodes[0].held.len(), 1, "read for block 5 in flight");
+    // Meanwhile the application writes block 5 again on the primary.
+    p.app_write(0, 2, 5, 0x22);
+    p.run();
+    p.nodes[0].hold_resync_reads = false;
+    p.nodes[0].release_held();
+    p.advance(300);
+    assert_eq!(
+        p.nodes[1].block(5),
+        &[0x22; 4096][..],
+        "old resync data must not win"
+    );
+    assert_eq!(p.nodes[0].disk, p.nodes[1].disk);
+    assert!(p.nodes[1]
+        .logs
+        .iter()
+        .any(|l| l.contains("older than an application write")));
+    assert_established(&p);
+}
+
+fn split_brain_pair(policy: AfterSb0Pri) -> Pair {
+    let mut p = pair(Protocol::C, None, None);
+    p.connect();
+    p.cut();
+    // Both nodes are promoted while apart; only node 0 writes.
+    for i in 0..2 {
+        let uuid = p.fresh_uuid();
+        p.nodes[i].gens.start_new_generation(uuid, &[0]);
+    }
+    p.app_write(0, 1, 7, 0x77);
+    p.app_write(0, 2, 8, 0x78);
+    for i in 0..2 {
+        // Both demoted again before reconnecting: the 0pri policy applies.
+        let st = local_state(Role::Secondary, DiskState::UpToDate, &p.nodes[i].gens);
+        p.nodes[i].peer.set_local(st);
+        p.nodes[i].peer.set_sb_policy(SbPolicy {
+            after_sb_0pri: policy,
+            ..SbPolicy::default()
+        });
+    }
+    p
+}
+
+#[test]
+fn split_brain_is_detected_and_both_stay_standalone_by_default() {
+    let mut p = split_brain_pair(AfterSb0Pri::Disconnect);
+    p.connect();
+    for n in &p.nodes {
+        assert_eq!(n.peer.status().conn, ConnState::StandAlone);
+        assert!(
+            n.logs.iter().any(|l| l.contains("Split-Brain detected")),
+            "{:?}",
+            n.logs
+        );
+    }
+}
+
+#[test]
+fn split_brain_with_discard_zero_changes_resyncs_the_unchanged_node() {
+    let mut p = split_brain_pair(AfterSb0Pri::DiscardZeroChanges);
+    p.connect();
+    p.advance(300);
+    assert_established(&p);
+    assert_eq!(resync_blocks_sent(&p.nodes[0]), vec![7, 8]);
+    assert_eq!(p.nodes[0].disk, p.nodes[1].disk);
+    assert_eq!(p.nodes[1].gens.current, p.nodes[0].gens.current);
+}
+
+#[test]
+fn missing_ping_ack_drops_the_connection() {
+    let mut p = pair(Protocol::C, None, None);
+    p.connect();
+    // Black-hole the link: the peer never answers.
+    p.link_up = false;
+    p.advance(2000);
+    let (reason, retry) = p.nodes[0].disconnects.last().expect("disconnected").clone();
+    assert!(reason.contains("PingAck"), "{reason}");
+    assert!(retry);
+    assert_eq!(p.nodes[0].peer.status().conn, ConnState::Connecting);
+}
