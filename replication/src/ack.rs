@@ -117,6 +117,11 @@ impl AckTracker {
         self.protocol
     }
 
+    /// True if another write or flush fits in the table.
+    pub fn has_room(&self) -> bool {
+        self.entries.len() < self.max_in_flight
+    }
+
     /// Writes sent and not yet retired.
     pub fn in_flight(&self) -> usize {
         self.entries.len()

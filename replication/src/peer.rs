@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::ack::{AckAction, AckTracker, PeerOutcome, Protocol, WriteId};
+use crate::ack::{AckTracker, PeerOutcome, Protocol, WriteId};
 use crate::generation::{Generations, GiView, SbPolicy, SyncDecision};
 use crate::handshake::{Agreement, Handshake, HandshakeConfig, HandshakeStep, NodeInfo};
 use crate::resync::{RateConfig, RateController, ResyncPlanner, SyncBitmap};
@@ -28,6 +28,8 @@ use crate::wire::{self, Packet, NONCE_BYTES};
 mod rx;
 #[path = "peer_sync.rs"]
 mod sync;
+#[path = "peer_tx.rs"]
+mod tx;
 
 /// Static settings of one connection.
 #[derive(Debug, Clone)]
@@ -246,6 +248,8 @@ pub struct Peer {
     ack: AckTracker,
     /// Application writes whose local disk write is not done: id -> seq.
     local_pending: BTreeMap<WriteId, u64>,
+    /// Writes waiting for room in the write table (bounded by max-buffers).
+    tx_waiting: std::collections::VecDeque<tx::Waiting>,
     rx: rx::Receiver,
     bitmap: SyncBitmap,
     sync: sync::SyncState,
@@ -281,6 +285,7 @@ impl Peer {
             last_rx_ms: 0,
             ping: Ping::Idle,
             local_pending: BTreeMap::new(),
+            tx_waiting: std::collections::VecDeque::new(),
             rx: rx::Receiver::default(),
             bitmap,
             sync,
@@ -347,6 +352,14 @@ impl Peer {
 
     /// Feeds one event; returns what to do.
     pub fn handle(&mut self, event: Event<'_>) -> Vec<Action> {
+        let mut out = self.handle_inner(event);
+        if !self.tx_waiting.is_empty() && self.established() {
+            self.tx_drain(&mut out);
+        }
+        out
+    }
+
+    fn handle_inner(&mut self, event: Event<'_>) -> Vec<Action> {
         let mut out = Vec::new();
         match event {
             Event::Connected {
@@ -367,7 +380,15 @@ impl Peer {
                 flags,
                 data,
             } => {
-                self.on_local_write(id, offset_bytes, len_bytes, flags, data, &mut out);
+                let w = tx::Waiting::Write {
+                    id,
+                    offset_bytes,
+                    len_bytes,
+                    flags,
+                    data,
+                    local_done: false,
+                };
+                self.on_local_write(w, &mut out);
             }
             Event::LocalFlush { id } => self.on_local_flush(id, &mut out),
             Event::LocalWriteDone { id } => self.on_local_write_done(id, &mut out),
@@ -656,115 +677,13 @@ impl Peer {
         self.pump_resync(out);
     }
 
-    fn apply_ack(&mut self, actions: Vec<AckAction>, out: &mut Vec<Action>) {
-        for a in actions {
-            match a {
-                AckAction::Send(p) => out.push(Action::Send(p)),
-                AckAction::CompleteWrite { id, outcome } => {
-                    out.push(Action::CompleteWrite { id, outcome })
-                }
-                AckAction::MarkOutOfSync {
-                    offset_bytes,
-                    len_bytes,
-                } => {
-                    self.mark_out_of_sync(offset_bytes, len_bytes, out);
-                }
-            }
-        }
-    }
-
-    fn mark_out_of_sync(&mut self, offset_bytes: u64, len_bytes: u64, out: &mut Vec<Action>) {
-        self.bitmap.set_range(offset_bytes, len_bytes);
-        out.push(Action::MarkOutOfSync {
-            offset_bytes,
-            len_bytes,
-        });
-    }
-
-    /// Writes are replicated while connected and past the handshake;
-    /// otherwise they only make the range out of sync for this peer.
-    fn replicating(&self) -> bool {
-        self.established()
-            && matches!(
-                self.status.repl,
-                ReplState::Established
-                    | ReplState::WFBitMapS
-                    | ReplState::SyncSource
-                    | ReplState::PausedSyncS
-            )
-    }
-
-    fn on_local_write(
-        &mut self,
-        id: WriteId,
-        offset: u64,
-        len: u32,
-        flags: u32,
-        data: Vec<u8>,
-        out: &mut Vec<Action>,
-    ) {
-        if !self.replicating() {
-            self.mark_out_of_sync(offset, u64::from(len), out);
-            out.push(Action::CompleteWrite {
-                id,
-                outcome: PeerOutcome::OutOfSync,
-            });
-            return;
-        }
-        match self.ack.submit_write(id, offset, len, flags, data) {
-            Ok((seq, actions)) => {
-                self.local_pending.insert(id, seq);
-                self.apply_ack(actions, out);
-            }
-            Err(e) => {
-                // Congested: the write still succeeds locally; the peer gets it by resync.
-                out.push(Action::Log(format!("write {id} not replicated: {e}")));
-                self.mark_out_of_sync(offset, u64::from(len), out);
-                if self.status.repl == ReplState::Established {
-                    out.push(Action::Send(Packet::OutOfSync {
-                        offset_bytes: offset,
-                        len_bytes: len,
-                    }));
-                }
-                out.push(Action::CompleteWrite {
-                    id,
-                    outcome: PeerOutcome::OutOfSync,
-                });
-            }
-        }
-    }
-
-    fn on_local_flush(&mut self, id: WriteId, out: &mut Vec<Action>) {
-        if !self.replicating() {
-            out.push(Action::CompleteWrite {
-                id,
-                outcome: PeerOutcome::OutOfSync,
-            });
-            return;
-        }
-        match self.ack.submit_flush(id) {
-            Ok((_, actions)) => self.apply_ack(actions, out),
-            Err(_) => out.push(Action::CompleteWrite {
-                id,
-                outcome: PeerOutcome::OutOfSync,
-            }),
-        }
-    }
-
-    fn on_local_write_done(&mut self, id: WriteId, out: &mut Vec<Action>) {
-        if let Some(seq) = self.local_pending.remove(&id) {
-            let actions = self.ack.local_done(seq);
-            self.apply_ack(actions, out);
-        }
-        self.source_retry_deferred(out);
-    }
-
     /// Drops the connection: unconfirmed writes become out of sync.
     fn lose_connection(&mut self, reason: String, retry: bool, out: &mut Vec<Action>) {
         let was_up = self.handshake.is_some() || self.established();
         self.handshake = None;
         let lost = self.ack.connection_lost();
         self.apply_ack(lost, out);
+        self.tx_fail_waiting(out);
         self.local_pending.clear();
         self.rx = rx::Receiver::default();
         self.sync.reset();

@@ -309,3 +309,53 @@ fn missing_ping_ack_drops_the_connection() {
     assert!(retry);
     assert_eq!(p.nodes[0].peer.status().conn, ConnState::Connecting);
 }
+
+#[test]
+fn writes_beyond_max_buffers_wait_and_are_replicated_in_order() {
+    let mut cfg_a = config(0, 1, None, Protocol::C);
+    cfg_a.max_buffers = 2;
+    let a = Node::new(
+        cfg_a,
+        Role::Primary,
+        DiskState::UpToDate,
+        gens(0x10),
+        disk(0),
+    );
+    let b = Node::new(
+        config(1, 0, None, Protocol::C),
+        Role::Secondary,
+        DiskState::UpToDate,
+        gens(0x10),
+        disk(0),
+    );
+    let mut p = Pair::new(a, b);
+    p.connect();
+    p.nodes[1].hold_peer_writes = true;
+    for id in 1..=4u64 {
+        p.app_write(0, id, 9, u8::try_from(id).unwrap());
+    }
+    p.run();
+    let data_sent = p.nodes[0]
+        .sent
+        .iter()
+        .filter(|pk| matches!(pk, Packet::Data { .. }))
+        .count();
+    assert_eq!(data_sent, 2, "only max-buffers writes in flight");
+    for _ in 0..4 {
+        p.nodes[1].release_held();
+        p.run();
+    }
+    for id in 1..=4u64 {
+        assert_eq!(
+            p.nodes[0].completed(id),
+            Some(PeerOutcome::Acked),
+            "write {id}"
+        );
+    }
+    assert_eq!(
+        p.nodes[1].block(9),
+        &[4u8; 4096][..],
+        "last write wins on the peer"
+    );
+    assert_eq!(p.nodes[0].peer.bitmap().count(), 0);
+}
