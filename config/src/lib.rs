@@ -41,7 +41,11 @@ pub fn parse_resource(path: &Path, text: &str) -> Result<Resource, ConfigErrors>
 }
 
 /// Parses one resource file starting from `global`'s `[common]` defaults.
-pub fn parse_resource_with(path: &Path, text: &str, global: &Global) -> Result<Resource, ConfigErrors> {
+pub fn parse_resource_with(
+    path: &Path,
+    text: &str,
+    global: &Global,
+) -> Result<Resource, ConfigErrors> {
     schema::parse_resource_full(path, text, global).map(|p| p.resource)
 }
 
@@ -62,7 +66,8 @@ fn io_error(path: &Path, what: &str, e: &std::io::Error) -> ConfigError {
 
 /// Reads and validates `<config_dir>/global.toml` (optional) and every
 /// `<config_dir>/resources.d/*.toml`, including clashes between resources (same port, or
-/// same minor on one machine, or two files with one resource name). Returns every problem.
+/// same minor on one machine). Resource names are unique because each file must be named
+/// `<resource>.toml`. Returns every problem.
 pub fn load_dir(config_dir: &Path) -> Result<Config, ConfigErrors> {
     let mut errors = ConfigErrors::default();
     let global_path = config_dir.join(GLOBAL_FILE);
@@ -73,7 +78,9 @@ pub fn load_dir(config_dir: &Path) -> Result<Config, ConfigErrors> {
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Global::default(),
         Err(e) => {
-            errors.errors.push(io_error(&global_path, "read global file", &e));
+            errors
+                .errors
+                .push(io_error(&global_path, "read global file", &e));
             Global::default()
         }
     };
@@ -90,7 +97,9 @@ pub fn load_dir(config_dir: &Path) -> Result<Config, ConfigErrors> {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) => {
-                errors.errors.push(io_error(&path, "read resource file", &e));
+                errors
+                    .errors
+                    .push(io_error(&path, "read resource file", &e));
                 continue;
             }
         };
@@ -98,19 +107,6 @@ pub fn load_dir(config_dir: &Path) -> Result<Config, ConfigErrors> {
             Ok(parsed) => {
                 let ctx = reader::Ctx::new(&path, &text);
                 claims.extend(validate::claims_of(&ctx, &parsed.resource, &parsed.spans));
-                if let Some(first) = resources.iter().find(|r| r.name == parsed.resource.name) {
-                    errors.errors.push(ConfigError {
-                        path: path.clone(),
-                        line: 0,
-                        col: 0,
-                        kind: ErrorKind::Duplicate,
-                        message: format!(
-                            "resource \"{}\" is already defined in {}; each resource needs its own name",
-                            parsed.resource.name,
-                            first.source.display()
-                        ),
-                    });
-                }
                 resources.push(parsed.resource);
             }
             Err(e) => errors.errors.extend(e.errors),
@@ -126,7 +122,8 @@ pub fn load_dir(config_dir: &Path) -> Result<Config, ConfigErrors> {
 
 /// `*.toml` files in `dir`, sorted by name.
 fn resource_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| io_error(dir, "read resource directory", &e))?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| io_error(dir, "read resource directory", &e))?;
     let mut files = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| io_error(dir, "read resource directory", &e))?;

@@ -39,7 +39,12 @@ impl Ctx {
         self.lines.line_col(offset)
     }
 
-    pub(crate) fn error_at(&self, span: Range<usize>, kind: ErrorKind, message: String) -> ConfigError {
+    pub(crate) fn error_at(
+        &self,
+        span: Range<usize>,
+        kind: ErrorKind,
+        message: String,
+    ) -> ConfigError {
         let (line, col) = self.line_col(span.start);
         ConfigError {
             path: self.path.clone(),
@@ -55,7 +60,12 @@ impl Ctx {
         self.errors.push(e);
     }
 
-    pub(crate) fn unknown_key(&mut self, key: &Spanned<std::borrow::Cow<'_, str>>, section: &str, allowed: &[&str]) {
+    pub(crate) fn unknown_key(
+        &mut self,
+        key: &Spanned<std::borrow::Cow<'_, str>>,
+        section: &str,
+        allowed: &[&str],
+    ) {
         let name = key.get_ref().as_ref();
         let hint = did_you_mean(name, allowed)
             .map(|s| format!("did you mean `{s}`? "))
@@ -116,7 +126,14 @@ impl Ctx {
     }
 
     /// An integer within `min..=max`; `unit` describes it for the message.
-    pub(crate) fn int(&mut self, key: &str, v: &Val<'_>, min: u64, max: u64, unit: &str) -> Option<u64> {
+    pub(crate) fn int(
+        &mut self,
+        key: &str,
+        v: &Val<'_>,
+        min: u64,
+        max: u64,
+        unit: &str,
+    ) -> Option<u64> {
         let DeValue::Integer(i) = v.get_ref() else {
             self.wrong_type(key, v, &format!("an integer ({unit})"));
             return None;
@@ -127,7 +144,10 @@ impl Ctx {
             _ => {
                 self.invalid(
                     v,
-                    format!("`{key}` = {} is out of range; allowed {min}..={max} ({unit})", i.as_str()),
+                    format!(
+                        "`{key}` = {} is out of range; allowed {min}..={max} ({unit})",
+                        i.as_str()
+                    ),
                 );
                 None
             }
@@ -135,7 +155,15 @@ impl Ctx {
     }
 
     /// An integer in the option's unit, or a string with a DRBD suffix (s, k, M, G).
-    pub(crate) fn scaled(&mut self, key: &str, v: &Val<'_>, unit_bytes: u64, min: u64, max: u64, unit: &str) -> Option<u64> {
+    pub(crate) fn scaled(
+        &mut self,
+        key: &str,
+        v: &Val<'_>,
+        unit_bytes: u64,
+        min: u64,
+        max: u64,
+        unit: &str,
+    ) -> Option<u64> {
         match v.get_ref() {
             DeValue::Integer(_) => self.int(key, v, min, max, unit),
             DeValue::String(s) => match parse_scaled(s, unit_bytes) {
@@ -153,7 +181,11 @@ impl Ctx {
                 }
             },
             _ => {
-                self.wrong_type(key, v, &format!("an integer ({unit}) or a string with suffix like \"250k\""));
+                self.wrong_type(
+                    key,
+                    v,
+                    &format!("an integer ({unit}) or a string with suffix like \"250k\""),
+                );
                 None
             }
         }
@@ -173,7 +205,12 @@ impl Ctx {
     }
 
     /// One of `allowed` (a string); suggests the nearest on a typo.
-    pub(crate) fn choice<'a>(&mut self, key: &str, v: &'a Val<'_>, allowed: &[&str]) -> Option<&'a str> {
+    pub(crate) fn choice<'a>(
+        &mut self,
+        key: &str,
+        v: &'a Val<'_>,
+        allowed: &[&str],
+    ) -> Option<&'a str> {
         let s = self.string(key, v)?;
         if allowed.contains(&s) {
             return Some(s);
@@ -183,13 +220,20 @@ impl Ctx {
             .unwrap_or_default();
         self.invalid(
             v,
-            format!("`{key}` = \"{s}\" is not allowed; {hint}allowed: {}", allowed.join(", ")),
+            format!(
+                "`{key}` = \"{s}\" is not allowed; {hint}allowed: {}",
+                allowed.join(", ")
+            ),
         );
         None
     }
 
     /// An array of strings.
-    pub(crate) fn string_list<'a>(&mut self, key: &str, v: &'a Val<'_>) -> Option<Vec<(&'a str, Range<usize>)>> {
+    pub(crate) fn string_list<'a>(
+        &mut self,
+        key: &str,
+        v: &'a Val<'_>,
+    ) -> Option<Vec<(&'a str, Range<usize>)>> {
         let DeValue::Array(items) = v.get_ref() else {
             self.wrong_type(key, v, "an array of strings");
             return None;
@@ -203,7 +247,9 @@ impl Ctx {
 }
 
 /// Table entries in document order (toml's map is sorted by key).
-pub(crate) fn entries<'a, 'i>(table: &'a DeTable<'i>) -> Vec<(&'a Spanned<std::borrow::Cow<'i, str>>, &'a Val<'i>)> {
+pub(crate) fn entries<'a, 'i>(
+    table: &'a DeTable<'i>,
+) -> Vec<(&'a Spanned<std::borrow::Cow<'i, str>>, &'a Val<'i>)> {
     let mut v: Vec<_> = table.iter().collect();
     v.sort_by_key(|(k, _)| k.span().start);
     v

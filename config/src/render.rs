@@ -34,7 +34,10 @@ fn quote(s: &str) -> String {
 
 /// A table key: bare when possible, quoted otherwise (e.g. host names with dots).
 fn key(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
         s.to_owned()
     } else {
         quote(s)
@@ -90,7 +93,11 @@ fn net_lines(n: &Net) -> Vec<(&'static str, String)> {
         v.push(("shared-secret", quote(s)));
     }
     v.push(("cram-hmac-alg", quote(&n.cram_hmac_alg)));
-    for (k, alg) in [("verify-alg", &n.verify_alg), ("csums-alg", &n.csums_alg), ("data-integrity-alg", &n.data_integrity_alg)] {
+    for (k, alg) in [
+        ("verify-alg", &n.verify_alg),
+        ("csums-alg", &n.csums_alg),
+        ("data-integrity-alg", &n.data_integrity_alg),
+    ] {
         if let Some(a) = alg {
             v.push((k, quote(a)));
         }
@@ -99,13 +106,28 @@ fn net_lines(n: &Net) -> Vec<(&'static str, String)> {
         ("after-sb-0pri", quote(&after_sb_0pri_str(&n.after_sb_0pri))),
         ("after-sb-1pri", quote(after_sb_1pri_str(n.after_sb_1pri))),
         ("after-sb-2pri", quote(after_sb_2pri_str(n.after_sb_2pri))),
-        ("timeout", format!("{}  # tenths of a second", n.timeout_ms / 100)),
-        ("connect-int", format!("{}  # seconds", n.connect_int_ms / 1000)),
+        (
+            "timeout",
+            format!("{}  # tenths of a second", n.timeout_ms / 100),
+        ),
+        (
+            "connect-int",
+            format!("{}  # seconds", n.connect_int_ms / 1000),
+        ),
         ("ping-int", format!("{}  # seconds", n.ping_int_ms / 1000)),
-        ("ping-timeout", format!("{}  # tenths of a second", n.ping_timeout_ms / 100)),
+        (
+            "ping-timeout",
+            format!("{}  # tenths of a second", n.ping_timeout_ms / 100),
+        ),
         ("ko-count", n.ko_count.to_string()),
         ("max-buffers", n.max_buffers.to_string()),
-        ("sndbuf-size", quote(&format_scaled(u64::from(n.sndbuf_size_bytes), 1))),
+        (
+            "sndbuf-size",
+            match n.sndbuf_size_bytes {
+                0 => "0  # bytes, 0 = auto-tune".to_owned(),
+                b => quote(&format_scaled(u64::from(b), 1)),
+            },
+        ),
     ]);
     v
 }
@@ -120,8 +142,14 @@ fn disk_lines(d: &Disk) -> Vec<(&'static str, String)> {
     vec![
         ("on-io-error", quote(on_io_error)),
         ("resync-rate", rate(d.resync_rate_kib)),
-        ("c-plan-ahead", format!("{}  # tenths of a second", d.c_plan_ahead_ms / 100)),
-        ("c-fill-target", format!("{}  # 512-byte sectors", d.c_fill_target_sectors)),
+        (
+            "c-plan-ahead",
+            format!("{}  # tenths of a second", d.c_plan_ahead_ms / 100),
+        ),
+        (
+            "c-fill-target",
+            format!("{}  # 512-byte sectors", d.c_fill_target_sectors),
+        ),
         ("c-max-rate", rate(d.c_max_rate_kib)),
         ("c-min-rate", rate(d.c_min_rate_kib)),
         ("disk-flushes", d.disk_flushes.to_string()),
@@ -165,7 +193,12 @@ fn section(out: &mut String, header: &str, lines: &[(&str, String)]) {
 /// Renders the effective configuration of `r`.
 pub(crate) fn render(r: &Resource) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "# effective configuration of resource {} (from {})", r.name, r.source.display());
+    let _ = writeln!(
+        out,
+        "# effective configuration of resource {} (from {})",
+        r.name,
+        r.source.display()
+    );
     let _ = writeln!(out, "resource = {}", quote(&r.name));
     let mut fronts = Vec::new();
     if r.frontend.nbd {
@@ -191,11 +224,21 @@ pub(crate) fn render(r: &Resource) -> String {
             ("node-id", n.node_id.to_string()),
             ("address", quote(&n.address.to_string())),
             ("minor", format!("{}  # /dev/ublkb{}", n.minor, n.minor)),
-            ("disk", quote(&n.disk.as_ref().map_or_else(|| "none".to_owned(), |d| d.display().to_string()))),
-            ("meta-disk", quote(&match &n.meta_disk {
-                MetaDisk::Internal => "internal".to_owned(),
-                MetaDisk::External(p) => p.display().to_string(),
-            })),
+            (
+                "disk",
+                quote(
+                    &n.disk
+                        .as_ref()
+                        .map_or_else(|| "none".to_owned(), |d| d.display().to_string()),
+                ),
+            ),
+            (
+                "meta-disk",
+                quote(&match &n.meta_disk {
+                    MetaDisk::Internal => "internal".to_owned(),
+                    MetaDisk::External(p) => p.display().to_string(),
+                }),
+            ),
         ];
         if let Some(a) = n.nbd_listen {
             lines.push(("nbd-listen", quote(&a.to_string())));
@@ -208,13 +251,19 @@ pub(crate) fn render(r: &Resource) -> String {
 
 fn render_connections(out: &mut String, r: &Resource) {
     if !r.connection_mesh.is_empty() {
-        section(out, "connection-mesh", &[("hosts", list(&r.connection_mesh))]);
+        section(
+            out,
+            "connection-mesh",
+            &[("hosts", list(&r.connection_mesh))],
+        );
     }
     let base = net_lines(&r.net);
     for c in &r.connections {
-        let in_mesh = r.connection_mesh.contains(&c.hosts[0]) && r.connection_mesh.contains(&c.hosts[1]);
+        let in_mesh =
+            r.connection_mesh.contains(&c.hosts[0]) && r.connection_mesh.contains(&c.hosts[1]);
         let lines = net_lines(&c.net);
-        let overrides: Vec<(&str, String)> = lines.into_iter().filter(|l| !base.contains(l)).collect();
+        let overrides: Vec<(&str, String)> =
+            lines.into_iter().filter(|l| !base.contains(l)).collect();
         // Connections start from the resource's net and can only set options, so printing
         // the differing lines is enough to reproduce them.
         if in_mesh && overrides.is_empty() {

@@ -12,20 +12,42 @@ use toml::de::{DeTable, DeValue};
 
 use crate::error::{ConfigErrors, ErrorKind};
 use crate::model::{
-    Common, Connection, Frontends, Global, MetaDisk, Node, Resource, MAX_PEERS_LIMIT,
-    NODE_ID_LIMIT,
+    Common, Connection, Frontends, Global, MetaDisk, Node, Resource, MAX_PEERS_LIMIT, NODE_ID_LIMIT,
 };
 use crate::reader::{entries, Ctx, Val};
 use crate::sections::{apply_disk, apply_handlers, apply_net, apply_options};
 use crate::validate::{check_resource, NodeSpans};
 
 const TOP_KEYS: &[&str] = &[
-    "resource", "frontend", "nbd-listen", "max-peers", "net", "disk", "options", "handlers",
-    "on", "connection-mesh", "connection",
+    "resource",
+    "frontend",
+    "nbd-listen",
+    "max-peers",
+    "net",
+    "disk",
+    "options",
+    "handlers",
+    "on",
+    "connection-mesh",
+    "connection",
 ];
-const NODE_KEYS: &[&str] = &["node-id", "address", "minor", "disk", "meta-disk", "nbd-listen"];
+const NODE_KEYS: &[&str] = &[
+    "node-id",
+    "address",
+    "minor",
+    "disk",
+    "meta-disk",
+    "nbd-listen",
+];
 const MESH_KEYS: &[&str] = &["hosts", "net"];
-const COMMON_KEYS: &[&str] = &["frontend", "max-peers", "net", "disk", "options", "handlers"];
+const COMMON_KEYS: &[&str] = &[
+    "frontend",
+    "max-peers",
+    "net",
+    "disk",
+    "options",
+    "handlers",
+];
 
 /// A parsed resource plus the source positions cross-resource checks report.
 #[derive(Debug)]
@@ -39,7 +61,11 @@ fn parse_doc<'i>(ctx: &mut Ctx, text: &'i str) -> DeTable<'i> {
     let (doc, errors) = DeTable::parse_recoverable(text);
     for e in errors {
         let span = e.span().unwrap_or(0..0);
-        ctx.err(span, ErrorKind::Syntax, format!("TOML syntax error: {}", e.message()));
+        ctx.err(
+            span,
+            ErrorKind::Syntax,
+            format!("TOML syntax error: {}", e.message()),
+        );
     }
     doc.into_inner()
 }
@@ -83,10 +109,18 @@ fn parse_common(ctx: &mut Ctx, table: &DeTable<'_>, common: &mut Common) {
                     common.max_peers = n;
                 }
             }
-            "net" => sub(ctx, v, key, |c, t| apply_net(c, t, "[common.net]", &mut common.net, None)),
-            "disk" => sub(ctx, v, key, |c, t| apply_disk(c, t, "[common.disk]", &mut common.disk)),
-            "options" => sub(ctx, v, key, |c, t| apply_options(c, t, "[common.options]", &mut common.options)),
-            "handlers" => sub(ctx, v, key, |c, t| apply_handlers(c, t, "[common.handlers]", &mut common.handlers)),
+            "net" => sub(ctx, v, key, |c, t| {
+                apply_net(c, t, "[common.net]", &mut common.net, None)
+            }),
+            "disk" => sub(ctx, v, key, |c, t| {
+                apply_disk(c, t, "[common.disk]", &mut common.disk)
+            }),
+            "options" => sub(ctx, v, key, |c, t| {
+                apply_options(c, t, "[common.options]", &mut common.options)
+            }),
+            "handlers" => sub(ctx, v, key, |c, t| {
+                apply_handlers(c, t, "[common.handlers]", &mut common.handlers)
+            }),
             _ => ctx.unknown_key(k, "[common]", COMMON_KEYS),
         }
     }
@@ -99,7 +133,11 @@ fn sub(ctx: &mut Ctx, v: &Val<'_>, key: &str, f: impl FnOnce(&mut Ctx, &DeTable<
 }
 
 /// Parses and validates one resource file, starting from `global`'s `[common]` defaults.
-pub(crate) fn parse_resource_full(path: &Path, text: &str, global: &Global) -> Result<Parsed, ConfigErrors> {
+pub(crate) fn parse_resource_full(
+    path: &Path,
+    text: &str,
+    global: &Global,
+) -> Result<Parsed, ConfigErrors> {
     let mut ctx = Ctx::new(path, text);
     let doc = parse_doc(&mut ctx, text);
     let common = &global.common;
@@ -124,7 +162,11 @@ pub(crate) fn parse_resource_full(path: &Path, text: &str, global: &Global) -> R
     }
     match get("resource") {
         Some(v) => resource_name(&mut ctx, v, path, &mut r.name),
-        None => ctx.err(0..0, ErrorKind::Missing, "missing `resource = \"<name>\"` (the resource name, e.g. \"r0\")".to_owned()),
+        None => ctx.err(
+            0..0,
+            ErrorKind::Missing,
+            "missing `resource = \"<name>\"` (the resource name, e.g. \"r0\")".to_owned(),
+        ),
     }
     if let Some(v) = get("max-peers") {
         r.max_peers = max_peers(&mut ctx, v).unwrap_or(r.max_peers);
@@ -146,16 +188,24 @@ pub(crate) fn parse_resource_full(path: &Path, text: &str, global: &Global) -> R
     };
     let hosts: Vec<String> = r.nodes.iter().map(|n| n.name.clone()).collect();
     if let Some(v) = get("net") {
-        sub(&mut ctx, v, "net", |c, t| apply_net(c, t, "[net]", &mut r.net, Some(&hosts)));
+        sub(&mut ctx, v, "net", |c, t| {
+            apply_net(c, t, "[net]", &mut r.net, Some(&hosts))
+        });
     }
     if let Some(v) = get("disk") {
-        sub(&mut ctx, v, "disk", |c, t| apply_disk(c, t, "[disk]", &mut r.disk));
+        sub(&mut ctx, v, "disk", |c, t| {
+            apply_disk(c, t, "[disk]", &mut r.disk)
+        });
     }
     if let Some(v) = get("options") {
-        sub(&mut ctx, v, "options", |c, t| apply_options(c, t, "[options]", &mut r.options));
+        sub(&mut ctx, v, "options", |c, t| {
+            apply_options(c, t, "[options]", &mut r.options)
+        });
     }
     if let Some(v) = get("handlers") {
-        sub(&mut ctx, v, "handlers", |c, t| apply_handlers(c, t, "[handlers]", &mut r.handlers));
+        sub(&mut ctx, v, "handlers", |c, t| {
+            apply_handlers(c, t, "[handlers]", &mut r.handlers)
+        });
     }
     connections(&mut ctx, get("connection-mesh"), get("connection"), &mut r);
     check_resource(&mut ctx, &r, &spans, frontend_span);
@@ -167,11 +217,15 @@ pub(crate) fn valid_name(name: &str, max_chars: usize) -> bool {
     !name.is_empty()
         && name.len() <= max_chars
         && !name.starts_with(['.', '-'])
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 fn resource_name(ctx: &mut Ctx, v: &Val<'_>, path: &Path, name: &mut String) {
-    let Some(s) = ctx.string("resource", v) else { return };
+    let Some(s) = ctx.string("resource", v) else {
+        return;
+    };
     if !valid_name(s, 63) {
         ctx.invalid(v, format!("resource name \"{s}\" is invalid; use 1-63 characters from A-Z a-z 0-9 _ . - not starting with . or -"));
         return;
@@ -187,7 +241,13 @@ fn resource_name(ctx: &mut Ctx, v: &Val<'_>, path: &Path, name: &mut String) {
 }
 
 fn max_peers(ctx: &mut Ctx, v: &Val<'_>) -> Option<u8> {
-    let n = ctx.int("max-peers", v, 1, u64::from(MAX_PEERS_LIMIT), "peer slots in the metadata")?;
+    let n = ctx.int(
+        "max-peers",
+        v,
+        1,
+        u64::from(MAX_PEERS_LIMIT),
+        "peer slots in the metadata",
+    )?;
     u8::try_from(n).ok()
 }
 
@@ -197,26 +257,45 @@ fn frontend(ctx: &mut Ctx, v: &Val<'_>) -> Option<Frontends> {
         DeValue::String(s) => vec![(s.as_ref(), v.span())],
         DeValue::Array(_) => ctx.string_list("frontend", v)?,
         _ => {
-            ctx.invalid(v, "`frontend` must be \"nbd\", \"ublk\" or a list like [\"nbd\", \"ublk\"]".to_owned());
+            ctx.invalid(
+                v,
+                "`frontend` must be \"nbd\", \"ublk\" or a list like [\"nbd\", \"ublk\"]"
+                    .to_owned(),
+            );
             return None;
         }
     };
     if items.is_empty() {
-        ctx.invalid(v, "`frontend` is empty; allowed: \"nbd\", \"ublk\" or both".to_owned());
+        ctx.invalid(
+            v,
+            "`frontend` is empty; allowed: \"nbd\", \"ublk\" or both".to_owned(),
+        );
         return None;
     }
-    let mut f = Frontends { nbd: false, ublk: false, nbd_tcp: None };
+    let mut f = Frontends {
+        nbd: false,
+        ublk: false,
+        nbd_tcp: None,
+    };
     for (name, span) in items {
         let slot = match name {
             "nbd" => &mut f.nbd,
             "ublk" => &mut f.ublk,
             other => {
-                ctx.err(span, ErrorKind::InvalidValue, format!("unknown frontend \"{other}\"; allowed: \"nbd\", \"ublk\""));
+                ctx.err(
+                    span,
+                    ErrorKind::InvalidValue,
+                    format!("unknown frontend \"{other}\"; allowed: \"nbd\", \"ublk\""),
+                );
                 return None;
             }
         };
         if *slot {
-            ctx.err(span, ErrorKind::Duplicate, format!("frontend \"{name}\" is listed twice"));
+            ctx.err(
+                span,
+                ErrorKind::Duplicate,
+                format!("frontend \"{name}\" is listed twice"),
+            );
         }
         *slot = true;
     }
@@ -226,7 +305,11 @@ fn frontend(ctx: &mut Ctx, v: &Val<'_>) -> Option<Frontends> {
 /// `"10.0.0.1:7789"`, `"[fd00::1]:7789"`; DRBD's `ipv4 `/`ipv6 ` prefixes are accepted.
 pub(crate) fn address(ctx: &mut Ctx, key: &str, v: &Val<'_>) -> Option<SocketAddr> {
     let s = ctx.string(key, v)?;
-    let bare = s.strip_prefix("ipv4 ").or_else(|| s.strip_prefix("ipv6 ")).unwrap_or(s).trim();
+    let bare = s
+        .strip_prefix("ipv4 ")
+        .or_else(|| s.strip_prefix("ipv6 "))
+        .unwrap_or(s)
+        .trim();
     match bare.parse::<SocketAddr>() {
         Ok(a) if a.port() != 0 => Some(a),
         _ => {
@@ -237,7 +320,9 @@ pub(crate) fn address(ctx: &mut Ctx, key: &str, v: &Val<'_>) -> Option<SocketAdd
 }
 
 fn nodes(ctx: &mut Ctx, v: &Val<'_>, out: &mut Vec<Node>) -> Vec<NodeSpans> {
-    let Some(table) = ctx.table("on", v) else { return Vec::new() };
+    let Some(table) = ctx.table("on", v) else {
+        return Vec::new();
+    };
     let mut spans = Vec::new();
     for (k, nv) in entries(table) {
         let name = k.get_ref().as_ref();
@@ -245,7 +330,9 @@ fn nodes(ctx: &mut Ctx, v: &Val<'_>, out: &mut Vec<Node>) -> Vec<NodeSpans> {
             ctx.err(k.span(), ErrorKind::InvalidValue, format!("host name \"{name}\" is invalid; use A-Z a-z 0-9 _ . - not starting with . or -"));
             continue;
         }
-        let Some(t) = ctx.table(name, nv) else { continue };
+        let Some(t) = ctx.table(name, nv) else {
+            continue;
+        };
         if let Some((node, s)) = node(ctx, name, nv.span(), t) {
             out.push(node);
             spans.push(s);
@@ -254,7 +341,12 @@ fn nodes(ctx: &mut Ctx, v: &Val<'_>, out: &mut Vec<Node>) -> Vec<NodeSpans> {
     spans
 }
 
-fn node(ctx: &mut Ctx, name: &str, header: Range<usize>, t: &DeTable<'_>) -> Option<(Node, NodeSpans)> {
+fn node(
+    ctx: &mut Ctx,
+    name: &str,
+    header: Range<usize>,
+    t: &DeTable<'_>,
+) -> Option<(Node, NodeSpans)> {
     let section = format!("[on.{name}]");
     for (k, _) in entries(t) {
         if !NODE_KEYS.contains(&k.get_ref().as_ref()) {
@@ -262,27 +354,50 @@ fn node(ctx: &mut Ctx, name: &str, header: Range<usize>, t: &DeTable<'_>) -> Opt
         }
     }
     let mut missing = |key: &str, what: &str| {
-        ctx.err(header.clone(), ErrorKind::Missing, format!("{section} is missing `{key}` ({what})"));
+        ctx.err(
+            header.clone(),
+            ErrorKind::Missing,
+            format!("{section} is missing `{key}` ({what})"),
+        );
     };
-    let (Some(id_v), Some(addr_v), Some(minor_v), Some(disk_v)) =
-        (t.get("node-id"), t.get("address"), t.get("minor"), t.get("disk"))
-    else {
-        if t.get("node-id").is_none() { missing("node-id", "0..=31, unique in the resource"); }
-        if t.get("address").is_none() { missing("address", "replication IP:port, e.g. \"10.0.0.1:7789\""); }
-        if t.get("minor").is_none() { missing("minor", "device minor, /dev/ublkb<minor>"); }
-        if t.get("disk").is_none() { missing("disk", "backing device or file, or \"none\" for diskless"); }
+    let (Some(id_v), Some(addr_v), Some(minor_v), Some(disk_v)) = (
+        t.get("node-id"),
+        t.get("address"),
+        t.get("minor"),
+        t.get("disk"),
+    ) else {
+        if t.get("node-id").is_none() {
+            missing("node-id", "0..=31, unique in the resource");
+        }
+        if t.get("address").is_none() {
+            missing("address", "replication IP:port, e.g. \"10.0.0.1:7789\"");
+        }
+        if t.get("minor").is_none() {
+            missing("minor", "device minor, /dev/ublkb<minor>");
+        }
+        if t.get("disk").is_none() {
+            missing("disk", "backing device or file, or \"none\" for diskless");
+        }
         return None;
     };
-    let node_id = ctx.int("node-id", id_v, 0, u64::from(NODE_ID_LIMIT - 1), "node-id").and_then(|n| u8::try_from(n).ok());
+    let node_id = ctx
+        .int("node-id", id_v, 0, u64::from(NODE_ID_LIMIT - 1), "node-id")
+        .and_then(|n| u8::try_from(n).ok());
     let addr = address(ctx, "address", addr_v);
-    let minor = ctx.int("minor", minor_v, 0, (1 << 20) - 1, "device minor").and_then(|n| u32::try_from(n).ok());
-    let disk = ctx.nonempty_string("disk", disk_v).map(|d| (d != "none").then(|| PathBuf::from(d)));
+    let minor = ctx
+        .int("minor", minor_v, 0, (1 << 20) - 1, "device minor")
+        .and_then(|n| u32::try_from(n).ok());
+    let disk = ctx
+        .nonempty_string("disk", disk_v)
+        .map(|d| (d != "none").then(|| PathBuf::from(d)));
     let meta_disk = match t.get("meta-disk") {
         None => Some(MetaDisk::Internal),
-        Some(v) => ctx.nonempty_string("meta-disk", v).map(|m| match m.as_str() {
-            "internal" => MetaDisk::Internal,
-            _ => MetaDisk::External(PathBuf::from(m)),
-        }),
+        Some(v) => ctx
+            .nonempty_string("meta-disk", v)
+            .map(|m| match m.as_str() {
+                "internal" => MetaDisk::Internal,
+                _ => MetaDisk::External(PathBuf::from(m)),
+            }),
     };
     let nbd_listen = t.get("nbd-listen").map(|v| address(ctx, "nbd-listen", v));
     let spans = NodeSpans {
@@ -308,9 +423,19 @@ fn node(ctx: &mut Ctx, name: &str, header: Range<usize>, t: &DeTable<'_>) -> Opt
 }
 
 /// Reads `hosts = [...]`: known, distinct host names.
-fn hosts(ctx: &mut Ctx, section: &str, t: &DeTable<'_>, header: Range<usize>, known: &[String]) -> Option<Vec<String>> {
+fn hosts(
+    ctx: &mut Ctx,
+    section: &str,
+    t: &DeTable<'_>,
+    header: Range<usize>,
+    known: &[String],
+) -> Option<Vec<String>> {
     let Some(v) = t.get("hosts") else {
-        ctx.err(header, ErrorKind::Missing, format!("{section} is missing `hosts = [\"<host>\", ...]`"));
+        ctx.err(
+            header,
+            ErrorKind::Missing,
+            format!("{section} is missing `hosts = [\"<host>\", ...]`"),
+        );
         return None;
     };
     let list = ctx.string_list("hosts", v)?;
@@ -318,13 +443,20 @@ fn hosts(ctx: &mut Ctx, section: &str, t: &DeTable<'_>, header: Range<usize>, kn
     let mut ok = true;
     for (h, span) in list {
         if !known.iter().any(|k| k == h) {
-            let hint = crate::suggest::did_you_mean(h, &known.iter().map(String::as_str).collect::<Vec<_>>())
-                .map(|s| format!("did you mean \"{s}\"? "))
-                .unwrap_or_default();
+            let hint = crate::suggest::did_you_mean(
+                h,
+                &known.iter().map(String::as_str).collect::<Vec<_>>(),
+            )
+            .map(|s| format!("did you mean \"{s}\"? "))
+            .unwrap_or_default();
             ctx.err(span, ErrorKind::UnknownHost, format!("{section} names unknown host \"{h}\"; {hint}hosts with an [on.<host>] section: {}", known.join(", ")));
             ok = false;
         } else if out.iter().any(|o| o == h) {
-            ctx.err(span, ErrorKind::Duplicate, format!("host \"{h}\" is listed twice in {section}"));
+            ctx.err(
+                span,
+                ErrorKind::Duplicate,
+                format!("host \"{h}\" is listed twice in {section}"),
+            );
             ok = false;
         } else {
             out.push(h.to_owned());
@@ -333,14 +465,23 @@ fn hosts(ctx: &mut Ctx, section: &str, t: &DeTable<'_>, header: Range<usize>, kn
     ok.then_some(out)
 }
 
-fn connections(ctx: &mut Ctx, mesh: Option<&Val<'_>>, explicit: Option<&Val<'_>>, r: &mut Resource) {
+fn connections(
+    ctx: &mut Ctx,
+    mesh: Option<&Val<'_>>,
+    explicit: Option<&Val<'_>>,
+    r: &mut Resource,
+) {
     let known: Vec<String> = r.nodes.iter().map(|n| n.name.clone()).collect();
     if let Some(v) = mesh {
-        let Some(t) = ctx.table("connection-mesh", v) else { return };
+        let Some(t) = ctx.table("connection-mesh", v) else {
+            return;
+        };
         check_keys(ctx, t, "[connection-mesh]", MESH_KEYS);
         let mut net = r.net.clone();
         if let Some(nv) = t.get("net") {
-            sub(ctx, nv, "net", |c, nt| apply_net(c, nt, "[connection-mesh.net]", &mut net, Some(&known)));
+            sub(ctx, nv, "net", |c, nt| {
+                apply_net(c, nt, "[connection-mesh.net]", &mut net, Some(&known))
+            });
         }
         if let Some(h) = hosts(ctx, "[connection-mesh]", t, v.span(), &known) {
             if h.len() < 2 {
@@ -348,7 +489,10 @@ fn connections(ctx: &mut Ctx, mesh: Option<&Val<'_>>, explicit: Option<&Val<'_>>
             }
             for (i, a) in h.iter().enumerate() {
                 for b in &h[i + 1..] {
-                    r.connections.push(Connection { hosts: [a.clone(), b.clone()], net: net.clone() });
+                    r.connections.push(Connection {
+                        hosts: [a.clone(), b.clone()],
+                        net: net.clone(),
+                    });
                 }
             }
             r.connection_mesh = h;
@@ -357,28 +501,47 @@ fn connections(ctx: &mut Ctx, mesh: Option<&Val<'_>>, explicit: Option<&Val<'_>>
     let mut explicit_pairs: Vec<[String; 2]> = Vec::new();
     if let Some(v) = explicit {
         let DeValue::Array(items) = v.get_ref() else {
-            ctx.invalid(v, "`connection` must be an array of tables: write [[connection]] sections".to_owned());
+            ctx.invalid(
+                v,
+                "`connection` must be an array of tables: write [[connection]] sections".to_owned(),
+            );
             return;
         };
         for item in items.iter() {
-            let Some(t) = ctx.table("connection", item) else { continue };
+            let Some(t) = ctx.table("connection", item) else {
+                continue;
+            };
             check_keys(ctx, t, "[[connection]]", MESH_KEYS);
-            let Some(h) = hosts(ctx, "[[connection]]", t, item.span(), &known) else { continue };
+            let Some(h) = hosts(ctx, "[[connection]]", t, item.span(), &known) else {
+                continue;
+            };
             let [a, b] = <[String; 2]>::try_from(h).unwrap_or_else(|_| {
-                ctx.invalid(item, "[[connection]] needs exactly two hosts: hosts = [\"<a>\", \"<b>\"]".to_owned());
+                ctx.invalid(
+                    item,
+                    "[[connection]] needs exactly two hosts: hosts = [\"<a>\", \"<b>\"]".to_owned(),
+                );
                 [String::new(), String::new()]
             });
             if a.is_empty() {
                 continue;
             }
-            if explicit_pairs.iter().any(|p| (p[0] == a && p[1] == b) || (p[0] == b && p[1] == a)) {
-                ctx.err(item.span(), ErrorKind::Duplicate, format!("a second [[connection]] between {a} and {b}; merge them into one"));
+            if explicit_pairs
+                .iter()
+                .any(|p| (p[0] == a && p[1] == b) || (p[0] == b && p[1] == a))
+            {
+                ctx.err(
+                    item.span(),
+                    ErrorKind::Duplicate,
+                    format!("a second [[connection]] between {a} and {b}; merge them into one"),
+                );
                 continue;
             }
             explicit_pairs.push([a.clone(), b.clone()]);
             let mut net = r.net.clone();
             if let Some(nv) = t.get("net") {
-                sub(ctx, nv, "net", |c, nt| apply_net(c, nt, "[connection.net]", &mut net, Some(&known)));
+                sub(ctx, nv, "net", |c, nt| {
+                    apply_net(c, nt, "[connection.net]", &mut net, Some(&known))
+                });
             }
             match r.connections.iter_mut().find(|c| c.joins(&a, &b)) {
                 Some(c) => c.net = net,
@@ -388,7 +551,10 @@ fn connections(ctx: &mut Ctx, mesh: Option<&Val<'_>>, explicit: Option<&Val<'_>>
     }
     if mesh.is_none() && explicit.is_none() && known.len() == 2 {
         // Like drbdadm for two-host resources: an implicit connection between them.
-        r.connections.push(Connection { hosts: [known[0].clone(), known[1].clone()], net: r.net.clone() });
+        r.connections.push(Connection {
+            hosts: [known[0].clone(), known[1].clone()],
+            net: r.net.clone(),
+        });
         r.connection_mesh = known;
     } else if mesh.is_none() && explicit.is_none() && known.len() > 2 {
         let header = 0..0;

@@ -14,30 +14,64 @@ use crate::model::{
 use crate::reader::{entries, Ctx, Val};
 
 pub(crate) const NET_KEYS: &[&str] = &[
-    "protocol", "shared-secret", "cram-hmac-alg", "verify-alg", "csums-alg",
-    "data-integrity-alg", "after-sb-0pri", "after-sb-1pri", "after-sb-2pri", "timeout",
-    "connect-int", "ping-int", "ping-timeout", "ko-count", "max-buffers", "sndbuf-size",
+    "protocol",
+    "shared-secret",
+    "cram-hmac-alg",
+    "verify-alg",
+    "csums-alg",
+    "data-integrity-alg",
+    "after-sb-0pri",
+    "after-sb-1pri",
+    "after-sb-2pri",
+    "timeout",
+    "connect-int",
+    "ping-int",
+    "ping-timeout",
+    "ko-count",
+    "max-buffers",
+    "sndbuf-size",
 ];
 pub(crate) const DISK_KEYS: &[&str] = &[
-    "on-io-error", "resync-rate", "c-plan-ahead", "c-fill-target", "c-max-rate", "c-min-rate",
-    "disk-flushes", "md-flushes", "al-extents",
+    "on-io-error",
+    "resync-rate",
+    "c-plan-ahead",
+    "c-fill-target",
+    "c-max-rate",
+    "c-min-rate",
+    "disk-flushes",
+    "md-flushes",
+    "al-extents",
 ];
 pub(crate) const OPTIONS_KEYS: &[&str] = &["quorum", "on-no-quorum", "auto-promote"];
 
 /// Checksum algorithms drbdd implements (verify-alg, csums-alg, data-integrity-alg).
 pub(crate) const HASH_ALGS: &[&str] = &["crc32c", "sha256"];
 const AFTER_SB_0PRI: &[&str] = &[
-    "disconnect", "discard-younger-primary", "discard-older-primary", "discard-zero-changes",
-    "discard-least-changes", "discard-node-<host>",
+    "disconnect",
+    "discard-younger-primary",
+    "discard-older-primary",
+    "discard-zero-changes",
+    "discard-least-changes",
+    "discard-node-<host>",
 ];
 const AFTER_SB_1PRI: &[&str] = &[
-    "disconnect", "consensus", "violently-as0p", "discard-secondary", "call-pri-lost-after-sb",
+    "disconnect",
+    "consensus",
+    "violently-as0p",
+    "discard-secondary",
+    "call-pri-lost-after-sb",
 ];
 const AFTER_SB_2PRI: &[&str] = &["disconnect", "violently-as0p", "call-pri-lost-after-sb"];
 const MAX_SHARED_SECRET_CHARS: usize = 64;
 
 /// Applies a `[net]` table onto `net`. `hosts` (when known) checks `discard-node-<host>`.
-pub(crate) fn apply_net(ctx: &mut Ctx, table: &DeTable<'_>, section: &str, net: &mut Net, hosts: Option<&[String]>) {
+pub(crate) fn apply_net(
+    ctx: &mut Ctx,
+    table: &DeTable<'_>,
+    section: &str,
+    net: &mut Net,
+    hosts: Option<&[String]>,
+) {
     for (k, v) in entries(table) {
         let key = k.get_ref().as_ref();
         match key {
@@ -89,16 +123,42 @@ pub(crate) fn apply_net(ctx: &mut Ctx, table: &DeTable<'_>, section: &str, net: 
     }
 }
 
-fn apply_net_number(ctx: &mut Ctx, k: &toml::Spanned<std::borrow::Cow<'_, str>>, v: &Val<'_>, section: &str, net: &mut Net) {
+fn apply_net_number(
+    ctx: &mut Ctx,
+    k: &toml::Spanned<std::borrow::Cow<'_, str>>,
+    v: &Val<'_>,
+    section: &str,
+    net: &mut Net,
+) {
     let key = k.get_ref().as_ref();
     let (slot, n) = match key {
-        "timeout" => (&mut net.timeout_ms, ctx.int(key, v, 1, 600, "tenths of a second").map(|n| n * 100)),
-        "connect-int" => (&mut net.connect_int_ms, ctx.int(key, v, 1, 120, "seconds").map(|n| n * 1000)),
-        "ping-int" => (&mut net.ping_int_ms, ctx.int(key, v, 1, 120, "seconds").map(|n| n * 1000)),
-        "ping-timeout" => (&mut net.ping_timeout_ms, ctx.int(key, v, 1, 300, "tenths of a second").map(|n| n * 100)),
+        "timeout" => (
+            &mut net.timeout_ms,
+            ctx.int(key, v, 1, 600, "tenths of a second")
+                .map(|n| n * 100),
+        ),
+        "connect-int" => (
+            &mut net.connect_int_ms,
+            ctx.int(key, v, 1, 120, "seconds").map(|n| n * 1000),
+        ),
+        "ping-int" => (
+            &mut net.ping_int_ms,
+            ctx.int(key, v, 1, 120, "seconds").map(|n| n * 1000),
+        ),
+        "ping-timeout" => (
+            &mut net.ping_timeout_ms,
+            ctx.int(key, v, 1, 300, "tenths of a second")
+                .map(|n| n * 100),
+        ),
         "ko-count" => (&mut net.ko_count, ctx.int(key, v, 0, 200, "timeouts")),
-        "max-buffers" => (&mut net.max_buffers, ctx.int(key, v, 32, 131_072, "buffers")),
-        "sndbuf-size" => (&mut net.sndbuf_size_bytes, ctx.scaled(key, v, 1, 0, 10 << 20, "bytes, 0 = auto")),
+        "max-buffers" => (
+            &mut net.max_buffers,
+            ctx.int(key, v, 32, 131_072, "buffers"),
+        ),
+        "sndbuf-size" => (
+            &mut net.sndbuf_size_bytes,
+            ctx.scaled(key, v, 1, 0, 10 << 20, "bytes, 0 = auto"),
+        ),
         _ => return ctx.unknown_key(k, section, NET_KEYS),
     };
     if let Some(n) = n.and_then(|n| u32::try_from(n).ok()) {
@@ -113,7 +173,12 @@ fn protocol(ctx: &mut Ctx, v: &Val<'_>) -> Option<Protocol> {
         "B" => Some(Protocol::B),
         "C" => Some(Protocol::C),
         _ => {
-            ctx.invalid(v, format!("protocol must be A, B or C, not \"{s}\" (A: async, B: memory-sync, C: sync)"));
+            ctx.invalid(
+                v,
+                format!(
+                    "protocol must be A, B or C, not \"{s}\" (A: async, B: memory-sync, C: sync)"
+                ),
+            );
             None
         }
     }
@@ -128,7 +193,14 @@ fn after_sb_0pri(ctx: &mut Ctx, v: &Val<'_>, hosts: Option<&[String]>) -> Option
     if let Some(host) = s.strip_prefix("discard-node-") {
         if let Some(hosts) = hosts {
             if !hosts.iter().any(|h| h == host) {
-                ctx.err(v.span(), ErrorKind::UnknownHost, format!("`after-sb-0pri` = \"{s}\" names unknown host \"{host}\"; hosts are: {}", hosts.join(", ")));
+                ctx.err(
+                    v.span(),
+                    ErrorKind::UnknownHost,
+                    format!(
+                        "`after-sb-0pri` = \"{s}\" names unknown host \"{host}\"; hosts are: {}",
+                        hosts.join(", ")
+                    ),
+                );
                 return None;
             }
         }
@@ -173,7 +245,11 @@ pub(crate) fn apply_disk(ctx: &mut Ctx, table: &DeTable<'_>, section: &str, disk
         let kib = "KiB/s";
         match key {
             "on-io-error" => {
-                disk.on_io_error = match ctx.choice(key, v, &["detach", "pass_on", "pass-on", "call-local-io-error"]) {
+                disk.on_io_error = match ctx.choice(
+                    key,
+                    v,
+                    &["detach", "pass_on", "pass-on", "call-local-io-error"],
+                ) {
                     Some("detach") => OnIoError::Detach,
                     Some("pass_on" | "pass-on") => OnIoError::PassOn,
                     Some(_) => OnIoError::CallLocalIoError,
@@ -189,11 +265,27 @@ pub(crate) fn apply_disk(ctx: &mut Ctx, table: &DeTable<'_>, section: &str, disk
             }
             _ => {
                 let (slot, n) = match key {
-                    "resync-rate" => (&mut disk.resync_rate_kib, ctx.scaled(key, v, 1024, 1, RATE_MAX_KIB, kib)),
-                    "c-max-rate" => (&mut disk.c_max_rate_kib, ctx.scaled(key, v, 1024, 250, RATE_MAX_KIB, kib)),
-                    "c-min-rate" => (&mut disk.c_min_rate_kib, ctx.scaled(key, v, 1024, 0, RATE_MAX_KIB, kib)),
-                    "c-plan-ahead" => (&mut disk.c_plan_ahead_ms, ctx.int(key, v, 0, 300, "tenths of a second").map(|n| n * 100)),
-                    "al-extents" => (&mut disk.al_extents, ctx.int(key, v, 67, 65_534, "4 MiB extents")),
+                    "resync-rate" => (
+                        &mut disk.resync_rate_kib,
+                        ctx.scaled(key, v, 1024, 1, RATE_MAX_KIB, kib),
+                    ),
+                    "c-max-rate" => (
+                        &mut disk.c_max_rate_kib,
+                        ctx.scaled(key, v, 1024, 250, RATE_MAX_KIB, kib),
+                    ),
+                    "c-min-rate" => (
+                        &mut disk.c_min_rate_kib,
+                        ctx.scaled(key, v, 1024, 0, RATE_MAX_KIB, kib),
+                    ),
+                    "c-plan-ahead" => (
+                        &mut disk.c_plan_ahead_ms,
+                        ctx.int(key, v, 0, 300, "tenths of a second")
+                            .map(|n| n * 100),
+                    ),
+                    "al-extents" => (
+                        &mut disk.al_extents,
+                        ctx.int(key, v, 67, 65_534, "4 MiB extents"),
+                    ),
                     _ => {
                         ctx.unknown_key(k, section, DISK_KEYS);
                         continue;
@@ -208,7 +300,12 @@ pub(crate) fn apply_disk(ctx: &mut Ctx, table: &DeTable<'_>, section: &str, disk
 }
 
 /// Applies an `[options]` table onto `options`.
-pub(crate) fn apply_options(ctx: &mut Ctx, table: &DeTable<'_>, section: &str, options: &mut Options) {
+pub(crate) fn apply_options(
+    ctx: &mut Ctx,
+    table: &DeTable<'_>,
+    section: &str,
+    options: &mut Options,
+) {
     for (k, v) in entries(table) {
         let key = k.get_ref().as_ref();
         match key {
@@ -224,7 +321,9 @@ pub(crate) fn apply_options(ctx: &mut Ctx, table: &DeTable<'_>, section: &str, o
                     None => options.on_no_quorum,
                 }
             }
-            "auto-promote" => options.auto_promote = ctx.boolean(key, v).unwrap_or(options.auto_promote),
+            "auto-promote" => {
+                options.auto_promote = ctx.boolean(key, v).unwrap_or(options.auto_promote)
+            }
             _ => ctx.unknown_key(k, section, OPTIONS_KEYS),
         }
     }
@@ -247,8 +346,17 @@ fn quorum(ctx: &mut Ctx, v: &Val<'_>) -> Option<Quorum> {
 }
 
 /// Applies a `[handlers]` table onto `handlers`.
-pub(crate) fn apply_handlers(ctx: &mut Ctx, table: &DeTable<'_>, section: &str, handlers: &mut Handlers) {
-    let allowed: Vec<&str> = Handlers::default().entries().iter().map(|(k, _)| *k).collect();
+pub(crate) fn apply_handlers(
+    ctx: &mut Ctx,
+    table: &DeTable<'_>,
+    section: &str,
+    handlers: &mut Handlers,
+) {
+    let allowed: Vec<&str> = Handlers::default()
+        .entries()
+        .iter()
+        .map(|(k, _)| *k)
+        .collect();
     for (k, v) in entries(table) {
         let key = k.get_ref().as_ref();
         if handlers.slot_mut(key).is_none() {

@@ -76,8 +76,12 @@ mod tests {
     #[test]
     fn bad_numbers_and_suffixes_are_rejected_with_reason() {
         assert!(parse_scaled("12x", 1024).unwrap_err().contains("suffix"));
-        assert!(parse_scaled("k", 1024).unwrap_err().contains("not a number"));
-        assert!(parse_scaled("1s", 1024).unwrap_err().contains("whole number"));
+        assert!(parse_scaled("k", 1024)
+            .unwrap_err()
+            .contains("not a number"));
+        assert!(parse_scaled("1s", 1024)
+            .unwrap_err()
+            .contains("whole number"));
     }
 
     #[test]

@@ -101,7 +101,10 @@ pub(crate) fn claims_of(ctx: &Ctx, r: &Resource, spans: &[NodeSpans]) -> Vec<Cla
         // Minors are claimed even without ublk so a config stays valid when ublk is enabled.
         push(Held::Minor(n.minor), &s.minor);
         if let Some(addr) = f.nbd_tcp {
-            push(Held::Port(addr, "nbd-listen"), s.nbd_listen.as_ref().unwrap_or(&s.header));
+            push(
+                Held::Port(addr, "nbd-listen"),
+                s.nbd_listen.as_ref().unwrap_or(&s.header),
+            );
         }
     }
     out
@@ -142,7 +145,12 @@ pub(crate) fn clashes(claims: &[Claim], only_across: bool) -> Vec<ConfigError> {
 }
 
 /// Within-resource checks run after parsing.
-pub(crate) fn check_resource(ctx: &mut Ctx, r: &Resource, spans: &[NodeSpans], frontend_span: Option<Range<usize>>) {
+pub(crate) fn check_resource(
+    ctx: &mut Ctx,
+    r: &Resource,
+    spans: &[NodeSpans],
+    frontend_span: Option<Range<usize>>,
+) {
     check_node_ids(ctx, r, spans);
     let claims = claims_of(ctx, r, spans);
     ctx.errors.extend(clashes(&claims, false));
@@ -173,7 +181,11 @@ fn check_node_ids(ctx: &mut Ctx, r: &Resource, spans: &[NodeSpans]) {
                 ),
             );
         }
-        if let Some((first, first_span)) = r.nodes[..i].iter().zip(spans).find(|(o, _)| o.node_id == n.node_id) {
+        if let Some((first, first_span)) = r.nodes[..i]
+            .iter()
+            .zip(spans)
+            .find(|(o, _)| o.node_id == n.node_id)
+        {
             let (line, col) = ctx.line_col(first_span.node_id.start);
             ctx.err(
                 s.node_id.clone(),

@@ -56,8 +56,22 @@ fn left_out_options_take_drbd_defaults() {
     assert_eq!(disk.c_max_rate_kib, 102_400);
     assert_eq!(disk.c_min_rate_kib, 250);
     assert!(disk.disk_flushes && disk.md_flushes);
-    assert_eq!(r.options, Options { quorum: Quorum::Off, on_no_quorum: OnNoQuorum::SuspendIo, auto_promote: true });
-    assert_eq!(r.frontend, Frontends { nbd: true, ublk: false, nbd_tcp: None });
+    assert_eq!(
+        r.options,
+        Options {
+            quorum: Quorum::Off,
+            on_no_quorum: OnNoQuorum::SuspendIo,
+            auto_promote: true
+        }
+    );
+    assert_eq!(
+        r.frontend,
+        Frontends {
+            nbd: true,
+            ublk: false,
+            nbd_tcp: None
+        }
+    );
     assert_eq!(r.max_peers, 7);
 }
 
@@ -69,7 +83,10 @@ fn nodes_are_read_in_file_order_with_diskless_and_external_meta() {
     assert_eq!(r.nodes[0].disk, Some(PathBuf::from("/tmp/a.img")));
     assert_eq!(r.nodes[0].meta_disk, MetaDisk::Internal);
     assert_eq!(r.nodes[1].disk, None);
-    assert_eq!(r.nodes[1].meta_disk, MetaDisk::External(PathBuf::from("/tmp/b.md")));
+    assert_eq!(
+        r.nodes[1].meta_disk,
+        MetaDisk::External(PathBuf::from("/tmp/b.md"))
+    );
     assert_eq!(r.node_by_id(1).map(|n| n.name.as_str()), Some("bob"));
     assert!(r.node_by_id(5).is_none());
 }
@@ -82,7 +99,15 @@ fn drbd_units_and_suffixes_are_converted() {
          disk-flushes = \"no\"\non-io-error = \"pass_on\"\n[options]\nquorum = 2\non-no-quorum = \"io-error\"\nauto-promote = false\n"
     );
     let r = parse(&text);
-    assert_eq!((r.net.timeout_ms, r.net.connect_int_ms, r.net.ping_int_ms, r.net.ping_timeout_ms), (3_000, 3_000, 2_000, 1_000));
+    assert_eq!(
+        (
+            r.net.timeout_ms,
+            r.net.connect_int_ms,
+            r.net.ping_int_ms,
+            r.net.ping_timeout_ms
+        ),
+        (3_000, 3_000, 2_000, 1_000)
+    );
     assert_eq!(r.net.sndbuf_size_bytes, 512 * 1024);
     assert_eq!(r.disk.resync_rate_kib, 40 * 1024);
     assert_eq!(r.disk.c_plan_ahead_ms, 0);
@@ -91,7 +116,14 @@ fn drbd_units_and_suffixes_are_converted() {
     assert_eq!(r.disk.c_min_rate_kib, 0);
     assert!(!r.disk.disk_flushes);
     assert_eq!(r.disk.on_io_error, OnIoError::PassOn);
-    assert_eq!(r.options, Options { quorum: Quorum::Nodes(2), on_no_quorum: OnNoQuorum::IoError, auto_promote: false });
+    assert_eq!(
+        r.options,
+        Options {
+            quorum: Quorum::Nodes(2),
+            on_no_quorum: OnNoQuorum::IoError,
+            auto_promote: false
+        }
+    );
 }
 
 #[test]
@@ -145,14 +177,27 @@ fn mesh_expands_to_all_pairs_and_connection_overrides_net() {
     assert_eq!(r.connections.len(), 3);
     assert_eq!(r.net_for("alice", "bob").protocol, Protocol::C);
     assert_eq!(r.net_for("alice", "bob").max_buffers, 8000);
-    assert_eq!(r.net_for("alice", "bob").shared_secret.as_deref(), Some("s3cr\"et"));
+    assert_eq!(
+        r.net_for("alice", "bob").shared_secret.as_deref(),
+        Some("s3cr\"et")
+    );
     assert_eq!(r.net_for("carol.example", "alice").protocol, Protocol::A);
     let peers: Vec<&str> = r.peers_of("bob").iter().map(|n| n.name.as_str()).collect();
     assert_eq!(peers, ["alice", "carol.example"]);
-    assert_eq!(r.net.after_sb_0pri, AfterSb0Pri::DiscardNode("alice".to_owned()));
+    assert_eq!(
+        r.net.after_sb_0pri,
+        AfterSb0Pri::DiscardNode("alice".to_owned())
+    );
     assert_eq!(r.handlers.fence_peer.as_deref(), Some("/bin/true"));
     let bob_nbd: SocketAddr = "127.0.0.1:10810".parse().unwrap();
-    assert_eq!(r.frontends_for("bob"), Frontends { nbd: true, ublk: true, nbd_tcp: Some(bob_nbd) });
+    assert_eq!(
+        r.frontends_for("bob"),
+        Frontends {
+            nbd: true,
+            ublk: true,
+            nbd_tcp: Some(bob_nbd)
+        }
+    );
 }
 
 #[test]
@@ -160,7 +205,8 @@ fn dump_parses_back_to_an_equal_resource() {
     for text in [MINIMAL, THREE] {
         let r = parse(text);
         let dumped = r.to_toml();
-        let back = parse_resource(Path::new("r0.toml"), &dumped).unwrap_or_else(|e| panic!("{e}\n{dumped}"));
+        let back = parse_resource(Path::new("r0.toml"), &dumped)
+            .unwrap_or_else(|e| panic!("{e}\n{dumped}"));
         assert_eq!(back, r, "{dumped}");
     }
 }
@@ -168,11 +214,20 @@ fn dump_parses_back_to_an_equal_resource() {
 #[test]
 fn dump_shows_defaults_and_only_overriding_connections() {
     let dumped = parse(THREE).to_toml();
-    for line in ["al-extents = 1237", "timeout = 60", "resync-rate = \"250k\"", "c-max-rate = \"100M\"", "[on.\"carol.example\"]"] {
+    for line in [
+        "al-extents = 1237",
+        "timeout = 60",
+        "resync-rate = \"250k\"",
+        "c-max-rate = \"100M\"",
+        "[on.\"carol.example\"]",
+    ] {
         assert!(dumped.contains(line), "missing {line:?} in\n{dumped}");
     }
     assert_eq!(dumped.matches("[[connection]]").count(), 1, "{dumped}");
-    assert!(dumped.contains("[connection.net]\nprotocol = \"C\"\nmax-buffers = 8000\n"), "{dumped}");
+    assert!(
+        dumped.contains("[connection.net]\nprotocol = \"C\"\nmax-buffers = 8000\n"),
+        "{dumped}"
+    );
 }
 
 #[test]
@@ -213,13 +268,15 @@ fn dump_round_trips_every_non_default_option() {
         c.net = r.net.clone();
     }
     let dumped = r.to_toml();
-    let back = parse_resource(Path::new("r0.toml"), &dumped).unwrap_or_else(|e| panic!("{e}\n{dumped}"));
+    let back =
+        parse_resource(Path::new("r0.toml"), &dumped).unwrap_or_else(|e| panic!("{e}\n{dumped}"));
     assert_eq!(back, r, "{dumped}");
 }
 
 #[test]
 fn shipped_sample_config_validates() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/resources.d/r0.toml.example");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/resources.d/r0.toml.example");
     let text = std::fs::read_to_string(&path).unwrap();
     let r = parse_resource(&path, &text).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.name, "r0");
