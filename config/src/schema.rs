@@ -154,62 +154,79 @@ pub(crate) fn parse_resource_full(
         options: common.options,
         handlers: common.handlers.clone(),
     };
-    let get = |key: &str| doc.get(key);
-    for (k, _) in entries(&doc) {
-        if !TOP_KEYS.contains(&k.get_ref().as_ref()) {
-            ctx.unknown_key(k, "the resource file", TOP_KEYS);
+    check_keys(&mut ctx, &doc, "the resource file", TOP_KEYS);
+    let frontend_span = top_level(&mut ctx, &doc, path, &mut r);
+    let spans = match doc.get("on") {
+        Some(v) => nodes(&mut ctx, v, &mut r.nodes),
+        None => {
+            let msg = "no nodes: add one `[on.<host>]` section per node with node-id, address, minor and disk";
+            ctx.err(0..0, ErrorKind::Missing, msg.to_owned());
+            Vec::new()
         }
-    }
-    match get("resource") {
-        Some(v) => resource_name(&mut ctx, v, path, &mut r.name),
+    };
+    option_sections(&mut ctx, &doc, &mut r);
+    connections(
+        &mut ctx,
+        doc.get("connection-mesh"),
+        doc.get("connection"),
+        &mut r,
+    );
+    check_resource(&mut ctx, &r, &spans, frontend_span);
+    finish(ctx, Parsed { resource: r, spans })
+}
+
+/// `resource`, `max-peers`, `frontend`, `nbd-listen`; returns where the frontend is set.
+fn top_level(
+    ctx: &mut Ctx,
+    doc: &DeTable<'_>,
+    path: &Path,
+    r: &mut Resource,
+) -> Option<Range<usize>> {
+    match doc.get("resource") {
+        Some(v) => resource_name(ctx, v, path, &mut r.name),
         None => ctx.err(
             0..0,
             ErrorKind::Missing,
             "missing `resource = \"<name>\"` (the resource name, e.g. \"r0\")".to_owned(),
         ),
     }
-    if let Some(v) = get("max-peers") {
-        r.max_peers = max_peers(&mut ctx, v).unwrap_or(r.max_peers);
+    if let Some(v) = doc.get("max-peers") {
+        r.max_peers = max_peers(ctx, v).unwrap_or(r.max_peers);
     }
-    if let Some(v) = get("frontend") {
-        r.frontend = frontend(&mut ctx, v).unwrap_or(r.frontend);
+    if let Some(v) = doc.get("frontend") {
+        r.frontend = frontend(ctx, v).unwrap_or(r.frontend);
     }
-    let mut frontend_span = get("frontend").map(|v| v.span());
-    if let Some(v) = get("nbd-listen") {
-        r.frontend.nbd_tcp = address(&mut ctx, "nbd-listen", v);
+    let mut frontend_span = doc.get("frontend").map(|v| v.span());
+    if let Some(v) = doc.get("nbd-listen") {
+        r.frontend.nbd_tcp = address(ctx, "nbd-listen", v);
         frontend_span = frontend_span.or(Some(v.span()));
     }
-    let spans = match get("on") {
-        Some(v) => nodes(&mut ctx, v, &mut r.nodes),
-        None => {
-            ctx.err(0..0, ErrorKind::Missing, "no nodes: add one `[on.<host>]` section per node with node-id, address, minor and disk".to_owned());
-            Vec::new()
-        }
-    };
+    frontend_span
+}
+
+/// `[net]`, `[disk]`, `[options]`, `[handlers]` over the `[common]` defaults.
+fn option_sections(ctx: &mut Ctx, doc: &DeTable<'_>, r: &mut Resource) {
     let hosts: Vec<String> = r.nodes.iter().map(|n| n.name.clone()).collect();
-    if let Some(v) = get("net") {
-        sub(&mut ctx, v, "net", |c, t| {
+    if let Some(v) = doc.get("net") {
+        sub(ctx, v, "net", |c, t| {
             apply_net(c, t, "[net]", &mut r.net, Some(&hosts))
         });
     }
-    if let Some(v) = get("disk") {
-        sub(&mut ctx, v, "disk", |c, t| {
+    if let Some(v) = doc.get("disk") {
+        sub(ctx, v, "disk", |c, t| {
             apply_disk(c, t, "[disk]", &mut r.disk)
         });
     }
-    if let Some(v) = get("options") {
-        sub(&mut ctx, v, "options", |c, t| {
+    if let Some(v) = doc.get("options") {
+        sub(ctx, v, "options", |c, t| {
             apply_options(c, t, "[options]", &mut r.options)
         });
     }
-    if let Some(v) = get("handlers") {
-        sub(&mut ctx, v, "handlers", |c, t| {
+    if let Some(v) = doc.get("handlers") {
+        sub(ctx, v, "handlers", |c, t| {
             apply_handlers(c, t, "[handlers]", &mut r.handlers)
         });
     }
-    connections(&mut ctx, get("connection-mesh"), get("connection"), &mut r);
-    check_resource(&mut ctx, &r, &spans, frontend_span);
-    finish(ctx, Parsed { resource: r, spans })
 }
 
 /// Resource and host names: used in file names, paths and messages.
@@ -348,36 +365,25 @@ fn node(
     t: &DeTable<'_>,
 ) -> Option<(Node, NodeSpans)> {
     let section = format!("[on.{name}]");
-    for (k, _) in entries(t) {
-        if !NODE_KEYS.contains(&k.get_ref().as_ref()) {
-            ctx.unknown_key(k, &section, NODE_KEYS);
+    check_keys(ctx, t, &section, NODE_KEYS);
+    let required = [
+        ("node-id", "0..=31, unique in the resource"),
+        ("address", "replication IP:port, e.g. \"10.0.0.1:7789\""),
+        ("minor", "device minor, /dev/ublkb<minor>"),
+        ("disk", "backing device or file, or \"none\" for diskless"),
+    ];
+    for (key, what) in required {
+        if t.get(key).is_none() {
+            let msg = format!("{section} is missing `{key}` ({what})");
+            ctx.err(header.clone(), ErrorKind::Missing, msg);
         }
     }
-    let mut missing = |key: &str, what: &str| {
-        ctx.err(
-            header.clone(),
-            ErrorKind::Missing,
-            format!("{section} is missing `{key}` ({what})"),
-        );
-    };
     let (Some(id_v), Some(addr_v), Some(minor_v), Some(disk_v)) = (
         t.get("node-id"),
         t.get("address"),
         t.get("minor"),
         t.get("disk"),
     ) else {
-        if t.get("node-id").is_none() {
-            missing("node-id", "0..=31, unique in the resource");
-        }
-        if t.get("address").is_none() {
-            missing("address", "replication IP:port, e.g. \"10.0.0.1:7789\"");
-        }
-        if t.get("minor").is_none() {
-            missing("minor", "device minor, /dev/ublkb<minor>");
-        }
-        if t.get("disk").is_none() {
-            missing("disk", "backing device or file, or \"none\" for diskless");
-        }
         return None;
     };
     let node_id = ctx
@@ -473,92 +479,102 @@ fn connections(
 ) {
     let known: Vec<String> = r.nodes.iter().map(|n| n.name.clone()).collect();
     if let Some(v) = mesh {
-        let Some(t) = ctx.table("connection-mesh", v) else {
-            return;
+        mesh_connections(ctx, v, &known, r);
+    }
+    if let Some(v) = explicit {
+        explicit_connections(ctx, v, &known, r);
+    }
+    if mesh.is_none() && explicit.is_none() {
+        if known.len() == 2 {
+            // Like drbdadm for two-host resources: an implicit connection between them.
+            let hosts = [known[0].clone(), known[1].clone()];
+            r.connections.push(Connection {
+                hosts,
+                net: r.net.clone(),
+            });
+            r.connection_mesh = known;
+        } else if known.len() > 2 {
+            let quoted: Vec<String> = known.iter().map(|h| format!("\"{h}\"")).collect();
+            let msg = format!(
+                "resource has {} nodes but no connections; add [connection-mesh] hosts = [{}] or [[connection]] entries",
+                known.len(),
+                quoted.join(", ")
+            );
+            ctx.err(0..0, ErrorKind::Missing, msg);
+        }
+    }
+}
+
+/// `[connection-mesh]`: every pair of `hosts`, with optional `[connection-mesh.net]`.
+fn mesh_connections(ctx: &mut Ctx, v: &Val<'_>, known: &[String], r: &mut Resource) {
+    let Some(t) = ctx.table("connection-mesh", v) else {
+        return;
+    };
+    check_keys(ctx, t, "[connection-mesh]", MESH_KEYS);
+    let mut net = r.net.clone();
+    if let Some(nv) = t.get("net") {
+        sub(ctx, nv, "net", |c, nt| {
+            apply_net(c, nt, "[connection-mesh.net]", &mut net, Some(known))
+        });
+    }
+    let Some(h) = hosts(ctx, "[connection-mesh]", t, v.span(), known) else {
+        return;
+    };
+    if h.len() < 2 {
+        ctx.invalid(v, "[connection-mesh] needs at least two hosts".to_owned());
+    }
+    for (i, a) in h.iter().enumerate() {
+        for b in &h[i + 1..] {
+            let hosts = [a.clone(), b.clone()];
+            r.connections.push(Connection {
+                hosts,
+                net: net.clone(),
+            });
+        }
+    }
+    r.connection_mesh = h;
+}
+
+/// `[[connection]]` entries: add a pair or override the net options of a mesh pair.
+fn explicit_connections(ctx: &mut Ctx, v: &Val<'_>, known: &[String], r: &mut Resource) {
+    let DeValue::Array(items) = v.get_ref() else {
+        let msg = "`connection` must be an array of tables: write [[connection]] sections";
+        ctx.invalid(v, msg.to_owned());
+        return;
+    };
+    let mut seen: Vec<[String; 2]> = Vec::new();
+    for item in items.iter() {
+        let Some(t) = ctx.table("connection", item) else {
+            continue;
         };
-        check_keys(ctx, t, "[connection-mesh]", MESH_KEYS);
+        check_keys(ctx, t, "[[connection]]", MESH_KEYS);
+        let Some(h) = hosts(ctx, "[[connection]]", t, item.span(), known) else {
+            continue;
+        };
+        let Ok([a, b]) = <[String; 2]>::try_from(h) else {
+            let msg = "[[connection]] needs exactly two hosts: hosts = [\"<a>\", \"<b>\"]";
+            ctx.invalid(item, msg.to_owned());
+            continue;
+        };
+        if seen
+            .iter()
+            .any(|p| (p[0] == a && p[1] == b) || (p[0] == b && p[1] == a))
+        {
+            let msg = format!("a second [[connection]] between {a} and {b}; merge them into one");
+            ctx.err(item.span(), ErrorKind::Duplicate, msg);
+            continue;
+        }
+        seen.push([a.clone(), b.clone()]);
         let mut net = r.net.clone();
         if let Some(nv) = t.get("net") {
             sub(ctx, nv, "net", |c, nt| {
-                apply_net(c, nt, "[connection-mesh.net]", &mut net, Some(&known))
+                apply_net(c, nt, "[connection.net]", &mut net, Some(known))
             });
         }
-        if let Some(h) = hosts(ctx, "[connection-mesh]", t, v.span(), &known) {
-            if h.len() < 2 {
-                ctx.invalid(v, "[connection-mesh] needs at least two hosts".to_owned());
-            }
-            for (i, a) in h.iter().enumerate() {
-                for b in &h[i + 1..] {
-                    r.connections.push(Connection {
-                        hosts: [a.clone(), b.clone()],
-                        net: net.clone(),
-                    });
-                }
-            }
-            r.connection_mesh = h;
+        match r.connections.iter_mut().find(|c| c.joins(&a, &b)) {
+            Some(c) => c.net = net,
+            None => r.connections.push(Connection { hosts: [a, b], net }),
         }
-    }
-    let mut explicit_pairs: Vec<[String; 2]> = Vec::new();
-    if let Some(v) = explicit {
-        let DeValue::Array(items) = v.get_ref() else {
-            ctx.invalid(
-                v,
-                "`connection` must be an array of tables: write [[connection]] sections".to_owned(),
-            );
-            return;
-        };
-        for item in items.iter() {
-            let Some(t) = ctx.table("connection", item) else {
-                continue;
-            };
-            check_keys(ctx, t, "[[connection]]", MESH_KEYS);
-            let Some(h) = hosts(ctx, "[[connection]]", t, item.span(), &known) else {
-                continue;
-            };
-            let [a, b] = <[String; 2]>::try_from(h).unwrap_or_else(|_| {
-                ctx.invalid(
-                    item,
-                    "[[connection]] needs exactly two hosts: hosts = [\"<a>\", \"<b>\"]".to_owned(),
-                );
-                [String::new(), String::new()]
-            });
-            if a.is_empty() {
-                continue;
-            }
-            if explicit_pairs
-                .iter()
-                .any(|p| (p[0] == a && p[1] == b) || (p[0] == b && p[1] == a))
-            {
-                ctx.err(
-                    item.span(),
-                    ErrorKind::Duplicate,
-                    format!("a second [[connection]] between {a} and {b}; merge them into one"),
-                );
-                continue;
-            }
-            explicit_pairs.push([a.clone(), b.clone()]);
-            let mut net = r.net.clone();
-            if let Some(nv) = t.get("net") {
-                sub(ctx, nv, "net", |c, nt| {
-                    apply_net(c, nt, "[connection.net]", &mut net, Some(&known))
-                });
-            }
-            match r.connections.iter_mut().find(|c| c.joins(&a, &b)) {
-                Some(c) => c.net = net,
-                None => r.connections.push(Connection { hosts: [a, b], net }),
-            }
-        }
-    }
-    if mesh.is_none() && explicit.is_none() && known.len() == 2 {
-        // Like drbdadm for two-host resources: an implicit connection between them.
-        r.connections.push(Connection {
-            hosts: [known[0].clone(), known[1].clone()],
-            net: r.net.clone(),
-        });
-        r.connection_mesh = known;
-    } else if mesh.is_none() && explicit.is_none() && known.len() > 2 {
-        let header = 0..0;
-        ctx.err(header, ErrorKind::Missing, format!("resource has {} nodes but no connections; add [connection-mesh] hosts = [{}] or [[connection]] entries", known.len(), known.iter().map(|h| format!("\"{h}\"")).collect::<Vec<_>>().join(", ")));
     }
 }
 
