@@ -1,0 +1,187 @@
+//! Results: per-row measurements across runs, medians, ratios to the baseline
+//! row, and their rendering as a text/Markdown table and a JSON document.
+//!
+//! Owns: the results schema written to the output directory. Must never: run
+//! anything or compare a number against a threshold (no timed assertions).
+
+use crate::fio::Metric;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// Measurements of one table row.
+#[derive(Debug, Clone, Serialize)]
+pub struct RowReport {
+    /// Stable id (`raw`, `qemu-nbd`, `drbdd-c`, ...).
+    pub id: String,
+    /// What was measured, for humans.
+    pub name: String,
+    /// Why the row has no numbers, when it has none.
+    pub skipped: Option<String>,
+    /// One map per completed run: metric id -> value.
+    pub runs: Vec<BTreeMap<String, f64>>,
+    /// Median over the runs.
+    pub median: BTreeMap<String, f64>,
+    /// `median / baseline median` per metric (baseline = the `raw` row).
+    pub ratio_to_baseline: BTreeMap<String, f64>,
+}
+
+impl RowReport {
+    /// A row that could not run.
+    pub fn skipped(id: &str, name: &str, reason: String) -> RowReport {
+        RowReport {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            skipped: Some(reason),
+            runs: Vec::new(),
+            median: BTreeMap::new(),
+            ratio_to_baseline: BTreeMap::new(),
+        }
+    }
+
+    /// A row with per-run results; medians filled in, ratios left to [`fill_ratios`].
+    pub fn measured(id: &str, name: &str, runs: Vec<BTreeMap<Metric, f64>>) -> RowReport {
+        let runs: Vec<BTreeMap<String, f64>> = runs
+            .into_iter()
+            .map(|r| r.into_iter().map(|(m, v)| (m.id().to_owned(), v)).collect())
+            .collect();
+        let mut median = BTreeMap::new();
+        for m in Metric::ALL {
+            let vals: Vec<f64> = runs.iter().filter_map(|r| r.get(m.id()).copied()).collect();
+            if let Some(v) = median_of(&vals) {
+                median.insert(m.id().to_owned(), v);
+            }
+        }
+        RowReport {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            skipped: None,
+            runs,
+            median,
+            ratio_to_baseline: BTreeMap::new(),
+        }
+    }
+}
+
+/// The median of `vals` (mean of the middle two for an even count); None when empty.
+pub fn median_of(vals: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = vals.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len() % 2 == 1 { v[mid] } else { (v[mid - 1] + v[mid]) / 2.0 })
+}
+
+/// Sets `ratio_to_baseline` of every row against the row with id `baseline_id`.
+pub fn fill_ratios(rows: &mut [RowReport], baseline_id: &str) {
+    let Some(base) = rows.iter().find(|r| r.id == baseline_id).map(|r| r.median.clone()) else {
+        return;
+    };
+    for row in rows.iter_mut() {
+        row.ratio_to_baseline = row
+            .median
+            .iter()
+            .filter_map(|(k, v)| {
+                let b = base.get(k).copied().filter(|b| *b > 0.0)?;
+                Some((k.clone(), v / b))
+            })
+            .collect();
+    }
+}
+
+/// Formats a value with sensible precision for its size.
+fn fmt_value(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// Renders the rows as a Markdown table (also readable as plain text). Each
+/// cell holds the median and, in parentheses, the ratio to the baseline row.
+pub fn markdown_table(rows: &[RowReport]) -> String {
+    let mut s = String::from("| row |");
+    for m in Metric::ALL {
+        let _ = write!(s, " {} |", m.header());
+    }
+    s.push_str("\n|---|");
+    for _ in Metric::ALL {
+        s.push_str("---:|");
+    }
+    s.push('\n');
+    for row in rows {
+        let _ = write!(s, "| {} |", row.name);
+        if let Some(reason) = &row.skipped {
+            let _ = write!(s, " SKIPPED: {} |", reason.replace('|', "/").replace('\n', " "));
+            for _ in 1..Metric::ALL.len() {
+                s.push_str(" |");
+            }
+        } else {
+            for m in Metric::ALL {
+                match (row.median.get(m.id()), row.ratio_to_baseline.get(m.id())) {
+                    (Some(v), Some(r)) => {
+                        let _ = write!(s, " {} ({r:.2}x) |", fmt_value(*v));
+                    }
+                    (Some(v), None) => {
+                        let _ = write!(s, " {} |", fmt_value(*v));
+                    }
+                    _ => s.push_str(" - |"),
+                }
+            }
+        }
+        s.push('\n');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(vals: &[(Metric, f64)]) -> BTreeMap<Metric, f64> {
+        vals.iter().copied().collect()
+    }
+
+    #[test]
+    fn median_takes_middle_value_and_ignores_nan() {
+        assert_eq!(median_of(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median_of(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median_of(&[f64::NAN, 5.0]), Some(5.0));
+        assert_eq!(median_of(&[]), None);
+    }
+
+    #[test]
+    fn ratios_are_relative_to_the_baseline_median() {
+        let iops = Metric::RandReadQd32Iops;
+        let mut rows = vec![
+            RowReport::measured("raw", "raw", vec![run(&[(iops, 100.0)]), run(&[(iops, 300.0)]), run(&[(iops, 200.0)])]),
+            RowReport::measured("nbd", "nbd", vec![run(&[(iops, 50.0)])]),
+            RowReport::skipped("drbdd", "drbdd", "not built".into()),
+        ];
+        fill_ratios(&mut rows, "raw");
+        assert_eq!(rows[0].median[iops.id()], 200.0);
+        assert_eq!(rows[0].ratio_to_baseline[iops.id()], 1.0);
+        assert_eq!(rows[1].ratio_to_baseline[iops.id()], 0.25);
+        assert!(rows[2].ratio_to_baseline.is_empty());
+    }
+
+    #[test]
+    fn table_shows_values_ratios_and_skip_reasons() {
+        let p50 = Metric::RandReadQd1P50Us;
+        let mut rows = vec![
+            RowReport::measured("raw", "raw file", vec![run(&[(p50, 40.0)])]),
+            RowReport::measured("q", "qemu-nbd", vec![run(&[(p50, 60.0)])]),
+            RowReport::skipped("d", "drbdd", "target/release/drbdd missing".into()),
+        ];
+        fill_ratios(&mut rows, "raw");
+        let t = markdown_table(&rows);
+        assert!(t.contains("| qemu-nbd | 60.0 (1.50x) |"), "{t}");
+        assert!(t.contains("SKIPPED: target/release/drbdd missing"), "{t}");
+        assert_eq!(t.lines().count(), 5);
+    }
+}
