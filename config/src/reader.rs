@@ -67,9 +67,12 @@ impl Ctx {
         allowed: &[&str],
     ) {
         let name = key.get_ref().as_ref();
-        let hint = did_you_mean(name, allowed)
-            .map(|s| format!("did you mean `{s}`? "))
-            .unwrap_or_default();
+        let hint = match crate::sections::home_of(name) {
+            Some(home) => format!("`{name}` belongs in {home}; "),
+            None => did_you_mean(name, allowed)
+                .map(|s| format!("did you mean `{s}`? "))
+                .unwrap_or_default(),
+        };
         self.err(
             key.span(),
             ErrorKind::UnknownKey,

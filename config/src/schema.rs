@@ -18,7 +18,7 @@ use crate::reader::{entries, Ctx, Val};
 use crate::sections::{apply_disk, apply_handlers, apply_net, apply_options};
 use crate::validate::{check_resource, NodeSpans};
 
-const TOP_KEYS: &[&str] = &[
+pub(crate) const TOP_KEYS: &[&str] = &[
     "resource",
     "frontend",
     "nbd-listen",
@@ -31,7 +31,7 @@ const TOP_KEYS: &[&str] = &[
     "connection-mesh",
     "connection",
 ];
-const NODE_KEYS: &[&str] = &[
+pub(crate) const NODE_KEYS: &[&str] = &[
     "node-id",
     "address",
     "minor",

@@ -44,6 +44,36 @@ pub(crate) const DISK_KEYS: &[&str] = &[
 ];
 pub(crate) const OPTIONS_KEYS: &[&str] = &["quorum", "on-no-quorum", "auto-promote"];
 
+/// Where a key known to drbdd belongs, for "wrong section" hints.
+pub(crate) fn home_of(key: &str) -> Option<&'static str> {
+    const HOMES: &[(&[&str], &str)] = &[
+        (NET_KEYS, "[net] (or a connection's net)"),
+        (DISK_KEYS, "[disk]"),
+        (OPTIONS_KEYS, "[options]"),
+        (crate::schema::NODE_KEYS, "an [on.<host>] section"),
+        (
+            crate::schema::TOP_KEYS,
+            "the top of the file, before any [section]",
+        ),
+    ];
+    if key == "device" {
+        return Some(
+            "nowhere: drbdd sets the device with `minor = <n>` in [on.<host>] (/dev/ublkb<n>)",
+        );
+    }
+    if crate::model::Handlers::default()
+        .entries()
+        .iter()
+        .any(|(k, _)| *k == key)
+    {
+        return Some("[handlers]");
+    }
+    HOMES
+        .iter()
+        .find(|(keys, _)| keys.contains(&key))
+        .map(|(_, home)| *home)
+}
+
 /// Checksum algorithms drbdd implements (verify-alg, csums-alg, data-integrity-alg).
 pub(crate) const HASH_ALGS: &[&str] = &["crc32c", "sha256"];
 const AFTER_SB_0PRI: &[&str] = &[

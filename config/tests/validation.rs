@@ -425,3 +425,31 @@ fn missing_local_node_names_the_nodes_there_are() {
     assert!(msg.contains("nodes are: alice, bob"), "{msg}");
     assert_eq!(e.errors[0].kind, ErrorKind::UnknownHost);
 }
+
+#[test]
+fn key_in_the_wrong_section_says_where_it_belongs() {
+    let text =
+        format!("resource = \"r0\"\nprotocol = \"C\"\n[net]\nal-extents = 3000\n{BASE_NODES}");
+    let errors = errors_of(&text);
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert_eq!((errors[0].line, errors[0].col), (2, 1));
+    assert!(
+        errors[0].message.contains("`protocol` belongs in [net]"),
+        "{}",
+        errors[0].message
+    );
+    assert_eq!((errors[1].line, errors[1].col), (4, 1));
+    assert!(
+        errors[1].message.contains("`al-extents` belongs in [disk]"),
+        "{}",
+        errors[1].message
+    );
+}
+
+#[test]
+fn drbd_device_key_points_to_minor() {
+    let text = format!("resource = \"r0\"\n{BASE_NODES}device = \"/dev/drbd1\"\n");
+    let e = one(&errors_of(&text), ErrorKind::UnknownKey);
+    assert_eq!((e.line, e.col), (12, 1));
+    assert!(e.message.contains("`minor = <n>`"), "{}", e.message);
+}
