@@ -16,7 +16,7 @@ pub const MAX_PEERS_LIMIT: u8 = 31;
 pub const NODE_ID_LIMIT: u8 = 32;
 
 /// Everything found in a config directory.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Config {
     /// `global.toml` (defaults when absent).
     pub global: Global,
@@ -32,14 +32,14 @@ impl Config {
 }
 
 /// `global.toml`: settings shared by all resources.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Global {
     /// `[common]`: defaults every resource starts from (DRBD's `common` section).
     pub common: Common,
 }
 
 /// Defaults for every resource; a resource file overrides them key by key.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Common {
     /// `frontend` default.
     pub frontend: Frontends,
@@ -69,7 +69,7 @@ impl Default for Common {
 }
 
 /// One replicated resource (one file in `resources.d/`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resource {
     /// `resource = "r0"`.
     pub name: String,
@@ -145,7 +145,7 @@ pub enum MetaDisk {
 }
 
 /// A connection between two nodes with its effective net options.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connection {
     /// The two host names.
     pub hosts: [String; 2],
@@ -215,7 +215,7 @@ pub enum AfterSb2Pri {
 }
 
 /// `[net]` options. TOML uses DRBD's units; fields carry explicit ones.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Net {
     /// `protocol` (default C).
     pub protocol: Protocol,
@@ -286,7 +286,7 @@ pub enum OnIoError {
 }
 
 /// `[disk]` options.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disk {
     /// `on-io-error` (default detach).
     pub on_io_error: OnIoError,

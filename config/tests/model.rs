@@ -286,3 +286,46 @@ fn shipped_sample_config_validates() {
     assert_eq!(r.net_for("alice", "charlie").max_buffers, 2048);
     assert_eq!(r.disk.c_fill_target_sectors, 100);
 }
+
+#[test]
+fn explicit_connections_without_mesh_form_the_topology_and_round_trip() {
+    let text = "\
+resource = \"r0\"
+[on.hub]
+node-id = 0
+address = \"10.0.0.1:7789\"
+minor = 0
+disk = \"/tmp/hub.img\"
+[on.left]
+node-id = 1
+address = \"10.0.0.2:7789\"
+minor = 0
+disk = \"/tmp/left.img\"
+[on.right]
+node-id = 2
+address = \"10.0.0.3:7789\"
+minor = 0
+disk = \"/tmp/right.img\"
+[[connection]]
+hosts = [\"hub\", \"left\"]
+[[connection]]
+hosts = [\"hub\", \"right\"]
+[connection.net]
+protocol = \"A\"
+";
+    let r = parse(text);
+    assert!(r.connection_mesh.is_empty());
+    let hub_peers: Vec<&str> = r.peers_of("hub").iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(hub_peers, ["left", "right"]);
+    assert_eq!(r.peers_of("left").len(), 1);
+    assert_eq!(r.net_for("right", "hub").protocol, Protocol::A);
+    assert_eq!(r.net_for("left", "hub").protocol, Protocol::C);
+    assert_eq!(
+        r.net_for("left", "right").protocol,
+        Protocol::C,
+        "no connection: resource net"
+    );
+    let dumped = r.to_toml();
+    assert_eq!(dumped.matches("[[connection]]").count(), 2, "{dumped}");
+    assert_eq!(parse(&dumped), r);
+}
