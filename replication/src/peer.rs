@@ -15,7 +15,12 @@
 //! makes on this connection ([`Action::UpdateGenerations`],
 //! [`Action::LocalDisk`]) and the caller applies them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+const DRAIN_PEER_WRITE: u8 = 0;
+const DRAIN_RESYNC_WRITE: u8 = 1;
+/// Bytes buffered from a peer whose handshake waits for old writes.
+const RX_BUFFER_MAX_BYTES: usize = 1 << 16;
 
 use crate::ack::{AckTracker, PeerOutcome, Protocol, WriteId};
 use crate::generation::{Generations, GiView, SbPolicy, SyncDecision};
@@ -248,6 +253,10 @@ pub struct Peer {
     ack: AckTracker,
     /// Application writes whose local disk write is not done: id -> seq.
     local_pending: BTreeMap<WriteId, u64>,
+    /// Writes of a lost connection still on their way to our disk (kind, id).
+    draining: BTreeSet<(u8, u64)>,
+    /// A connection that waits for `draining` to empty before its handshake.
+    pending_connect: Option<[u8; NONCE_BYTES]>,
     /// Writes waiting for room in the write table (bounded by max-buffers).
     tx_waiting: std::collections::VecDeque<tx::Waiting>,
     rx: rx::Receiver,
@@ -286,6 +295,8 @@ impl Peer {
             ping: Ping::Idle,
             local_pending: BTreeMap::new(),
             tx_waiting: std::collections::VecDeque::new(),
+            draining: BTreeSet::new(),
+            pending_connect: None,
             rx: rx::Receiver::default(),
             bitmap,
             sync,
@@ -392,10 +403,18 @@ impl Peer {
             }
             Event::LocalFlush { id } => self.on_local_flush(id, &mut out),
             Event::LocalWriteDone { id } => self.on_local_write_done(id, &mut out),
-            Event::PeerWriteDone { seq, ok } => self.rx_write_done(seq, ok, &mut out),
+            Event::PeerWriteDone { seq, ok } => {
+                if !self.drained((DRAIN_PEER_WRITE, seq), &mut out) {
+                    self.rx_write_done(seq, ok, &mut out);
+                }
+            }
             Event::PeerFlushDone { epoch } => self.rx_flush_done(epoch, &mut out),
             Event::ResyncReadDone { id, data } => self.source_read_done(id, data, &mut out),
-            Event::ResyncWriteDone { id } => self.target_write_done(id, &mut out),
+            Event::ResyncWriteDone { id } => {
+                if !self.drained((DRAIN_RESYNC_WRITE, id), &mut out) {
+                    self.target_write_done(id, &mut out);
+                }
+            }
             Event::RoleChanged { role } => {
                 self.local.role = role;
                 if self.established() {
@@ -431,20 +450,55 @@ impl Peer {
         out: &mut Vec<Action>,
     ) {
         self.now_ms = now_ms;
-        if self.status.conn != ConnState::Connecting {
+        if self.status.conn != ConnState::Connecting
+            || self.handshake.is_some()
+            || self.pending_connect.is_some()
+        {
             out.push(Action::Disconnect {
-                reason: format!("not connecting (state {})", self.status.conn),
+                reason: format!("not accepting a connection in state {}", self.status.conn),
                 retry: false,
             });
             return;
         }
-        let mut hs = Handshake::new(self.cfg.handshake.clone(), self.node_info(), nonce);
-        out.extend(hs.start().into_iter().map(Action::Send));
-        self.handshake = Some(hs);
         self.connected_at_ms = now_ms;
         self.last_rx_ms = now_ms;
         self.sync_uuid = sync_uuid;
         self.rx_buf.clear();
+        if self.draining.is_empty() {
+            self.start_handshake(nonce, out);
+        } else {
+            // Writes of the previous connection are still on their way to
+            // our disk; a resync now could be overtaken by them.
+            out.push(Action::Log(format!(
+                "waiting for {} writes of the previous connection before the handshake",
+                self.draining.len()
+            )));
+            self.pending_connect = Some(nonce);
+        }
+    }
+
+    fn start_handshake(&mut self, nonce: [u8; NONCE_BYTES], out: &mut Vec<Action>) {
+        let mut hs = Handshake::new(self.cfg.handshake.clone(), self.node_info(), nonce);
+        out.extend(hs.start().into_iter().map(Action::Send));
+        self.handshake = Some(hs);
+        if !self.rx_buf.is_empty() {
+            let buffered = std::mem::take(&mut self.rx_buf);
+            self.on_bytes(self.now_ms, &buffered, out);
+        }
+    }
+
+    /// An I/O of a previous connection finished; start a waiting handshake
+    /// once none is left.
+    fn drained(&mut self, key: (u8, u64), out: &mut Vec<Action>) -> bool {
+        if !self.draining.remove(&key) {
+            return false;
+        }
+        if self.draining.is_empty() {
+            if let Some(nonce) = self.pending_connect.take() {
+                self.start_handshake(nonce, out);
+            }
+        }
+        true
     }
 
     fn node_info(&self) -> NodeInfo {
@@ -465,6 +519,14 @@ impl Peer {
     fn on_bytes(&mut self, now_ms: u64, bytes: &[u8], out: &mut Vec<Action>) {
         self.now_ms = now_ms;
         self.last_rx_ms = now_ms;
+        if self.pending_connect.is_some() {
+            if self.rx_buf.len() + bytes.len() > RX_BUFFER_MAX_BYTES {
+                self.protocol_error("peer sent too much before the handshake".into(), out);
+            } else {
+                self.rx_buf.extend_from_slice(bytes);
+            }
+            return;
+        }
         if self.handshake.is_none() && !self.established() {
             return; // stale bytes from a connection we already dropped
         }
@@ -679,12 +741,20 @@ impl Peer {
 
     /// Drops the connection: unconfirmed writes become out of sync.
     fn lose_connection(&mut self, reason: String, retry: bool, out: &mut Vec<Action>) {
-        let was_up = self.handshake.is_some() || self.established();
+        let was_up =
+            self.handshake.is_some() || self.established() || self.pending_connect.is_some();
         self.handshake = None;
         let lost = self.ack.connection_lost();
         self.apply_ack(lost, out);
         self.tx_fail_waiting(out);
         self.local_pending.clear();
+        for seq in self.rx.inflight_seqs() {
+            self.draining.insert((DRAIN_PEER_WRITE, seq));
+        }
+        for id in self.sync.planner.writing_ids() {
+            self.draining.insert((DRAIN_RESYNC_WRITE, id));
+        }
+        self.pending_connect = None;
         self.rx = rx::Receiver::default();
         self.sync.reset();
         self.rx_buf.clear();

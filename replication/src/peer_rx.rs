@@ -6,7 +6,8 @@
 //! (protocol C) or NegAck when our disk is done, and BarrierAck once every
 //! write of an epoch is done and flushed. Must never: submit a write of epoch
 //! e+1 while a write of epoch e is still on its way to the disk, or submit a
-//! peer write over a block a resync write is still writing.
+//! peer write over a block that an earlier peer write or a resync write is
+//! still writing (the disk could complete them in either order).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -40,8 +41,8 @@ struct RxEpoch {
 #[derive(Debug, Default)]
 pub(super) struct Receiver {
     epochs: VecDeque<RxEpoch>,
-    /// seq -> epoch of writes on their way to our disk.
-    inflight: BTreeMap<u64, u32>,
+    /// seq -> (epoch, offset, length) of writes on their way to our disk.
+    inflight: BTreeMap<u64, (u32, u64, u64)>,
     /// Writes waiting for an earlier epoch or an overlapping resync write.
     held: VecDeque<PeerWrite>,
 }
@@ -59,6 +60,20 @@ impl Receiver {
             flushing: false,
         });
         self.epochs.back_mut().expect("just pushed")
+    }
+
+    /// Sequence numbers of writes on their way to our disk.
+    pub(super) fn inflight_seqs(&self) -> Vec<u64> {
+        self.inflight.keys().copied().collect()
+    }
+
+    /// True if a write on its way to our disk overlaps the range: a later
+    /// write to the same blocks must not race it (the disk may reorder).
+    fn overlaps_inflight(&self, offset_bytes: u64, len_bytes: u64) -> bool {
+        let end = offset_bytes.saturating_add(len_bytes);
+        self.inflight
+            .values()
+            .any(|(_, o, l)| *o < end && offset_bytes < o.saturating_add(*l))
     }
 
     fn earlier_pending(&self, epoch: u32) -> bool {
@@ -103,11 +118,10 @@ impl Peer {
     /// Submits held writes from the front while ordering allows.
     pub(super) fn rx_release(&mut self, out: &mut Vec<Action>) {
         while let Some(front) = self.rx.held.front() {
+            let len = u64::from(front.len_bytes);
             let blocked = self.rx.earlier_pending(front.epoch)
-                || self
-                    .sync
-                    .planner
-                    .overlaps_writing(front.offset_bytes, u64::from(front.len_bytes));
+                || self.rx.overlaps_inflight(front.offset_bytes, len)
+                || self.sync.planner.overlaps_writing(front.offset_bytes, len);
             if blocked {
                 return;
             }
@@ -115,7 +129,9 @@ impl Peer {
             let e = self.rx.epoch_mut(w.epoch);
             e.pending += 1;
             e.writes += 1;
-            self.rx.inflight.insert(w.seq, w.epoch);
+            self.rx
+                .inflight
+                .insert(w.seq, (w.epoch, w.offset_bytes, u64::from(w.len_bytes)));
             out.push(Action::SubmitPeerWrite {
                 seq: w.seq,
                 offset_bytes: w.offset_bytes,
@@ -128,7 +144,7 @@ impl Peer {
     }
 
     pub(super) fn rx_write_done(&mut self, seq: u64, ok: bool, out: &mut Vec<Action>) {
-        let Some(epoch) = self.rx.inflight.remove(&seq) else {
+        let Some((epoch, _, _)) = self.rx.inflight.remove(&seq) else {
             return; // from a connection that is gone
         };
         if !ok {

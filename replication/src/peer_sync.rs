@@ -30,8 +30,12 @@ pub(super) struct SyncState {
     bitmap_sent: bool,
     bitmap_received: bool,
     acked_bytes: u64,
-    source_reads: BTreeMap<u64, (u64, u32)>,
+    /// Local read id -> (the target's request id, offset, length).
+    source_reads: BTreeMap<u64, (u64, u64, u32)>,
     source_deferred: VecDeque<(u64, u64, u32)>,
+    /// Ids of local I/O (reads) never repeat, so a completion from a
+    /// connection that is gone cannot be mistaken for a current one.
+    next_io_id: u64,
     max_requests: usize,
     cfg: PeerConfig,
 }
@@ -48,13 +52,21 @@ impl SyncState {
             acked_bytes: 0,
             source_reads: BTreeMap::new(),
             source_deferred: VecDeque::new(),
+            next_io_id: 1,
             max_requests: cfg.max_resync_requests,
             cfg: cfg.clone(),
         }
     }
 
+    /// Forgets the connection's resync state. Request and I/O ids keep
+    /// counting up: completions of the old connection's I/O may still come.
     pub(super) fn reset(&mut self) {
+        let mut planner = std::mem::replace(&mut self.planner, ResyncPlanner::new(1, 4096));
+        planner.reset();
+        let next_io_id = self.next_io_id;
         *self = Self::new(&self.cfg);
+        self.planner = planner;
+        self.next_io_id = next_io_id;
     }
 
     pub(super) fn progress(&mut self, now_ms: u64, remaining_blocks: u64) -> Option<Progress> {
@@ -405,9 +417,11 @@ impl Peer {
             if self.ack.overlaps_unfinished_local(offset, u64::from(len)) {
                 still.push_back((id, offset, len));
             } else {
-                self.sync.source_reads.insert(id, (offset, len));
+                let io_id = self.sync.next_io_id;
+                self.sync.next_io_id += 1;
+                self.sync.source_reads.insert(io_id, (id, offset, len));
                 out.push(Action::ReadForResync {
-                    id,
+                    id: io_id,
                     offset_bytes: offset,
                     len_bytes: len,
                 });
@@ -422,7 +436,7 @@ impl Peer {
         data: Option<Vec<u8>>,
         out: &mut Vec<Action>,
     ) {
-        let Some((offset_bytes, len)) = self.sync.source_reads.remove(&id) else {
+        let Some((id, offset_bytes, len)) = self.sync.source_reads.remove(&id) else {
             return; // from a connection that is gone
         };
         match data {

@@ -378,12 +378,22 @@ impl ResyncPlanner {
         Some((offset, len))
     }
 
+    /// Ids of replies being written to the disk.
+    pub fn writing_ids(&self) -> Vec<u64> {
+        self.inflight
+            .iter()
+            .filter(|(_, r)| r.state == ReqState::Writing)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// Nothing left to request and nothing in flight.
     pub fn is_finished(&self, bitmap: &SyncBitmap) -> bool {
         self.inflight.is_empty() && bitmap.count() == 0
     }
 
-    /// Forgets every request (connection lost); bits stay set.
+    /// Forgets every request (connection lost); bits stay set. Ids keep
+    /// counting up so late completions of old requests match nothing.
     pub fn reset(&mut self) {
         self.inflight.clear();
         self.cursor_block = 0;

@@ -21,10 +21,11 @@ pub const DISK_BYTES: u64 = 64 * BLOCK_BYTES;
 /// An I/O completion waiting to be reported.
 #[derive(Debug, Clone)]
 pub enum Io {
-    PeerWrite(u64, bool),
+    /// Data lands on the disk when the completion is delivered.
+    PeerWrite(u64, u64, Vec<u8>),
     PeerFlush(u32),
     ResyncRead(u64, Option<Vec<u8>>),
-    ResyncWrite(u64),
+    ResyncWrite(u64, u64, Vec<u8>),
 }
 
 #[derive(Debug)]
@@ -42,6 +43,7 @@ pub struct Node {
     pub io: VecDeque<Io>,
     pub hold_peer_writes: bool,
     pub hold_resync_reads: bool,
+    pub hold_resync_writes: bool,
     pub held: Vec<Io>,
 }
 
@@ -106,6 +108,7 @@ impl Node {
             io: VecDeque::new(),
             hold_peer_writes: false,
             hold_resync_reads: false,
+            hold_resync_writes: false,
             held: Vec::new(),
         }
     }
@@ -124,6 +127,11 @@ impl Node {
 
     pub fn release_held(&mut self) {
         self.io.extend(self.held.drain(..));
+    }
+
+    /// Releases held completions newest first (the disk reorders them).
+    pub fn release_held_reversed(&mut self) {
+        self.io.extend(self.held.drain(..).rev());
     }
 
     fn write_disk(&mut self, offset: u64, data: &[u8]) {
@@ -162,15 +170,12 @@ impl Node {
                     flags,
                     data,
                 } => {
-                    if flags & (DATA_DISCARD | DATA_ZEROES) != 0 {
-                        self.write_disk(
-                            offset_bytes,
-                            &vec![0; usize::try_from(len_bytes).unwrap()],
-                        );
+                    let data = if flags & (DATA_DISCARD | DATA_ZEROES) != 0 {
+                        vec![0; usize::try_from(len_bytes).unwrap()]
                     } else {
-                        self.write_disk(offset_bytes, &data);
-                    }
-                    let io = Io::PeerWrite(seq, true);
+                        data
+                    };
+                    let io = Io::PeerWrite(seq, offset_bytes, data);
                     if self.hold_peer_writes {
                         self.held.push(io);
                     } else {
@@ -198,8 +203,12 @@ impl Node {
                     offset_bytes,
                     data,
                 } => {
-                    self.write_disk(offset_bytes, &data);
-                    self.io.push_back(Io::ResyncWrite(id));
+                    let io = Io::ResyncWrite(id, offset_bytes, data);
+                    if self.hold_resync_writes {
+                        self.held.push(io);
+                    } else {
+                        self.io.push_back(io);
+                    }
                 }
                 Action::UpdateGenerations(u) => u.apply(&mut self.gens, 0),
                 Action::LocalDisk(d) => self.disk_state = d,
@@ -212,6 +221,15 @@ impl Node {
             }
         }
         dropped
+    }
+}
+
+/// With `TRACE=1` in the environment, prints every action and completion
+/// (shortened) to replay a failing seed.
+fn trace(now_ms: u64, node: usize, what: &str) {
+    if std::env::var_os("TRACE").is_some() {
+        let short: String = what.chars().take(160).collect();
+        eprintln!("[{now_ms} ms] node{node} {short}");
     }
 }
 
@@ -237,6 +255,9 @@ impl Pair {
     }
 
     fn apply(&mut self, i: usize, actions: Vec<Action>) {
+        for a in &actions {
+            trace(self.now_ms, i, &format!("{a:?}"));
+        }
         let link_up = self.link_up;
         let dropped = self.nodes[i].execute(actions, &mut self.wires[i], link_up);
         if dropped && self.link_up {
@@ -306,11 +327,18 @@ impl Pair {
                 }
                 if let Some(io) = self.nodes[i].io.pop_front() {
                     moved = true;
+                    trace(self.now_ms, i, &format!("I/O done: {io:?}"));
                     let event = match io {
-                        Io::PeerWrite(seq, ok) => Event::PeerWriteDone { seq, ok },
+                        Io::PeerWrite(seq, offset, data) => {
+                            self.nodes[i].write_disk(offset, &data);
+                            Event::PeerWriteDone { seq, ok: true }
+                        }
                         Io::PeerFlush(epoch) => Event::PeerFlushDone { epoch },
                         Io::ResyncRead(id, data) => Event::ResyncReadDone { id, data },
-                        Io::ResyncWrite(id) => Event::ResyncWriteDone { id },
+                        Io::ResyncWrite(id, offset, data) => {
+                            self.nodes[i].write_disk(offset, &data);
+                            Event::ResyncWriteDone { id }
+                        }
                     };
                     let actions = self.nodes[i].peer.handle(event);
                     self.apply(i, actions);
