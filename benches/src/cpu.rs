@@ -42,15 +42,25 @@ pub fn micro_write(target: MicroTarget, writes: u64) -> Result<u64> {
         MicroTarget::Mem => Box::new(MemTarget::new(16 << 20)),
     };
     let size_bytes = device.geometry().size_bytes;
-    let session = device.open("drbdd-bench micro-write", true).map_err(|e| anyhow::anyhow!("open: {e}"))?;
+    let session = device
+        .open("drbdd-bench micro-write", true)
+        .map_err(|e| anyhow::anyhow!("open: {e}"))?;
     let (tx, rx) = mpsc::channel();
     let mut buf = AlignedBuf::from_slice(&[0x5a; WRITE_BYTES as usize]);
     let mut offset_bytes = 0u64;
     for _ in 0..writes {
-        let req = BlockRequest { op: BlockOp::Write, offset_bytes, len_bytes: WRITE_BYTES, fua: false };
+        let req = BlockRequest {
+            op: BlockOp::Write,
+            offset_bytes,
+            len_bytes: WRITE_BYTES,
+            fua: false,
+        };
         let tx = tx.clone();
         session.submit(req, buf, Box::new(move |r| drop(tx.send(r))));
-        buf = rx.recv().context("completion never ran")?.map_err(|e| anyhow::anyhow!("write failed: {e}"))?;
+        buf = rx
+            .recv()
+            .context("completion never ran")?
+            .map_err(|e| anyhow::anyhow!("write failed: {e}"))?;
         offset_bytes = (offset_bytes + u64::from(WRITE_BYTES)) % size_bytes;
     }
     Ok(writes)
@@ -70,8 +80,13 @@ pub struct CpuReport {
 pub fn parse_callgrind_total(text: &str) -> Option<u64> {
     let mut totals = None;
     for line in text.lines() {
-        let rest = line.strip_prefix("summary:").or_else(|| line.strip_prefix("totals:"));
-        if let Some(n) = rest.and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()) {
+        let rest = line
+            .strip_prefix("summary:")
+            .or_else(|| line.strip_prefix("totals:"));
+        if let Some(n) = rest
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+        {
             totals = Some(n);
             if line.starts_with("summary:") {
                 return totals;
@@ -86,24 +101,46 @@ fn callgrind_instructions(exe: &Path, target: MicroTarget, writes: u64, out: &Pa
         .arg("--tool=callgrind")
         .arg(format!("--callgrind-out-file={}", out.display()))
         .arg(exe)
-        .args(["micro-write", "--target", target.id(), "--writes", &writes.to_string()])
+        .args([
+            "micro-write",
+            "--target",
+            target.id(),
+            "--writes",
+            &writes.to_string(),
+        ])
         .output()
         .context("starting valgrind")?;
     if !status.status.success() {
-        bail!("valgrind failed ({}): {}", status.status, String::from_utf8_lossy(&status.stderr).trim());
+        bail!(
+            "valgrind failed ({}): {}",
+            status.status,
+            String::from_utf8_lossy(&status.stderr).trim()
+        );
     }
-    let text = std::fs::read_to_string(out).with_context(|| format!("reading {}", out.display()))?;
-    parse_callgrind_total(&text).with_context(|| format!("no summary:/totals: line in {}", out.display()))
+    let text =
+        std::fs::read_to_string(out).with_context(|| format!("reading {}", out.display()))?;
+    parse_callgrind_total(&text)
+        .with_context(|| format!("no summary:/totals: line in {}", out.display()))
 }
 
 /// Runs the micro-benchmark under callgrind at `writes` and `2 * writes`; `Err` is the skip reason.
-pub fn measure(exe: &Path, target: MicroTarget, writes: u64, scratch: &Path) -> Result<CpuReport, String> {
+pub fn measure(
+    exe: &Path,
+    target: MicroTarget,
+    writes: u64,
+    scratch: &Path,
+) -> Result<CpuReport, String> {
     if crate::sys::which("valgrind").is_none() {
         return Err("valgrind not installed (apt-get install valgrind)".to_owned());
     }
     let run = |n: u64| {
-        callgrind_instructions(exe, target, n, &scratch.join(format!("callgrind.{}.{n}.out", target.id())))
-            .map_err(|e| format!("{e:#}"))
+        callgrind_instructions(
+            exe,
+            target,
+            n,
+            &scratch.join(format!("callgrind.{}.{n}.out", target.id())),
+        )
+        .map_err(|e| format!("{e:#}"))
     };
     let at_n = run(writes)?;
     let at_2n = run(writes * 2)?;

@@ -50,7 +50,10 @@ impl DrbddOptions {
 
     /// The NBD socket path for a node with run dir `run_dir`.
     pub fn nbd_socket(&self, run_dir: &Path) -> PathBuf {
-        PathBuf::from(self.nbd_socket_template.replace("{run_dir}", &run_dir.display().to_string()))
+        PathBuf::from(
+            self.nbd_socket_template
+                .replace("{run_dir}", &run_dir.display().to_string()),
+        )
     }
 }
 
@@ -81,7 +84,10 @@ pub fn resource_toml(nodes: &[NodeSpec], protocol: char) -> String {
     }
     if nodes.len() > 1 {
         let hosts: Vec<String> = nodes.iter().map(|n| format!("\"{}\"", n.name)).collect();
-        s.push_str(&format!("\n[connection-mesh]\nhosts = [{}]\n", hosts.join(", ")));
+        s.push_str(&format!(
+            "\n[connection-mesh]\nhosts = [{}]\n",
+            hosts.join(", ")
+        ));
     }
     s
 }
@@ -104,12 +110,22 @@ pub struct DrbddNode {
 
 impl DrbddNode {
     /// Creates dirs, the backing file and the resource file; does not start anything.
-    fn prepare(env: &SetupEnv, dir: &Path, spec: &NodeSpec, toml: &str) -> anyhow::Result<DrbddNode> {
+    fn prepare(
+        env: &SetupEnv,
+        dir: &Path,
+        spec: &NodeSpec,
+        toml: &str,
+    ) -> anyhow::Result<DrbddNode> {
         let config_dir = dir.join(format!("{}-config", spec.name));
         let run_dir = dir.join(format!("{}-run", spec.name));
         std::fs::create_dir_all(config_dir.join("resources.d"))?;
         std::fs::create_dir_all(&run_dir)?;
-        std::fs::write(config_dir.join("resources.d").join(format!("{RESOURCE}.toml")), toml)?;
+        std::fs::write(
+            config_dir
+                .join("resources.d")
+                .join(format!("{RESOURCE}.toml")),
+            toml,
+        )?;
         sys::create_filled_file(&spec.disk, env.size_bytes)?;
         Ok(DrbddNode {
             name: spec.name.clone(),
@@ -145,18 +161,27 @@ impl DrbddNode {
             .arg(&self.name);
         let log = log_dir.join(format!("{}-drbdd.log", self.name));
         let mut g = ChildGuard::spawn(&format!("drbdd {}", self.name), cmd, &log)?;
-        sys::wait_for_unix_socket(&self.run_dir.join("drbdd.sock"), Duration::from_secs(10), Some(&mut g))?;
+        sys::wait_for_unix_socket(
+            &self.run_dir.join("drbdd.sock"),
+            Duration::from_secs(10),
+            Some(&mut g),
+        )?;
         self.daemon = Some(g);
         Ok(())
     }
 
     /// create-md (offline first; retried once the daemon runs), daemon, `up`.
     fn bring_up(&mut self, log_dir: &Path) -> anyhow::Result<()> {
-        let offline = self.ctl(&["create-md", "--force", RESOURCE]).or_else(|_| self.ctl(&["create-md", RESOURCE]));
+        let offline = self
+            .ctl(&["create-md", "--force", RESOURCE])
+            .or_else(|_| self.ctl(&["create-md", RESOURCE]));
         self.start_daemon(log_dir)?;
         if let Err(e) = offline {
-            self.ctl(&["create-md", RESOURCE])
-                .map_err(|e2| anyhow::anyhow!("create-md failed offline ({e:#}) and with the daemon running ({e2:#})"))?;
+            self.ctl(&["create-md", RESOURCE]).map_err(|e2| {
+                anyhow::anyhow!(
+                    "create-md failed offline ({e:#}) and with the daemon running ({e2:#})"
+                )
+            })?;
         }
         self.ctl(&["up", RESOURCE])?;
         Ok(())
@@ -218,14 +243,24 @@ impl DrbddStandalone {
                 minor: 0,
                 disk: dir.join("solo.img"),
             };
-            let mut node = DrbddNode::prepare(env, &dir, &spec, &resource_toml(std::slice::from_ref(&spec), 'C'))?;
+            let mut node = DrbddNode::prepare(
+                env,
+                &dir,
+                &spec,
+                &resource_toml(std::slice::from_ref(&spec), 'C'),
+            )?;
             node.bring_up(&dir)?;
             node.ctl(&["primary", "--force", RESOURCE])?;
             node.wait_nbd()?;
             let nbd_socket = node.nbd_socket();
             Ok(DrbddStandalone { node, nbd_socket })
         };
-        inner().map_err(|e| format!("drbdd standalone did not come up: {e:#} (logs in {})", dir.display()))
+        inner().map_err(|e| {
+            format!(
+                "drbdd standalone did not come up: {e:#} (logs in {})",
+                dir.display()
+            )
+        })
     }
 }
 
@@ -245,16 +280,34 @@ impl DrbddPair {
         if let Some(why) = env.drbdd.missing_binaries() {
             return Err(why);
         }
-        let dir = env.work_dir.join(format!("drbdd-pair-{}", protocol.to_ascii_lowercase()));
-        Self::start_in(env, &dir, protocol)
-            .map_err(|e| format!("drbdd pair (protocol {protocol}) did not come up: {e:#} (logs in {})", dir.display()))
+        let dir = env
+            .work_dir
+            .join(format!("drbdd-pair-{}", protocol.to_ascii_lowercase()));
+        Self::start_in(env, &dir, protocol).map_err(|e| {
+            format!(
+                "drbdd pair (protocol {protocol}) did not come up: {e:#} (logs in {})",
+                dir.display()
+            )
+        })
     }
 
     fn start_in(env: &SetupEnv, dir: &Path, protocol: char) -> anyhow::Result<DrbddPair> {
         std::fs::create_dir_all(dir)?;
         let specs = [
-            NodeSpec { name: "alice".into(), node_id: 0, address: free_loopback_addr()?, minor: 0, disk: dir.join("alice.img") },
-            NodeSpec { name: "bob".into(), node_id: 1, address: free_loopback_addr()?, minor: 1, disk: dir.join("bob.img") },
+            NodeSpec {
+                name: "alice".into(),
+                node_id: 0,
+                address: free_loopback_addr()?,
+                minor: 0,
+                disk: dir.join("alice.img"),
+            },
+            NodeSpec {
+                name: "bob".into(),
+                node_id: 1,
+                address: free_loopback_addr()?,
+                minor: 1,
+                disk: dir.join("bob.img"),
+            },
         ];
         let toml = resource_toml(&specs, protocol);
         let mut alice = DrbddNode::prepare(env, dir, &specs[0], &toml)?;
@@ -266,7 +319,12 @@ impl DrbddPair {
         wait_peer_up_to_date(&alice, "bob", Duration::from_secs(env.drbdd.sync_timeout_s))?;
         let full_sync = started.elapsed();
         alice.wait_nbd()?;
-        Ok(DrbddPair { alice, bob, protocol, full_sync })
+        Ok(DrbddPair {
+            alice,
+            bob,
+            protocol,
+            full_sync,
+        })
     }
 
     /// The primary's NBD socket.
@@ -282,13 +340,16 @@ pub fn status_shows_peer_up_to_date(status: &str, peer: &str) -> bool {
     let mut lines = status.lines();
     let Some(head) = lines.find(|l| {
         let t = l.trim_start();
-        indent_of(l) > 0 && t.strip_prefix(peer).is_some_and(|rest| rest.is_empty() || rest.starts_with(' '))
+        indent_of(l) > 0
+            && t.strip_prefix(peer)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(' '))
     }) else {
         return false;
     };
     let head_indent = indent_of(head);
-    let block: Vec<&str> =
-        std::iter::once(head).chain(lines.take_while(|l| indent_of(l) > head_indent)).collect();
+    let block: Vec<&str> = std::iter::once(head)
+        .chain(lines.take_while(|l| indent_of(l) > head_indent))
+        .collect();
     let text = block.join(" ");
     let connected = !text.contains("connection:") || text.contains("connection:Connected");
     let syncing = text.contains("replication:Sync") || text.contains("replication:PausedSync");
@@ -306,7 +367,11 @@ pub fn wait_peer_up_to_date(node: &DrbddNode, peer: &str, timeout: Duration) -> 
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    anyhow::bail!("{peer} not UpToDate after {} s; last status: {}", timeout.as_secs(), last.replace('\n', " / "))
+    anyhow::bail!(
+        "{peer} not UpToDate after {} s; last status: {}",
+        timeout.as_secs(),
+        last.replace('\n', " / ")
+    )
 }
 
 #[cfg(test)]
@@ -316,20 +381,35 @@ mod tests {
     #[test]
     fn pair_resource_file_names_both_nodes_and_the_protocol() {
         let specs = [
-            NodeSpec { name: "alice".into(), node_id: 0, address: "127.0.0.1:7789".parse().unwrap(), minor: 0, disk: "/tmp/a.img".into() },
-            NodeSpec { name: "bob".into(), node_id: 1, address: "127.0.0.1:7790".parse().unwrap(), minor: 1, disk: "/tmp/b.img".into() },
+            NodeSpec {
+                name: "alice".into(),
+                node_id: 0,
+                address: "127.0.0.1:7789".parse().unwrap(),
+                minor: 0,
+                disk: "/tmp/a.img".into(),
+            },
+            NodeSpec {
+                name: "bob".into(),
+                node_id: 1,
+                address: "127.0.0.1:7790".parse().unwrap(),
+                minor: 1,
+                disk: "/tmp/b.img".into(),
+            },
         ];
         let t = resource_toml(&specs, 'B');
         assert!(t.contains("resource = \"r0\""));
         assert!(t.contains("protocol = \"B\""));
         assert!(t.contains("[on.alice]\nnode-id = 0\naddress = \"127.0.0.1:7789\""));
-        assert!(t.contains("[on.bob]\nnode-id = 1\naddress = \"127.0.0.1:7790\"\nminor = 1\ndisk = \"/tmp/b.img\""));
+        assert!(t.contains(
+            "[on.bob]\nnode-id = 1\naddress = \"127.0.0.1:7790\"\nminor = 1\ndisk = \"/tmp/b.img\""
+        ));
         assert!(t.contains("hosts = [\"alice\", \"bob\"]"));
     }
 
     #[test]
     fn status_up_to_date_only_when_peer_synced() {
-        let synced = "r0 role:Primary\n  disk:UpToDate\n  bob role:Secondary\n    peer-disk:UpToDate\n";
+        let synced =
+            "r0 role:Primary\n  disk:UpToDate\n  bob role:Secondary\n    peer-disk:UpToDate\n";
         assert!(status_shows_peer_up_to_date(synced, "bob"));
         let syncing = "r0 role:Primary\n  disk:UpToDate\n  bob role:Secondary\n    replication:SyncSource peer-disk:Inconsistent done:12.5\n";
         assert!(!status_shows_peer_up_to_date(syncing, "bob"));
@@ -340,8 +420,18 @@ mod tests {
 
     #[test]
     fn nbd_socket_template_is_filled_with_the_run_dir() {
-        let o = DrbddOptions { bin_dir: "/x".into(), nbd_socket_template: "{run_dir}/r0.nbd".into(), sync_timeout_s: 1 };
-        assert_eq!(o.nbd_socket(Path::new("/tmp/run")), PathBuf::from("/tmp/run/r0.nbd"));
-        assert!(o.missing_binaries().unwrap().contains("/x/drbdd does not exist"));
+        let o = DrbddOptions {
+            bin_dir: "/x".into(),
+            nbd_socket_template: "{run_dir}/r0.nbd".into(),
+            sync_timeout_s: 1,
+        };
+        assert_eq!(
+            o.nbd_socket(Path::new("/tmp/run")),
+            PathBuf::from("/tmp/run/r0.nbd")
+        );
+        assert!(o
+            .missing_binaries()
+            .unwrap()
+            .contains("/x/drbdd does not exist"));
     }
 }

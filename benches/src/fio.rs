@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 /// One fio workload. Each yields one or two [`Metric`]s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,8 +138,8 @@ impl Metric {
             Metric::RandWriteQd1P99Us => "rw4k QD1 p99 µs",
             Metric::RandReadQd32Iops => "rr4k QD32 IOPS",
             Metric::RandWriteQd32Iops => "rw4k QD32 IOPS",
-            Metric::SeqWrite1MMbPerS => "write 1M MB/s",
-            Metric::SeqRead1MMbPerS => "read 1M MB/s",
+            Metric::SeqWrite1MMbPerS => "write 1M QD8 MB/s",
+            Metric::SeqRead1MMbPerS => "read 1M QD8 MB/s",
         }
     }
 
@@ -176,7 +177,9 @@ pub enum FioTarget {
 impl FioTarget {
     /// An NBD URI for a unix socket and export name.
     pub fn nbd_unix(socket: &Path, export: &str) -> FioTarget {
-        FioTarget::Nbd { uri: nbd_unix_uri(socket, export) }
+        FioTarget::Nbd {
+            uri: nbd_unix_uri(socket, export),
+        }
     }
 }
 
@@ -318,28 +321,24 @@ pub fn run_job(
     use anyhow::Context;
     let output = scratch.join(format!("{tag}-{}.json", w.id()));
     let args = fio_args(w, target, timing, &output);
-    let out = Command::new("fio").args(&args).output().context("starting fio")?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "fio {} failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    // fio ends on its own after ramp + runtime; the bound only catches a hung server.
+    let bound = Duration::from_secs(u64::from(timing.runtime_s + timing.ramp_s) + 120);
+    crate::sys::run_checked_within(Command::new("fio").args(&args), bound)?;
     let text = std::fs::read_to_string(&output)
         .with_context(|| format!("reading fio output {}", output.display()))?;
     let side = parse_fio_json(&text, w.direction())
         .with_context(|| format!("parsing fio output {}", output.display()))?;
-    Ok(w.metrics().iter().map(|m| (*m, m.value_from(&side))).collect())
+    Ok(w.metrics()
+        .iter()
+        .map(|m| (*m, m.value_from(&side)))
+        .collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const RANDWRITE_QD1: &str =
-        include_str!("../tests/data/fio-3.33-randwrite-qd1-io_uring.json");
+    const RANDWRITE_QD1: &str = include_str!("../tests/data/fio-3.33-randwrite-qd1-io_uring.json");
     const RANDREAD_NBD: &str = include_str!("../tests/data/fio-3.33-randread-qd1-nbd.json");
 
     #[test]
@@ -375,29 +374,55 @@ mod tests {
     #[test]
     fn failed_job_and_garbage_are_errors() {
         let failed = RANDWRITE_QD1.replacen("\"error\" : 0", "\"error\" : 5", 1);
-        assert!(matches!(parse_fio_json(&failed, Direction::Write), Err(FioParseError::JobError(5))));
-        assert!(matches!(parse_fio_json("not json", Direction::Write), Err(FioParseError::NotJson(_))));
-        assert!(matches!(parse_fio_json("{\"jobs\": []}", Direction::Write), Err(FioParseError::NoJobs)));
+        assert!(matches!(
+            parse_fio_json(&failed, Direction::Write),
+            Err(FioParseError::JobError(5))
+        ));
+        assert!(matches!(
+            parse_fio_json("not json", Direction::Write),
+            Err(FioParseError::NotJson(_))
+        ));
+        assert!(matches!(
+            parse_fio_json("{\"jobs\": []}", Direction::Write),
+            Err(FioParseError::NoJobs)
+        ));
     }
 
     #[test]
     fn file_target_uses_io_uring_with_o_direct_and_nbd_target_uses_uri() {
-        let t = JobTiming { runtime_s: 2, ramp_s: 0 };
-        let file = FioTarget::DirectFile { path: "/tmp/x.img".into(), size_bytes: 4096 };
+        let t = JobTiming {
+            runtime_s: 2,
+            ramp_s: 0,
+        };
+        let file = FioTarget::DirectFile {
+            path: "/tmp/x.img".into(),
+            size_bytes: 4096,
+        };
         let a = fio_args(Workload::RandReadQd32, &file, t, Path::new("/tmp/o.json"));
-        for want in ["--ioengine=io_uring", "--direct=1", "--iodepth=32", "--bs=4k", "--rw=randread"] {
+        for want in [
+            "--ioengine=io_uring",
+            "--direct=1",
+            "--iodepth=32",
+            "--bs=4k",
+            "--rw=randread",
+        ] {
             assert!(a.iter().any(|x| x == want), "{want} missing in {a:?}");
         }
         let nbd = FioTarget::nbd_unix(Path::new("/run/r/r0.nbd"), "r0");
         let a = fio_args(Workload::SeqWrite1M, &nbd, t, Path::new("/tmp/o.json"));
-        assert!(a.iter().any(|x| x == "--uri=nbd+unix:///r0?socket=/run/r/r0.nbd"));
+        assert!(a
+            .iter()
+            .any(|x| x == "--uri=nbd+unix:///r0?socket=/run/r/r0.nbd"));
         assert!(a.iter().any(|x| x == "--ioengine=nbd"));
         assert!(!a.iter().any(|x| x.starts_with("--direct")));
     }
 
     #[test]
     fn every_metric_comes_from_exactly_one_workload() {
-        let mut seen: Vec<Metric> = Workload::ALL.iter().flat_map(|w| w.metrics().to_vec()).collect();
+        let mut seen: Vec<Metric> = Workload::ALL
+            .iter()
+            .flat_map(|w| w.metrics().to_vec())
+            .collect();
         seen.sort();
         assert_eq!(seen, Metric::ALL.to_vec());
     }

@@ -18,7 +18,10 @@ use std::path::{Path, PathBuf};
 const CRATE_DIR: &str = env!("CARGO_MANIFEST_DIR");
 
 #[derive(Parser, Debug)]
-#[command(name = "drbdd-bench", about = "fio/resync/CPU benchmarks for drbdd against raw file and NBD baselines")]
+#[command(
+    name = "drbdd-bench",
+    about = "fio/resync/CPU benchmarks for drbdd against raw file and NBD baselines"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
@@ -133,12 +136,26 @@ fn main() -> Result<()> {
     match cli.cmd {
         Some(Cmd::MicroWrite { target, writes }) => {
             let done = cpu::micro_write(target, writes)?;
-            println!("{done} writes of {} bytes through {}", cpu::WRITE_BYTES, target.id());
+            println!(
+                "{done} writes of {} bytes through {}",
+                cpu::WRITE_BYTES,
+                target.id()
+            );
             Ok(())
         }
-        Some(Cmd::FioArgs { workload, filename, size_bytes, output, runtime_s, ramp_s }) => {
+        Some(Cmd::FioArgs {
+            workload,
+            filename,
+            size_bytes,
+            output,
+            runtime_s,
+            ramp_s,
+        }) => {
             let w = workload_arg(&workload)?;
-            let target = FioTarget::DirectFile { path: filename, size_bytes };
+            let target = FioTarget::DirectFile {
+                path: filename,
+                size_bytes,
+            };
             for a in fio::fio_args(w, &target, JobTiming { runtime_s, ramp_s }, &output) {
                 println!("{a}");
             }
@@ -146,9 +163,14 @@ fn main() -> Result<()> {
         }
         Some(Cmd::FioMetrics { workload, file }) => {
             let w = workload_arg(&workload)?;
-            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
             let side = fio::parse_fio_json(&text, w.direction())?;
-            let m: BTreeMap<&str, f64> = w.metrics().iter().map(|m| (m.id(), m.value_from(&side))).collect();
+            let m: BTreeMap<&str, f64> = w
+                .metrics()
+                .iter()
+                .map(|m| (m.id(), m.value_from(&side)))
+                .collect();
             println!("{}", serde_json::to_string(&m)?);
             Ok(())
         }
@@ -177,7 +199,10 @@ fn settings(a: &RunArgs) -> Result<Settings> {
             })
             .collect::<Result<_>>()?,
     };
-    let sections = a.sections.clone().unwrap_or_else(|| ["fio", "resync", "cpu", "vm"].map(String::from).to_vec());
+    let sections = a
+        .sections
+        .clone()
+        .unwrap_or_else(|| ["fio", "resync", "cpu", "vm"].map(String::from).to_vec());
     Ok(Settings {
         smoke,
         runs: a.runs.unwrap_or(if smoke { 1 } else { 3 }).max(1),
@@ -186,7 +211,10 @@ fn settings(a: &RunArgs) -> Result<Settings> {
             runtime_s: a.runtime_s.unwrap_or(if smoke { 1 } else { 10 }).max(1),
             ramp_s: a.ramp_s.unwrap_or(if smoke { 0 } else { 2 }),
         },
-        cpu_writes: a.cpu_writes.unwrap_or(if smoke { 10_000 } else { 100_000 }).max(1),
+        cpu_writes: a
+            .cpu_writes
+            .unwrap_or(if smoke { 10_000 } else { 100_000 })
+            .max(1),
         rows,
         sections,
     })
@@ -195,12 +223,20 @@ fn settings(a: &RunArgs) -> Result<Settings> {
 fn run(args: RunArgs) -> Result<()> {
     let s = settings(&args)?;
     let has = |sec: &str| s.sections.iter().any(|x| x == sec);
-    let started_unix_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let started_unix_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
     std::fs::create_dir_all(&args.work_dir)?;
     let work_dir_fs = sys::check_work_dir_fs(&args.work_dir)?;
-    let work_dir = args.work_dir.join(format!("drbdd-bench-{}", std::process::id()));
+    let work_dir = args
+        .work_dir
+        .join(format!("drbdd-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work_dir)?;
-    let bin_dir = args.drbdd_bin_dir.clone().unwrap_or_else(|| Path::new(CRATE_DIR).join("../target/release"));
+    let workspace = Path::new(CRATE_DIR).parent().unwrap_or(Path::new("."));
+    let bin_dir = args
+        .drbdd_bin_dir
+        .clone()
+        .unwrap_or_else(|| workspace.join("target/release"));
     let env = SetupEnv {
         work_dir: work_dir.clone(),
         size_bytes: s.size_bytes,
@@ -211,31 +247,61 @@ fn run(args: RunArgs) -> Result<()> {
         },
     };
     if has("fio") || has("resync") {
-        eprintln!("creating {} MiB backing file in {}", s.size_bytes >> 20, work_dir.display());
+        eprintln!(
+            "creating {} MiB backing file in {}",
+            s.size_bytes >> 20,
+            work_dir.display()
+        );
         sys::create_filled_file(&targets::raw_file(&env), s.size_bytes)?;
     }
-    let mut rows = if has("fio") { fio_rows(&s, &env) } else { Vec::new() };
+    let mut rows = if has("fio") {
+        fio_rows(&s, &env)
+    } else {
+        Vec::new()
+    };
     if has("vm") {
         rows.extend(vm_rows(&args, &s, &env));
     }
     report::fill_ratios(&mut rows, RowId::Raw.id());
     let resync = has("resync").then(|| resync::run(&env));
-    let (cpu, cpu_skipped) = if has("cpu") { cpu_section(&s, &work_dir) } else { (None, None) };
-    let results = Results { started_unix_s, settings: s, work_dir_fs, rows, resync, cpu, cpu_skipped };
+    let (cpu, cpu_skipped) = if has("cpu") {
+        cpu_section(&s, &work_dir)
+    } else {
+        (None, None)
+    };
+    let results = Results {
+        started_unix_s,
+        settings: s,
+        work_dir_fs,
+        rows,
+        resync,
+        cpu,
+        cpu_skipped,
+    };
     let md = render(&results);
     println!("{md}");
-    let out = args.out.clone().unwrap_or_else(|| Path::new(CRATE_DIR).join("results"));
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| Path::new(CRATE_DIR).join("results"));
     save(&out, &results, &md)?;
-    std::fs::remove_dir_all(&work_dir).with_context(|| format!("removing {}", work_dir.display()))?;
+    std::fs::remove_dir_all(&work_dir)
+        .with_context(|| format!("removing {}", work_dir.display()))?;
     Ok(())
 }
 
 /// Sets up the selected rows, runs every workload `runs` times (rows
 /// interleaved within a run so drift hits all rows alike), tears down.
 fn fio_rows(s: &Settings, env: &SetupEnv) -> Vec<RowReport> {
-    let selected: Vec<RowId> = RowId::ALL.into_iter().filter(|r| s.rows.contains(&r.id())).collect();
+    let selected: Vec<RowId> = RowId::ALL
+        .into_iter()
+        .filter(|r| s.rows.contains(&r.id()))
+        .collect();
     if sys::which("fio").is_none() {
-        return selected.iter().map(|r| skip(*r, "fio not installed (apt-get install fio)".into())).collect();
+        return selected
+            .iter()
+            .map(|r| skip(*r, "fio not installed (apt-get install fio)".into()))
+            .collect();
     }
     let mut reports: Vec<RowReport> = Vec::new();
     let mut running: Vec<(RunningRow, Vec<BTreeMap<Metric, f64>>)> = Vec::new();
@@ -271,7 +337,12 @@ fn fio_rows(s: &Settings, env: &SetupEnv) -> Vec<RowReport> {
             None => reports.push(RowReport::measured(id.id(), id.name(), runs)),
         }
     }
-    let order = |id: &str| RowId::ALL.iter().position(|r| r.id() == id).unwrap_or(usize::MAX);
+    let order = |id: &str| {
+        RowId::ALL
+            .iter()
+            .position(|r| r.id() == id)
+            .unwrap_or(usize::MAX)
+    };
     reports.sort_by_key(|r| order(&r.id));
     reports
 }
@@ -281,7 +352,12 @@ fn skip(row: RowId, why: String) -> RowReport {
     RowReport::skipped(row.id(), row.name(), why)
 }
 
-fn run_row(r: &RunningRow, timing: JobTiming, scratch: &Path, run: u32) -> Result<BTreeMap<Metric, f64>> {
+fn run_row(
+    r: &RunningRow,
+    timing: JobTiming,
+    scratch: &Path,
+    run: u32,
+) -> Result<BTreeMap<Metric, f64>> {
     let mut all = BTreeMap::new();
     for w in Workload::ALL {
         let tag = format!("run{run}-{}", r.row.id());
@@ -300,7 +376,9 @@ fn vm_rows(args: &RunArgs, s: &Settings, env: &SetupEnv) -> Vec<RowReport> {
             return Vec::new();
         }
     };
-    let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default();
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
     let vars = [
         ("DRBDD_BENCH_EXE", exe),
         ("DRBDD_BENCH_SMOKE", u8::from(s.smoke).to_string()),
@@ -362,13 +440,17 @@ fn render(r: &Results) -> String {
 }
 
 fn save(out: &Path, r: &Results, md: &str) -> Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("creating output dir {}", out.display()))?;
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("creating output dir {}", out.display()))?;
     let json = serde_json::to_string_pretty(r)?;
     let stamp = r.started_unix_s;
     for name in [format!("results-{stamp}"), "latest".to_owned()] {
         std::fs::write(out.join(format!("{name}.json")), &json)?;
         std::fs::write(out.join(format!("{name}.md")), md)?;
     }
-    eprintln!("results saved in {} (results-{stamp}.json/.md, latest.json/.md)", out.display());
+    eprintln!(
+        "results saved in {} (results-{stamp}.json/.md, latest.json/.md)",
+        out.display()
+    );
     Ok(())
 }

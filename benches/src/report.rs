@@ -71,12 +71,20 @@ pub fn median_of(vals: &[f64]) -> Option<f64> {
     }
     v.sort_by(f64::total_cmp);
     let mid = v.len() / 2;
-    Some(if v.len() % 2 == 1 { v[mid] } else { (v[mid - 1] + v[mid]) / 2.0 })
+    Some(if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    })
 }
 
 /// Sets `ratio_to_baseline` of every row against the row with id `baseline_id`.
 pub fn fill_ratios(rows: &mut [RowReport], baseline_id: &str) {
-    let Some(base) = rows.iter().find(|r| r.id == baseline_id).map(|r| r.median.clone()) else {
+    let Some(base) = rows
+        .iter()
+        .find(|r| r.id == baseline_id)
+        .map(|r| r.median.clone())
+    else {
         return;
     };
     for row in rows.iter_mut() {
@@ -117,7 +125,11 @@ pub fn markdown_table(rows: &[RowReport]) -> String {
     for row in rows {
         let _ = write!(s, "| {} |", row.name);
         if let Some(reason) = &row.skipped {
-            let _ = write!(s, " SKIPPED: {} |", reason.replace('|', "/").replace('\n', " "));
+            let _ = write!(
+                s,
+                " SKIPPED: {} |",
+                reason.replace('|', "/").replace('\n', " ")
+            );
             for _ in 1..Metric::ALL.len() {
                 s.push_str(" |");
             }
@@ -159,7 +171,15 @@ mod tests {
     fn ratios_are_relative_to_the_baseline_median() {
         let iops = Metric::RandReadQd32Iops;
         let mut rows = vec![
-            RowReport::measured("raw", "raw", vec![run(&[(iops, 100.0)]), run(&[(iops, 300.0)]), run(&[(iops, 200.0)])]),
+            RowReport::measured(
+                "raw",
+                "raw",
+                vec![
+                    run(&[(iops, 100.0)]),
+                    run(&[(iops, 300.0)]),
+                    run(&[(iops, 200.0)]),
+                ],
+            ),
             RowReport::measured("nbd", "nbd", vec![run(&[(iops, 50.0)])]),
             RowReport::skipped("drbdd", "drbdd", "not built".into()),
         ];

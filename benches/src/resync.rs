@@ -43,11 +43,18 @@ fn secs_to_mb_per_s(bytes: u64, d: Duration) -> f64 {
 /// Times `dd` copying `src` to a new file with O_DIRECT on both sides.
 pub fn raw_copy(src: &Path, dst: &Path) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    sys::run_checked(
+    sys::run_checked_within(
         Command::new("dd")
             .arg(format!("if={}", src.display()))
             .arg(format!("of={}", dst.display()))
-            .args(["bs=1M", "iflag=direct", "oflag=direct", "conv=fsync", "status=none"]),
+            .args([
+                "bs=1M",
+                "iflag=direct",
+                "oflag=direct",
+                "conv=fsync",
+                "status=none",
+            ]),
+        Duration::from_secs(600),
     )?;
     let took = started.elapsed();
     let _ = std::fs::remove_file(dst);
@@ -64,16 +71,24 @@ pub fn parse_ss_bytes_sent(text: &str) -> u64 {
 
 /// TCP payload bytes sent on established sockets using any of `ports`.
 pub fn wire_bytes(ports: &[u16]) -> anyhow::Result<u64> {
-    let filter: Vec<String> = ports.iter().map(|p| format!("sport = :{p} or dport = :{p}")).collect();
+    let filter: Vec<String> = ports
+        .iter()
+        .map(|p| format!("sport = :{p} or dport = :{p}"))
+        .collect();
     let out = sys::run_checked(
-        Command::new("ss").args(["-tinH", "state", "established"]).arg(format!("( {} )", filter.join(" or "))),
+        Command::new("ss")
+            .args(["-tinH", "state", "established"])
+            .arg(format!("( {} )", filter.join(" or "))),
     )?;
     Ok(parse_ss_bytes_sent(&out))
 }
 
 /// Runs the resync section. Never fails: missing pieces become skip reasons.
 pub fn run(env: &SetupEnv) -> ResyncReport {
-    let mut rep = ResyncReport { device_bytes: env.size_bytes, ..ResyncReport::default() };
+    let mut rep = ResyncReport {
+        device_bytes: env.size_bytes,
+        ..ResyncReport::default()
+    };
     let src = crate::targets::raw_file(env);
     match raw_copy(&src, &env.work_dir.join("raw-copy.img")) {
         Ok(d) => rep.raw_copy_mb_per_s = Some(secs_to_mb_per_s(env.size_bytes, d)),
@@ -100,20 +115,27 @@ fn partial_resync(env: &SetupEnv, pair: &DrbddPair, rep: &mut ResyncReport) -> a
     pair.alice.ctl(&["disconnect", RESOURCE])?;
     let dirty_bytes = (env.size_bytes / 10) / 4096 * 4096;
     let uri = nbd_unix_uri(&pair.primary_nbd_socket(), EXPORT_NAME);
-    sys::run_checked(Command::new("fio").args([
-        "--name=dirty-10pct",
-        "--ioengine=nbd",
-        &format!("--uri={uri}"),
-        "--rw=randwrite",
-        "--bs=4k",
-        "--iodepth=32",
-        &format!("--io_size={dirty_bytes}"),
-        "--output-format=json",
-    ]))?;
+    sys::run_checked_within(
+        Command::new("fio").args([
+            "--name=dirty-10pct",
+            "--ioengine=nbd",
+            &format!("--uri={uri}"),
+            "--rw=randwrite",
+            "--bs=4k",
+            "--iodepth=32",
+            &format!("--io_size={dirty_bytes}"),
+            "--output-format=json",
+        ]),
+        Duration::from_secs(600),
+    )?;
     let ports: Vec<u16> = pair_ports(pair);
     let started = Instant::now();
     pair.alice.ctl(&["connect", RESOURCE])?;
-    drbdd::wait_peer_up_to_date(&pair.alice, "bob", Duration::from_secs(env.drbdd.sync_timeout_s))?;
+    drbdd::wait_peer_up_to_date(
+        &pair.alice,
+        "bob",
+        Duration::from_secs(env.drbdd.sync_timeout_s),
+    )?;
     let took = started.elapsed();
     let wire = wire_bytes(&ports)?;
     rep.dirty_bytes = Some(dirty_bytes);
@@ -126,7 +148,11 @@ fn partial_resync(env: &SetupEnv, pair: &DrbddPair, rep: &mut ResyncReport) -> a
 
 /// The replication ports of both nodes, read back from alice's resource file.
 fn pair_ports(pair: &DrbddPair) -> Vec<u16> {
-    let path = pair.alice.config_dir.join("resources.d").join(format!("{RESOURCE}.toml"));
+    let path = pair
+        .alice
+        .config_dir
+        .join("resources.d")
+        .join(format!("{RESOURCE}.toml"));
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
         .filter_map(|l| l.strip_prefix("address = \""))
@@ -142,13 +168,19 @@ pub fn markdown(rep: &ResyncReport) -> String {
     s.push_str(&format!(
         "- raw O_DIRECT copy (dd bs=1M): {} MB/s{}\n",
         f(rep.raw_copy_mb_per_s),
-        rep.raw_copy_skipped.as_ref().map_or(String::new(), |w| format!(" (SKIPPED: {w})"))
+        rep.raw_copy_skipped
+            .as_ref()
+            .map_or(String::new(), |w| format!(" (SKIPPED: {w})"))
     ));
     if let Some(why) = &rep.drbdd_skipped {
         s.push_str(&format!("- drbdd full sync / 10% resync: SKIPPED: {why}\n"));
     }
     if rep.full_sync_s.is_some() {
-        s.push_str(&format!("- drbdd full sync: {} s, {} MB/s\n", f(rep.full_sync_s), f(rep.full_sync_mb_per_s)));
+        s.push_str(&format!(
+            "- drbdd full sync: {} s, {} MB/s\n",
+            f(rep.full_sync_s),
+            f(rep.full_sync_mb_per_s)
+        ));
     }
     if let (Some(d), Some(w)) = (rep.dirty_bytes, rep.resync_wire_bytes) {
         s.push_str(&format!(
@@ -185,7 +217,13 @@ mod tests {
             ..ResyncReport::default()
         };
         let md = markdown(&rep);
-        assert!(md.contains("raw O_DIRECT copy (dd bs=1M): 512.00 MB/s"), "{md}");
-        assert!(md.contains("SKIPPED: target/release/drbdd does not exist"), "{md}");
+        assert!(
+            md.contains("raw O_DIRECT copy (dd bs=1M): 512.00 MB/s"),
+            "{md}"
+        );
+        assert!(
+            md.contains("SKIPPED: target/release/drbdd does not exist"),
+            "{md}"
+        );
     }
 }

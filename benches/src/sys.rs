@@ -23,7 +23,8 @@ pub struct ChildGuard {
 impl ChildGuard {
     /// Starts `cmd` with stdout/stderr going to `log`.
     pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Result<ChildGuard> {
-        let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let out =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
         let child = cmd
             .stdin(Stdio::null())
@@ -31,12 +32,18 @@ impl ChildGuard {
             .stderr(err)
             .spawn()
             .with_context(|| format!("starting {name}: {cmd:?}"))?;
-        Ok(ChildGuard { name: name.to_owned(), child: Some(child), log: log.to_owned() })
+        Ok(ChildGuard {
+            name: name.to_owned(),
+            child: Some(child),
+            log: log.to_owned(),
+        })
     }
 
     /// Fails with the tail of the log when the process already exited.
     pub fn check_alive(&mut self) -> Result<()> {
-        let Some(child) = self.child.as_mut() else { bail!("{} was stopped", self.name) };
+        let Some(child) = self.child.as_mut() else {
+            bail!("{} was stopped", self.name)
+        };
         if let Some(status) = child.try_wait()? {
             bail!("{} exited ({status}): {}", self.name, log_tail(&self.log));
         }
@@ -71,7 +78,11 @@ pub fn log_tail(path: &Path) -> String {
 }
 
 /// Waits until a unix socket at `path` accepts a connection, at most `timeout`.
-pub fn wait_for_unix_socket(path: &Path, timeout: Duration, child: Option<&mut ChildGuard>) -> Result<()> {
+pub fn wait_for_unix_socket(
+    path: &Path,
+    timeout: Duration,
+    child: Option<&mut ChildGuard>,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let mut child = child;
     loop {
@@ -82,7 +93,11 @@ pub fn wait_for_unix_socket(path: &Path, timeout: Duration, child: Option<&mut C
             c.check_alive()?;
         }
         if Instant::now() >= deadline {
-            bail!("no listener on {} after {} ms", path.display(), timeout.as_millis());
+            bail!(
+                "no listener on {} after {} ms",
+                path.display(),
+                timeout.as_millis()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -91,7 +106,9 @@ pub fn wait_for_unix_socket(path: &Path, timeout: Duration, child: Option<&mut C
 /// Finds `tool` on PATH.
 pub fn which(tool: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(tool)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
 }
 
 /// The file system type (from /proc/self/mountinfo) of the mount holding `path`.
@@ -101,10 +118,18 @@ pub fn fs_type(path: &Path) -> Option<String> {
     let mut best: Option<(usize, String)> = None;
     for line in info.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
-        let Some(sep) = fields.iter().position(|f| *f == "-") else { continue };
-        let (Some(mount), Some(fstype)) = (fields.get(4), fields.get(sep + 1)) else { continue };
+        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        let (Some(mount), Some(fstype)) = (fields.get(4), fields.get(sep + 1)) else {
+            continue;
+        };
         let mount = Path::new(mount);
-        if path.starts_with(mount) && best.as_ref().is_none_or(|(len, _)| mount.as_os_str().len() >= *len) {
+        if path.starts_with(mount)
+            && best
+                .as_ref()
+                .is_none_or(|(len, _)| mount.as_os_str().len() >= *len)
+        {
             best = Some((mount.as_os_str().len(), (*fstype).to_owned()));
         }
     }
@@ -123,8 +148,11 @@ pub fn check_work_dir_fs(dir: &Path) -> Result<String> {
 /// Creates `path` of `size_bytes` filled with non-zero data, so reads hit
 /// written blocks rather than unwritten extents.
 pub fn create_filled_file(path: &Path, size_bytes: u64) -> Result<()> {
-    let mut f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let chunk: Vec<u8> = (0..1u32 << 20).map(|i| u8::try_from(i % 251).unwrap_or(0) | 1).collect();
+    let mut f =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let chunk: Vec<u8> = (0..1u32 << 20)
+        .map(|i| u8::try_from(i % 251).unwrap_or(0) | 1)
+        .collect();
     let chunk_bytes = u64::try_from(chunk.len())?;
     let mut written = 0u64;
     while written < size_bytes {
@@ -136,18 +164,67 @@ pub fn create_filled_file(path: &Path, size_bytes: u64) -> Result<()> {
     Ok(())
 }
 
-/// Runs a command to completion; error carries its stderr.
-pub fn run_checked(cmd: &mut Command) -> Result<String> {
-    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("starting {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim(),
-            String::from_utf8_lossy(&out.stdout).trim()
-        );
+/// Runs a command to completion, at most `timeout` (then it is killed); the
+/// error carries its stderr and stdout.
+pub fn run_checked_within(cmd: &mut Command, timeout: Duration) -> Result<String> {
+    use std::io::Read;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut v);
+            }
+            String::from_utf8_lossy(&v).into_owned()
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|o| Box::new(o) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|e| Box::new(e) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break Some(st);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let (out, err) = (
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    );
+    match status {
+        None => bail!(
+            "{cmd:?} did not finish within {} s; killed it. {}",
+            timeout.as_secs(),
+            err.trim()
+        ),
+        Some(st) if !st.success() => bail!("{cmd:?} failed ({st}): {} {}", err.trim(), out.trim()),
+        Some(_) => Ok(out),
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// [`run_checked_within`] with a 60 s bound.
+pub fn run_checked(cmd: &mut Command) -> Result<String> {
+    run_checked_within(cmd, Duration::from_secs(60))
 }
 
 #[cfg(test)]
@@ -169,5 +246,15 @@ mod tests {
         assert_eq!(data.len(), (1 << 20) + 4096);
         assert!(data.iter().all(|b| *b != 0));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn command_output_failure_and_timeout_are_reported() {
+        assert_eq!(run_checked(Command::new("echo").arg("hi")).unwrap(), "hi\n");
+        let e = run_checked(Command::new("sh").args(["-c", "echo oops >&2; exit 3"])).unwrap_err();
+        assert!(format!("{e:#}").contains("oops"), "{e:#}");
+        let e = run_checked_within(Command::new("sleep").arg("5"), Duration::from_millis(100))
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("did not finish"), "{e:#}");
     }
 }

@@ -97,8 +97,8 @@ pub struct RunningRow {
 pub enum DrbddKeep {
     #[default]
     None,
-    Standalone(DrbddStandalone),
-    Pair(DrbddPair),
+    Standalone(Box<DrbddStandalone>),
+    Pair(Box<DrbddPair>),
 }
 
 /// The raw backing file that rows 1 and 2 share.
@@ -108,11 +108,22 @@ pub fn raw_file(env: &SetupEnv) -> PathBuf {
 
 /// Brings `row` up; `Err` is the skip reason.
 pub fn set_up(row: RowId, env: &SetupEnv) -> Result<RunningRow, String> {
-    let plain = |target, servers| RunningRow { row, target, servers, drbdd: DrbddKeep::None };
+    let plain = |target, servers| RunningRow {
+        row,
+        target,
+        servers,
+        drbdd: DrbddKeep::None,
+    };
     match row {
         RowId::Raw => {
             let path = raw_file(env);
-            Ok(plain(FioTarget::DirectFile { path, size_bytes: env.size_bytes }, Vec::new()))
+            Ok(plain(
+                FioTarget::DirectFile {
+                    path,
+                    size_bytes: env.size_bytes,
+                },
+                Vec::new(),
+            ))
         }
         RowId::QemuNbd => {
             let (g, sock) = start_qemu_nbd(env).map_err(|e| format!("{e:#}"))?;
@@ -125,7 +136,12 @@ pub fn set_up(row: RowId, env: &SetupEnv) -> Result<RunningRow, String> {
         RowId::DrbddStandalone => {
             let s = DrbddStandalone::start(env)?;
             let target = FioTarget::nbd_unix(&s.nbd_socket, EXPORT_NAME);
-            Ok(RunningRow { row, target, servers: Vec::new(), drbdd: DrbddKeep::Standalone(s) })
+            Ok(RunningRow {
+                row,
+                target,
+                servers: Vec::new(),
+                drbdd: DrbddKeep::Standalone(Box::new(s)),
+            })
         }
         RowId::DrbddA | RowId::DrbddB | RowId::DrbddC => {
             let protocol = match row {
@@ -135,13 +151,19 @@ pub fn set_up(row: RowId, env: &SetupEnv) -> Result<RunningRow, String> {
             };
             let p = DrbddPair::start(env, protocol)?;
             let target = FioTarget::nbd_unix(&p.primary_nbd_socket(), EXPORT_NAME);
-            Ok(RunningRow { row, target, servers: Vec::new(), drbdd: DrbddKeep::Pair(p) })
+            Ok(RunningRow {
+                row,
+                target,
+                servers: Vec::new(),
+                drbdd: DrbddKeep::Pair(Box::new(p)),
+            })
         }
     }
 }
 
 fn require(tool: &str, package: &str) -> anyhow::Result<PathBuf> {
-    sys::which(tool).ok_or_else(|| anyhow::anyhow!("{tool} not installed (apt-get install {package})"))
+    sys::which(tool)
+        .ok_or_else(|| anyhow::anyhow!("{tool} not installed (apt-get install {package})"))
 }
 
 fn start_qemu_nbd(env: &SetupEnv) -> anyhow::Result<(ChildGuard, PathBuf)> {
@@ -149,11 +171,18 @@ fn start_qemu_nbd(env: &SetupEnv) -> anyhow::Result<(ChildGuard, PathBuf)> {
     let sock = env.work_dir.join("qemu-nbd.sock");
     let _ = std::fs::remove_file(&sock);
     let mut cmd = Command::new(bin);
-    cmd.args(["--cache=none", "--aio=io_uring", "-f", "raw", "--persistent", "--shared=8"])
-        .arg(format!("--export-name={EXPORT_NAME}"))
-        .arg("--socket")
-        .arg(&sock)
-        .arg(raw_file(env));
+    cmd.args([
+        "--cache=none",
+        "--aio=io_uring",
+        "-f",
+        "raw",
+        "--persistent",
+        "--shared=8",
+    ])
+    .arg(format!("--export-name={EXPORT_NAME}"))
+    .arg("--socket")
+    .arg(&sock)
+    .arg(raw_file(env));
     let mut g = ChildGuard::spawn("qemu-nbd", cmd, &env.work_dir.join("qemu-nbd.log"))?;
     sys::wait_for_unix_socket(&sock, Duration::from_secs(10), Some(&mut g))?;
     Ok((g, sock))

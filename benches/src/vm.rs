@@ -43,7 +43,10 @@ pub fn parse_vm_rows(stdout: &str) -> Vec<RowReport> {
                     .runs
                     .into_iter()
                     .map(|run| {
-                        Metric::ALL.iter().filter_map(|m| run.get(m.id()).map(|v| (*m, *v))).collect()
+                        Metric::ALL
+                            .iter()
+                            .filter_map(|m| run.get(m.id()).map(|v| (*m, *v)))
+                            .collect()
                     })
                     .collect();
                 RowReport::measured(&r.id, &r.name, runs)
@@ -61,8 +64,16 @@ pub fn run_hook(script: &Path, env: &[(&str, String)]) -> Vec<RowReport> {
     }
     match cmd.output() {
         Ok(out) if out.status.success() => parse_vm_rows(&String::from_utf8_lossy(&out.stdout)),
-        Ok(out) => vec![RowReport::skipped("vm", "5 VM rows", format!("{} exited with {}", script.display(), out.status))],
-        Err(e) => vec![RowReport::skipped("vm", "5 VM rows", format!("could not run {}: {e}", script.display()))],
+        Ok(out) => vec![RowReport::skipped(
+            "vm",
+            "5 VM rows",
+            format!("{} exited with {}", script.display(), out.status),
+        )],
+        Err(e) => vec![RowReport::skipped(
+            "vm",
+            "5 VM rows",
+            format!("could not run {}: {e}", script.display()),
+        )],
     }
 }
 
