@@ -90,6 +90,13 @@ impl Peer {
     }
 
     pub(super) fn rx_data(&mut self, w: PeerWrite, out: &mut Vec<Action>) -> Result<(), String> {
+        let size = self.agreement.as_ref().map_or(0, |a| a.size_bytes);
+        if w.offset_bytes.saturating_add(u64::from(w.len_bytes)) > size {
+            return Err(format!(
+                "write {}+{} beyond the device of {size} bytes",
+                w.offset_bytes, w.len_bytes
+            ));
+        }
         if self.rx.inflight.len() + self.rx.held.len() >= self.rx_bound() {
             return Err(format!(
                 "peer exceeded {} writes in flight",

@@ -125,7 +125,7 @@ fn replicas_converge_under_random_writes_cuts_and_delays() {
     let range = std::env::var("SEED")
         .map(|v| v.parse::<u64>().unwrap())
         .map(|s| s..s + 1)
-        .unwrap_or(0..300);
+        .unwrap_or(0..1000);
     for seed in range {
         run_seed(seed);
     }

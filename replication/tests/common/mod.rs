@@ -226,9 +226,10 @@ impl Node {
 
 /// With `TRACE=1` in the environment, prints every action and completion
 /// (shortened) to replay a failing seed.
-fn trace(now_ms: u64, node: usize, what: &str) {
-    if std::env::var_os("TRACE").is_some() {
-        let short: String = what.chars().take(160).collect();
+fn trace(now_ms: u64, node: usize, what: impl FnOnce() -> String) {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *ON.get_or_init(|| std::env::var_os("TRACE").is_some()) {
+        let short: String = what().chars().take(160).collect();
         eprintln!("[{now_ms} ms] node{node} {short}");
     }
 }
@@ -256,7 +257,7 @@ impl Pair {
 
     fn apply(&mut self, i: usize, actions: Vec<Action>) {
         for a in &actions {
-            trace(self.now_ms, i, &format!("{a:?}"));
+            trace(self.now_ms, i, || format!("{a:?}"));
         }
         let link_up = self.link_up;
         let dropped = self.nodes[i].execute(actions, &mut self.wires[i], link_up);
@@ -327,7 +328,7 @@ impl Pair {
                 }
                 if let Some(io) = self.nodes[i].io.pop_front() {
                     moved = true;
-                    trace(self.now_ms, i, &format!("I/O done: {io:?}"));
+                    trace(self.now_ms, i, || format!("I/O done: {io:?}"));
                     let event = match io {
                         Io::PeerWrite(seq, offset, data) => {
                             self.nodes[i].write_disk(offset, &data);
