@@ -17,3 +17,4 @@ pub mod handshake;
 pub mod peer;
 pub mod resync;
 pub mod wire;
+pub mod resource;
