@@ -15,6 +15,6 @@ pub mod auth;
 pub mod generation;
 pub mod handshake;
 pub mod peer;
+pub mod resource;
 pub mod resync;
 pub mod wire;
-pub mod resource;
