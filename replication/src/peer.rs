@@ -344,9 +344,9 @@ impl Peer {
         self.agreement.as_ref()
     }
 
-    /// Resync progress, when syncing.
+    /// Resync progress (done/total, rate, ETA), while syncing.
     pub fn progress(&mut self) -> Option<crate::resync::Progress> {
-        self.sync.progress(self.now_ms, self.bitmap.count())
+        self.record_progress()
     }
 
     fn established(&self) -> bool {
@@ -734,6 +734,7 @@ impl Peer {
             }
             _ => {}
         }
+        self.record_progress();
         let closed = self.ack.close_idle_epoch();
         self.apply_ack(closed, out);
         self.pump_resync(out);

@@ -69,7 +69,7 @@ impl SyncState {
         self.next_io_id = next_io_id;
     }
 
-    pub(super) fn progress(&mut self, now_ms: u64, remaining_blocks: u64) -> Option<Progress> {
+    fn progress(&mut self, now_ms: u64, remaining_blocks: u64) -> Option<Progress> {
         self.meter
             .as_mut()
             .map(|m| m.update(now_ms, remaining_blocks))
@@ -77,6 +77,24 @@ impl SyncState {
 }
 
 impl Peer {
+    /// Samples resync progress. The target counts its bitmap; the source
+    /// (whose bitmap only clears at the end) counts the blocks it sent.
+    pub(super) fn record_progress(&mut self) -> Option<Progress> {
+        let remaining = match self.status.repl {
+            ReplState::SyncTarget => self.bitmap.count(),
+            ReplState::SyncSource => {
+                let sent_blocks = self.sync.acked_bytes / BLOCK_BYTES;
+                self.sync
+                    .meter
+                    .as_ref()?
+                    .total_blocks()
+                    .saturating_sub(sent_blocks)
+            }
+            _ => return None,
+        };
+        self.sync.progress(self.now_ms, remaining)
+    }
+
     pub(super) fn start_after_handshake(&mut self, decision: SyncDecision, out: &mut Vec<Action>) {
         let size_bytes = self.agreement.as_ref().map_or(0, |a| a.size_bytes);
         let blocks = size_bytes.div_ceil(BLOCK_BYTES);
@@ -353,6 +371,7 @@ impl Peer {
             len_bytes,
         });
         self.sync.acked_bytes += len_bytes;
+        self.record_progress();
         self.rx_release(out);
         self.pump_resync(out);
     }

@@ -186,6 +186,10 @@ impl ProgressMeter {
         }
     }
 
+    pub fn total_blocks(&self) -> u64 {
+        self.total_blocks
+    }
+
     /// Records `remaining_blocks` at `now_ms` and returns the progress.
     pub fn update(&mut self, now_ms: u64, remaining_blocks: u64) -> Progress {
         let done_blocks = self.total_blocks.saturating_sub(remaining_blocks);

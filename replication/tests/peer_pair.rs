@@ -359,3 +359,64 @@ fn writes_beyond_max_buffers_wait_and_are_replicated_in_order() {
     );
     assert_eq!(p.nodes[0].peer.bitmap().count(), 0);
 }
+
+#[test]
+fn full_sync_respects_the_resync_rate_and_reports_progress() {
+    let mut cfg_b = config(1, 0, None, Protocol::C);
+    cfg_b.rate.resync_rate_kib = 40; // 10 blocks per second
+    let a = Node::new(
+        config(0, 1, None, Protocol::C),
+        Role::Primary,
+        DiskState::UpToDate,
+        gens(0x10),
+        disk(0x5A),
+    );
+    let b = Node::new(
+        cfg_b,
+        Role::Secondary,
+        DiskState::Inconsistent,
+        just_created(),
+        disk(0),
+    );
+    let mut p = Pair::new(a, b);
+    p.connect();
+    p.advance(3000);
+    assert_eq!(
+        p.nodes[1].peer.status().repl,
+        ReplState::SyncTarget,
+        "64 blocks at 10/s take over 6 s"
+    );
+    let progress = p.nodes[1].peer.progress().expect("syncing");
+    assert!(
+        (400..=550).contains(&progress.percent_tenths()),
+        "{progress:?}"
+    );
+    assert!(
+        (30_000..=50_000).contains(&progress.rate_bytes_per_s),
+        "{progress:?}"
+    );
+    assert!(progress.eta_s.is_some());
+    p.advance(5000);
+    assert_eq!(p.nodes[1].disk_state, DiskState::UpToDate);
+    assert_eq!(p.nodes[0].disk, p.nodes[1].disk);
+}
+
+#[test]
+fn handshake_that_never_completes_times_out() {
+    let mut p = pair(Protocol::C, None, None);
+    p.link_up = true;
+    // Only node 0 learns of the connection; node 1 never answers.
+    p.event(
+        0,
+        Event::Connected {
+            now_ms: p.now_ms,
+            nonce: [9; 32],
+            sync_uuid: 0x9900,
+        },
+    );
+    p.link_up = false;
+    p.advance(6000);
+    let (reason, retry) = p.nodes[0].disconnects.last().expect("gave up").clone();
+    assert!(reason.contains("timed out"), "{reason}");
+    assert!(retry);
+}
