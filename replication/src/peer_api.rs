@@ -1,0 +1,206 @@
+//! The vocabulary of the peer state machine (part of `peer`): its
+//! configuration, the events the caller feeds in and the actions it must
+//! execute.
+//!
+//! Owns: type definitions only. Must never: hold logic beyond applying a
+//! [`GiUpdate`] to a GI tuple.
+
+use crate::ack::{PeerOutcome, Protocol, WriteId};
+use crate::generation::{Generations, GiView, SbPolicy};
+use crate::handshake::HandshakeConfig;
+use crate::resync::RateConfig;
+use crate::state::{ConnState, DiskState, ReplState, Role};
+use crate::wire::{Packet, NONCE_BYTES};
+
+/// Static settings of one connection.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    pub handshake: HandshakeConfig,
+    pub protocol: Protocol,
+    /// Most writes in flight to the peer (`max-buffers`).
+    pub max_buffers: usize,
+    pub ping_int_ms: u64,
+    pub ping_timeout_ms: u64,
+    /// Longest a handshake may take.
+    pub connect_timeout_ms: u64,
+    pub sb_policy: SbPolicy,
+    pub rate: RateConfig,
+    pub max_resync_requests: usize,
+    pub max_resync_request_bytes: u32,
+}
+
+/// What this node currently is, as the resource state machine knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalState {
+    pub role: Role,
+    pub disk: DiskState,
+    pub backing_bytes: u64,
+    pub current_bytes: u64,
+    pub max_io_bytes: u32,
+    /// The GI tuple as it concerns this peer (its bitmap slot only).
+    pub generations: GiView,
+    pub promoted_at_ms: u64,
+}
+
+/// Inputs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// The transport is up. `nonce` and `sync_uuid` are fresh random values.
+    Connected {
+        now_ms: u64,
+        nonce: [u8; NONCE_BYTES],
+        sync_uuid: u64,
+    },
+    BytesReceived {
+        now_ms: u64,
+        bytes: &'a [u8],
+    },
+    Tick {
+        now_ms: u64,
+    },
+    /// The transport failed (reset, EOF, send error).
+    ConnectionLost {
+        now_ms: u64,
+    },
+    /// An application write (or discard / zeroes per `flags`) on this node.
+    LocalWrite {
+        id: WriteId,
+        offset_bytes: u64,
+        len_bytes: u32,
+        flags: u32,
+        data: Vec<u8>,
+    },
+    /// An application flush on this node.
+    LocalFlush {
+        id: WriteId,
+    },
+    /// The local disk finished the application write `id`.
+    LocalWriteDone {
+        id: WriteId,
+    },
+    /// A write from [`Action::SubmitPeerWrite`] finished on our disk.
+    PeerWriteDone {
+        seq: u64,
+        ok: bool,
+    },
+    /// A flush from [`Action::SubmitPeerFlush`] finished.
+    PeerFlushDone {
+        epoch: u32,
+    },
+    /// A read from [`Action::ReadForResync`] finished (`None`: read error).
+    ResyncReadDone {
+        id: u64,
+        data: Option<Vec<u8>>,
+    },
+    /// A write from [`Action::SubmitResyncWrite`] finished on our disk.
+    ResyncWriteDone {
+        id: u64,
+    },
+    /// The resource changed role (promote/demote).
+    RoleChanged {
+        role: Role,
+    },
+    /// Admin `disconnect`: go StandAlone.
+    AdminDisconnect,
+    /// Admin `connect`: leave StandAlone and accept connections again.
+    AdminConnect,
+}
+
+/// Connection, replication and peer states for status and `events2`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub conn: ConnState,
+    pub repl: ReplState,
+    pub peer_role: Role,
+    pub peer_disk: DiskState,
+}
+
+/// A change of the GI tuple the caller must persist (and apply to
+/// [`Generations`] with this peer's slot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GiUpdate {
+    ResyncStartedAsSource { sync_uuid: u64 },
+    ResyncStartedAsTarget { sync_uuid: u64 },
+    ResyncFinishedAsSource,
+    ResyncFinishedAsTarget { source: GiView },
+}
+
+impl GiUpdate {
+    /// Applies the update to a tuple, for the peer in `slot`.
+    pub fn apply(&self, gens: &mut Generations, slot: usize) {
+        match self {
+            GiUpdate::ResyncStartedAsSource { sync_uuid } => {
+                gens.resync_started_as_source(slot, *sync_uuid)
+            }
+            GiUpdate::ResyncStartedAsTarget { sync_uuid } => {
+                gens.resync_started_as_target(slot, *sync_uuid)
+            }
+            GiUpdate::ResyncFinishedAsSource => gens.resync_finished_as_source(slot),
+            GiUpdate::ResyncFinishedAsTarget { source } => {
+                gens.resync_finished_as_target(slot, source)
+            }
+        }
+    }
+}
+
+/// Outputs, in the order they must be executed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Send(Packet),
+    /// The peer leg of application write `id` is done (see `ack`).
+    CompleteWrite {
+        id: WriteId,
+        outcome: PeerOutcome,
+    },
+    /// Set these bits in this peer's bitmap slot (persist).
+    MarkOutOfSync {
+        offset_bytes: u64,
+        len_bytes: u64,
+    },
+    /// Clear these bits in this peer's bitmap slot (persist).
+    MarkInSync {
+        offset_bytes: u64,
+        len_bytes: u64,
+    },
+    /// Write replicated data to the local disk; report `PeerWriteDone`.
+    SubmitPeerWrite {
+        seq: u64,
+        offset_bytes: u64,
+        len_bytes: u32,
+        flags: u32,
+        data: Vec<u8>,
+    },
+    /// Flush the local disk (end of a peer epoch); report `PeerFlushDone`.
+    SubmitPeerFlush {
+        epoch: u32,
+    },
+    /// Read local data for the sync target; report `ResyncReadDone`.
+    ReadForResync {
+        id: u64,
+        offset_bytes: u64,
+        len_bytes: u32,
+    },
+    /// Write resync data to the local disk; report `ResyncWriteDone`.
+    SubmitResyncWrite {
+        id: u64,
+        offset_bytes: u64,
+        data: Vec<u8>,
+    },
+    UpdateGenerations(GiUpdate),
+    /// The local disk state changes because of this connection (sync target).
+    LocalDisk(DiskState),
+    StateChanged(PeerStatus),
+    /// The handshake agreed on this device size (bytes).
+    SizeAgreed {
+        size_bytes: u64,
+    },
+    Log(String),
+    /// Also log loudly (e.g. unauthenticated peer, split brain).
+    Warn(String),
+    /// Close the transport. `retry`: reconnect later (Connecting); otherwise
+    /// the connection stays StandAlone until the admin acts.
+    Disconnect {
+        reason: String,
+        retry: bool,
+    },
+}
