@@ -107,11 +107,29 @@ impl Peer {
             | SyncDecision::SourceFull
             | SyncDecision::TargetBitmap
             | SyncDecision::TargetFull => {
+                let source = decision_is_source(decision);
+                if let Some(reason) = self.resync_refusal(source) {
+                    out.push(Action::Warn(reason.clone()));
+                    out.push(Action::Send(Packet::Disconnect {
+                        reason: reason.clone(),
+                    }));
+                    self.lose_connection(reason, false, out);
+                    return;
+                }
+                if self.local.disk == DiskState::Diskless
+                    || self
+                        .agreement
+                        .as_ref()
+                        .is_some_and(|a| a.peer.disk == DiskState::Diskless)
+                {
+                    out.push(Action::Log("one node is diskless: no resync".into()));
+                    return;
+                }
                 let full = matches!(
                     decision,
                     SyncDecision::SourceFull | SyncDecision::TargetFull
                 );
-                self.begin_bitmap_exchange(decision_is_source(decision), full, out);
+                self.begin_bitmap_exchange(source, full, out);
             }
             SyncDecision::SplitBrain {
                 shared_parent: true,
@@ -130,6 +148,31 @@ impl Peer {
                 self.lose_connection(decision.describe().into(), false, out);
             }
         }
+    }
+
+    /// Why this resync must not start (both sides reach the same verdict).
+    fn resync_refusal(&self, local_is_source: bool) -> Option<String> {
+        let peer = self.agreement.as_ref()?.peer;
+        let (source_disk, target_role) = if local_is_source {
+            (self.local.disk, peer.role)
+        } else {
+            (peer.disk, self.local.role)
+        };
+        if source_disk == DiskState::Inconsistent {
+            return Some(
+                "refusing to resync: the sync source's data is Inconsistent; \
+                 make the node with good data primary (`primary --force`) first"
+                    .into(),
+            );
+        }
+        if target_role == Role::Primary {
+            return Some(
+                "refusing to resync: the node whose data is older is Primary; \
+                 demote it (`secondary`) and reconnect"
+                    .into(),
+            );
+        }
+        None
     }
 
     fn on_split_brain(&mut self, out: &mut Vec<Action>) {

@@ -420,3 +420,34 @@ fn handshake_that_never_completes_times_out() {
     assert!(reason.contains("timed out"), "{reason}");
     assert!(retry);
 }
+
+#[test]
+fn primary_with_older_data_refuses_to_become_sync_target() {
+    let mut ahead = gens(0x10);
+    ahead.start_new_generation(0x20, &[0]);
+    let a = Node::new(
+        config(0, 1, None, Protocol::C),
+        Role::Primary,
+        DiskState::UpToDate,
+        gens(0x10),
+        disk(0),
+    );
+    let b = Node::new(
+        config(1, 0, None, Protocol::C),
+        Role::Secondary,
+        DiskState::UpToDate,
+        ahead,
+        disk(0),
+    );
+    let mut p = Pair::new(a, b);
+    p.connect();
+    for n in &p.nodes {
+        assert_eq!(n.peer.status().conn, ConnState::StandAlone);
+        assert!(
+            n.disconnects.iter().any(|(r, _)| r.contains("Primary")),
+            "{:?}",
+            n.disconnects
+        );
+    }
+    assert_eq!(p.nodes[0].disk, disk(0), "nothing was overwritten");
+}
