@@ -451,3 +451,41 @@ fn primary_with_older_data_refuses_to_become_sync_target() {
     }
     assert_eq!(p.nodes[0].disk, disk(0), "nothing was overwritten");
 }
+
+#[test]
+fn peer_does_not_start_the_next_epoch_before_the_previous_one_is_on_disk() {
+    let mut p = pair(Protocol::A, None, None);
+    p.connect();
+    p.nodes[1].hold_peer_writes = true;
+    p.app_write(0, 1, 1, 0x11); // completes at once (protocol A): the app saw it
+    p.app_write(0, 2, 2, 0x22); // so this one starts a new epoch
+    p.run();
+    let barriers = p.nodes[0]
+        .sent
+        .iter()
+        .filter(|pk| matches!(pk, Packet::Barrier { .. }))
+        .count();
+    assert_eq!(barriers, 1);
+    assert_eq!(
+        p.nodes[1].held.len(),
+        1,
+        "second write waits for the first epoch"
+    );
+    p.nodes[1].release_held();
+    p.run();
+    assert_eq!(
+        p.nodes[1].held.len(),
+        1,
+        "now the second write is submitted"
+    );
+    p.nodes[1].release_held();
+    p.run();
+    assert_eq!(p.nodes[1].block(2), &[0x22; 4096][..]);
+    assert!(p.nodes[1].sent.iter().any(|pk| matches!(
+        pk,
+        Packet::BarrierAck {
+            epoch: 1,
+            writes: 1
+        }
+    )));
+}
