@@ -56,8 +56,10 @@ pub struct NodeInfo {
     pub current_bytes: u64,
     pub max_io_bytes: u32,
     pub gi: GiView,
-    pub dirty_blocks: u64,
+        pub dirty_blocks: u64,
     pub promoted_at_ms: u64,
+    /// `connect --discard-my-data` is in effect on this node.
+    pub discard_my_data: bool,
 }
 
 /// The result of a successful handshake.
@@ -148,7 +150,7 @@ struct PeerParts {
     features: u64,
     state: Option<(Role, DiskState)>,
     sizes: Option<(u64, u64, u32)>,
-    gi: Option<(GiView, u64, u64)>,
+        gi: Option<(GiView, u64, u64, bool)>,
 }
 
 /// One side of the handshake.
@@ -395,7 +397,7 @@ impl Handshake {
                 history: l.gi.history,
                 dirty_blocks: l.dirty_blocks,
                 promoted_at_ms: l.promoted_at_ms,
-                flags: u32::from(l.gi.crashed_primary),
+                flags: u32::from(l.gi.crashed_primary) | (u32::from(l.discard_my_data) << 1),
             },
         ]
     }
@@ -431,7 +433,7 @@ impl Handshake {
                     history,
                     crashed_primary: flags & 1 != 0,
                 };
-                self.peer.gi = Some((gi, dirty_blocks, promoted_at_ms));
+                                self.peer.gi = Some((gi, dirty_blocks, promoted_at_ms, flags & 2 != 0));
             }
             _ => return Err(dup()),
         }
@@ -439,7 +441,7 @@ impl Handshake {
             (
                 Some((role, disk)),
                 Some((backing_bytes, current_bytes, max_io_bytes)),
-                Some((gi, dirty_blocks, promoted_at_ms)),
+                                Some((gi, dirty_blocks, promoted_at_ms, discard_my_data)),
             ) => {
                 let peer = NodeInfo {
                     role,
@@ -450,6 +452,7 @@ impl Handshake {
                     gi,
                     dirty_blocks,
                     promoted_at_ms,
+                    discard_my_data,
                 };
                 let agreement = self.agree(peer)?;
                 self.phase = Phase::Done;

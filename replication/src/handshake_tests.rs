@@ -31,6 +31,7 @@ fn info(disk: DiskState, backing_bytes: u64, current: u64) -> NodeInfo {
         },
         dirty_blocks: 0,
         promoted_at_ms: 0,
+        discard_my_data: false,
     }
 }
 

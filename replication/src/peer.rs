@@ -64,6 +64,8 @@ pub struct Peer {
     ack: AckTracker,
     /// Application writes whose local disk write is not done: id -> seq.
     local_pending: BTreeMap<WriteId, u64>,
+        /// Set by `connect --discard-my-data` until the next handshake.
+    discard_my_data: bool,
     /// Writes of a lost connection still on their way to our disk (kind, id).
     draining: BTreeSet<(u8, u64)>,
     /// A connection that waits for `draining` to empty before its handshake.
@@ -106,7 +108,8 @@ impl Peer {
             ping: Ping::Idle,
             local_pending: BTreeMap::new(),
             tx_waiting: std::collections::VecDeque::new(),
-            draining: BTreeSet::new(),
+                        draining: BTreeSet::new(),
+            discard_my_data: false,
             pending_connect: None,
             rx: rx::Receiver::default(),
             bitmap,
@@ -236,7 +239,8 @@ impl Peer {
                     }));
                 }
             }
-            Event::AdminConnect => {
+                        Event::AdminConnect { discard_my_data } => {
+                self.discard_my_data = discard_my_data;
                 if self.status.conn == ConnState::StandAlone {
                     self.set_status(&mut out, |s| s.conn = ConnState::Connecting);
                 }
@@ -322,8 +326,9 @@ impl Peer {
             current_bytes: self.local.current_bytes,
             max_io_bytes: self.local.max_io_bytes,
             gi,
-            dirty_blocks: self.bitmap.count(),
+                        dirty_blocks: self.bitmap.count(),
             promoted_at_ms: self.local.promoted_at_ms,
+            discard_my_data: self.discard_my_data,
         }
     }
 

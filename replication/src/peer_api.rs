@@ -103,7 +103,11 @@ pub enum Event<'a> {
     /// Admin `disconnect`: go StandAlone.
     AdminDisconnect,
     /// Admin `connect`: leave StandAlone and accept connections again.
-    AdminConnect,
+        AdminConnect {
+        /// `connect --discard-my-data`: if the handshake finds split brain,
+        /// this node is the victim (manual recovery, user's guide 13.3).
+        discard_my_data: bool,
+    },
 }
 
 /// Connection, replication and peer states for status and `events2`.

@@ -101,63 +101,49 @@ impl Peer {
         if self.bitmap.total_blocks() != blocks {
             self.bitmap = self.bitmap.resized(blocks);
         }
+        let discard_requested = self.discard_my_data;
+        self.discard_my_data = false;
         match decision {
             SyncDecision::NoSync | SyncDecision::BothJustCreated => {}
             SyncDecision::SourceBitmap
             | SyncDecision::SourceFull
             | SyncDecision::TargetBitmap
             | SyncDecision::TargetFull => {
-                let source = decision_is_source(decision);
-                if let Some(reason) = self.resync_refusal(source) {
-                    out.push(Action::Warn(reason.clone()));
-                    out.push(Action::Send(Packet::Disconnect {
-                        reason: reason.clone(),
-                    }));
-                    self.lose_connection(reason, false, out);
-                    return;
-                }
-                if self.local.disk == DiskState::Diskless
-                    || self
-                        .agreement
-                        .as_ref()
-                        .is_some_and(|a| a.peer.disk == DiskState::Diskless)
-                {
+                let no_disk = self.local.disk == DiskState::Diskless
+                    || self.agreement.as_ref().is_some_and(|a| a.peer.disk == DiskState::Diskless);
+                if no_disk {
                     out.push(Action::Log("one node is diskless: no resync".into()));
                     return;
                 }
-                let full = matches!(
-                    decision,
-                    SyncDecision::SourceFull | SyncDecision::TargetFull
-                );
-                self.begin_bitmap_exchange(source, full, out);
+                let full = matches!(decision, SyncDecision::SourceFull | SyncDecision::TargetFull);
+                self.start_resync(decision_is_source(decision), full, out);
             }
-            SyncDecision::SplitBrain {
-                shared_parent: true,
-            } => self.on_split_brain(out),
-            SyncDecision::SplitBrain {
-                shared_parent: false,
+            SyncDecision::SplitBrain { shared_parent } => {
+                self.on_split_brain(shared_parent, discard_requested, out);
             }
-            | SyncDecision::Unrelated => {
-                out.push(Action::Warn(format!(
-                    "{}; dropping the connection",
-                    decision.describe()
-                )));
-                out.push(Action::Send(Packet::Disconnect {
-                    reason: decision.describe().into(),
-                }));
-                self.lose_connection(decision.describe().into(), false, out);
-            }
+            SyncDecision::Unrelated => self.refuse(decision.describe().into(), out),
+        }
+    }
+
+    fn refuse(&mut self, reason: String, out: &mut Vec<Action>) {
+        out.push(Action::Warn(format!("{reason}; dropping the connection")));
+        out.push(Action::Send(Packet::Disconnect { reason: reason.clone() }));
+        self.lose_connection(reason, false, out);
+    }
+
+    /// Starts the bitmap exchange unless the resync must not happen.
+    fn start_resync(&mut self, source: bool, full: bool, out: &mut Vec<Action>) {
+        match self.resync_refusal(source) {
+            Some(reason) => self.refuse(reason, out),
+            None => self.begin_bitmap_exchange(source, full, out),
         }
     }
 
     /// Why this resync must not start (both sides reach the same verdict).
     fn resync_refusal(&self, local_is_source: bool) -> Option<String> {
         let peer = self.agreement.as_ref()?.peer;
-        let (source_disk, target_role) = if local_is_source {
-            (self.local.disk, peer.role)
-        } else {
-            (peer.disk, self.local.role)
-        };
+        let (source_disk, target_role) =
+            if local_is_source { (self.local.disk, peer.role) } else { (peer.disk, self.local.role) };
         if source_disk == DiskState::Inconsistent {
             return Some(
                 "refusing to resync: the sync source's data is Inconsistent; \
@@ -167,7 +153,7 @@ impl Peer {
         }
         if target_role == Role::Primary {
             return Some(
-                "refusing to resync: the node whose data is older is Primary; \
+                "refusing to resync: the node whose data would be overwritten is Primary; \
                  demote it (`secondary`) and reconnect"
                     .into(),
             );
@@ -175,11 +161,10 @@ impl Peer {
         None
     }
 
-    fn on_split_brain(&mut self, out: &mut Vec<Action>) {
-        let agreement = self
-            .agreement
-            .as_ref()
-            .expect("split brain is decided after the handshake");
+    /// Split brain: `connect --discard-my-data` on one side decides;
+    /// otherwise the after-sb policies (only with a shared parent).
+    fn on_split_brain(&mut self, shared_parent: bool, local_discards: bool, out: &mut Vec<Action>) {
+        let agreement = self.agreement.as_ref().expect("split brain is decided after the handshake");
         let local = SbSide {
             node_id: self.cfg.handshake.local_node_id,
             primary: self.local.role == Role::Primary,
@@ -192,27 +177,42 @@ impl Peer {
             changed_blocks: agreement.peer.dirty_blocks,
             promoted_at_ms: agreement.peer.promoted_at_ms,
         };
-        out.push(Action::Warn(format!(
-            "Split-Brain detected with node {}",
-            peer.node_id
-        )));
+        let peer_discards = agreement.peer.discard_my_data;
+        out.push(Action::Warn(format!("Split-Brain detected with node {}", peer.node_id)));
+        // Without a shared parent the bitmaps track different bases: full sync.
+        let full = !shared_parent;
+        match (local_discards, peer_discards) {
+            (true, false) => {
+                out.push(Action::Warn("split brain resolved manually: discarding our changes".into()));
+                return self.start_resync(false, full, out);
+            }
+            (false, true) => {
+                out.push(Action::Warn("split brain resolved manually: the peer discards its changes".into()));
+                return self.start_resync(true, full, out);
+            }
+            (true, true) => {
+                return self.refuse("split brain: both nodes were told to discard their data".into(), out);
+            }
+            (false, false) if !shared_parent => {
+                let reason = format!(
+                    "{}; run `connect --discard-my-data` on the victim",
+                    SyncDecision::SplitBrain { shared_parent }.describe()
+                );
+                return self.refuse(reason, out);
+            }
+            (false, false) => {}
+        }
         match resolve_split_brain(&self.cfg.sb_policy, &local, &peer) {
             SbResolution::LocalIsVictim { policy } => {
-                out.push(Action::Warn(format!(
-                    "split brain resolved by {policy}: discarding our changes"
-                )));
-                self.begin_bitmap_exchange(false, false, out);
+                out.push(Action::Warn(format!("split brain resolved by {policy}: discarding our changes")));
+                self.start_resync(false, false, out);
             }
             SbResolution::PeerIsVictim { policy } => {
-                out.push(Action::Warn(format!(
-                    "split brain resolved by {policy}: the peer discards its changes"
-                )));
-                self.begin_bitmap_exchange(true, false, out);
+                out.push(Action::Warn(format!("split brain resolved by {policy}: the peer discards its changes")));
+                self.start_resync(true, false, out);
             }
             SbResolution::Disconnect { reason } => {
-                out.push(Action::Send(Packet::Disconnect {
-                    reason: "split brain".into(),
-                }));
+                out.push(Action::Send(Packet::Disconnect { reason: "split brain".into() }));
                 self.lose_connection(reason, false, out);
             }
         }

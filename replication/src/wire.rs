@@ -121,6 +121,7 @@ pub enum Packet {
         dirty_blocks: u64,
         /// When the sender last became primary (caller's wall clock, ms; 0 = never).
         promoted_at_ms: u64,
+        /// Bit 0: crashed while primary; bit 1: `connect --discard-my-data`.
         flags: u32,
     },
     /// Size of the sender's backing device and of the data currently in use.

@@ -489,3 +489,34 @@ fn peer_does_not_start_the_next_epoch_before_the_previous_one_is_on_disk() {
         }
     )));
 }
+
+#[test]
+fn split_brain_is_resolved_manually_with_discard_my_data_on_the_victim() {
+    let mut p = split_brain_pair(AfterSb0Pri::Disconnect);
+    p.app_write(1, 3, 20, 0x20); // the victim changed something too
+    p.connect();
+    assert_eq!(p.nodes[1].peer.status().conn, ConnState::StandAlone);
+    // User's guide 13.3: `connect --discard-my-data` on the victim, `connect` on the survivor.
+    p.event(
+        1,
+        Event::AdminConnect {
+            discard_my_data: true,
+        },
+    );
+    p.event(
+        0,
+        Event::AdminConnect {
+            discard_my_data: false,
+        },
+    );
+    p.connect();
+    p.advance(300);
+    assert_established(&p);
+    assert_eq!(
+        resync_blocks_sent(&p.nodes[0]),
+        vec![7, 8, 20],
+        "survivor's changes plus the victim's rolled back"
+    );
+    assert_eq!(p.nodes[0].disk, p.nodes[1].disk);
+    assert_eq!(p.nodes[1].gens.current, p.nodes[0].gens.current);
+}

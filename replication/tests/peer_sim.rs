@@ -1,6 +1,8 @@
 //! Seeded simulation of a primary and a secondary: random application writes,
 //! random connection cuts and reconnects (with the new data generation a
-//! primary starts when it loses its peer), held-back disk completions on both
+//! primary starts when it loses its peer), split brain (the secondary promoted
+//! and writing while apart; resolved by `after-sb-1pri discard-secondary`, or
+//! by `connect --discard-my-data` when the policy cannot), held-back disk completions on both
 //! sides, and the virtual clock moving. After every run the link is healed
 //! and the cluster left to settle; then both replicas must be byte-for-byte
 //! identical, the secondary UpToDate and the primary's bitmap empty. Disk
@@ -13,6 +15,8 @@ mod common;
 
 use common::*;
 use drbdd_replication::ack::Protocol;
+use drbdd_replication::generation::AfterSb1Pri;
+use drbdd_replication::peer::Event;
 use drbdd_replication::state::{ConnState, DiskState, ReplState, Role};
 
 /// splitmix64: small, seedable, good enough to pick actions.
@@ -40,18 +44,76 @@ fn lose_peer_as_primary(p: &mut Pair) {
     p.nodes[0].peer.set_local(st);
 }
 
-fn run_seed(seed: u64) {
+/// While apart, the secondary is promoted too (split brain), writes a few
+/// blocks, and is demoted again before the link comes back.
+fn split_brain_on_the_secondary(p: &mut Pair, rng: &mut Rng, next_id: &mut u64) {
+    if p.nodes[1].disk_state != DiskState::UpToDate {
+        return; // an Inconsistent node cannot be promoted
+    }
+    let uuid = p.fresh_uuid();
+    p.nodes[1].gens.start_new_generation(uuid, &[0]);
+    for _ in 0..rng.below(4) {
+        let fill = u8::try_from(rng.below(255) + 1).unwrap();
+        p.app_write(1, *next_id, rng.below(64), fill);
+        *next_id += 1;
+    }
+    let st = local_state(Role::Secondary, DiskState::UpToDate, &p.nodes[1].gens);
+    p.nodes[1].peer.set_local(st);
+}
+
+/// Reconnects; a split brain the policy could not resolve is resolved the
+/// way an admin would: `connect --discard-my-data` on the secondary.
+fn reconnect(p: &mut Pair) {
+    if p.nodes
+        .iter()
+        .any(|n| n.peer.status().conn == ConnState::StandAlone)
+    {
+        p.event(
+            1,
+            Event::AdminConnect {
+                discard_my_data: true,
+            },
+        );
+        p.event(
+            0,
+            Event::AdminConnect {
+                discard_my_data: false,
+            },
+        );
+    }
+    p.connect();
+}
+
+/// How often the interesting paths ran, to prove the simulation reaches them.
+#[derive(Debug, Default)]
+struct Coverage {
+    split_brains: usize,
+    manual_resolutions: usize,
+    resyncs: usize,
+}
+
+fn run_seed(seed: u64, cov: &mut Coverage) {
     let mut rng = Rng(seed);
     let protocol = [Protocol::A, Protocol::B, Protocol::C][usize::try_from(rng.below(3)).unwrap()];
+    let mut cfg_a = config(0, 1, Some("k"), protocol);
+    let mut cfg_b = config(1, 0, Some("k"), protocol);
+    // Half the seeds recover automatically, half need the admin.
+    let policy = if rng.below(2) == 0 {
+        AfterSb1Pri::DiscardSecondary
+    } else {
+        AfterSb1Pri::Disconnect
+    };
+    cfg_a.sb_policy.after_sb_1pri = policy;
+    cfg_b.sb_policy.after_sb_1pri = policy;
     let a = Node::new(
-        config(0, 1, Some("k"), protocol),
+        cfg_a,
         Role::Primary,
         DiskState::UpToDate,
         gens(0x10),
         disk(0),
     );
     let b = Node::new(
-        config(1, 0, Some("k"), protocol),
+        cfg_b,
         Role::Secondary,
         DiskState::UpToDate,
         gens(0x10),
@@ -71,8 +133,11 @@ fn run_seed(seed: u64) {
             60..=63 if p.link_up => {
                 p.cut();
                 lose_peer_as_primary(&mut p);
+                if rng.below(3) == 0 {
+                    split_brain_on_the_secondary(&mut p, &mut rng, &mut next_id);
+                }
             }
-            64..=73 if !p.link_up => p.connect(),
+            64..=73 if !p.link_up => reconnect(&mut p),
             74..=79 => p.nodes[1].hold_peer_writes = !p.nodes[1].hold_peer_writes,
             80..=84 => p.nodes[0].hold_resync_reads = !p.nodes[0].hold_resync_reads,
             85..=87 => {
@@ -100,7 +165,12 @@ fn run_seed(seed: u64) {
             p.cut();
             lose_peer_as_primary(&mut p);
         }
-        p.connect();
+        reconnect(&mut p);
+    }
+    if p.nodes[0].peer.status().conn != ConnState::Connected {
+        // The last reconnect found split brain and went StandAlone.
+        p.cut();
+        reconnect(&mut p);
     }
     p.advance(5000);
     let (a, b) = (&p.nodes[0], &p.nodes[1]);
@@ -118,15 +188,28 @@ fn run_seed(seed: u64) {
         .collect();
     assert!(differing.is_empty(), "blocks {differing:?} differ; {ctx}");
     assert_eq!(a.gens.current, b.gens.current, "{ctx}");
+    let count = |needle: &str| b.logs.iter().filter(|l| l.contains(needle)).count();
+    cov.split_brains += count("Split-Brain detected");
+    cov.manual_resolutions += count("resolved manually");
+    cov.resyncs += count("resync finished");
 }
 
 #[test]
 fn replicas_converge_under_random_writes_cuts_and_delays() {
     let range = std::env::var("SEED")
-        .map(|v| v.parse::<u64>().unwrap())
+        .map(|v| v.parse::<u64>().expect("SEED is a number"))
         .map(|s| s..s + 1)
         .unwrap_or(0..1000);
+    let mut cov = Coverage::default();
+    let all = range.end - range.start > 1;
     for seed in range {
-        run_seed(seed);
+        run_seed(seed, &mut cov);
     }
+    if all {
+        assert!(
+            cov.split_brains > 50 && cov.manual_resolutions > 5 && cov.resyncs > 500,
+            "{cov:?}"
+        );
+    }
+    eprintln!("{cov:?}");
 }
