@@ -314,6 +314,35 @@ impl Packet {
                 w.u64(*current_bytes);
                 w.u32(*max_io_bytes);
             }
+            Packet::Data { .. }
+            | Packet::BitmapChunk { .. }
+            | Packet::ResyncRequest { .. }
+            | Packet::ResyncReply { .. } => self.encode_bulk(&mut w),
+            Packet::RecvAck { seq } | Packet::WriteAck { seq } | Packet::NegAck { seq } => {
+                w.u64(*seq)
+            }
+            Packet::Barrier { epoch } => w.u32(*epoch),
+            Packet::BarrierAck { epoch, writes } => {
+                w.u32(*epoch);
+                w.u32(*writes);
+            }
+            Packet::Ping | Packet::PingAck | Packet::ResyncFinished => {}
+            Packet::ResyncNegReply { id } => w.u64(*id),
+            Packet::OutOfSync {
+                offset_bytes,
+                len_bytes,
+            } => {
+                w.u64(*offset_bytes);
+                w.u32(*len_bytes);
+            }
+            Packet::Disconnect { reason } => w.string(reason, MAX_REASON_BYTES),
+            Packet::SyncUuid { uuid } => w.u64(*uuid),
+        }
+    }
+
+    /// The bulk packets: data, bitmap and resync payloads.
+    fn encode_bulk(&self, w: &mut Writer<'_>) {
+        match self {
             Packet::Data {
                 seq,
                 epoch,
@@ -336,15 +365,6 @@ impl Packet {
                 w.u32(*len_bytes);
                 w.bytes(payload);
             }
-            Packet::RecvAck { seq } | Packet::WriteAck { seq } | Packet::NegAck { seq } => {
-                w.u64(*seq)
-            }
-            Packet::Barrier { epoch } => w.u32(*epoch),
-            Packet::BarrierAck { epoch, writes } => {
-                w.u32(*epoch);
-                w.u32(*writes);
-            }
-            Packet::Ping | Packet::PingAck | Packet::ResyncFinished => {}
             Packet::BitmapChunk {
                 start_bit,
                 total_bits,
@@ -379,16 +399,7 @@ impl Packet {
                 w.u32(u32::try_from(payload.len()).expect("bounded"));
                 w.bytes(payload);
             }
-            Packet::ResyncNegReply { id } => w.u64(*id),
-            Packet::OutOfSync {
-                offset_bytes,
-                len_bytes,
-            } => {
-                w.u64(*offset_bytes);
-                w.u32(*len_bytes);
-            }
-            Packet::Disconnect { reason } => w.string(reason, MAX_REASON_BYTES),
-            Packet::SyncUuid { uuid } => w.u64(*uuid),
+            _ => unreachable!("not a bulk packet: {}", self.name()),
         }
     }
 }
