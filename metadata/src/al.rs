@@ -186,6 +186,8 @@ pub(crate) fn recover(blocks: &[RingBlock], al_extents: u32) -> Recovery {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Plan {
     bump: Vec<usize>,
+    /// Every requested extent, once per occurrence (each gains one in-flight count).
+    extents: Vec<u64>,
     pub(crate) assign: Vec<(usize, u64, Option<u64>)>,
 }
 
@@ -226,7 +228,7 @@ impl ActivityLog {
 
     /// Decides slots for the extents not yet active; `None` if the log is full.
     pub(crate) fn plan(&self, extents: &[u64]) -> Option<Plan> {
-        let mut plan = Plan::default();
+        let mut plan = Plan { extents: extents.to_vec(), ..Plan::default() };
         let mut new: Vec<u64> = Vec::new();
         for &ext in extents {
             assert!(ext < u64::from(EMPTY), "extent {ext} beyond the 16 PiB the AL can address");
@@ -276,7 +278,8 @@ impl ActivityLog {
             .collect()
     }
 
-    /// Applies a plan after its transactions were written.
+    /// Applies a plan after its transactions were written. Each occurrence of an
+    /// extent in the request counts as one in-flight write.
     pub(crate) fn commit(&mut self, plan: &Plan, transactions_written: u64) {
         self.next_seq += transactions_written;
         for &(slot, ext, evicted) in &plan.assign {
@@ -286,8 +289,8 @@ impl ActivityLog {
             self.slots[slot] = u32::try_from(ext).expect("checked in plan");
             self.by_extent.insert(ext, slot);
         }
-        let touched = plan.bump.iter().copied().chain(plan.assign.iter().map(|a| a.0));
-        for slot in touched {
+        for ext in &plan.extents {
+            let slot = self.by_extent[ext];
             self.tick += 1;
             self.in_flight[slot] += 1;
             self.last_used[slot] = self.tick;

@@ -23,7 +23,8 @@ pub struct MemDevice {
     size_bytes: u64,
     durable: HashMap<u64, Vec<u8>>,
     pending: Vec<(u64, Vec<u8>)>,
-    tear_keep_bytes: Option<usize>,
+    /// (writes to let through first, bytes of the torn write that land)
+    tear: Option<(u64, usize)>,
     powered_off: bool,
     fail_writes: bool,
     writes: u64,
@@ -38,14 +39,19 @@ impl MemDevice {
     /// The next write only lands its first `keep_bytes` bytes (durably, as if they hit the
     /// platter) and then the device "loses power": every later I/O fails until [`Self::crash`].
     pub fn tear_next_write(&mut self, keep_bytes: usize) {
-        self.tear_keep_bytes = Some(keep_bytes);
+        self.tear_write(0, keep_bytes);
+    }
+
+    /// Like [`Self::tear_next_write`], but lets `after_writes` writes complete first.
+    pub fn tear_write(&mut self, after_writes: u64, keep_bytes: usize) {
+        self.tear = Some((after_writes, keep_bytes));
     }
 
     /// Simulates power loss and reboot: writes not followed by a flush are lost.
     pub fn crash(&mut self) {
         self.pending.clear();
         self.powered_off = false;
-        self.tear_keep_bytes = None;
+        self.tear = None;
     }
 
     /// While set, every write fails with EIO (nothing is written).
@@ -151,7 +157,14 @@ impl MetaDevice for MemDevice {
         if self.fail_writes {
             return Err(io::Error::other("simulated write error (EIO)"));
         }
-        if let Some(keep) = self.tear_keep_bytes.take() {
+        if let Some((after, keep)) = self.tear {
+            if after > 0 {
+                self.tear = Some((after - 1, keep));
+                self.pending.push((offset_bytes, data.to_vec()));
+                self.writes += 1;
+                return Ok(());
+            }
+            self.tear = None;
             let keep = keep.min(data.len());
             // Earlier unflushed writes may or may not have landed; model the worst
             // case (they are lost at crash) but the torn prefix did hit the media.
