@@ -101,16 +101,31 @@ impl AlTransaction {
         let n_ctx = usize::from(u16::from_le_bytes([buf[14], buf[15]]));
         let seq = get_u64(buf, 16);
         let ctx_start = get_u32(buf, 24);
-        if n_updates > AL_UPDATES_MAX || (ctx_start, u32::try_from(n_ctx).unwrap_or(0)) != context_range(seq, al_extents) {
+        if n_updates > AL_UPDATES_MAX
+            || (ctx_start, u32::try_from(n_ctx).unwrap_or(0)) != context_range(seq, al_extents)
+        {
             return Err("malformed header".into());
         }
-        let updates: Vec<(u32, u32)> =
-            (0..n_updates).map(|i| (get_u32(buf, HEADER_BYTES + i * 8), get_u32(buf, HEADER_BYTES + i * 8 + 4))).collect();
+        let updates: Vec<(u32, u32)> = (0..n_updates)
+            .map(|i| {
+                (
+                    get_u32(buf, HEADER_BYTES + i * 8),
+                    get_u32(buf, HEADER_BYTES + i * 8 + 4),
+                )
+            })
+            .collect();
         if updates.iter().any(|(slot, _)| *slot >= al_extents) {
             return Err("update names a slot beyond al-extents".into());
         }
-        let context = (0..n_ctx).map(|i| get_u32(buf, CONTEXT_OFFSET + i * 4)).collect();
-        let t = Self { seq, updates, ctx_start, context };
+        let context = (0..n_ctx)
+            .map(|i| get_u32(buf, CONTEXT_OFFSET + i * 4))
+            .collect();
+        let t = Self {
+            seq,
+            updates,
+            ctx_start,
+            context,
+        };
         if t.encode(al_extents) != buf {
             return Err("non-zero reserved bytes".into());
         }
@@ -157,16 +172,26 @@ pub(crate) fn recover(blocks: &[RingBlock], al_extents: u32) -> Recovery {
         .iter()
         .enumerate()
         .filter_map(|(pos, b)| match b {
-            RingBlock::Valid(t) if t.seq % ring == u64::try_from(pos).unwrap_or(u64::MAX) => Some(t.seq),
+            RingBlock::Valid(t) if t.seq % ring == u64::try_from(pos).unwrap_or(u64::MAX) => {
+                Some(t.seq)
+            }
             _ => None,
         })
         .max();
     let mut slots = vec![EMPTY; usize::try_from(al_extents).expect("fits")];
     let Some(last_seq) = newest else {
-        return Recovery { slots, last_seq: 0, run_len: 0, complete: true };
+        return Recovery {
+            slots,
+            last_seq: 0,
+            run_len: 0,
+            complete: true,
+        };
     };
     let mut first = last_seq;
-    while first > 1 && last_seq - first + 1 < ring && matches!(at(first - 1), RingBlock::Valid(t) if t.seq == first - 1) {
+    while first > 1
+        && last_seq - first + 1 < ring
+        && matches!(at(first - 1), RingBlock::Valid(t) if t.seq == first - 1)
+    {
         first -= 1;
     }
     for seq in first..=last_seq {
@@ -179,7 +204,12 @@ pub(crate) fn recover(blocks: &[RingBlock], al_extents: u32) -> Recovery {
         }
     }
     let run_len = last_seq - first + 1;
-    Recovery { slots, last_seq, run_len, complete: first == 1 || run_len >= context_chunks(al_extents) }
+    Recovery {
+        slots,
+        last_seq,
+        run_len,
+        complete: first == 1 || run_len >= context_chunks(al_extents),
+    }
 }
 
 /// What activating a batch of extents needs: slots to assign (slot, extent, evicted).
@@ -212,7 +242,14 @@ impl ActivityLog {
                 by_extent.insert(u64::from(*ext), slot);
             }
         }
-        Self { slots: rec.slots.clone(), in_flight: vec![0; n], last_used: vec![0; n], tick: 0, by_extent, next_seq: rec.last_seq + 1 }
+        Self {
+            slots: rec.slots.clone(),
+            in_flight: vec![0; n],
+            last_used: vec![0; n],
+            tick: 0,
+            by_extent,
+            next_seq: rec.last_seq + 1,
+        }
     }
 
     #[cfg(test)]
@@ -228,10 +265,16 @@ impl ActivityLog {
 
     /// Decides slots for the extents not yet active; `None` if the log is full.
     pub(crate) fn plan(&self, extents: &[u64]) -> Option<Plan> {
-        let mut plan = Plan { extents: extents.to_vec(), ..Plan::default() };
+        let mut plan = Plan {
+            extents: extents.to_vec(),
+            ..Plan::default()
+        };
         let mut new: Vec<u64> = Vec::new();
         for &ext in extents {
-            assert!(ext < u64::from(EMPTY), "extent {ext} beyond the 16 PiB the AL can address");
+            assert!(
+                ext < u64::from(EMPTY),
+                "extent {ext} beyond the 16 PiB the AL can address"
+            );
             match self.by_extent.get(&ext) {
                 Some(&slot) => plan.bump.push(slot),
                 None if !new.contains(&ext) => new.push(ext),
@@ -248,7 +291,8 @@ impl ActivityLog {
         }
         for (ext, slot) in new.into_iter().zip(candidates) {
             let old = self.slots[slot];
-            plan.assign.push((slot, ext, (old != EMPTY).then_some(u64::from(old))));
+            plan.assign
+                .push((slot, ext, (old != EMPTY).then_some(u64::from(old))));
         }
         Some(plan)
     }
@@ -271,7 +315,12 @@ impl ActivityLog {
                     .collect();
                 let (start, count) = context_range(seq, al_extents);
                 let context = table[start as usize..(start + count) as usize].to_vec();
-                let t = AlTransaction { seq, updates, ctx_start: start, context };
+                let t = AlTransaction {
+                    seq,
+                    updates,
+                    ctx_start: start,
+                    context,
+                };
                 seq += 1;
                 t
             })
@@ -299,8 +348,14 @@ impl ActivityLog {
 
     pub(crate) fn release(&mut self, extents: &[u64]) {
         for ext in extents {
-            let slot = *self.by_extent.get(ext).unwrap_or_else(|| panic!("al_release of inactive extent {ext}"));
-            assert!(self.in_flight[slot] > 0, "al_release of extent {ext} without in-flight writes");
+            let slot = *self
+                .by_extent
+                .get(ext)
+                .unwrap_or_else(|| panic!("al_release of inactive extent {ext}"));
+            assert!(
+                self.in_flight[slot] > 0,
+                "al_release of extent {ext} without in-flight writes"
+            );
             self.in_flight[slot] -= 1;
         }
     }
@@ -316,7 +371,12 @@ mod tests {
 
     #[test]
     fn transaction_round_trips_and_detects_corruption() {
-        let t = AlTransaction { seq: 5, updates: vec![(1, 77), (3, EMPTY)], ctx_start: 0, context: vec![9, 77, EMPTY, EMPTY] };
+        let t = AlTransaction {
+            seq: 5,
+            updates: vec![(1, 77), (3, EMPTY)],
+            ctx_start: 0,
+            context: vec![9, 77, EMPTY, EMPTY],
+        };
         let buf = t.encode(4);
         assert_eq!(AlTransaction::decode(&buf, 4).unwrap(), t);
         let mut bad = buf.clone();

@@ -22,7 +22,11 @@ impl Bitmap {
     pub(crate) fn new(bits: u64, bytes: u64) -> Self {
         let words = usize::try_from(bytes / 8).expect("bitmap fits in memory");
         assert!(u64::try_from(words).unwrap_or(0) * 64 >= bits);
-        Self { words: vec![0; words], bits, dirty: vec![false; words / WORDS_PER_PAGE] }
+        Self {
+            words: vec![0; words],
+            bits,
+            dirty: vec![false; words / WORDS_PER_PAGE],
+        }
     }
 
     pub(crate) fn pages(&self) -> usize {
@@ -39,7 +43,11 @@ impl Bitmap {
             let word = usize::try_from(bit / 64).expect("in range");
             let shift = bit % 64;
             let n = (64 - shift).min(end - bit);
-            let mask = if n == 64 { u64::MAX } else { ((1u64 << n) - 1) << shift };
+            let mask = if n == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << n) - 1) << shift
+            };
             let old = self.words[word];
             self.words[word] = if value { old | mask } else { old & !mask };
             if self.words[word] != old {
@@ -51,7 +59,9 @@ impl Bitmap {
 
     /// Marks every granule touched by the byte range.
     pub(crate) fn set_range(&mut self, offset_bytes: u64, len_bytes: u64) {
-        let end_bytes = offset_bytes.checked_add(len_bytes).expect("range overflows");
+        let end_bytes = offset_bytes
+            .checked_add(len_bytes)
+            .expect("range overflows");
         let first = offset_bytes / BITMAP_GRANULE_BYTES;
         let end = end_bytes.div_ceil(BITMAP_GRANULE_BYTES);
         assert!(end <= self.bits, "bitmap range beyond data size");
@@ -60,7 +70,9 @@ impl Bitmap {
 
     /// Clears only granules the byte range covers completely.
     pub(crate) fn clear_range(&mut self, offset_bytes: u64, len_bytes: u64) {
-        let end_bytes = offset_bytes.checked_add(len_bytes).expect("range overflows");
+        let end_bytes = offset_bytes
+            .checked_add(len_bytes)
+            .expect("range overflows");
         let first = offset_bytes.div_ceil(BITMAP_GRANULE_BYTES);
         let end = (end_bytes / BITMAP_GRANULE_BYTES).min(self.bits);
         if first < end {
@@ -105,7 +117,9 @@ impl Bitmap {
 
     fn get(&self, bit: u64) -> bool {
         let word = usize::try_from(bit / 64).unwrap_or(usize::MAX);
-        self.words.get(word).is_some_and(|w| w & (1 << (bit % 64)) != 0)
+        self.words
+            .get(word)
+            .is_some_and(|w| w & (1 << (bit % 64)) != 0)
     }
 
     pub(crate) fn mark_all_dirty(&mut self) {
@@ -113,7 +127,12 @@ impl Bitmap {
     }
 
     pub(crate) fn dirty_pages(&self) -> Vec<usize> {
-        self.dirty.iter().enumerate().filter(|(_, d)| **d).map(|(i, _)| i).collect()
+        self.dirty
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| **d)
+            .map(|(i, _)| i)
+            .collect()
     }
 
     pub(crate) fn mark_clean(&mut self, page: usize) {
@@ -121,7 +140,10 @@ impl Bitmap {
     }
 
     pub(crate) fn encode_page(&self, page: usize) -> Vec<u8> {
-        self.words[page * WORDS_PER_PAGE..(page + 1) * WORDS_PER_PAGE].iter().flat_map(|w| w.to_le_bytes()).collect()
+        self.words[page * WORDS_PER_PAGE..(page + 1) * WORDS_PER_PAGE]
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect()
     }
 
     /// Loads a page read from disk; returns false if it has bits beyond the data size.
@@ -136,11 +158,23 @@ impl Bitmap {
 
     fn tail_clear(&self) -> bool {
         let first_word = usize::try_from(self.bits / 64).unwrap_or(usize::MAX);
-        let partial_mask = if self.bits % 64 == 0 { u64::MAX } else { u64::MAX << (self.bits % 64) };
-        self.words.iter().enumerate().skip(first_word).all(|(i, w)| {
-            let mask = if i == first_word { partial_mask } else { u64::MAX };
-            w & mask == 0
-        })
+        let partial_mask = if self.bits.is_multiple_of(64) {
+            u64::MAX
+        } else {
+            u64::MAX << (self.bits % 64)
+        };
+        self.words
+            .iter()
+            .enumerate()
+            .skip(first_word)
+            .all(|(i, w)| {
+                let mask = if i == first_word {
+                    partial_mask
+                } else {
+                    u64::MAX
+                };
+                w & mask == 0
+            })
     }
 }
 

@@ -33,7 +33,10 @@ pub struct MemDevice {
 
 impl MemDevice {
     pub fn new(size_bytes: u64) -> Self {
-        Self { size_bytes, ..Self::default() }
+        Self {
+            size_bytes,
+            ..Self::default()
+        }
     }
 
     /// The next write only lands its first `keep_bytes` bytes (durably, as if they hit the
@@ -105,7 +108,9 @@ impl MemDevice {
 
     fn power_check(&self) -> io::Result<()> {
         if self.powered_off {
-            return Err(io::Error::other("simulated power loss: device is off until crash()"));
+            return Err(io::Error::other(
+                "simulated power loss: device is off until crash()",
+            ));
         }
         Ok(())
     }

@@ -14,7 +14,14 @@ pub fn format_uuid(uuid: u64) -> String {
 fn gi_line(sb: &Superblock, slot: usize) -> String {
     let peer = sb.peers.get(slot).copied().unwrap_or_default();
     let f = sb.flags;
-    let bits = [f.consistent, f.was_up_to_date, f.primary, f.crashed_primary, f.outdated, peer.flags.outdated];
+    let bits = [
+        f.consistent,
+        f.was_up_to_date,
+        f.primary,
+        f.crashed_primary,
+        f.outdated,
+        peer.flags.outdated,
+    ];
     let flags: Vec<String> = bits.iter().map(|b| u8::from(*b).to_string()).collect();
     format!(
         "{}:{}:{}:{}:{}",
@@ -37,11 +44,15 @@ pub fn show_gi(sb: &Superblock, slot: usize) -> String {
     out.push_str("+--<  current data generation UUID  >-\n");
     out.push_str("|                +--<  bitmap's base data generation UUID  >-\n");
     out.push_str("|                |                +--<  younger history UUID  >-\n");
-    out.push_str("|                |                |                +--<  older history UUID  >-\n");
+    out.push_str(
+        "|                |                |                +--<  older history UUID  >-\n",
+    );
     out.push_str("V                V                V                V\n");
     out.push_str(&gi_line(sb, slot));
     out.push('\n');
-    out.push_str("flags: consistent:was-up-to-date:primary:crashed-primary:outdated:peer-outdated\n");
+    out.push_str(
+        "flags: consistent:was-up-to-date:primary:crashed-primary:outdated:peer-outdated\n",
+    );
     out
 }
 
@@ -50,7 +61,10 @@ pub fn show_gi_all(sb: &Superblock) -> String {
     sb.peers
         .iter()
         .enumerate()
-        .filter_map(|(i, p)| p.node_id.map(|id| format!("node-id {id}: {}\n", gi_line(sb, i))))
+        .filter_map(|(i, p)| {
+            p.node_id
+                .map(|id| format!("node-id {id}: {}\n", gi_line(sb, i)))
+        })
         .collect()
 }
 
@@ -69,7 +83,10 @@ mod tests {
             max_peers: 2,
             data_size_bytes: 1 << 20,
             al_extents: 7,
-            flags: MdFlags { consistent: true, ..Default::default() },
+            flags: MdFlags {
+                consistent: true,
+                ..Default::default()
+            },
             current_uuid: 0x51CC_8C0B_06D6_F75C,
             history_uuids: [1, 0],
             peers,

@@ -73,7 +73,10 @@ pub(crate) fn al_ring_blocks(al_extents: u32) -> u32 {
 }
 
 fn bitmap_bytes_per_peer(data_size_bytes: u64) -> u64 {
-    round_up(data_size_bytes.div_ceil(BITMAP_GRANULE_BYTES).div_ceil(8), MD_BLOCK_BYTES)
+    round_up(
+        data_size_bytes.div_ceil(BITMAP_GRANULE_BYTES).div_ceil(8),
+        MD_BLOCK_BYTES,
+    )
 }
 
 /// Metadata size for a data area of `data_size_bytes`.
@@ -112,16 +115,31 @@ fn build(data: u64, md_offset: u64, max_peers: u8, al_extents: u32, internal: bo
 
 /// Metadata at the end of the backing device; the data area is the largest
 /// 4 KiB multiple such that data + metadata fit.
-pub fn layout_internal(backing_bytes: u64, max_peers: u8, al_extents: u32) -> Result<Layout, MetaError> {
+pub fn layout_internal(
+    backing_bytes: u64,
+    max_peers: u8,
+    al_extents: u32,
+) -> Result<Layout, MetaError> {
     check_params(max_peers, al_extents)?;
     let need_bytes = MIN_DATA_BYTES + md_size(MIN_DATA_BYTES, max_peers, al_extents);
-    let too_small = MetaError::TooSmall { have_bytes: backing_bytes, need_bytes, max_peers, al_extents };
+    let too_small = MetaError::TooSmall {
+        have_bytes: backing_bytes,
+        need_bytes,
+        max_peers,
+        al_extents,
+    };
     if backing_bytes < need_bytes {
         return Err(too_small);
     }
     // Binary search the largest data size (in 4 KiB blocks) that fits.
-    let fits = |blocks: u64| blocks * MD_BLOCK_BYTES + md_size(blocks * MD_BLOCK_BYTES, max_peers, al_extents) <= backing_bytes;
-    let (mut lo, mut hi) = (MIN_DATA_BYTES / MD_BLOCK_BYTES, backing_bytes / MD_BLOCK_BYTES);
+    let fits = |blocks: u64| {
+        blocks * MD_BLOCK_BYTES + md_size(blocks * MD_BLOCK_BYTES, max_peers, al_extents)
+            <= backing_bytes
+    };
+    let (mut lo, mut hi) = (
+        MIN_DATA_BYTES / MD_BLOCK_BYTES,
+        backing_bytes / MD_BLOCK_BYTES,
+    );
     while lo < hi {
         let mid = lo + (hi - lo).div_ceil(2);
         if fits(mid) {
@@ -155,7 +173,12 @@ pub fn layout_external(
     }
     let need_bytes = md_size(data, max_peers, al_extents);
     if md_device_bytes < need_bytes {
-        return Err(MetaError::TooSmall { have_bytes: md_device_bytes, need_bytes, max_peers, al_extents });
+        return Err(MetaError::TooSmall {
+            have_bytes: md_device_bytes,
+            need_bytes,
+            max_peers,
+            al_extents,
+        });
     }
     Ok(build(data, 0, max_peers, al_extents, false))
 }
@@ -175,8 +198,12 @@ mod tests {
             for &peers in &[1u8, 2, 7, 31] {
                 let data = gib << 30;
                 let l = layout_external(data, 1 << 40, peers, 1237).unwrap();
-                let fixed = SUPERBLOCK_AREA_BYTES + MD_BLOCK_BYTES * u64::from(al_ring_blocks(1237));
-                assert_eq!(l.md_size_bytes - fixed, guide_bitmap_bytes(data, u64::from(peers)));
+                let fixed =
+                    SUPERBLOCK_AREA_BYTES + MD_BLOCK_BYTES * u64::from(al_ring_blocks(1237));
+                assert_eq!(
+                    l.md_size_bytes - fixed,
+                    guide_bitmap_bytes(data, u64::from(peers))
+                );
             }
         }
     }
@@ -191,7 +218,10 @@ mod tests {
                 assert!(l.md_offset_bytes >= l.data_size_bytes);
                 assert!(l.md_offset_bytes + l.md_size_bytes <= size);
                 let bigger = l.data_size_bytes + 4096;
-                assert!(bigger + md_size(bigger, peers, 1237) > size, "not maximal for {size}/{peers}");
+                assert!(
+                    bigger + md_size(bigger, peers, 1237) > size,
+                    "not maximal for {size}/{peers}"
+                );
             }
         }
     }
@@ -200,7 +230,11 @@ mod tests {
     fn too_small_device_reports_minimum() {
         let err = layout_internal(1 << 20, 1, 1237).unwrap_err();
         let need = MIN_DATA_BYTES + md_size(MIN_DATA_BYTES, 1, 1237);
-        assert!(err.to_string().contains(&format!("need at least {need} bytes")), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("need at least {need} bytes")),
+            "{err}"
+        );
         assert!(layout_internal(need, 1, 1237).is_ok());
         assert!(layout_internal(need - 1, 1, 1237).is_err());
     }

@@ -28,7 +28,12 @@ pub use superblock::{MdFlags, PeerFlags, PeerSlot, Superblock, FORMAT_VERSION, M
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
     #[error("device too small: {have_bytes} bytes, need at least {need_bytes} bytes for max-peers {max_peers} and al-extents {al_extents}; use a larger device")]
-    TooSmall { have_bytes: u64, need_bytes: u64, max_peers: u8, al_extents: u32 },
+    TooSmall {
+        have_bytes: u64,
+        need_bytes: u64,
+        max_peers: u8,
+        al_extents: u32,
+    },
     #[error("invalid parameter: {0}")]
     InvalidParameter(String),
     #[error("no drbdd metadata found at offset {offset_bytes} (magic mismatch): run `drbdctl create-md <res>`")]
@@ -46,5 +51,8 @@ pub enum MetaError {
     #[error("metadata is busy: {0}")]
     Busy(String),
     #[error("metadata I/O error at offset {offset_bytes}: {source}; check the backing device")]
-    Io { offset_bytes: u64, source: std::io::Error },
+    Io {
+        offset_bytes: u64,
+        source: std::io::Error,
+    },
 }

@@ -42,7 +42,10 @@ pub fn detect_signature(first_bytes: &[u8]) -> Option<&'static str> {
 
 /// ext4 if it uses extents/64bit/flex_bg, ext3 if it has a journal, else ext2.
 fn ext_flavour(b: &[u8]) -> &'static str {
-    let le32 = |at: usize| b.get(at..at + 4).map_or(0, |s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]));
+    let le32 = |at: usize| {
+        b.get(at..at + 4)
+            .map_or(0, |s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    };
     let compat = le32(1024 + 0x5C);
     let incompat = le32(1024 + 0x60);
     const EXTENTS: u32 = 0x40;

@@ -13,7 +13,9 @@ use crate::al::{classify, recover, ActivityLog, AlActivation, AlTransaction, Rec
 use crate::bitmap::Bitmap;
 use crate::device::MetaDevice;
 use crate::layout::{Layout, AL_EXTENT_BYTES, BITMAP_GRANULE_BYTES, MD_BLOCK_BYTES};
-use crate::superblock::{self, MdFlags, PeerSlot, SbCopy, SbDefect, Superblock, FORMAT_VERSION, SB_BYTES};
+use crate::superblock::{
+    self, MdFlags, PeerSlot, SbCopy, SbDefect, Superblock, FORMAT_VERSION, SB_BYTES,
+};
 use crate::MetaError;
 
 /// Parameters of `create-md`.
@@ -66,18 +68,28 @@ fn status_text(s: &CopyStatus) -> String {
 impl fmt::Display for CheckReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, s) in self.superblock_copies.iter().enumerate() {
-            let used = if self.superblock_used == Some(i) { " (used)" } else { "" };
+            let used = if self.superblock_used == Some(i) {
+                " (used)"
+            } else {
+                ""
+            };
             writeln!(f, "superblock copy {i}: {}{used}", status_text(s))?;
         }
         for (i, s) in self.al_blocks.iter().enumerate() {
             writeln!(f, "al block {i}: {}", status_text(s))?;
         }
-        writeln!(f, "al newest seq {} run {} complete {}", self.al_newest_seq, self.al_run_len, self.al_complete)?;
+        writeln!(
+            f,
+            "al newest seq {} run {} complete {}",
+            self.al_newest_seq, self.al_run_len, self.al_complete
+        )?;
         writeln!(f, "al logged extents: {:?}", self.al_logged_extents)?;
         if self.problems.is_empty() {
             writeln!(f, "result: ok")
         } else {
-            self.problems.iter().try_for_each(|p| writeln!(f, "problem: {p}"))
+            self.problems
+                .iter()
+                .try_for_each(|p| writeln!(f, "problem: {p}"))
         }
     }
 }
@@ -96,7 +108,10 @@ pub struct MetaStore<D: MetaDevice> {
 }
 
 pub(crate) fn io<T>(offset_bytes: u64, r: std::io::Result<T>) -> Result<T, MetaError> {
-    r.map_err(|source| MetaError::Io { offset_bytes, source })
+    r.map_err(|source| MetaError::Io {
+        offset_bytes,
+        source,
+    })
 }
 
 fn check_device(dev: &impl MetaDevice, layout: &Layout) -> Result<(), MetaError> {
@@ -112,7 +127,10 @@ fn check_device(dev: &impl MetaDevice, layout: &Layout) -> Result<(), MetaError>
     Ok(())
 }
 
-pub(crate) fn read_superblocks(dev: &mut impl MetaDevice, layout: &Layout) -> Result<Vec<Result<SbCopy, SbDefect>>, MetaError> {
+pub(crate) fn read_superblocks(
+    dev: &mut impl MetaDevice,
+    layout: &Layout,
+) -> Result<Vec<Result<SbCopy, SbDefect>>, MetaError> {
     (0..2)
         .map(|copy| {
             let off = layout.sb_offset(copy);
@@ -122,18 +140,24 @@ pub(crate) fn read_superblocks(dev: &mut impl MetaDevice, layout: &Layout) -> Re
                 if usize::try_from(c.seq % 2) == Ok(copy) {
                     Ok(c)
                 } else {
-                    Err(SbDefect::Malformed(format!("sequence {} stored in the wrong copy", c.seq)))
+                    Err(SbDefect::Malformed(format!(
+                        "sequence {} stored in the wrong copy",
+                        c.seq
+                    )))
                 }
             }))
         })
         .collect()
 }
 
-pub(crate) fn read_ring(dev: &mut impl MetaDevice, layout: &Layout) -> Result<Vec<RingBlock>, MetaError> {
+pub(crate) fn read_ring(
+    dev: &mut impl MetaDevice,
+    layout: &Layout,
+) -> Result<Vec<RingBlock>, MetaError> {
     (0..layout.al_ring_blocks)
         .map(|b| {
             let off = layout.al_block_offset(b);
-            let mut buf = vec![0u8; MD_BLOCK_BYTES as usize];
+            let mut buf = vec![0u8; SB_BYTES];
             io(off, dev.read_at(off, &mut buf))?;
             Ok(classify(&buf, layout.al_extents))
         })
@@ -141,14 +165,27 @@ pub(crate) fn read_ring(dev: &mut impl MetaDevice, layout: &Layout) -> Result<Ve
 }
 
 /// Picks the newest valid copy, or explains why there is none.
-fn choose_superblock(copies: &[Result<SbCopy, SbDefect>], layout: &Layout) -> Result<(usize, SbCopy), MetaError> {
-    let best = copies.iter().enumerate().filter_map(|(i, c)| c.as_ref().ok().map(|c| (i, c))).max_by_key(|(_, c)| c.seq);
+fn choose_superblock(
+    copies: &[Result<SbCopy, SbDefect>],
+    layout: &Layout,
+) -> Result<(usize, SbCopy), MetaError> {
+    let best = copies
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| c.as_ref().ok().map(|c| (i, c)))
+        .max_by_key(|(_, c)| c.seq);
     if let Some((i, c)) = best {
         return Ok((i, c.clone()));
     }
     let offset_bytes = layout.md_offset_bytes;
-    if let Some(SbDefect::Newer(found)) = copies.iter().find_map(|c| c.as_ref().err().filter(|d| matches!(d, SbDefect::Newer(_)))) {
-        return Err(MetaError::NewerVersion { found: *found, supported: FORMAT_VERSION });
+    if let Some(SbDefect::Newer(found)) = copies
+        .iter()
+        .find_map(|c| c.as_ref().err().filter(|d| matches!(d, SbDefect::Newer(_))))
+    {
+        return Err(MetaError::NewerVersion {
+            found: *found,
+            supported: FORMAT_VERSION,
+        });
     }
     if copies.iter().all(|c| matches!(c, Err(SbDefect::NoMagic))) {
         return Err(MetaError::NoMetadata { offset_bytes });
@@ -156,7 +193,12 @@ fn choose_superblock(copies: &[Result<SbCopy, SbDefect>], layout: &Layout) -> Re
     let what = copies
         .iter()
         .enumerate()
-        .map(|(i, c)| format!("superblock copy {i}: {}", c.as_ref().err().map_or("valid".into(), |d| d.to_string())))
+        .map(|(i, c)| {
+            format!(
+                "superblock copy {i}: {}",
+                c.as_ref().err().map_or("valid".into(), |d| d.to_string())
+            )
+        })
         .collect::<Vec<_>>()
         .join("; ");
     Err(MetaError::Corrupt { offset_bytes, what })
@@ -164,12 +206,36 @@ fn choose_superblock(copies: &[Result<SbCopy, SbDefect>], layout: &Layout) -> Re
 
 fn check_matches_layout(c: &SbCopy, layout: &Layout) -> Result<(), MetaError> {
     let checks = [
-        ("max-peers", u64::from(c.sb.max_peers), u64::from(layout.max_peers)),
-        ("al-extents", u64::from(c.sb.al_extents), u64::from(layout.al_extents)),
-        ("data size (bytes)", c.sb.data_size_bytes, layout.data_size_bytes),
-        ("metadata size (bytes)", c.md_size_bytes, layout.md_size_bytes),
-        ("al ring blocks", u64::from(c.al_ring_blocks), u64::from(layout.al_ring_blocks)),
-        ("bitmap bytes per peer", c.bitmap_bytes_per_peer, layout.bitmap_bytes_per_peer),
+        (
+            "max-peers",
+            u64::from(c.sb.max_peers),
+            u64::from(layout.max_peers),
+        ),
+        (
+            "al-extents",
+            u64::from(c.sb.al_extents),
+            u64::from(layout.al_extents),
+        ),
+        (
+            "data size (bytes)",
+            c.sb.data_size_bytes,
+            layout.data_size_bytes,
+        ),
+        (
+            "metadata size (bytes)",
+            c.md_size_bytes,
+            layout.md_size_bytes,
+        ),
+        (
+            "al ring blocks",
+            u64::from(c.al_ring_blocks),
+            u64::from(layout.al_ring_blocks),
+        ),
+        (
+            "bitmap bytes per peer",
+            c.bitmap_bytes_per_peer,
+            layout.bitmap_bytes_per_peer,
+        ),
     ];
     for (what, on_disk, wanted) in checks {
         if on_disk != wanted {
@@ -192,14 +258,20 @@ impl<D: MetaDevice> MetaStore<D> {
             )));
         }
         if opts.node_id > 31 {
-            return Err(MetaError::InvalidParameter(format!("node-id {} is out of range; use 0..=31", opts.node_id)));
+            return Err(MetaError::InvalidParameter(format!(
+                "node-id {} is out of range; use 0..=31",
+                opts.node_id
+            )));
         }
         let sb = Superblock {
             node_id: opts.node_id,
             max_peers: opts.max_peers,
             data_size_bytes: layout.data_size_bytes,
             al_extents: opts.al_extents,
-            flags: MdFlags { al_clean: true, ..MdFlags::default() },
+            flags: MdFlags {
+                al_clean: true,
+                ..MdFlags::default()
+            },
             current_uuid: 0,
             history_uuids: [0; 2],
             peers: vec![PeerSlot::default(); usize::from(opts.max_peers)],
@@ -210,17 +282,29 @@ impl<D: MetaDevice> MetaStore<D> {
     }
 
     pub(crate) fn fresh_bitmaps(layout: &Layout) -> Vec<Bitmap> {
-        (0..layout.max_peers).map(|_| Bitmap::new(layout.bitmap_bits(), layout.bitmap_bytes_per_peer)).collect()
+        (0..layout.max_peers)
+            .map(|_| Bitmap::new(layout.bitmap_bits(), layout.bitmap_bytes_per_peer))
+            .collect()
     }
 
     /// Writes a complete metadata image: invalidates old superblocks first so a
     /// crash midway never leaves old superblocks over new bitmaps.
-    pub(crate) fn write_all(mut dev: D, layout: Layout, sb: Superblock, sb_seq: u64, ring: &[RingBlock], mut bitmaps: Vec<Bitmap>) -> Result<Self, MetaError> {
+    pub(crate) fn write_all(
+        mut dev: D,
+        layout: Layout,
+        sb: Superblock,
+        sb_seq: u64,
+        ring: &[RingBlock],
+        mut bitmaps: Vec<Bitmap>,
+    ) -> Result<Self, MetaError> {
         check_device(&dev, &layout)?;
         assert!(sb_seq >= 2, "superblock sequence starts at 2");
         let zero = vec![0u8; SB_BYTES];
         for copy in 0..2 {
-            io(layout.sb_offset(copy), dev.write_at(layout.sb_offset(copy), &zero))?;
+            io(
+                layout.sb_offset(copy),
+                dev.write_at(layout.sb_offset(copy), &zero),
+            )?;
         }
         io(layout.md_offset_bytes, dev.flush())?;
         for (b, block) in (0u32..).zip(ring) {
@@ -228,7 +312,10 @@ impl<D: MetaDevice> MetaStore<D> {
                 RingBlock::Valid(t) => t.encode(layout.al_extents),
                 RingBlock::Empty | RingBlock::Invalid(_) => zero.clone(),
             };
-            io(layout.al_block_offset(b), dev.write_at(layout.al_block_offset(b), &data))?;
+            io(
+                layout.al_block_offset(b),
+                dev.write_at(layout.al_block_offset(b), &data),
+            )?;
         }
         for bm in &mut bitmaps {
             bm.mark_all_dirty();
@@ -271,15 +358,18 @@ impl<D: MetaDevice> MetaStore<D> {
 
     fn read_bitmaps(dev: &mut D, layout: &Layout) -> Result<Vec<Bitmap>, MetaError> {
         let mut bitmaps = Self::fresh_bitmaps(layout);
-        let mut buf = vec![0u8; MD_BLOCK_BYTES as usize];
+        let mut buf = vec![0u8; SB_BYTES];
         for (slot, bm) in bitmaps.iter_mut().enumerate() {
             for page in 0..bm.pages() {
-                let off = layout.bitmap_offset(slot) + MD_BLOCK_BYTES * u64::try_from(page).unwrap_or(0);
+                let off =
+                    layout.bitmap_offset(slot) + MD_BLOCK_BYTES * u64::try_from(page).unwrap_or(0);
                 io(off, dev.read_at(off, &mut buf))?;
                 if !bm.load_page(page, &buf) {
                     return Err(MetaError::Corrupt {
                         offset_bytes: off,
-                        what: format!("bitmap of peer slot {slot} has bits set beyond the data size"),
+                        what: format!(
+                            "bitmap of peer slot {slot} has bits set beyond the data size"
+                        ),
                     });
                 }
             }
@@ -300,7 +390,8 @@ impl<D: MetaDevice> MetaStore<D> {
                 Err(d) => CopyStatus::Invalid(d.to_string()),
             })
             .collect();
-        let chosen = choose_superblock(&copies, &layout).and_then(|(i, c)| check_matches_layout(&c, &layout).map(|()| i));
+        let chosen = choose_superblock(&copies, &layout)
+            .and_then(|(i, c)| check_matches_layout(&c, &layout).map(|()| i));
         let superblock_used = chosen.as_ref().ok().copied();
         if let Err(e) = &chosen {
             problems.push(e.to_string());
@@ -318,16 +409,26 @@ impl<D: MetaDevice> MetaStore<D> {
                 RingBlock::Invalid(why) => CopyStatus::Invalid(why.clone()),
             })
             .collect::<Vec<_>>();
-        if al_blocks.iter().any(|b| matches!(b, CopyStatus::Invalid(_))) {
+        if al_blocks
+            .iter()
+            .any(|b| matches!(b, CopyStatus::Invalid(_)))
+        {
             problems.push("activity log has invalid blocks (a torn or corrupted transaction); the newest valid run is used".into());
         }
         if !rec.complete {
-            problems.push("activity log cannot be fully rebuilt; the whole device must be resynced".into());
+            problems.push(
+                "activity log cannot be fully rebuilt; the whole device must be resynced".into(),
+            );
         }
         if let Err(e) = Self::read_bitmaps(&mut dev, &layout) {
             problems.push(e.to_string());
         }
-        let mut logged: Vec<u64> = rec.slots.iter().filter(|e| **e != crate::al::EMPTY).map(|e| u64::from(*e)).collect();
+        let mut logged: Vec<u64> = rec
+            .slots
+            .iter()
+            .filter(|e| **e != crate::al::EMPTY)
+            .map(|e| u64::from(*e))
+            .collect();
         logged.sort_unstable();
         Ok(CheckReport {
             superblock_copies,
@@ -360,7 +461,11 @@ impl<D: MetaDevice> MetaStore<D> {
             let seq = self.sb_seq + step;
             let copy = usize::try_from(seq % 2).unwrap_or(0);
             let off = self.layout.sb_offset(copy);
-            io(off, self.dev.write_at(off, &superblock::encode(sb, seq, &self.layout)))?;
+            io(
+                off,
+                self.dev
+                    .write_at(off, &superblock::encode(sb, seq, &self.layout)),
+            )?;
             io(off, self.dev.flush())?;
         }
         self.sb_seq += 2;
@@ -372,16 +477,31 @@ impl<D: MetaDevice> MetaStore<D> {
     pub fn update_superblock(&mut self, f: impl FnOnce(&mut Superblock)) -> Result<(), MetaError> {
         let mut next = self.sb.clone();
         f(&mut next);
-        assert_eq!(next.max_peers, self.sb.max_peers, "max_peers cannot change in place");
-        assert_eq!(next.al_extents, self.sb.al_extents, "al_extents cannot change in place");
-        assert_eq!(next.data_size_bytes, self.sb.data_size_bytes, "data size cannot change in place");
-        assert_eq!(next.peers.len(), usize::from(next.max_peers), "one peer slot per max_peers");
+        assert_eq!(
+            next.max_peers, self.sb.max_peers,
+            "max_peers cannot change in place"
+        );
+        assert_eq!(
+            next.al_extents, self.sb.al_extents,
+            "al_extents cannot change in place"
+        );
+        assert_eq!(
+            next.data_size_bytes, self.sb.data_size_bytes,
+            "data size cannot change in place"
+        );
+        assert_eq!(
+            next.peers.len(),
+            usize::from(next.max_peers),
+            "one peer slot per max_peers"
+        );
         self.write_superblock(&next)
     }
 
     fn bitmap(&mut self, slot: usize) -> &mut Bitmap {
         let n = self.bitmaps.len();
-        self.bitmaps.get_mut(slot).unwrap_or_else(|| panic!("peer slot {slot} out of range (max-peers {n})"))
+        self.bitmaps
+            .get_mut(slot)
+            .unwrap_or_else(|| panic!("peer slot {slot} out of range (max-peers {n})"))
     }
 
     /// Marks every 4 KiB granule touched by the range out of sync (in memory).
@@ -407,7 +527,10 @@ impl<D: MetaDevice> MetaStore<D> {
         self.layout.bitmap_bits()
     }
 
-    fn write_dirty_pages(&mut self, only_extents: Option<&[u64]>) -> Result<Vec<(usize, usize)>, MetaError> {
+    fn write_dirty_pages(
+        &mut self,
+        only_extents: Option<&[u64]>,
+    ) -> Result<Vec<(usize, usize)>, MetaError> {
         let bits_per_extent = AL_EXTENT_BYTES / BITMAP_GRANULE_BYTES;
         let mut written = Vec::new();
         for slot in 0..self.bitmaps.len() {
@@ -417,17 +540,27 @@ impl<D: MetaDevice> MetaStore<D> {
                     .into_iter()
                     .filter(|p| {
                         let per_page = 8 * MD_BLOCK_BYTES;
-                        let (lo, hi) = (u64::try_from(*p).unwrap_or(0) * per_page, (u64::try_from(*p).unwrap_or(0) + 1) * per_page);
-                        exts.iter().any(|e| e * bits_per_extent < hi && (e + 1) * bits_per_extent > lo)
+                        let (lo, hi) = (
+                            u64::try_from(*p).unwrap_or(0) * per_page,
+                            (u64::try_from(*p).unwrap_or(0) + 1) * per_page,
+                        );
+                        exts.iter()
+                            .any(|e| e * bits_per_extent < hi && (e + 1) * bits_per_extent > lo)
                     })
                     .collect();
                 written.extend(wanted.into_iter().map(|p| (slot, p)));
             } else {
-                written.extend(self.bitmaps[slot].dirty_pages().into_iter().map(|p| (slot, p)));
+                written.extend(
+                    self.bitmaps[slot]
+                        .dirty_pages()
+                        .into_iter()
+                        .map(|p| (slot, p)),
+                );
             }
         }
         for &(slot, page) in &written {
-            let off = self.layout.bitmap_offset(slot) + MD_BLOCK_BYTES * u64::try_from(page).unwrap_or(0);
+            let off =
+                self.layout.bitmap_offset(slot) + MD_BLOCK_BYTES * u64::try_from(page).unwrap_or(0);
             let data = self.bitmaps[slot].encode_page(page);
             io(off, self.dev.write_at(off, &data))?;
         }
@@ -458,23 +591,32 @@ impl<D: MetaDevice> MetaStore<D> {
         if self.sb.flags.al_clean {
             self.update_superblock(|sb| sb.flags.al_clean = false)?;
         }
-        let plan = self.al.plan(extents).ok_or(MetaError::AlFull { al_extents: self.layout.al_extents })?;
+        let plan = self.al.plan(extents).ok_or(MetaError::AlFull {
+            al_extents: self.layout.al_extents,
+        })?;
         let evicted: Vec<u64> = plan.assign.iter().filter_map(|a| a.2).collect();
         if !evicted.is_empty() {
             self.flush_pages(Some(&evicted))?;
         }
         let transactions: Vec<AlTransaction> = self.al.transactions(&plan);
         for t in &transactions {
-            let block = u32::try_from(t.seq % u64::from(self.layout.al_ring_blocks)).expect("ring index fits");
+            let block = u32::try_from(t.seq % u64::from(self.layout.al_ring_blocks))
+                .expect("ring index fits");
             let off = self.layout.al_block_offset(block);
-            io(off, self.dev.write_at(off, &t.encode(self.layout.al_extents)))?;
+            io(
+                off,
+                self.dev.write_at(off, &t.encode(self.layout.al_extents)),
+            )?;
             if self.md_flushes {
                 io(off, self.dev.flush())?;
             }
         }
         let written = u32::try_from(transactions.len()).expect("bounded by al_extents");
         self.al.commit(&plan, u64::from(written));
-        Ok(AlActivation { transactions_written: written, evicted_extents: evicted })
+        Ok(AlActivation {
+            transactions_written: written,
+            evicted_extents: evicted,
+        })
     }
 
     /// In-flight writes to these extents completed.
@@ -497,7 +639,9 @@ impl<D: MetaDevice> MetaStore<D> {
     /// Clean shutdown: flushes bitmaps and records `al_clean`. Fails if writes are in flight.
     pub fn close_clean(&mut self) -> Result<(), MetaError> {
         if self.al.any_in_flight() {
-            return Err(MetaError::Busy("writes are still in flight; wait for them before detaching".into()));
+            return Err(MetaError::Busy(
+                "writes are still in flight; wait for them before detaching".into(),
+            ));
         }
         self.bitmap_flush()?;
         self.update_superblock(|sb| sb.flags.al_clean = true)

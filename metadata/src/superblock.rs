@@ -65,20 +65,43 @@ pub struct Superblock {
     pub peers: Vec<PeerSlot>,
 }
 
-pub(crate) const MD_FLAG_NAMES: [&str; 7] =
-    ["consistent", "was-up-to-date", "primary", "crashed-primary", "outdated", "full-sync", "al-clean"];
+pub(crate) const MD_FLAG_NAMES: [&str; 7] = [
+    "consistent",
+    "was-up-to-date",
+    "primary",
+    "crashed-primary",
+    "outdated",
+    "full-sync",
+    "al-clean",
+];
 pub(crate) const PEER_FLAG_NAMES: [&str; 4] = ["outdated", "full-sync", "connected", "fencing"];
 
 impl MdFlags {
     pub(crate) fn to_bits(self) -> u32 {
-        [self.consistent, self.was_up_to_date, self.primary, self.crashed_primary, self.outdated, self.full_sync, self.al_clean]
-            .iter()
-            .enumerate()
-            .fold(0, |acc, (i, &on)| acc | (u32::from(on) << i))
+        [
+            self.consistent,
+            self.was_up_to_date,
+            self.primary,
+            self.crashed_primary,
+            self.outdated,
+            self.full_sync,
+            self.al_clean,
+        ]
+        .iter()
+        .enumerate()
+        .fold(0, |acc, (i, &on)| acc | (u32::from(on) << i))
     }
     pub(crate) fn from_bits(bits: u32) -> Self {
         let b = |i: u32| bits & (1 << i) != 0;
-        Self { consistent: b(0), was_up_to_date: b(1), primary: b(2), crashed_primary: b(3), outdated: b(4), full_sync: b(5), al_clean: b(6) }
+        Self {
+            consistent: b(0),
+            was_up_to_date: b(1),
+            primary: b(2),
+            crashed_primary: b(3),
+            outdated: b(4),
+            full_sync: b(5),
+            al_clean: b(6),
+        }
     }
 }
 
@@ -91,13 +114,23 @@ impl PeerFlags {
     }
     pub(crate) fn from_bits(bits: u32) -> Self {
         let b = |i: u32| bits & (1 << i) != 0;
-        Self { outdated: b(0), full_sync: b(1), connected: b(2), fencing: b(3) }
+        Self {
+            outdated: b(0),
+            full_sync: b(1),
+            connected: b(2),
+            fencing: b(3),
+        }
     }
 }
 
 /// Names of the set bits, comma separated ("-" when none).
 pub(crate) fn flag_list(bits: u32, names: &[&str]) -> String {
-    let set: Vec<&str> = names.iter().enumerate().filter(|(i, _)| bits & (1 << i) != 0).map(|(_, n)| *n).collect();
+    let set: Vec<&str> = names
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bits & (1 << i) != 0)
+        .map(|(_, n)| *n)
+        .collect();
     if set.is_empty() {
         "-".to_string()
     } else {
@@ -110,9 +143,14 @@ pub(crate) fn parse_flag_list(text: &str, names: &[&str]) -> Result<u32, String>
     if text == "-" {
         return Ok(0);
     }
-    text.split(',').try_fold(0u32, |acc, name| match names.iter().position(|n| *n == name) {
-        Some(i) => Ok(acc | (1 << i)),
-        None => Err(format!("unknown flag `{name}`; known: {}", names.join(", "))),
+    text.split(',').try_fold(0u32, |acc, name| {
+        match names.iter().position(|n| *n == name) {
+            Some(i) => Ok(acc | (1 << i)),
+            None => Err(format!(
+                "unknown flag `{name}`; known: {}",
+                names.join(", ")
+            )),
+        }
     })
 }
 
@@ -142,7 +180,11 @@ pub(crate) fn block_crc(buf: &[u8], crc_at: usize) -> u32 {
 
 /// Encodes one superblock copy with sequence number `seq`.
 pub(crate) fn encode(sb: &Superblock, seq: u64, layout: &Layout) -> Vec<u8> {
-    assert_eq!(sb.peers.len(), usize::from(sb.max_peers), "peer slots must equal max_peers");
+    assert_eq!(
+        sb.peers.len(),
+        usize::from(sb.max_peers),
+        "peer slots must equal max_peers"
+    );
     let mut buf = vec![0u8; SB_BYTES];
     buf[0..8].copy_from_slice(&SB_MAGIC);
     put_u32(&mut buf, 8, FORMAT_VERSION);
@@ -182,7 +224,10 @@ impl std::fmt::Display for SbDefect {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SbDefect::NoMagic => write!(f, "magic mismatch"),
-            SbDefect::Newer(v) => write!(f, "format version {v} is newer than supported ({FORMAT_VERSION})"),
+            SbDefect::Newer(v) => write!(
+                f,
+                "format version {v} is newer than supported ({FORMAT_VERSION})"
+            ),
             SbDefect::BadCrc => write!(f, "crc mismatch (torn or corrupted write)"),
             SbDefect::Malformed(w) => write!(f, "{w}"),
         }
@@ -212,7 +257,9 @@ pub(crate) fn decode(buf: &[u8]) -> Result<SbCopy, SbDefect> {
     }
     let max_peers = buf[41];
     if max_peers == 0 || usize::from(max_peers) > MAX_PEERS {
-        return Err(SbDefect::Malformed(format!("max-peers {max_peers} out of range")));
+        return Err(SbDefect::Malformed(format!(
+            "max-peers {max_peers} out of range"
+        )));
     }
     let peers = (0..usize::from(max_peers))
         .map(|i| {
@@ -254,7 +301,9 @@ pub(crate) fn decode(buf: &[u8]) -> Result<SbCopy, SbDefect> {
         internal: false,
     };
     if encode(&copy.sb, copy.seq, &layout_fields) != buf {
-        return Err(SbDefect::Malformed("unknown flags or non-zero reserved bytes".into()));
+        return Err(SbDefect::Malformed(
+            "unknown flags or non-zero reserved bytes".into(),
+        ));
     }
     Ok(copy)
 }
@@ -267,13 +316,24 @@ mod tests {
     fn sample() -> (Superblock, Layout) {
         let layout = layout_external(1 << 30, 1 << 30, 3, 1237).unwrap();
         let mut peers = vec![PeerSlot::default(); 3];
-        peers[1] = PeerSlot { node_id: Some(4), bitmap_uuid: 0xABCD, flags: PeerFlags { outdated: true, ..Default::default() } };
+        peers[1] = PeerSlot {
+            node_id: Some(4),
+            bitmap_uuid: 0xABCD,
+            flags: PeerFlags {
+                outdated: true,
+                ..Default::default()
+            },
+        };
         let sb = Superblock {
             node_id: 2,
             max_peers: 3,
             data_size_bytes: layout.data_size_bytes,
             al_extents: 1237,
-            flags: MdFlags { consistent: true, al_clean: true, ..Default::default() },
+            flags: MdFlags {
+                consistent: true,
+                al_clean: true,
+                ..Default::default()
+            },
             current_uuid: 0x1234_5678_9ABC_DEF0,
             history_uuids: [7, 8],
             peers,

@@ -5,8 +5,8 @@
 //! the device, "reboots" with `crash()` + `open`, and asserts what survived.
 
 use drbdd_metadata::{
-    al_extent_of, layout_external, layout_internal, CopyStatus, CreateOptions, Layout, MemDevice, MetaDevice,
-    MetaError, MetaStore, AL_EXTENT_BYTES,
+    al_extent_of, layout_external, layout_internal, CopyStatus, CreateOptions, Layout, MemDevice,
+    MetaDevice, MetaError, MetaStore, AL_EXTENT_BYTES,
 };
 
 const DATA_BYTES: u64 = 64 << 20;
@@ -17,7 +17,16 @@ fn layout(peers: u8, al_extents: u32) -> Layout {
 
 fn create(peers: u8, al_extents: u32) -> MetaStore<MemDevice> {
     let l = layout(peers, al_extents);
-    MetaStore::create(MemDevice::new(64 << 20), l, CreateOptions { node_id: 1, max_peers: peers, al_extents }).unwrap()
+    MetaStore::create(
+        MemDevice::new(64 << 20),
+        l,
+        CreateOptions {
+            node_id: 1,
+            max_peers: peers,
+            al_extents,
+        },
+    )
+    .unwrap()
 }
 
 fn raw(dev: &MemDevice, l: &Layout) -> Vec<u8> {
@@ -51,9 +60,22 @@ fn create_then_open_returns_the_same_superblock() {
 fn internal_metadata_lives_at_the_end_of_the_backing_device() {
     let backing = 100 << 20;
     let l = layout_internal(backing, 2, 1237).unwrap();
-    let s = MetaStore::create(MemDevice::new(backing), l, CreateOptions { node_id: 0, max_peers: 2, al_extents: 1237 }).unwrap();
+    let s = MetaStore::create(
+        MemDevice::new(backing),
+        l,
+        CreateOptions {
+            node_id: 0,
+            max_peers: 2,
+            al_extents: 1237,
+        },
+    )
+    .unwrap();
     let dev = s.into_device();
-    assert_eq!(dev.snapshot(0, 4096), vec![0u8; 4096], "data area untouched");
+    assert_eq!(
+        dev.snapshot(0, 4096),
+        vec![0u8; 4096],
+        "data area untouched"
+    );
     assert_eq!(&dev.snapshot(l.md_offset_bytes, 8)[..], b"DRBDDMD\0");
     assert!(MetaStore::open(dev, l).is_ok());
 }
@@ -66,7 +88,11 @@ fn failed_open_of_blank_device_names_create_md_and_writes_nothing() {
     let before = raw(&dev, &l);
     let writes = dev.write_count();
     let err = MetaStore::open(dev.clone(), l).unwrap_err();
-    assert!(err.to_string().contains("no drbdd metadata found at offset 0 (magic mismatch)"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("no drbdd metadata found at offset 0 (magic mismatch)"),
+        "{err}"
+    );
     assert!(err.to_string().contains("drbdctl create-md"), "{err}");
     assert_eq!(raw(&dev, &l), before);
     assert_eq!(dev.write_count(), writes);
@@ -82,23 +108,51 @@ fn newer_format_version_is_refused_without_writing() {
     }
     let before = raw(&dev, &l);
     let err = MetaStore::open(dev.clone(), l).unwrap_err();
-    assert!(matches!(err, MetaError::NewerVersion { found: 9, supported: 1 }), "{err}");
-    assert!(err.to_string().contains("metadata format version 9 is newer than this drbdd supports (1)"));
+    assert!(
+        matches!(
+            err,
+            MetaError::NewerVersion {
+                found: 9,
+                supported: 1
+            }
+        ),
+        "{err}"
+    );
+    assert!(err
+        .to_string()
+        .contains("metadata format version 9 is newer than this drbdd supports (1)"));
     assert_eq!(raw(&dev, &l), before);
 }
 
 #[test]
 fn too_small_device_reports_the_minimum_size() {
     let l = layout(2, 61);
-    let err = MetaStore::create(MemDevice::new(4096), l, CreateOptions { node_id: 0, max_peers: 2, al_extents: 61 }).unwrap_err();
-    assert!(err.to_string().contains(&format!("need at least {} bytes", l.md_size_bytes)), "{err}");
+    let err = MetaStore::create(
+        MemDevice::new(4096),
+        l,
+        CreateOptions {
+            node_id: 0,
+            max_peers: 2,
+            al_extents: 61,
+        },
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("need at least {} bytes", l.md_size_bytes)),
+        "{err}"
+    );
 }
 
 #[test]
 fn configuration_mismatch_is_reported_on_open() {
     let dev = create(2, 61).into_device();
     let err = MetaStore::open(dev, layout(3, 61)).unwrap_err();
-    assert!(err.to_string().contains("max-peers is 2 in the metadata but 3"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("max-peers is 2 in the metadata but 3"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -112,7 +166,13 @@ fn torn_first_superblock_write_keeps_the_previous_copy() {
     let mut dev = s.into_device();
     dev.crash();
     let report = MetaStore::check(dev.clone(), l).unwrap();
-    assert!(report.superblock_copies.iter().any(|c| matches!(c, CopyStatus::Invalid(_))), "{report}");
+    assert!(
+        report
+            .superblock_copies
+            .iter()
+            .any(|c| matches!(c, CopyStatus::Invalid(_))),
+        "{report}"
+    );
     let s = MetaStore::open(dev, l).unwrap();
     assert_eq!(s.superblock().current_uuid, 1);
 }
@@ -138,7 +198,10 @@ fn corrupted_superblocks_are_detected() {
     let mut dev = s.into_device();
     dev.write_at(200, &[0xFF]).unwrap();
     let report = MetaStore::check(dev.clone(), l).unwrap();
-    assert_eq!(report.superblock_copies[0], CopyStatus::Invalid("crc mismatch (torn or corrupted write)".into()));
+    assert_eq!(
+        report.superblock_copies[0],
+        CopyStatus::Invalid("crc mismatch (torn or corrupted write)".into())
+    );
     assert_eq!(report.superblock_used, Some(1));
     assert!(!report.is_ok());
     assert!(MetaStore::open(dev.clone(), l).is_ok());
@@ -189,7 +252,10 @@ fn activating_active_extents_does_no_io() {
 fn full_activity_log_refuses_until_release_then_evicts_lru() {
     let mut s = create(1, 3);
     s.al_activate(&[10, 11, 12]).unwrap();
-    assert!(matches!(s.al_activate(&[13]), Err(MetaError::AlFull { al_extents: 3 })));
+    assert!(matches!(
+        s.al_activate(&[13]),
+        Err(MetaError::AlFull { al_extents: 3 })
+    ));
     s.al_release(&[11]);
     s.al_release(&[10]);
     let a = s.al_activate(&[13]).unwrap();
@@ -208,7 +274,10 @@ fn logged_extents_survive_a_crash_and_mark_al_unclean() {
     let logged = s.al_logged_extents();
     let s = reboot(s);
     assert_eq!(s.al_logged_extents(), logged);
-    assert!(!s.superblock().flags.al_clean, "caller must replay the AL into the bitmaps");
+    assert!(
+        !s.superblock().flags.al_clean,
+        "caller must replay the AL into the bitmaps"
+    );
     assert!(s.al_recovery_complete());
 }
 
@@ -222,7 +291,13 @@ fn torn_al_transaction_recovers_the_previous_state() {
     let mut dev = s.into_device();
     dev.crash();
     let report = MetaStore::check(dev.clone(), l).unwrap();
-    assert!(report.al_blocks.iter().any(|b| matches!(b, CopyStatus::Invalid(_))), "{report}");
+    assert!(
+        report
+            .al_blocks
+            .iter()
+            .any(|b| matches!(b, CopyStatus::Invalid(_))),
+        "{report}"
+    );
     let s = MetaStore::open(dev, l).unwrap();
     assert_eq!(s.al_logged_extents(), vec![1]);
 }
@@ -257,7 +332,11 @@ fn evicted_extent_bits_are_durable_before_it_leaves_the_log() {
     s.al_activate(&[al_extent_of(AL_EXTENT_BYTES)]).unwrap();
     let s = reboot(s);
     assert_eq!(s.al_logged_extents(), vec![1]);
-    assert_eq!(s.bitmap_count(0), 1, "extent 0 left the AL, so its bit must be on disk");
+    assert_eq!(
+        s.bitmap_count(0),
+        1,
+        "extent 0 left the AL, so its bit must be on disk"
+    );
 }
 
 #[test]
@@ -334,7 +413,8 @@ mod prop {
             any::<u64>().prop_map(Op::Uuid),
             (0usize..2, 0u8..32, any::<u64>()).prop_map(|(s, n, u)| Op::Peer(s, n, u)),
             (0usize..2, 0..DATA_BYTES, 1u64..(1 << 20)).prop_map(|(s, o, l)| Op::SetBits(s, o, l)),
-            (0usize..2, 0..DATA_BYTES, 1u64..(1 << 20)).prop_map(|(s, o, l)| Op::ClearBits(s, o, l)),
+            (0usize..2, 0..DATA_BYTES, 1u64..(1 << 20))
+                .prop_map(|(s, o, l)| Op::ClearBits(s, o, l)),
             proptest::collection::vec(0u64..64, 1..5).prop_map(Op::Activate),
         ]
     }
