@@ -48,13 +48,19 @@ impl Doorbell {
         }
     }
 
-    /// Called by the queue thread when the eventfd polled readable: re-enables
-    /// ringing, then drains the counter. A ring racing with this either lands
-    /// after the drain (fd stays readable) or its task is already runnable.
+    /// Called by the queue thread (inside an executor pass) when the eventfd
+    /// polled readable: drains the counter, then re-enables ringing.
+    ///
+    /// Order matters. Re-enabling first would let a ring land between the two
+    /// steps and be swallowed by the read while `rung` stays true: every later
+    /// completion would skip its write and the queue thread would sleep through
+    /// them. Draining first, a racing ring either saw `rung == true` (then its
+    /// task was queued before that, and the swap below acquires it, so this
+    /// executor pass runs it) or comes after the swap and writes again.
     pub(crate) fn drain(&self) {
-        self.rung.store(false, Ordering::Release);
         let mut counter = [0u8; 8];
         let _ = rustix::io::read(&self.fd, &mut counter);
+        self.rung.swap(false, Ordering::AcqRel);
     }
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
@@ -323,6 +329,93 @@ mod tests {
             b.await;
         }));
         assert_eq!(*finished.borrow(), vec!["fast", "slow"]);
+    }
+
+    /// Completes requests on a small pool of threads, in submission order.
+    #[derive(Debug)]
+    struct PoolSession {
+        inner: Arc<dyn BlockSession>,
+        jobs: Mutex<std::sync::mpsc::Sender<(BlockRequest, AlignedBuf, Completion)>>,
+    }
+
+    impl PoolSession {
+        fn new(inner: Arc<dyn BlockSession>, threads: usize) -> Self {
+            let (tx, rx) = std::sync::mpsc::channel::<(BlockRequest, AlignedBuf, Completion)>();
+            let rx = Arc::new(Mutex::new(rx));
+            for _ in 0..threads {
+                let (rx, inner) = (Arc::clone(&rx), Arc::clone(&inner));
+                std::thread::spawn(move || loop {
+                    let Ok(Ok((req, buf, done))) = rx.lock().map(|r| r.recv()) else {
+                        return;
+                    };
+                    inner.submit(req, buf, done);
+                });
+            }
+            PoolSession {
+                inner,
+                jobs: Mutex::new(tx),
+            }
+        }
+    }
+
+    impl BlockSession for PoolSession {
+        fn submit(&self, req: BlockRequest, buf: AlignedBuf, done: Completion) {
+            let _ = &self.inner;
+            let _ = self.jobs.lock().unwrap().send((req, buf, done));
+        }
+    }
+
+    /// Drives many tasks the way a queue thread does (sleep on the eventfd,
+    /// drain, run the executor) and fails if the thread ever sleeps 2 s with
+    /// work pending, i.e. if a doorbell ring was lost.
+    #[test]
+    fn no_completion_is_lost_when_rings_race_with_the_drain() {
+        use std::rc::Rc;
+        let target = MemTarget::new(1 << 20);
+        let ctx = Rc::new(ctx(Arc::new(PoolSession::new(
+            target.open("pool", true).unwrap(),
+            4,
+        ))));
+        let bell = Arc::new(Doorbell::new().unwrap());
+        let exe = smol::LocalExecutor::new();
+        let tasks: Vec<_> = (0..64u64)
+            .map(|t| {
+                let (ctx, bell) = (Rc::clone(&ctx), Arc::clone(&bell));
+                exe.spawn(async move {
+                    let mut buf = vec![0u8; 64 << 10];
+                    for _ in 0..200 {
+                        let res = serve_request(
+                            &ctx,
+                            &bell,
+                            desc(sys::UBLK_IO_OP_WRITE, t * 8, 8),
+                            &mut buf,
+                        )
+                        .await;
+                        assert_eq!(res, 4096);
+                    }
+                })
+            })
+            .collect();
+        loop {
+            while exe.try_tick() {}
+            if tasks.iter().all(|t| t.is_finished()) {
+                break;
+            }
+            let mut pfd = [rustix::event::PollFd::new(
+                &bell.fd,
+                rustix::event::PollFlags::IN,
+            )];
+            let timeout = rustix::event::Timespec {
+                tv_sec: 2,
+                tv_nsec: 0,
+            };
+            let ready = rustix::event::poll(&mut pfd, Some(&timeout)).unwrap();
+            assert_eq!(
+                ready, 1,
+                "queue thread slept with completions pending: lost doorbell ring"
+            );
+            bell.drain();
+        }
     }
 
     #[test]
