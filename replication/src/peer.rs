@@ -23,7 +23,7 @@ const DRAIN_RESYNC_WRITE: u8 = 1;
 const RX_BUFFER_MAX_BYTES: usize = 1 << 16;
 
 use crate::ack::{AckTracker, WriteId};
-use crate::generation::{Generations, SbPolicy, SyncDecision};
+use crate::generation::{Generations, GiView, SbPolicy, SyncDecision};
 use crate::handshake::{Agreement, Handshake, HandshakeStep, NodeInfo};
 use crate::resync::{RateController, ResyncPlanner, SyncBitmap};
 use crate::state::{ConnState, DiskState, ReplState, Role};
@@ -64,7 +64,7 @@ pub struct Peer {
     ack: AckTracker,
     /// Application writes whose local disk write is not done: id -> seq.
     local_pending: BTreeMap<WriteId, u64>,
-        /// Set by `connect --discard-my-data` until the next handshake.
+    /// Set by `connect --discard-my-data` until the next handshake.
     discard_my_data: bool,
     /// Writes of a lost connection still on their way to our disk (kind, id).
     draining: BTreeSet<(u8, u64)>,
@@ -108,7 +108,7 @@ impl Peer {
             ping: Ping::Idle,
             local_pending: BTreeMap::new(),
             tx_waiting: std::collections::VecDeque::new(),
-                        draining: BTreeSet::new(),
+            draining: BTreeSet::new(),
             discard_my_data: false,
             pending_connect: None,
             rx: rx::Receiver::default(),
@@ -229,6 +229,9 @@ impl Peer {
                     self.target_write_done(id, &mut out);
                 }
             }
+            Event::StartFullSync { as_source, local } => {
+                self.start_full_sync(as_source, local, &mut out)
+            }
             Event::RoleChanged { role } => {
                 self.local.role = role;
                 if self.established() {
@@ -239,7 +242,7 @@ impl Peer {
                     }));
                 }
             }
-                        Event::AdminConnect { discard_my_data } => {
+            Event::AdminConnect { discard_my_data } => {
                 self.discard_my_data = discard_my_data;
                 if self.status.conn == ConnState::StandAlone {
                     self.set_status(&mut out, |s| s.conn = ConnState::Connecting);
@@ -326,7 +329,7 @@ impl Peer {
             current_bytes: self.local.current_bytes,
             max_io_bytes: self.local.max_io_bytes,
             gi,
-                        dirty_blocks: self.bitmap.count(),
+            dirty_blocks: self.bitmap.count(),
             promoted_at_ms: self.local.promoted_at_ms,
             discard_my_data: self.discard_my_data,
         }
@@ -415,11 +418,39 @@ impl Peer {
                 .ack
                 .on_barrier_ack(epoch)
                 .map(|a| self.apply_ack(a, out)),
-            Packet::State { role, disk, .. } => {
+            Packet::State { role, disk, flags } => {
                 self.set_status(out, |s| {
                     s.peer_role = role;
                     s.peer_disk = disk;
                 });
+                if let Some(a) = self.agreement.as_mut() {
+                    a.peer.role = role;
+                    a.peer.disk = disk;
+                }
+                if flags & (wire::STATE_START_SYNC_SOURCE | wire::STATE_START_SYNC_TARGET) != 0 {
+                    self.peer_started_full_sync(flags & wire::STATE_START_SYNC_SOURCE != 0, out);
+                }
+                Ok(())
+            }
+            Packet::GenerationIds {
+                current,
+                bitmap,
+                history,
+                dirty_blocks,
+                promoted_at_ms,
+                flags,
+            } => {
+                if let Some(a) = self.agreement.as_mut() {
+                    let crashed_primary = flags & 1 != 0;
+                    a.peer.gi = GiView {
+                        current,
+                        bitmap,
+                        history,
+                        crashed_primary,
+                    };
+                    a.peer.dirty_blocks = dirty_blocks;
+                    a.peer.promoted_at_ms = promoted_at_ms;
+                }
                 Ok(())
             }
             Packet::Disconnect { reason } => {

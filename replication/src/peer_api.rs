@@ -96,6 +96,14 @@ pub enum Event<'a> {
     ResyncWriteDone {
         id: u64,
     },
+    /// While connected with nothing to sync: start a full resync. The source
+    /// side is `primary --force` (initial sync) or `invalidate-remote`; the
+    /// target side is `invalidate`. `local` is what this node now is (e.g.
+    /// the new generation and UpToDate disk after `primary --force`).
+    StartFullSync {
+        as_source: bool,
+        local: LocalState,
+    },
     /// The resource changed role (promote/demote).
     RoleChanged {
         role: Role,
@@ -103,7 +111,7 @@ pub enum Event<'a> {
     /// Admin `disconnect`: go StandAlone.
     AdminDisconnect,
     /// Admin `connect`: leave StandAlone and accept connections again.
-        AdminConnect {
+    AdminConnect {
         /// `connect --discard-my-data`: if the handshake finds split brain,
         /// this node is the victim (manual recovery, user's guide 13.3).
         discard_my_data: bool,

@@ -9,13 +9,15 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use super::{decision_is_source, planner_for, Action, GiUpdate, Peer, PeerConfig};
-use crate::generation::{is_empty_uuid, resolve_split_brain, SbResolution, SbSide, SyncDecision};
+use super::{decision_is_source, planner_for, Action, GiUpdate, LocalState, Peer, PeerConfig};
+use crate::generation::{
+    is_empty_uuid, resolve_split_brain, Generations, SbResolution, SbSide, SyncDecision,
+};
 use crate::resync::{
     Progress, ProgressMeter, RateController, ReplyVerdict, ResyncPlanner, BLOCK_BYTES,
 };
 use crate::state::{DiskState, ReplState, Role};
-use crate::wire::Packet;
+use crate::wire::{Packet, STATE_START_SYNC_SOURCE, STATE_START_SYNC_TARGET};
 
 /// Most RLE runs per bitmap chunk we send (keeps chunks far below the
 /// payload limit: at most 10 bytes per run).
@@ -110,12 +112,18 @@ impl Peer {
             | SyncDecision::TargetBitmap
             | SyncDecision::TargetFull => {
                 let no_disk = self.local.disk == DiskState::Diskless
-                    || self.agreement.as_ref().is_some_and(|a| a.peer.disk == DiskState::Diskless);
+                    || self
+                        .agreement
+                        .as_ref()
+                        .is_some_and(|a| a.peer.disk == DiskState::Diskless);
                 if no_disk {
                     out.push(Action::Log("one node is diskless: no resync".into()));
                     return;
                 }
-                let full = matches!(decision, SyncDecision::SourceFull | SyncDecision::TargetFull);
+                let full = matches!(
+                    decision,
+                    SyncDecision::SourceFull | SyncDecision::TargetFull
+                );
                 self.start_resync(decision_is_source(decision), full, out);
             }
             SyncDecision::SplitBrain { shared_parent } => {
@@ -127,7 +135,9 @@ impl Peer {
 
     fn refuse(&mut self, reason: String, out: &mut Vec<Action>) {
         out.push(Action::Warn(format!("{reason}; dropping the connection")));
-        out.push(Action::Send(Packet::Disconnect { reason: reason.clone() }));
+        out.push(Action::Send(Packet::Disconnect {
+            reason: reason.clone(),
+        }));
         self.lose_connection(reason, false, out);
     }
 
@@ -139,11 +149,78 @@ impl Peer {
         }
     }
 
+    /// Admin-initiated full resync on an idle connection.
+    pub(super) fn start_full_sync(
+        &mut self,
+        as_source: bool,
+        local: LocalState,
+        out: &mut Vec<Action>,
+    ) {
+        if !self.established() || self.status.repl != ReplState::Established {
+            let why = format!(
+                "cannot start a full resync: connection {} / {}",
+                self.status.conn, self.status.repl
+            );
+            out.push(Action::Warn(why));
+            return;
+        }
+        let gi = local.generations;
+        let previous = std::mem::replace(&mut self.local, local);
+        let previous_gens = std::mem::replace(
+            &mut self.gens,
+            Generations {
+                current: gi.current,
+                bitmaps: vec![gi.bitmap],
+                history: gi.history,
+            },
+        );
+        if let Some(reason) = self.resync_refusal(as_source) {
+            self.local = previous;
+            self.gens = previous_gens;
+            out.push(Action::Warn(reason));
+            return;
+        }
+        let info = self.node_info();
+        out.push(Action::Send(Packet::GenerationIds {
+            current: info.gi.current,
+            bitmap: info.gi.bitmap,
+            history: info.gi.history,
+            dirty_blocks: info.dirty_blocks,
+            promoted_at_ms: info.promoted_at_ms,
+            flags: u32::from(info.gi.crashed_primary),
+        }));
+        let flag = if as_source {
+            STATE_START_SYNC_SOURCE
+        } else {
+            STATE_START_SYNC_TARGET
+        };
+        out.push(Action::Send(Packet::State {
+            role: self.local.role,
+            disk: self.local.disk,
+            flags: flag,
+        }));
+        self.begin_bitmap_exchange(as_source, true, out);
+    }
+
+    /// The peer started a full resync; we take the other side.
+    pub(super) fn peer_started_full_sync(&mut self, peer_is_source: bool, out: &mut Vec<Action>) {
+        if self.status.repl != ReplState::Established {
+            return self.protocol_error(
+                format!("peer started a resync in state {}", self.status.repl),
+                out,
+            );
+        }
+        self.start_resync(!peer_is_source, false, out);
+    }
+
     /// Why this resync must not start (both sides reach the same verdict).
     fn resync_refusal(&self, local_is_source: bool) -> Option<String> {
         let peer = self.agreement.as_ref()?.peer;
-        let (source_disk, target_role) =
-            if local_is_source { (self.local.disk, peer.role) } else { (peer.disk, self.local.role) };
+        let (source_disk, target_role) = if local_is_source {
+            (self.local.disk, peer.role)
+        } else {
+            (peer.disk, self.local.role)
+        };
         if source_disk == DiskState::Inconsistent {
             return Some(
                 "refusing to resync: the sync source's data is Inconsistent; \
@@ -164,7 +241,10 @@ impl Peer {
     /// Split brain: `connect --discard-my-data` on one side decides;
     /// otherwise the after-sb policies (only with a shared parent).
     fn on_split_brain(&mut self, shared_parent: bool, local_discards: bool, out: &mut Vec<Action>) {
-        let agreement = self.agreement.as_ref().expect("split brain is decided after the handshake");
+        let agreement = self
+            .agreement
+            .as_ref()
+            .expect("split brain is decided after the handshake");
         let local = SbSide {
             node_id: self.cfg.handshake.local_node_id,
             primary: self.local.role == Role::Primary,
@@ -178,20 +258,30 @@ impl Peer {
             promoted_at_ms: agreement.peer.promoted_at_ms,
         };
         let peer_discards = agreement.peer.discard_my_data;
-        out.push(Action::Warn(format!("Split-Brain detected with node {}", peer.node_id)));
+        out.push(Action::Warn(format!(
+            "Split-Brain detected with node {}",
+            peer.node_id
+        )));
         // Without a shared parent the bitmaps track different bases: full sync.
         let full = !shared_parent;
         match (local_discards, peer_discards) {
             (true, false) => {
-                out.push(Action::Warn("split brain resolved manually: discarding our changes".into()));
+                out.push(Action::Warn(
+                    "split brain resolved manually: discarding our changes".into(),
+                ));
                 return self.start_resync(false, full, out);
             }
             (false, true) => {
-                out.push(Action::Warn("split brain resolved manually: the peer discards its changes".into()));
+                out.push(Action::Warn(
+                    "split brain resolved manually: the peer discards its changes".into(),
+                ));
                 return self.start_resync(true, full, out);
             }
             (true, true) => {
-                return self.refuse("split brain: both nodes were told to discard their data".into(), out);
+                return self.refuse(
+                    "split brain: both nodes were told to discard their data".into(),
+                    out,
+                );
             }
             (false, false) if !shared_parent => {
                 let reason = format!(
@@ -204,15 +294,21 @@ impl Peer {
         }
         match resolve_split_brain(&self.cfg.sb_policy, &local, &peer) {
             SbResolution::LocalIsVictim { policy } => {
-                out.push(Action::Warn(format!("split brain resolved by {policy}: discarding our changes")));
+                out.push(Action::Warn(format!(
+                    "split brain resolved by {policy}: discarding our changes"
+                )));
                 self.start_resync(false, false, out);
             }
             SbResolution::PeerIsVictim { policy } => {
-                out.push(Action::Warn(format!("split brain resolved by {policy}: the peer discards its changes")));
+                out.push(Action::Warn(format!(
+                    "split brain resolved by {policy}: the peer discards its changes"
+                )));
                 self.start_resync(true, false, out);
             }
             SbResolution::Disconnect { reason } => {
-                out.push(Action::Send(Packet::Disconnect { reason: "split brain".into() }));
+                out.push(Action::Send(Packet::Disconnect {
+                    reason: "split brain".into(),
+                }));
                 self.lose_connection(reason, false, out);
             }
         }

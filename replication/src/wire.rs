@@ -55,6 +55,12 @@ pub const FEATURE_PROTOCOL_C: u64 = 1 << 10;
 /// Mask of the protocol feature bits.
 pub const FEATURE_PROTOCOL_MASK: u64 = FEATURE_PROTOCOL_A | FEATURE_PROTOCOL_B | FEATURE_PROTOCOL_C;
 
+/// `State` flag: the sender starts a full resync as source; the receiver
+/// becomes its target (bitmap exchange follows).
+pub const STATE_START_SYNC_SOURCE: u32 = 1 << 0;
+/// `State` flag: the sender starts a full resync as target.
+pub const STATE_START_SYNC_TARGET: u32 = 1 << 1;
+
 /// `Data` flag: force unit access (complete only once durable on the peer).
 pub const DATA_FUA: u32 = 1 << 0;
 /// `Data` flag: flush the peer's disk before this write.

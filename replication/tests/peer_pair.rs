@@ -520,3 +520,89 @@ fn split_brain_is_resolved_manually_with_discard_my_data_on_the_victim() {
     assert_eq!(p.nodes[0].disk, p.nodes[1].disk);
     assert_eq!(p.nodes[1].gens.current, p.nodes[0].gens.current);
 }
+
+#[test]
+fn primary_force_on_a_connected_fresh_pair_starts_the_initial_full_sync() {
+    let a = Node::new(
+        config(0, 1, None, Protocol::C),
+        Role::Secondary,
+        DiskState::Inconsistent,
+        just_created(),
+        disk(0x33),
+    );
+    let b = Node::new(
+        config(1, 0, None, Protocol::C),
+        Role::Secondary,
+        DiskState::Inconsistent,
+        just_created(),
+        disk(0),
+    );
+    let mut p = Pair::new(a, b);
+    p.connect();
+    assert_eq!(
+        p.nodes[0].peer.agreement().unwrap().decision,
+        SyncDecision::BothJustCreated
+    );
+    assert_established(&p);
+    // `primary --force` on node 0: the resource starts a new generation.
+    let uuid = p.fresh_uuid();
+    p.nodes[0].gens.start_new_generation(uuid, &[]);
+    let local = local_state(Role::Primary, DiskState::UpToDate, &p.nodes[0].gens);
+    p.event(
+        0,
+        Event::StartFullSync {
+            as_source: true,
+            local,
+        },
+    );
+    p.run();
+    p.advance(1000);
+    assert_established(&p);
+    assert_eq!(resync_blocks_sent(&p.nodes[0]).len(), 64);
+    assert_eq!(p.nodes[0].disk, p.nodes[1].disk);
+    assert_eq!(p.nodes[1].disk_state, DiskState::UpToDate);
+    assert_eq!(p.nodes[1].gens.current, uuid);
+    assert_eq!(p.nodes[1].peer.status().peer_role, Role::Primary);
+}
+
+#[test]
+fn invalidate_on_the_secondary_pulls_every_block_again() {
+    let mut p = pair(Protocol::C, None, None);
+    p.connect();
+    p.nodes[1].disk[4096] = 0xEE; // silent corruption on the secondary
+    let local = local_state(Role::Secondary, DiskState::Inconsistent, &p.nodes[1].gens);
+    p.event(
+        1,
+        Event::StartFullSync {
+            as_source: false,
+            local,
+        },
+    );
+    p.run();
+    p.advance(1000);
+    assert_established(&p);
+    assert_eq!(resync_blocks_sent(&p.nodes[0]).len(), 64);
+    assert_eq!(p.nodes[0].disk, p.nodes[1].disk);
+}
+
+#[test]
+fn full_sync_onto_a_primary_is_refused_without_disconnecting() {
+    let mut p = pair(Protocol::C, None, None);
+    p.connect();
+    // Node 1 asks to become source although node 0 (the target) is Primary.
+    let local = local_state(Role::Secondary, DiskState::UpToDate, &p.nodes[1].gens);
+    p.event(
+        1,
+        Event::StartFullSync {
+            as_source: true,
+            local,
+        },
+    );
+    p.run();
+    assert_established(&p);
+    assert!(
+        p.nodes[1].logs.iter().any(|l| l.contains("Primary")),
+        "{:?}",
+        p.nodes[1].logs
+    );
+}
