@@ -1,0 +1,437 @@
+//! The resource actor: one thread per resource that is up. It owns the
+//! resource's [`ResourceCore`] state machine and its metadata store, takes
+//! [`ActorMsg`]s from one channel (admin commands from the control socket now;
+//! pipeline events, peer packets and timers as they arrive), feeds them to the
+//! core and executes the [`Action`]s it returns.
+//!
+//! Owns: all I/O on behalf of the core for one resource (superblock writes,
+//! closing the backing device, switching the data path). Must never: decide
+//! state changes itself, or block on another resource.
+
+use super::events::EventBus;
+use super::md::{self, MdLocation};
+use crate::control::proto::{DeviceStats, ErrorKind, PeerStatus, ResourceStatus};
+use crate::control::render;
+use crate::metadev::FileMetaDevice;
+use crate::pipeline::{Pipeline, PipelineEvent};
+use drbdd_config::{Node, Resource};
+use drbdd_metadata::MetaStore;
+use drbdd_replication::resource::{Action, Command, PeerState, Refusal, ResourceCore};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// A failed admin command: kind (exit code) and message.
+pub type AdminError = (ErrorKind, String);
+/// An admin command's result: a note on success.
+pub type AdminResult = Result<String, AdminError>;
+
+/// Admin commands the control socket forwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminCmd {
+    Attach,
+    Detach,
+    Primary {
+        force: bool,
+    },
+    Secondary,
+    /// Detach and disconnect; the actor stops after a successful `Down`.
+    Down,
+}
+
+/// Everything a resource actor reacts to.
+#[derive(Debug)]
+pub enum ActorMsg {
+    Admin {
+        cmd: AdminCmd,
+        reply: SyncSender<AdminResult>,
+    },
+    Status {
+        reply: SyncSender<ResourceStatus>,
+    },
+    /// New configuration for this resource (`drbdctl adjust`).
+    Reconfigure {
+        res: Box<Resource>,
+        reply: SyncSender<AdminResult>,
+    },
+    /// From [`Pipeline::set_event_sink`] (disk failure etc.).
+    Pipeline(PipelineEvent),
+    /// A frontend session opened or closed (NBD/ublk client).
+    Session {
+        client: String,
+        open: bool,
+    },
+    /// Daemon shutdown: persist metadata and end the thread.
+    Stop {
+        reply: SyncSender<()>,
+    },
+}
+
+/// The daemon's handle on a running actor.
+#[derive(Debug)]
+pub struct ResourceHandle {
+    tx: Sender<ActorMsg>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ResourceHandle {
+    /// Brings `res` up on `node_name`: reads the metadata (if the node has a
+    /// disk), attaches, and starts the actor thread. Nothing runs on error.
+    pub fn start(
+        res: Resource,
+        node_name: &str,
+        events: Arc<EventBus>,
+    ) -> Result<Self, AdminError> {
+        let mut actor = Actor::new(res, node_name, events)?;
+        if actor.local_node().disk.is_some() {
+            actor.attach()?;
+        }
+        actor.publish_lines(render::events_create(&actor.status()));
+        let (tx, rx) = channel();
+        let name = format!("drbdd-res-{}", actor.core.name);
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || actor.run(rx))
+            .map_err(|e| {
+                (
+                    ErrorKind::Failed,
+                    format!("cannot start resource thread: {e}"),
+                )
+            })?;
+        Ok(ResourceHandle {
+            tx,
+            thread: Some(thread),
+        })
+    }
+
+    /// A sender for other producers (pipeline event sink, frontends, peers).
+    pub fn sender(&self) -> Sender<ActorMsg> {
+        self.tx.clone()
+    }
+
+    fn ask<T>(&self, make: impl FnOnce(SyncSender<T>) -> ActorMsg) -> Option<T> {
+        let (reply, rx) = sync_channel(1);
+        self.tx.send(make(reply)).ok()?;
+        rx.recv().ok()
+    }
+
+    /// Runs an admin command.
+    pub fn admin(&self, cmd: AdminCmd) -> AdminResult {
+        self.ask(|reply| ActorMsg::Admin { cmd, reply })
+            .unwrap_or_else(|| Err(gone()))
+    }
+
+    /// Applies a new configuration.
+    pub fn reconfigure(&self, res: Resource) -> AdminResult {
+        self.ask(|reply| ActorMsg::Reconfigure {
+            res: Box::new(res),
+            reply,
+        })
+        .unwrap_or_else(|| Err(gone()))
+    }
+
+    /// Current status.
+    pub fn status(&self) -> Option<ResourceStatus> {
+        self.ask(|reply| ActorMsg::Status { reply })
+    }
+
+    /// Stops the actor (persisting metadata) and waits for its thread.
+    pub fn stop(mut self) {
+        let _ = self.ask(|reply| ActorMsg::Stop { reply });
+        self.join();
+    }
+
+    /// Waits for the thread after a successful `Down`.
+    pub fn join(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn gone() -> AdminError {
+    (
+        ErrorKind::Failed,
+        "the resource's thread has stopped; see the drbdd log".into(),
+    )
+}
+
+/// State owned by the actor thread.
+#[derive(Debug)]
+struct Actor {
+    core: ResourceCore,
+    res: Resource,
+    node_name: String,
+    store: Option<MetaStore<FileMetaDevice>>,
+    /// The data path, once the pipeline is wired in (frontends talk to it
+    /// through `blockio::BlockTarget`).
+    pipeline: Option<Arc<Pipeline>>,
+    events: Arc<EventBus>,
+}
+
+impl Actor {
+    fn new(res: Resource, node_name: &str, events: Arc<EventBus>) -> Result<Self, AdminError> {
+        res.local_node(node_name)
+            .map_err(|e| (ErrorKind::Failed, e.to_string()))?;
+        let peers = peer_states(&res, node_name);
+        Ok(Actor {
+            core: ResourceCore::new(&res.name, peers),
+            res,
+            node_name: node_name.to_owned(),
+            store: None,
+            pipeline: None,
+            events,
+        })
+    }
+
+    fn local_node(&self) -> &Node {
+        self.res
+            .nodes
+            .iter()
+            .find(|n| n.name == self.node_name)
+            .expect("checked in Actor::new; reconfigure keeps the node")
+    }
+
+    fn run(mut self, rx: Receiver<ActorMsg>) {
+        while let Ok(msg) = rx.recv() {
+            let before = self.status();
+            let stop = self.handle(msg);
+            let after = self.status();
+            if stop {
+                self.publish_lines(render::events_destroy(&after));
+                return;
+            }
+            self.publish_lines(render::events_change(&before, &after));
+        }
+        self.persist_on_stop();
+    }
+
+    /// Handles one message; true when the actor must end.
+    fn handle(&mut self, msg: ActorMsg) -> bool {
+        match msg {
+            ActorMsg::Admin { cmd, reply } => {
+                let down = cmd == AdminCmd::Down;
+                let result = self.admin(cmd);
+                let stop = down && result.is_ok();
+                let _ = reply.send(result);
+                stop
+            }
+            ActorMsg::Status { reply } => {
+                let _ = reply.send(self.status());
+                false
+            }
+            ActorMsg::Reconfigure { res, reply } => {
+                let _ = reply.send(self.reconfigure(*res));
+                false
+            }
+            ActorMsg::Pipeline(ev) => {
+                tracing::warn!(resource = %self.core.name, event = ?ev, "pipeline event");
+                false
+            }
+            ActorMsg::Session { client, open } => {
+                let cmd = if open {
+                    Command::SessionOpened { client }
+                } else {
+                    Command::SessionClosed { client }
+                };
+                let _ = self.step(cmd);
+                false
+            }
+            ActorMsg::Stop { reply } => {
+                self.persist_on_stop();
+                let _ = reply.send(());
+                true
+            }
+        }
+    }
+
+    fn admin(&mut self, cmd: AdminCmd) -> AdminResult {
+        let name = self.core.name.clone();
+        match cmd {
+            AdminCmd::Attach => self.attach().map(|()| format!("{name}: attached")),
+            AdminCmd::Detach => self
+                .step(Command::Detach)
+                .map(|()| format!("{name}: detached")),
+            AdminCmd::Primary { force } => {
+                let new_uuid = md::random_uuid()
+                    .map_err(|e| (ErrorKind::Failed, format!("cannot read /dev/urandom: {e}")))?;
+                self.step(Command::Promote { force, new_uuid })
+                    .map(|()| format!("{name}: Primary"))
+            }
+            AdminCmd::Secondary => self
+                .step(Command::Demote)
+                .map(|()| format!("{name}: Secondary")),
+            AdminCmd::Down => self.step(Command::Down).map(|()| format!("{name}: down")),
+        }
+    }
+
+    /// Feeds `cmd` to the core and executes its actions; on failure the core
+    /// goes back to where it was.
+    fn step(&mut self, cmd: Command) -> Result<(), AdminError> {
+        let saved = self.core.clone();
+        let actions = self.core.handle(cmd).map_err(refusal)?;
+        for action in actions {
+            if let Err(e) = self.execute(action) {
+                self.core = saved;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn execute(&mut self, action: Action) -> Result<(), AdminError> {
+        match action {
+            Action::PersistSuperblock(view) => {
+                let store = self.store.as_mut().ok_or_else(|| {
+                    (
+                        ErrorKind::Failed,
+                        "no metadata attached to persist".to_owned(),
+                    )
+                })?;
+                store
+                    .update_superblock(|sb| md::apply_view(sb, &view))
+                    .map_err(|e| (ErrorKind::Failed, format!("metadata write failed: {e}")))
+            }
+            Action::SetRoleAllowsIo(allows) => {
+                if let Some(p) = &self.pipeline {
+                    p.set_role_allows_io(allows);
+                }
+                Ok(())
+            }
+            Action::CloseBacking => {
+                if let Some(p) = self.pipeline.take() {
+                    let _ = p.shutdown();
+                }
+                if let Some(mut store) = self.store.take() {
+                    if let Err(e) = store.close_clean() {
+                        tracing::warn!(resource = %self.core.name, error = %e, "metadata not closed cleanly");
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads the metadata, assigns peer slots and attaches the disk.
+    fn attach(&mut self) -> Result<(), AdminError> {
+        let loc = MdLocation::of(&self.res, self.local_node(), None)
+            .map_err(|e| (ErrorKind::Failed, e.to_string()))?;
+        let mut store = loc.open().map_err(|e| {
+            (
+                ErrorKind::Failed,
+                format!("cannot attach {}: {e}", self.core.name),
+            )
+        })?;
+        let mut sb = store.superblock().clone();
+        for p in &mut self.core.peers {
+            p.slot = md::assign_slot(&mut sb, p.node_id).ok_or_else(|| {
+                (
+                    ErrorKind::Failed,
+                    format!(
+                        "no free peer slot for {} in the metadata of {} (max-peers {}); recreate it with a larger --max-peers",
+                        p.name, self.core.name, sb.max_peers
+                    ),
+                )
+            })?;
+        }
+        if &sb != store.superblock() {
+            store
+                .update_superblock(|s| *s = sb.clone())
+                .map_err(|e| (ErrorKind::Failed, format!("metadata write failed: {e}")))?;
+        }
+        let view = md::view_of(store.superblock());
+        self.core
+            .handle(Command::Attach { md: view })
+            .map_err(refusal)?;
+        self.store = Some(store);
+        Ok(())
+    }
+
+    fn reconfigure(&mut self, res: Resource) -> AdminResult {
+        res.local_node(&self.node_name)
+            .map_err(|e| (ErrorKind::Failed, e.to_string()))?;
+        let mut peers = peer_states(&res, &self.node_name);
+        for p in &mut peers {
+            if let Some(old) = self.core.peers.iter().find(|o| o.node_id == p.node_id) {
+                *p = old.clone();
+            }
+        }
+        self.core.peers = peers;
+        self.res = res;
+        Ok(format!("{}: adjusted", self.core.name))
+    }
+
+    fn persist_on_stop(&mut self) {
+        let view = self.core.md.clone();
+        if let (Some(store), Some(view)) = (self.store.as_mut(), view) {
+            let res = store
+                .update_superblock(|sb| md::apply_view(sb, &view))
+                .and_then(|()| store.close_clean());
+            if let Err(e) = res {
+                tracing::error!(resource = %self.core.name, error = %e, "metadata not persisted at shutdown");
+            }
+        }
+    }
+
+    fn publish_lines(&self, lines: Vec<String>) {
+        self.events.publish(&lines);
+    }
+
+    fn status(&self) -> ResourceStatus {
+        let node = self.local_node();
+        let size_bytes = self
+            .store
+            .as_ref()
+            .map_or(0, |s| s.superblock().data_size_bytes);
+        ResourceStatus {
+            name: self.core.name.clone(),
+            node_id: node.node_id,
+            role: self.core.role,
+            suspended: false,
+            minor: node.minor,
+            disk: self.core.disk,
+            size_bytes,
+            open_clients: self.core.open_clients.clone(),
+            current_uuid: self.core.md.as_ref().map(|m| m.gens.current),
+            stats: DeviceStats::default(),
+            peers: self
+                .core
+                .peers
+                .iter()
+                .map(|p| peer_status(&self.res, p))
+                .collect(),
+        }
+    }
+}
+
+fn peer_states(res: &Resource, node_name: &str) -> Vec<PeerState> {
+    res.peers_of(node_name)
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| PeerState::standalone(&n.name, n.node_id, i))
+        .collect()
+}
+
+fn peer_status(res: &Resource, p: &PeerState) -> PeerStatus {
+    PeerStatus {
+        name: p.name.clone(),
+        node_id: p.node_id,
+        address: res
+            .node_by_id(p.node_id)
+            .map_or_else(String::new, |n| n.address.to_string()),
+        connection: p.conn,
+        role: p.role,
+        peer_disk: p.peer_disk,
+        replication: p.repl,
+        out_of_sync_kib: 0,
+        received_kib: 0,
+        sent_kib: 0,
+    }
+}
+
+fn refusal(r: Refusal) -> AdminError {
+    match r {
+        Refusal::NoUpToDateData(_) => (ErrorKind::NoUpToDateData, r.to_string()),
+        Refusal::StateChange(_) => (ErrorKind::StateRefused, r.to_string()),
+    }
+}
