@@ -18,6 +18,9 @@ use crate::superblock::{
 };
 use crate::MetaError;
 
+/// Bitmap pages written with one `write_at` at most (1 MiB).
+const MAX_PAGES_PER_WRITE: usize = 256;
+
 /// Parameters of `create-md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CreateOptions {
@@ -558,11 +561,23 @@ impl<D: MetaDevice> MetaStore<D> {
                 );
             }
         }
-        for &(slot, page) in &written {
-            let off =
-                self.layout.bitmap_offset(slot) + MD_BLOCK_BYTES * u64::try_from(page).unwrap_or(0);
-            let data = self.bitmaps[slot].encode_page(page);
+        // Coalesce runs of adjacent dirty pages into writes of up to 1 MiB.
+        let mut i = 0;
+        while i < written.len() {
+            let (slot, first) = written[i];
+            let mut data = self.bitmaps[slot].encode_page(first);
+            let mut j = i + 1;
+            while j < written.len()
+                && written[j] == (slot, first + (j - i))
+                && j - i < MAX_PAGES_PER_WRITE
+            {
+                data.extend(self.bitmaps[slot].encode_page(written[j].1));
+                j += 1;
+            }
+            let off = self.layout.bitmap_offset(slot)
+                + MD_BLOCK_BYTES * u64::try_from(first).unwrap_or(0);
             io(off, self.dev.write_at(off, &data))?;
+            i = j;
         }
         Ok(written)
     }

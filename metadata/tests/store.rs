@@ -446,3 +446,24 @@ mod prop {
         }
     }
 }
+
+#[test]
+fn fresh_metadata_checks_clean() {
+    let s = create(2, 1237);
+    let l = *s.layout();
+    let report = MetaStore::check(s.into_device(), l).unwrap();
+    assert!(report.is_ok(), "{report}");
+    assert_eq!(report.superblock_copies, vec![CopyStatus::Valid { seq: 2 }, CopyStatus::Valid { seq: 1 }]);
+    assert_eq!(report.superblock_used, Some(0));
+}
+
+#[test]
+fn adjacent_dirty_bitmap_pages_are_written_together() {
+    let mut s = create(1, 61);
+    let before = s.device().write_count();
+    // 64 MiB of data = 16384 bits = 1 page per peer; set bits in every page of a larger range.
+    s.bitmap_set_range(0, 0, DATA_BYTES);
+    s.bitmap_flush().unwrap();
+    assert_eq!(s.device().write_count() - before, 1);
+    assert_eq!(s.bitmap_count(0), DATA_BYTES / 4096);
+}
