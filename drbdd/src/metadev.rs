@@ -87,6 +87,24 @@ impl FileMetaDevice {
     }
 }
 
+impl drbdd_metadata::MetaDevice for FileMetaDevice {
+    fn size_bytes(&self) -> u64 {
+        FileMetaDevice::size_bytes(self)
+    }
+
+    fn read_at(&mut self, offset_bytes: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        FileMetaDevice::read_at(self, offset_bytes, buf)
+    }
+
+    fn write_at(&mut self, offset_bytes: u64, data: &[u8]) -> std::io::Result<()> {
+        FileMetaDevice::write_at(self, offset_bytes, data)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        FileMetaDevice::flush(self)
+    }
+}
+
 /// Size in bytes of an open regular file or block device.
 pub fn device_size_bytes(file: &File) -> io::Result<u64> {
     let meta = file.metadata()?;

@@ -133,8 +133,14 @@ impl PipelineMeta for RecordingMeta {
         Ok(())
     }
 
-    fn crashed_while_primary(&self) -> bool {
+    fn set_md_flushes(&mut self, _md_flushes: bool) {}
+
+    fn needs_al_recovery(&self) -> bool {
         self.crashed
+    }
+
+    fn al_recovery_complete(&self) -> bool {
+        true
     }
 
     fn clear_crash_flags(&mut self) -> Result<(), String> {

@@ -48,9 +48,15 @@ pub trait PipelineMeta: Send + Debug {
     fn flush_bitmap(&mut self) -> Result<(), String>;
     /// Persists bitmap and superblock (shutdown/quiesce).
     fn persist(&mut self) -> Result<(), String>;
-    /// The metadata says this node was Primary when it stopped uncleanly.
-    fn crashed_while_primary(&self) -> bool;
-    /// Clears the primary/crashed-primary flags, crash-safely.
+    /// Whether AL transactions are flushed before `al_activate` returns.
+    fn set_md_flushes(&mut self, md_flushes: bool);
+    /// The node stopped uncleanly (was Primary, crashed Primary, or the
+    /// activity log was not closed cleanly): logged extents are suspect.
+    fn needs_al_recovery(&self) -> bool;
+    /// False when the on-disk log could not be rebuilt completely: then the
+    /// whole device is suspect.
+    fn al_recovery_complete(&self) -> bool;
+    /// Clears the primary/crashed-primary flags and records a clean AL, crash-safely.
     fn clear_crash_flags(&mut self) -> Result<(), String>;
     /// Usable data bytes (bitmap ranges are clipped to this).
     fn data_size_bytes(&self) -> u64;
@@ -65,20 +71,25 @@ pub struct CrashRecovery {
     pub slots: Vec<usize>,
 }
 
-/// At attach: if the node crashed while Primary, writes may have reached the
-/// local disk but not the peers in every extent of the on-disk activity log.
-/// Marks those extents out of sync for every peer slot in use, persists the
+/// At attach: if the node stopped uncleanly (e.g. crashed while Primary),
+/// writes may have reached the local disk but not the peers in every extent of
+/// the on-disk activity log. Marks those extents (the whole device when the log
+/// could not be rebuilt) out of sync for every peer slot in use, persists the
 /// bitmap, and only then clears the crash flags.
 pub fn recover_after_crash(meta: &mut dyn PipelineMeta) -> Result<CrashRecovery, String> {
-    if !meta.crashed_while_primary() {
+    if !meta.needs_al_recovery() {
         return Ok(CrashRecovery {
             extents: Vec::new(),
             slots: Vec::new(),
         });
     }
-    let extents = meta.al_logged_extents();
-    let slots = meta.peer_slots_in_use();
     let size_bytes = meta.data_size_bytes();
+    let extents = if meta.al_recovery_complete() {
+        meta.al_logged_extents()
+    } else {
+        (0..size_bytes.div_ceil(AL_EXTENT_BYTES)).collect()
+    };
+    let slots = meta.peer_slots_in_use();
     for &ext in &extents {
         let start = ext.saturating_mul(AL_EXTENT_BYTES);
         if start >= size_bytes {

@@ -18,6 +18,7 @@
 //! upward when the last leg is done.
 
 pub mod meta;
+mod metastore;
 mod order;
 mod write;
 
@@ -204,7 +205,11 @@ impl Pipeline {
                 need_bytes: cfg.data_size_bytes,
             });
         }
-        let disconnected_slots = lock_meta(&meta).peer_slots_in_use();
+        let disconnected_slots = {
+            let mut m = lock_meta(&meta);
+            m.set_md_flushes(cfg.md_flushes);
+            m.peer_slots_in_use()
+        };
         let geometry = Geometry {
             size_bytes: cfg.data_size_bytes,
             logical_block_bytes: LOGICAL_BLOCK_BYTES,
