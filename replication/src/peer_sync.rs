@@ -98,6 +98,22 @@ impl Peer {
     }
 
     pub(super) fn start_after_handshake(&mut self, decision: SyncDecision, out: &mut Vec<Action>) {
+        let no_disk = self.local.disk == DiskState::Diskless
+            || self.local.backing_bytes == 0
+            || self
+                .agreement
+                .as_ref()
+                .is_some_and(|a| a.peer.disk == DiskState::Diskless);
+        if no_disk {
+            if decision != SyncDecision::NoSync {
+                out.push(Action::Log(format!(
+                    "one node is diskless: no resync ({})",
+                    decision.describe()
+                )));
+            }
+            return;
+        }
+        // The agreed size is at most our own device, so this stays bounded.
         let size_bytes = self.agreement.as_ref().map_or(0, |a| a.size_bytes);
         let blocks = size_bytes.div_ceil(BLOCK_BYTES);
         if self.bitmap.total_blocks() != blocks {
@@ -111,15 +127,6 @@ impl Peer {
             | SyncDecision::SourceFull
             | SyncDecision::TargetBitmap
             | SyncDecision::TargetFull => {
-                let no_disk = self.local.disk == DiskState::Diskless
-                    || self
-                        .agreement
-                        .as_ref()
-                        .is_some_and(|a| a.peer.disk == DiskState::Diskless);
-                if no_disk {
-                    out.push(Action::Log("one node is diskless: no resync".into()));
-                    return;
-                }
                 let full = matches!(
                     decision,
                     SyncDecision::SourceFull | SyncDecision::TargetFull
@@ -221,6 +228,12 @@ impl Peer {
         } else {
             (peer.disk, self.local.role)
         };
+        if self.local.disk == DiskState::Diskless
+            || peer.disk == DiskState::Diskless
+            || self.bitmap.total_blocks() == 0
+        {
+            return Some("refusing to resync: a diskless node has no data to sync".into());
+        }
         if source_disk == DiskState::Inconsistent {
             return Some(
                 "refusing to resync: the sync source's data is Inconsistent; \
@@ -526,6 +539,10 @@ impl Peer {
             .expect("syncing implies an agreement")
             .peer
             .gi;
+        if is_empty_uuid(source.current) {
+            let reason = "the sync source announced no data generation".to_string();
+            return self.protocol_error(reason, out);
+        }
         out.push(Action::Send(Packet::ResyncFinished));
         let update = GiUpdate::ResyncFinishedAsTarget { source };
         update.apply(&mut self.gens, 0);

@@ -26,7 +26,15 @@ fn random_packet(rng: &mut Rng) -> Packet {
     let v = rng.next();
     let small = rng.next() % 100_000;
     let len = u32::try_from(rng.next() % 3).unwrap() * 4096;
-    match rng.next() % 14 {
+    match rng.next() % 15 {
+        13 => Packet::GenerationIds {
+            current: v % 3,
+            bitmap: small % 3,
+            history: [0, v % 5],
+            dirty_blocks: small,
+            promoted_at_ms: v,
+            flags: u32::try_from(v % 4).unwrap(),
+        },
         0 => Packet::Data {
             seq: small,
             epoch: u32::try_from(small % 7).unwrap(),
@@ -72,9 +80,10 @@ fn random_packet(rng: &mut Rng) -> Packet {
             len_bytes: len,
         },
         12 => Packet::State {
-            role: Role::Primary,
-            disk: DiskState::Diskless,
-            flags: 0,
+            role: [Role::Primary, Role::Secondary][usize::try_from(v % 2).unwrap()],
+            disk: [DiskState::UpToDate, DiskState::Inconsistent]
+                [usize::try_from(small % 2).unwrap()],
+            flags: u32::try_from(v % 4).unwrap(),
         },
         _ => Packet::Hello {
             protocol_min: 1,
@@ -113,6 +122,18 @@ fn random_packets_from_an_established_peer_never_panic_or_write_out_of_bounds() 
                 if p.link_up {
                     p.cut();
                 }
+                p.event(
+                    0,
+                    Event::AdminConnect {
+                        discard_my_data: false,
+                    },
+                );
+                p.event(
+                    1,
+                    Event::AdminConnect {
+                        discard_my_data: false,
+                    },
+                );
                 p.connect();
                 assert_eq!(
                     p.nodes[1].peer.status().conn,
