@@ -645,6 +645,18 @@ impl<D: MetaDevice> MetaStore<D> {
         self.al.logged_extents()
     }
 
+    /// Crash recovery helper: marks every logged extent out of sync in the bitmap
+    /// of peer `slot` (in memory; call `bitmap_flush` afterwards).
+    pub fn al_mark_logged_out_of_sync(&mut self, slot: usize) {
+        let data = self.layout.data_size_bytes;
+        for ext in self.al.logged_extents() {
+            let offset = ext.saturating_mul(AL_EXTENT_BYTES);
+            if offset < data {
+                self.bitmap_set_range(slot, offset, AL_EXTENT_BYTES.min(data - offset));
+            }
+        }
+    }
+
     /// False when the on-disk log could not be fully rebuilt (too many lost
     /// transactions): after an unclean shutdown the whole device is suspect.
     pub fn al_recovery_complete(&self) -> bool {

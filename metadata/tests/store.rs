@@ -453,7 +453,10 @@ fn fresh_metadata_checks_clean() {
     let l = *s.layout();
     let report = MetaStore::check(s.into_device(), l).unwrap();
     assert!(report.is_ok(), "{report}");
-    assert_eq!(report.superblock_copies, vec![CopyStatus::Valid { seq: 2 }, CopyStatus::Valid { seq: 1 }]);
+    assert_eq!(
+        report.superblock_copies,
+        vec![CopyStatus::Valid { seq: 2 }, CopyStatus::Valid { seq: 1 }]
+    );
     assert_eq!(report.superblock_used, Some(0));
 }
 
@@ -466,4 +469,18 @@ fn adjacent_dirty_bitmap_pages_are_written_together() {
     s.bitmap_flush().unwrap();
     assert_eq!(s.device().write_count() - before, 1);
     assert_eq!(s.bitmap_count(0), DATA_BYTES / 4096);
+}
+
+#[test]
+fn crash_recovery_marks_logged_extents_out_of_sync() {
+    let mut s = create(2, 61);
+    s.al_activate(&[0, 3]).unwrap();
+    let mut s = reboot(s);
+    assert!(!s.superblock().flags.al_clean);
+    s.al_mark_logged_out_of_sync(1);
+    s.bitmap_flush().unwrap();
+    let per_extent = AL_EXTENT_BYTES / 4096;
+    assert_eq!(s.bitmap_count(1), 2 * per_extent);
+    assert_eq!(s.bitmap_next_set(1, per_extent), Some(3 * per_extent));
+    assert_eq!(s.bitmap_count(0), 0);
 }
