@@ -967,12 +967,14 @@ fn write_completes_only_after_every_leg_including_peers() {
     let s = fx.pipeline.open("t", true).expect("open");
     let first = submit(&s, req(BlockOp::Write, 0, 4096), pattern(1, 4096));
     let second = submit(&s, req(BlockOp::Write, 8192, 4096), pattern(2, 4096));
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(
-        file_bytes(&fx.path, 0, 4096),
-        pattern(1, 4096).as_slice(),
-        "local leg done"
-    );
+    let deadline = std::time::Instant::now() + WAIT;
+    while file_bytes(&fx.path, 0, 4096) != pattern(1, 4096).as_slice() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "local leg never reached the disk"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert!(first.try_recv().is_err(), "write waits for its peer leg");
     let mut legs = std::mem::take(&mut *repl.legs.lock().expect("legs"));
     assert_eq!(legs.len(), 2);

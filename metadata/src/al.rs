@@ -30,7 +30,7 @@ pub fn al_extent_of(offset_bytes: u64) -> u64 {
 }
 
 /// What `al_activate` did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AlActivation {
     /// AL transactions written (0 when every extent was already active).
     pub transactions_written: u32,

@@ -25,7 +25,7 @@ pub(crate) const MIN_DATA_BYTES: u64 = 1 << 20;
 pub(crate) const AL_EXTENTS_MAX: u32 = 65534;
 
 /// Placement of data and metadata. All offsets/sizes are multiples of 4096.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Layout {
     /// Usable data at offset 0 of the backing device (the net size reported).
     pub data_size_bytes: u64,

@@ -22,7 +22,7 @@ use crate::MetaError;
 const MAX_PAGES_PER_WRITE: usize = 256;
 
 /// Parameters of `create-md`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CreateOptions {
     pub node_id: u8,
     pub max_peers: u8,
@@ -30,7 +30,7 @@ pub struct CreateOptions {
 }
 
 /// Status of one on-disk copy/block, as `check` reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CopyStatus {
     Valid { seq: u64 },
     Empty,
@@ -38,7 +38,7 @@ pub enum CopyStatus {
 }
 
 /// What `check` found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CheckReport {
     pub superblock_copies: Vec<CopyStatus>,
     /// The copy `open` would use.

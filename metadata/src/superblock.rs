@@ -18,7 +18,7 @@ const NO_NODE: u8 = 0xFF;
 const _: () = assert!(PEERS_OFFSET + MAX_PEERS * PEER_BYTES <= SB_BYTES);
 
 /// Node-wide flags.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MdFlags {
     pub consistent: bool,
     pub was_up_to_date: bool,
@@ -35,7 +35,7 @@ pub struct MdFlags {
 }
 
 /// Per-peer flags.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PeerFlags {
     pub outdated: bool,
     pub full_sync: bool,
@@ -45,7 +45,7 @@ pub struct PeerFlags {
 }
 
 /// One peer slot; its index is also the index of its bitmap.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PeerSlot {
     pub node_id: Option<u8>,
     pub bitmap_uuid: u64,
@@ -53,7 +53,7 @@ pub struct PeerSlot {
 }
 
 /// The decoded superblock. `peers.len() == max_peers`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Superblock {
     pub node_id: u8,
     pub max_peers: u8,

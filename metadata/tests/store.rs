@@ -206,7 +206,9 @@ fn corrupted_superblocks_are_detected() {
     assert!(!report.is_ok());
     assert!(MetaStore::open(dev.clone(), l).is_ok());
     dev.write_at(4096 + 200, &[0xFF]).unwrap();
-    let err = MetaStore::open(dev, l).unwrap_err();
+    let before = raw(&dev, &l);
+    let err = MetaStore::open(dev.clone(), l).unwrap_err();
+    assert_eq!(raw(&dev, &l), before, "a failed open must not write");
     assert!(matches!(err, MetaError::Corrupt { .. }), "{err}");
     assert!(err.to_string().contains("crc mismatch"), "{err}");
 }
