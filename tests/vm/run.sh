@@ -120,6 +120,7 @@ for b in "$(command -v fio)" "$(command -v mke2fs)" "$(command -v e2fsck)"; do
   done
 done
 ln -sf mke2fs root/bin/mkfs.ext4
+mkdir -p root/guest && cp "$HERE"/guest/* root/guest/
 cp "$HERE/guest/init.sh" root/init
 cp "$HERE/guest/$SCENARIO.sh" root/scenario.sh
 chmod +x root/init root/scenario.sh
