@@ -254,10 +254,16 @@ fn activating_active_extents_does_no_io() {
 fn full_activity_log_refuses_until_release_then_evicts_lru() {
     let mut s = create(1, 3);
     s.al_activate(&[10, 11, 12]).unwrap();
+    let writes = s.device().write_count();
     assert!(matches!(
         s.al_activate(&[13]),
         Err(MetaError::AlFull { al_extents: 3 })
     ));
+    assert_eq!(
+        s.device().write_count(),
+        writes,
+        "a refused activation writes nothing"
+    );
     s.al_release(&[11]);
     s.al_release(&[10]);
     let a = s.al_activate(&[13]).unwrap();
@@ -311,7 +317,11 @@ fn al_recovery_survives_ring_wrap_with_several_context_chunks() {
     let mut all = Vec::new();
     for round in 0..40u64 {
         let batch: Vec<u64> = (0..70).map(|i| round * 70 + i).collect();
-        s.al_activate(&batch).unwrap();
+        let a = s.al_activate(&batch).unwrap();
+        assert_eq!(
+            a.transactions_written, 2,
+            "70 new extents need two transactions"
+        );
         s.al_release(&batch);
         all.extend(batch);
     }
