@@ -28,9 +28,13 @@ pub struct RateConfig {
     /// 0 disables the variable-rate controller.
     pub c_plan_ahead_ms: u32,
     pub c_fill_target_bytes: u64,
+    /// 0 = no limit.
     pub c_max_rate_kib: u32,
     pub c_min_rate_kib: u32,
 }
+
+/// What "no `c-max-rate`" means per step: 1 GiB (10 GiB/s).
+const UNLIMITED_BYTES_PER_STEP: u64 = 1 << 30;
 
 fn kib_per_step(kib_per_s: u32) -> u64 {
     u64::from(kib_per_s) * 1024 * RATE_STEP_MS / 1000
@@ -80,7 +84,7 @@ impl RateController {
             self.last_step_ms = Some(now_ms);
             self.last_acked_bytes = acked_bytes_total;
             self.tokens_bytes = kib_per_step(self.cfg.resync_rate_kib).max(BLOCK_BYTES);
-            self.step_allowance_bytes = self.tokens_bytes;
+            self.step_allowance_bytes = self.tokens_bytes.min(self.max_per_step_bytes());
             return self.allowance();
         };
         let steps_passed = now_ms.saturating_sub(last) / RATE_STEP_MS;
@@ -90,10 +94,16 @@ impl RateController {
             self.last_acked_bytes = acked_bytes_total;
             if self.cfg.c_plan_ahead_ms == 0 {
                 let per_step = kib_per_step(self.cfg.resync_rate_kib);
-                self.tokens_bytes =
-                    (self.tokens_bytes + per_step * steps_passed).min(per_step + BLOCK_BYTES);
+                self.tokens_bytes = self
+                    .tokens_bytes
+                    .saturating_add(per_step.saturating_mul(steps_passed))
+                    .min(per_step + BLOCK_BYTES);
             } else {
-                self.step_allowance_bytes = self.plan_step(acked_in_step, in_flight_bytes);
+                // Unused allowance carries over (capped), so a plan below
+                // one block per step still makes progress.
+                let planned = self.plan_step(acked_in_step, in_flight_bytes);
+                self.step_allowance_bytes = (self.step_allowance_bytes + planned)
+                    .min(self.max_per_step_bytes() + BLOCK_BYTES);
             }
             if app_io_active && self.rate_bytes_per_s() > u64::from(self.cfg.c_min_rate_kib) * 1024
             {
@@ -125,18 +135,38 @@ impl RateController {
         } else {
             // Keep one plan-ahead period of deliveries in flight (at least
             // one step of `resync-rate` to get going).
-            (acked_in_step * u64::try_from(self.plan.len()).unwrap_or(1))
+            let steps_u64 = u64::try_from(self.plan.len()).unwrap_or(1);
+            acked_in_step
+                .saturating_mul(steps_u64)
                 .max(kib_per_step(self.cfg.resync_rate_kib))
         };
-        let planned: i64 = self.plan.iter().sum();
-        let correction = to_i64(want) - to_i64(in_flight_bytes) - planned;
+        // Values stay far below i64::MAX: `want` and the plan are bounded
+        // by a few steps of `max_per_step_bytes`.
+        let want = want.min(
+            self.max_per_step_bytes()
+                .saturating_mul(u64::try_from(self.plan.len()).unwrap_or(1) + 1),
+        );
+        let planned: i64 = self.plan.iter().fold(0i64, |a, p| a.saturating_add(*p));
+        let correction = to_i64(want)
+            .saturating_sub(to_i64(in_flight_bytes))
+            .saturating_sub(planned);
         let per_step = correction / steps;
-        self.plan.iter_mut().for_each(|p| *p += per_step);
+        self.plan
+            .iter_mut()
+            .for_each(|p| *p = p.saturating_add(per_step));
         let now = self.plan.pop_front().unwrap_or(0);
         self.plan.push_back(0);
-        let request = (to_i64(acked_in_step) + now).max(0);
+        let request = to_i64(acked_in_step).saturating_add(now).max(0);
         let request = u64::try_from(request).unwrap_or(0);
-        request.min(kib_per_step(self.cfg.c_max_rate_kib).max(BLOCK_BYTES))
+        request.min(self.max_per_step_bytes())
+    }
+
+    /// `c-max-rate` per step (0 = no limit).
+    fn max_per_step_bytes(&self) -> u64 {
+        match self.cfg.c_max_rate_kib {
+            0 => UNLIMITED_BYTES_PER_STEP,
+            kib => kib_per_step(kib).max(BLOCK_BYTES),
+        }
     }
 
     /// Delivery rate over the recent window, bytes per second.

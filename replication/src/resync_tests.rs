@@ -183,3 +183,50 @@ fn progress_reports_percent_rate_and_eta() {
     assert_eq!(p.rate_bytes_per_s, 250 * BLOCK_BYTES);
     assert_eq!(p.eta_s, Some(3));
 }
+
+#[test]
+fn variable_rate_makes_progress_when_the_plan_is_below_one_block_per_step() {
+    let cfg = RateConfig {
+        resync_rate_kib: 10, // 1 KiB per step: less than one block
+        c_plan_ahead_ms: 500,
+        c_fill_target_bytes: 0,
+        c_max_rate_kib: 0,
+        c_min_rate_kib: 0,
+    };
+    let mut rc = RateController::new(cfg);
+    let mut acked = 0u64;
+    for step in 0..50u64 {
+        let budget = rc.budget(step * RATE_STEP_MS, 0, acked, false);
+        let blocks = budget / BLOCK_BYTES;
+        rc.spent(blocks * BLOCK_BYTES);
+        acked += blocks * BLOCK_BYTES;
+    }
+    assert!(
+        acked >= 4 * BLOCK_BYTES,
+        "resync stalled: {acked} bytes in 5 s"
+    );
+}
+
+proptest! {
+    #[test]
+    fn rate_controller_never_panics_and_respects_c_max_rate(
+        rate in 0u32..2_000_000, plan in 0u32..20_000, fill in 0u64..(1 << 40),
+        max in 0u32..2_000_000, min in 0u32..2_000_000,
+        steps in prop::collection::vec((0u64..u64::MAX / 4, any::<u64>(), 0u64..(1 << 40), any::<bool>()), 1..60),
+    ) {
+        let cfg = RateConfig { resync_rate_kib: rate, c_plan_ahead_ms: plan, c_fill_target_bytes: fill,
+                               c_max_rate_kib: max, c_min_rate_kib: min };
+        let mut rc = RateController::new(cfg);
+        let (mut now, mut acked) = (0u64, 0u64);
+        for (dt, in_flight, delivered, app) in steps {
+            now = now.saturating_add(dt);
+            acked = acked.saturating_add(delivered);
+            let budget = rc.budget(now, in_flight, acked, app);
+            if plan > 0 && max > 0 {
+                let per_step = u64::from(max) * 1024 / 10;
+                prop_assert!(budget <= 2 * per_step.max(4096) + 4096, "{budget}");
+            }
+            rc.spent(budget / 2);
+        }
+    }
+}

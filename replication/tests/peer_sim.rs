@@ -17,6 +17,7 @@ use common::*;
 use drbdd_replication::ack::Protocol;
 use drbdd_replication::generation::AfterSb1Pri;
 use drbdd_replication::peer::Event;
+use drbdd_replication::resync::RateConfig;
 use drbdd_replication::state::{ConnState, DiskState, ReplState, Role};
 
 /// splitmix64: small, seedable, good enough to pick actions.
@@ -105,6 +106,16 @@ fn run_seed(seed: u64, cov: &mut Coverage) {
     };
     cfg_a.sb_policy.after_sb_1pri = policy;
     cfg_b.sb_policy.after_sb_1pri = policy;
+    if rng.below(2) == 0 {
+        // The variable-rate controller instead of a fixed resync-rate.
+        cfg_b.rate = RateConfig {
+            resync_rate_kib: 100,
+            c_plan_ahead_ms: 500,
+            c_fill_target_bytes: if rng.below(2) == 0 { 0 } else { 32 * 1024 },
+            c_max_rate_kib: 4000,
+            c_min_rate_kib: 100,
+        };
+    }
     let a = Node::new(
         cfg_a,
         Role::Primary,
