@@ -496,3 +496,19 @@ fn crash_recovery_marks_logged_extents_out_of_sync() {
     assert_eq!(s.bitmap_next_set(1, per_extent), Some(3 * per_extent));
     assert_eq!(s.bitmap_count(0), 0);
 }
+
+#[test]
+fn failed_superblock_write_reports_io_error_and_keeps_memory_unchanged() {
+    let mut s = create(1, 61);
+    s.device_mut().set_fail_writes(true);
+    let err = s.update_superblock(|sb| sb.current_uuid = 9).unwrap_err();
+    assert!(matches!(err, MetaError::Io { .. }), "{err}");
+    assert!(
+        err.to_string().contains("check the backing device"),
+        "{err}"
+    );
+    assert_eq!(s.superblock().current_uuid, 0);
+    s.device_mut().set_fail_writes(false);
+    s.update_superblock(|sb| sb.current_uuid = 9).unwrap();
+    assert_eq!(reboot(s).superblock().current_uuid, 9);
+}
