@@ -112,6 +112,7 @@ impl Peer {
             self.sync
                 .planner
                 .on_peer_write(w.offset_bytes, u64::from(w.len_bytes));
+            self.sync.last_app_io_ms = Some(self.now_ms);
         }
         if self.cfg.protocol == Protocol::B {
             out.push(Action::Send(Packet::RecvAck { seq: w.seq }));

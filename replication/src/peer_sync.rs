@@ -14,7 +14,7 @@ use crate::generation::{
     is_empty_uuid, resolve_split_brain, Generations, SbResolution, SbSide, SyncDecision,
 };
 use crate::resync::{
-    Progress, ProgressMeter, RateController, ReplyVerdict, ResyncPlanner, BLOCK_BYTES,
+    Progress, ProgressMeter, RateController, ReplyVerdict, ResyncPlanner, BLOCK_BYTES, RATE_STEP_MS,
 };
 use crate::state::{DiskState, ReplState, Role};
 use crate::wire::{Packet, STATE_START_SYNC_SOURCE, STATE_START_SYNC_TARGET};
@@ -32,6 +32,8 @@ pub(super) struct SyncState {
     bitmap_sent: bool,
     bitmap_received: bool,
     acked_bytes: u64,
+    /// When a replicated application write last arrived (for `c-min-rate`).
+    pub(super) last_app_io_ms: Option<u64>,
     /// Local read id -> (the target's request id, offset, length).
     source_reads: BTreeMap<u64, (u64, u64, u32)>,
     source_deferred: VecDeque<(u64, u64, u32)>,
@@ -52,6 +54,7 @@ impl SyncState {
             bitmap_sent: false,
             bitmap_received: false,
             acked_bytes: 0,
+            last_app_io_ms: None,
             source_reads: BTreeMap::new(),
             source_deferred: VecDeque::new(),
             next_io_id: 1,
@@ -446,10 +449,14 @@ impl Peer {
             return;
         }
         let in_flight = self.sync.planner.in_flight_bytes();
-        let budget = self
+        let app_io_active = self
             .sync
-            .rate
-            .budget(self.now_ms, in_flight, self.sync.acked_bytes, false);
+            .last_app_io_ms
+            .is_some_and(|t| self.now_ms.saturating_sub(t) < RATE_STEP_MS);
+        let budget =
+            self.sync
+                .rate
+                .budget(self.now_ms, in_flight, self.sync.acked_bytes, app_io_active);
         let requests = self.sync.planner.next_requests(&self.bitmap, budget);
         for r in requests {
             self.sync.rate.spent(u64::from(r.len_bytes));

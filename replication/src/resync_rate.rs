@@ -12,7 +12,7 @@
 //! `c-fill-target`, or what one plan-ahead period at the current delivery rate
 //! would need) spread over the plan-ahead steps; the result is capped by
 //! `c-max-rate`. While application I/O is active, resync above `c-min-rate`
-//! pauses for that step.
+//! pauses for that step (`c-min-rate` 0: never).
 
 use std::collections::VecDeque;
 
@@ -105,8 +105,9 @@ impl RateController {
                 self.step_allowance_bytes = (self.step_allowance_bytes + planned)
                     .min(self.max_per_step_bytes() + BLOCK_BYTES);
             }
-            if app_io_active && self.rate_bytes_per_s() > u64::from(self.cfg.c_min_rate_kib) * 1024
-            {
+            // `c-min-rate` 0 disables throttling (as in DRBD).
+            let min_rate = u64::from(self.cfg.c_min_rate_kib) * 1024;
+            if app_io_active && min_rate > 0 && self.rate_bytes_per_s() > min_rate {
                 self.tokens_bytes = 0;
                 self.step_allowance_bytes = 0;
             }
