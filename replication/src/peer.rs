@@ -64,6 +64,10 @@ pub struct Peer {
     ack: AckTracker,
     /// Application writes whose local disk write is not done: id -> seq.
     local_pending: BTreeMap<WriteId, u64>,
+    /// Admin `pause-sync` on this node (kept across connections).
+    user_paused: bool,
+    /// The peer announced a paused resync.
+    peer_paused: bool,
     /// Set by `connect --discard-my-data` until the next handshake.
     discard_my_data: bool,
     /// Writes of a lost connection still on their way to our disk (kind, id).
@@ -110,6 +114,8 @@ impl Peer {
             tx_waiting: std::collections::VecDeque::new(),
             draining: BTreeSet::new(),
             discard_my_data: false,
+            user_paused: false,
+            peer_paused: false,
             pending_connect: None,
             rx: rx::Receiver::default(),
             bitmap,
@@ -232,14 +238,17 @@ impl Peer {
             Event::StartFullSync { as_source, local } => {
                 self.start_full_sync(as_source, local, &mut out)
             }
+            Event::PauseSync | Event::ResumeSync => {
+                self.user_paused = matches!(event, Event::PauseSync);
+                if self.established() {
+                    out.push(Action::Send(self.state_packet(0)));
+                    self.apply_pause(&mut out);
+                }
+            }
             Event::RoleChanged { role } => {
                 self.local.role = role;
                 if self.established() {
-                    out.push(Action::Send(Packet::State {
-                        role,
-                        disk: self.local.disk,
-                        flags: 0,
-                    }));
+                    out.push(Action::Send(self.state_packet(0)));
                 }
             }
             Event::AdminConnect { discard_my_data } => {
@@ -427,9 +436,11 @@ impl Peer {
                     a.peer.role = role;
                     a.peer.disk = disk;
                 }
+                self.peer_paused = flags & wire::STATE_SYNC_PAUSED != 0;
                 if flags & (wire::STATE_START_SYNC_SOURCE | wire::STATE_START_SYNC_TARGET) != 0 {
                     self.peer_started_full_sync(flags & wire::STATE_START_SYNC_SOURCE != 0, out);
                 }
+                self.apply_pause(out);
                 Ok(())
             }
             Packet::GenerationIds {
@@ -549,6 +560,9 @@ impl Peer {
             s.peer_role = peer.role;
             s.peer_disk = peer.disk;
         });
+        if self.user_paused {
+            out.push(Action::Send(self.state_packet(0)));
+        }
         self.start_after_handshake(decision, out);
     }
 
@@ -608,6 +622,7 @@ impl Peer {
         self.rx_buf.clear();
         self.ping = Ping::Idle;
         self.agreement = None;
+        self.peer_paused = false;
         let stay_down = self.status.conn == ConnState::StandAlone;
         let conn = if retry && !stay_down {
             ConnState::Connecting

@@ -104,6 +104,11 @@ pub enum Event<'a> {
         as_source: bool,
         local: LocalState,
     },
+    /// Admin `pause-sync`: stop requesting resync data (PausedSyncS/T on both
+    /// nodes) until `ResumeSync`. Survives reconnects.
+    PauseSync,
+    /// Admin `resume-sync`.
+    ResumeSync,
     /// The resource changed role (promote/demote).
     RoleChanged {
         role: Role,

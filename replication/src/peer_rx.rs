@@ -105,7 +105,10 @@ impl Peer {
         }
         if matches!(
             self.status.repl,
-            ReplState::SyncTarget | ReplState::WFBitMapT | ReplState::WFSyncUUID
+            ReplState::SyncTarget
+                | ReplState::PausedSyncT
+                | ReplState::WFBitMapT
+                | ReplState::WFSyncUUID
         ) {
             // Arrival order is what matters: a resync reply behind this write
             // in the stream is older than it.

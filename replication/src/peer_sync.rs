@@ -17,7 +17,7 @@ use crate::resync::{
     Progress, ProgressMeter, RateController, ReplyVerdict, ResyncPlanner, BLOCK_BYTES, RATE_STEP_MS,
 };
 use crate::state::{DiskState, ReplState, Role};
-use crate::wire::{Packet, STATE_START_SYNC_SOURCE, STATE_START_SYNC_TARGET};
+use crate::wire::{Packet, STATE_START_SYNC_SOURCE, STATE_START_SYNC_TARGET, STATE_SYNC_PAUSED};
 
 /// Most RLE runs per bitmap chunk we send (keeps chunks far below the
 /// payload limit: at most 10 bytes per run).
@@ -86,8 +86,8 @@ impl Peer {
     /// (whose bitmap only clears at the end) counts the blocks it sent.
     pub(super) fn record_progress(&mut self) -> Option<Progress> {
         let remaining = match self.status.repl {
-            ReplState::SyncTarget => self.bitmap.count(),
-            ReplState::SyncSource => {
+            ReplState::SyncTarget | ReplState::PausedSyncT => self.bitmap.count(),
+            ReplState::SyncSource | ReplState::PausedSyncS => {
                 let sent_blocks = self.sync.acked_bytes / BLOCK_BYTES;
                 self.sync
                     .meter
@@ -204,11 +204,7 @@ impl Peer {
         } else {
             STATE_START_SYNC_TARGET
         };
-        out.push(Action::Send(Packet::State {
-            role: self.local.role,
-            disk: self.local.disk,
-            flags: flag,
-        }));
+        out.push(Action::Send(self.state_packet(flag)));
         self.begin_bitmap_exchange(as_source, true, out);
     }
 
@@ -419,6 +415,7 @@ impl Peer {
             s.repl = ReplState::SyncSource;
             s.peer_disk = DiskState::Inconsistent;
         });
+        self.apply_pause(out);
     }
 
     pub(super) fn on_sync_uuid(&mut self, uuid: u64, out: &mut Vec<Action>) -> Result<(), String> {
@@ -439,6 +436,7 @@ impl Peer {
             self.bitmap.count()
         )));
         self.set_status(out, |s| s.repl = ReplState::SyncTarget);
+        self.apply_pause(out);
         self.pump_resync(out);
         Ok(())
     }
@@ -469,6 +467,39 @@ impl Peer {
         self.maybe_finish_target(out);
     }
 
+    /// Our State packet, carrying the pause flag and `extra` flags.
+    pub(super) fn state_packet(&self, extra: u32) -> Packet {
+        let paused = if self.user_paused {
+            STATE_SYNC_PAUSED
+        } else {
+            0
+        };
+        Packet::State {
+            role: self.local.role,
+            disk: self.local.disk,
+            flags: paused | extra,
+        }
+    }
+
+    /// Moves between SyncSource/SyncTarget and PausedSyncS/PausedSyncT when
+    /// either node paused or resumed.
+    pub(super) fn apply_pause(&mut self, out: &mut Vec<Action>) {
+        let paused = self.user_paused || self.peer_paused;
+        let repl = match (self.status.repl, paused) {
+            (ReplState::SyncSource, true) => ReplState::PausedSyncS,
+            (ReplState::SyncTarget, true) => ReplState::PausedSyncT,
+            (ReplState::PausedSyncS, false) => ReplState::SyncSource,
+            (ReplState::PausedSyncT, false) => ReplState::SyncTarget,
+            (other, _) => other,
+        };
+        if repl != self.status.repl {
+            let verb = if paused { "paused" } else { "resumed" };
+            out.push(Action::Log(format!("resync {verb}")));
+            self.set_status(out, |s| s.repl = repl);
+            self.pump_resync(out);
+        }
+    }
+
     pub(super) fn target_reply(
         &mut self,
         id: u64,
@@ -476,7 +507,10 @@ impl Peer {
         data: Vec<u8>,
         out: &mut Vec<Action>,
     ) -> Result<(), String> {
-        if self.status.repl != ReplState::SyncTarget {
+        if !matches!(
+            self.status.repl,
+            ReplState::SyncTarget | ReplState::PausedSyncT
+        ) {
             return Err(format!(
                 "resync reply in replication state {}",
                 self.status.repl
@@ -536,7 +570,10 @@ impl Peer {
     }
 
     fn maybe_finish_target(&mut self, out: &mut Vec<Action>) {
-        if self.status.repl != ReplState::SyncTarget || !self.sync.planner.is_finished(&self.bitmap)
+        if !matches!(
+            self.status.repl,
+            ReplState::SyncTarget | ReplState::PausedSyncT
+        ) || !self.sync.planner.is_finished(&self.bitmap)
         {
             return;
         }
@@ -570,7 +607,10 @@ impl Peer {
         len: u32,
         out: &mut Vec<Action>,
     ) -> Result<(), String> {
-        if self.status.repl != ReplState::SyncSource {
+        if !matches!(
+            self.status.repl,
+            ReplState::SyncSource | ReplState::PausedSyncS
+        ) {
             return Err(format!(
                 "resync request in replication state {}",
                 self.status.repl
@@ -635,7 +675,10 @@ impl Peer {
     }
 
     pub(super) fn source_finished(&mut self, out: &mut Vec<Action>) -> Result<(), String> {
-        if self.status.repl != ReplState::SyncSource {
+        if !matches!(
+            self.status.repl,
+            ReplState::SyncSource | ReplState::PausedSyncS
+        ) {
             return Err(format!(
                 "ResyncFinished in replication state {}",
                 self.status.repl

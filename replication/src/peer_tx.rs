@@ -65,7 +65,10 @@ impl Peer {
         self.established()
             && matches!(
                 self.status.repl,
-                ReplState::Established | ReplState::WFBitMapS | ReplState::SyncSource
+                ReplState::Established
+                    | ReplState::WFBitMapS
+                    | ReplState::SyncSource
+                    | ReplState::PausedSyncS
             )
     }
 

@@ -60,6 +60,8 @@ pub const FEATURE_PROTOCOL_MASK: u64 = FEATURE_PROTOCOL_A | FEATURE_PROTOCOL_B |
 pub const STATE_START_SYNC_SOURCE: u32 = 1 << 0;
 /// `State` flag: the sender starts a full resync as target.
 pub const STATE_START_SYNC_TARGET: u32 = 1 << 1;
+/// `State` flag: the sender's admin paused the resync (`pause-sync`).
+pub const STATE_SYNC_PAUSED: u32 = 1 << 2;
 
 /// `Data` flag: force unit access (complete only once durable on the peer).
 pub const DATA_FUA: u32 = 1 << 0;

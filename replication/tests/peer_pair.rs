@@ -606,3 +606,48 @@ fn full_sync_onto_a_primary_is_refused_without_disconnecting() {
         p.nodes[1].logs
     );
 }
+
+#[test]
+fn pause_sync_on_either_node_stops_the_resync_until_resumed() {
+    let mut cfg_b = config(1, 0, None, Protocol::C);
+    cfg_b.rate.resync_rate_kib = 40; // 10 blocks per second
+    let a = Node::new(
+        config(0, 1, None, Protocol::C),
+        Role::Primary,
+        DiskState::UpToDate,
+        gens(0x10),
+        disk(0x5A),
+    );
+    let b = Node::new(
+        cfg_b,
+        Role::Secondary,
+        DiskState::Inconsistent,
+        just_created(),
+        disk(0),
+    );
+    let mut p = Pair::new(a, b);
+    p.connect();
+    p.advance(1000);
+    p.event(0, Event::PauseSync);
+    p.run();
+    assert_eq!(p.nodes[0].peer.status().repl, ReplState::PausedSyncS);
+    assert_eq!(p.nodes[1].peer.status().repl, ReplState::PausedSyncT);
+    let remaining = p.nodes[1].peer.bitmap().count();
+    p.advance(3000);
+    assert_eq!(
+        p.nodes[1].peer.bitmap().count(),
+        remaining,
+        "no progress while paused"
+    );
+    // The pause survives a reconnect.
+    p.cut();
+    p.connect();
+    p.advance(1000);
+    assert_eq!(p.nodes[1].peer.status().repl, ReplState::PausedSyncT);
+    p.event(0, Event::ResumeSync);
+    p.run();
+    assert_eq!(p.nodes[1].peer.status().repl, ReplState::SyncTarget);
+    p.advance(10_000);
+    assert_established(&p);
+    assert_eq!(p.nodes[0].disk, p.nodes[1].disk);
+}

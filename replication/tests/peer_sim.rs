@@ -1,15 +1,16 @@
-//! Seeded simulation of a primary and a secondary: random application writes,
+//! Seeded simulation of a primary and a secondary: random application writes;
 //! random connection cuts and reconnects (with the new data generation a
-//! primary starts when it loses its peer), split brain (the secondary promoted
-//! and writing while apart; resolved by `after-sb-1pri discard-secondary`, or
-//! by `connect --discard-my-data` when the policy cannot), held-back disk completions on both
-//! sides, and the virtual clock moving. After every run the link is healed
-//! and the cluster left to settle; then both replicas must be byte-for-byte
-//! identical, the secondary UpToDate and the primary's bitmap empty. Disk
-//! writes land when their completion is delivered, and held completions may be
-//! released in reverse order, so in-flight writes really race. A failing
-//! seed is printed; replay it with `SEED=<n> TRACE=1 cargo test -p
-//! drbdd-replication --test peer_sim`.
+//! primary starts when it loses its peer); split brain (the secondary promoted
+//! and writing while apart, resolved by `after-sb-1pri discard-secondary` or,
+//! when the policy cannot, by `connect --discard-my-data`); pause-sync and
+//! resume-sync on either node; fixed and variable resync rates; held-back
+//! disk completions on both sides; and the virtual clock moving. Disk writes
+//! land when their completion is delivered, and held completions may be
+//! released in reverse order, so in-flight writes really race. After every
+//! run the link is healed and the cluster left to settle; then both replicas
+//! must be byte-for-byte identical, the secondary UpToDate, the primary's
+//! bitmap empty and the generations equal. A failing seed is printed; replay
+//! it with `SEED=<n> TRACE=1 cargo test -p drbdd-replication --test peer_sim`.
 
 mod common;
 
@@ -160,10 +161,21 @@ fn run_seed(seed: u64, cov: &mut Coverage) {
                 p.nodes[i].release_held_reversed();
             }
             90..=92 => p.nodes[1].hold_resync_writes = !p.nodes[1].hold_resync_writes,
+            93..=94 => {
+                let i = usize::try_from(rng.below(2)).unwrap();
+                let event = if rng.below(2) == 0 {
+                    Event::PauseSync
+                } else {
+                    Event::ResumeSync
+                };
+                p.event(i, event);
+            }
             _ => p.run(),
         }
     }
     // Heal everything and let it settle.
+    p.event(0, Event::ResumeSync);
+    p.event(1, Event::ResumeSync);
     for n in &mut p.nodes {
         n.hold_peer_writes = false;
         n.hold_resync_reads = false;
