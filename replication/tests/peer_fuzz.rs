@@ -33,7 +33,7 @@ fn random_packet(rng: &mut Rng) -> Packet {
             history: [0, v % 5],
             dirty_blocks: small,
             promoted_at_ms: v,
-            flags: u32::try_from(v % 4).unwrap(),
+            flags: u32::try_from(v % 8).unwrap(),
         },
         0 => Packet::Data {
             seq: small,
@@ -83,7 +83,7 @@ fn random_packet(rng: &mut Rng) -> Packet {
             role: [Role::Primary, Role::Secondary][usize::try_from(v % 2).unwrap()],
             disk: [DiskState::UpToDate, DiskState::Inconsistent]
                 [usize::try_from(small % 2).unwrap()],
-            flags: u32::try_from(v % 4).unwrap(),
+            flags: u32::try_from(v % 8).unwrap(),
         },
         _ => Packet::Hello {
             protocol_min: 1,
