@@ -13,7 +13,8 @@ use crate::{ExportLookup, ServerOptions};
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -51,6 +52,9 @@ impl fmt::Display for ListenAddr {
     }
 }
 
+/// How often the accept loop looks at the shutdown flag.
+const ACCEPT_POLL_MS: i32 = 100;
+
 #[derive(Debug)]
 enum Listener {
     Unix(UnixListener),
@@ -58,6 +62,28 @@ enum Listener {
 }
 
 impl Listener {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Listener::Unix(l) => l.as_raw_fd(),
+            Listener::Tcp(l) => l.as_raw_fd(),
+        }
+    }
+
+    /// Waits up to `timeout_ms` for a pending connection. Polling (rather
+    /// than waking a blocked accept by connecting to ourselves) keeps
+    /// shutdown working even when the socket file was removed under us.
+    fn wait_readable(&self, timeout_ms: i32) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is a valid, initialised pollfd that lives across the
+        // call, and we pass a count of exactly one; the fd is owned by `self`.
+        let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        n > 0
+    }
+
     fn accept(&self) -> io::Result<(Stream, String)> {
         match self {
             Listener::Unix(l) => l.accept().map(|(s, _)| (Stream::Unix(s), String::new())),
@@ -178,10 +204,13 @@ fn start(
 
 fn accept_loop(listener: &Listener, shared: &Arc<Shared>) {
     loop {
-        let accepted = listener.accept();
         if shared.shutting_down.load(Ordering::SeqCst) {
             return;
         }
+        if !listener.wait_readable(ACCEPT_POLL_MS) {
+            continue;
+        }
+        let accepted = listener.accept();
         let (stream, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
@@ -315,11 +344,6 @@ impl NbdServerHandle {
             return;
         };
         self.shared.shutting_down.store(true, Ordering::SeqCst);
-        // Wake the blocking accept() with a throwaway connection.
-        match &self.shared.addr {
-            ListenAddr::Unix(p) => drop(UnixStream::connect(p)),
-            ListenAddr::Tcp(a) => drop(TcpStream::connect_timeout(a, Duration::from_secs(1))),
-        }
         if accept.join().is_err() {
             tracing::error!("NBD accept thread panicked");
         }
