@@ -235,14 +235,28 @@ impl Peer {
                     self.target_write_done(id, &mut out);
                 }
             }
+            admin @ (Event::StartFullSync { .. }
+            | Event::PauseSync
+            | Event::ResumeSync
+            | Event::RoleChanged { .. }
+            | Event::LocalDiskChanged { .. }
+            | Event::AdminConnect { .. }
+            | Event::AdminDisconnect) => self.on_admin(admin, &mut out),
+        }
+        out
+    }
+
+    /// Admin and resource-state events.
+    fn on_admin(&mut self, event: Event<'_>, out: &mut Vec<Action>) {
+        match event {
             Event::StartFullSync { as_source, local } => {
-                self.start_full_sync(as_source, local, &mut out)
+                self.start_full_sync(as_source, local, out)
             }
             Event::PauseSync | Event::ResumeSync => {
                 self.user_paused = matches!(event, Event::PauseSync);
                 if self.established() {
                     out.push(Action::Send(self.state_packet(0)));
-                    self.apply_pause(&mut out);
+                    self.apply_pause(out);
                 }
             }
             Event::RoleChanged { role } => {
@@ -251,10 +265,16 @@ impl Peer {
                     out.push(Action::Send(self.state_packet(0)));
                 }
             }
+            Event::LocalDiskChanged { disk } => {
+                self.local.disk = disk;
+                if self.established() {
+                    out.push(Action::Send(self.state_packet(0)));
+                }
+            }
             Event::AdminConnect { discard_my_data } => {
                 self.discard_my_data = discard_my_data;
                 if self.status.conn == ConnState::StandAlone {
-                    self.set_status(&mut out, |s| s.conn = ConnState::Connecting);
+                    self.set_status(out, |s| s.conn = ConnState::Connecting);
                 }
             }
             Event::AdminDisconnect => {
@@ -263,10 +283,10 @@ impl Peer {
                         reason: "administrative disconnect".into(),
                     }));
                 }
-                self.lose_connection("administrative disconnect".into(), false, &mut out);
+                self.lose_connection("administrative disconnect".into(), false, out);
             }
+            _ => unreachable!("handle_inner routes only admin events here"),
         }
-        out
     }
 
     fn on_connected(

@@ -113,6 +113,11 @@ pub enum Event<'a> {
     RoleChanged {
         role: Role,
     },
+    /// The local disk state changed outside this connection (attach,
+    /// detach, I/O error, outdate): tell the peer.
+    LocalDiskChanged {
+        disk: DiskState,
+    },
     /// Admin `disconnect`: go StandAlone.
     AdminDisconnect,
     /// Admin `connect`: leave StandAlone and accept connections again.
