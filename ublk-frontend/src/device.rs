@@ -344,11 +344,17 @@ impl UblkHandle {
         self.stop_requested.store(true, Ordering::Release);
         let minor = self.minor;
         let dev_id = i32::try_from(minor).unwrap_or(i32::MAX);
+        if !admin::device_exists(minor) {
+            // Deleted behind our back (orphan cleanup, `ublk del`): the queues saw the abort.
+            let _ = thread.join();
+            return Ok(());
+        }
         let killed = UblkCtrl::new_simple(dev_id)
             .and_then(|c| c.kill_dev())
             .map_err(|e| UblkError::driver(minor, "stopping the device", &e));
-        if killed.is_ok() {
+        if killed.is_ok() || !admin::device_exists(minor) {
             let _ = thread.join();
+            return Ok(());
         }
         killed.map(|_| ())
     }

@@ -60,6 +60,12 @@ info "fio randwrite+verify across kill -9: $(fio_iops /tmp/fio2.log)"
 step verify-after-recovery
 run_fio 240 /tmp/fio3.log --name=crash --rw=randwrite --size=48M --verify_only=1
 
+step kernel-tests
+# ublk-frontend/tests/kernel.rs: MemTarget round trip through /dev/ublkb201, orphan cleanup.
+/bin/ublk-kernel-tests --test-threads=1 > /tmp/kernel-tests.log 2>&1 || die "ublk-frontend kernel tests failed"
+grep -q "SKIP" /tmp/kernel-tests.log && die "kernel tests skipped inside the VM: $(grep SKIP /tmp/kernel-tests.log)"
+info "ublk-frontend kernel tests: $(grep 'test result' /tmp/kernel-tests.log)"
+
 step graceful-stop-recovered
 kill -TERM $SERVER_PID; wait $SERVER_PID
 grep -q "stopped" /tmp/serve3.log || die "server did not report a clean stop"
