@@ -102,10 +102,7 @@ fn oversized_read_and_write_get_einval_and_the_stream_stays_in_sync() {
     let mut c = RawClient::go(&served.socket, "r0").expect("GO");
     assert_eq!(c.read(1, 0, 2 << 20), Err(proto::NBD_EINVAL));
     // A 2 MiB write (> max_io 1 MiB, < 32 MiB) is drained and refused.
-    assert_eq!(
-        c.write(2, 0, &vec![0x77u8; 2 << 20]),
-        proto::NBD_EINVAL
-    );
+    assert_eq!(c.write(2, 0, &vec![0x77u8; 2 << 20]), proto::NBD_EINVAL);
     assert!(served.mem.snapshot().iter().all(|&b| b == 0));
     assert_eq!(c.write(3, 0, &[0x42u8; 512]), 0);
     assert_eq!(c.read(4, 0, 512), Ok(vec![0x42u8; 512]));
