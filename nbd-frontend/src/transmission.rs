@@ -12,7 +12,9 @@
 
 use crate::proto::{self, Command, Request};
 use crate::stream::Stream;
-use drbdd_blockio::{AlignedBuf, BlockError, BlockOp, BlockRequest, BlockSession, Geometry};
+use drbdd_blockio::{
+    AlignedBuf, BlockError, BlockOp, BlockRequest, BlockSession, Geometry, LOGICAL_BLOCK_BYTES,
+};
 use std::io::{self, BufWriter, Read, Write};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex};
@@ -217,10 +219,18 @@ impl Reader<'_> {
     /// memory): used for NO_HOLE, and when the target has no write-zeroes.
     fn write_zeroes_as_writes(&self, req: &Request) {
         let g = self.params.geometry;
-        let chunk_max = g.max_io_bytes.clamp(4096, 1 << 20);
-        let end = req.offset_bytes.checked_add(u64::from(req.len_bytes));
-        if end.is_none_or(|e| e > g.size_bytes) {
-            return self.reply_now(req.handle, proto::NBD_ENOSPC);
+        // Chunks stay within max_io (for the write path) and 1 MiB (memory),
+        // and a multiple of the logical block size.
+        let lb = LOGICAL_BLOCK_BYTES;
+        let chunk_max = (g.max_io_bytes.min(1 << 20) / lb * lb).max(lb);
+        let whole = BlockRequest {
+            op: BlockOp::WriteZeroes,
+            offset_bytes: req.offset_bytes,
+            len_bytes: req.len_bytes,
+            fua: false,
+        };
+        if let Err(e) = whole.validate(g.size_bytes, g.max_io_bytes) {
+            return self.reply_now(req.handle, nbd_error(Command::WriteZeroes, &e));
         }
         let mut offset = req.offset_bytes;
         let mut left = req.len_bytes;

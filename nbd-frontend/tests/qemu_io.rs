@@ -153,3 +153,28 @@ fn qemu_io_cannot_write_a_read_only_export() {
         "read-only export was modified"
     );
 }
+
+#[test]
+fn qemu_io_over_tcp_listener_writes_reach_the_target() {
+    if !have_qemu_io() {
+        return;
+    }
+    let mem = std::sync::Arc::new(drbdd_blockio::mem::MemTarget::new(4 * MIB as u64));
+    let target: std::sync::Arc<dyn drbdd_blockio::BlockTarget> = mem.clone();
+    let mut map = std::collections::HashMap::new();
+    map.insert("r0".to_string(), target);
+    let exports: std::sync::Arc<dyn drbdd_nbd::ExportLookup> = std::sync::Arc::new(map);
+    let addr = "127.0.0.1:0".parse().expect("addr");
+    let server = drbdd_nbd::NbdServer::serve_tcp(addr, exports, ServerOptions::default())
+        .expect("serve_tcp");
+    let drbdd_nbd::ListenAddr::Tcp(bound) = server.addr().clone() else {
+        panic!("tcp server reports a non-tcp address");
+    };
+    let (ok, out) = qemu_io(
+        &format!("nbd://{bound}/r0"),
+        &["write -P 0x6b 8k 8k", "read -P 0x6b 8k 8k"],
+    );
+    assert!(ok, "{out}");
+    assert!(mem.snapshot()[8192..16384].iter().all(|&b| b == 0x6b));
+    server.shutdown();
+}

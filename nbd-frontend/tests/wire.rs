@@ -399,3 +399,32 @@ fn shutdown_closes_connections_and_removes_the_socket() {
     assert!(!socket.exists(), "socket file removed");
     drop(served.dir);
 }
+
+#[test]
+fn unix_socket_is_mode_0600_and_a_stale_socket_file_is_replaced() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("nbd-test")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let path = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap()); // leaves a dead socket file
+    let mut map: std::collections::HashMap<String, Arc<dyn BlockTarget>> =
+        std::collections::HashMap::new();
+    map.insert("r0".into(), Arc::new(MemTarget::new(MIB)));
+    let exports: Arc<dyn drbdd_nbd::ExportLookup> = Arc::new(map);
+    let server =
+        drbdd_nbd::NbdServer::serve_unix(&path, Arc::clone(&exports), ServerOptions::default())
+            .expect("stale socket replaced");
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let second = drbdd_nbd::NbdServer::serve_unix(&path, exports, ServerOptions::default());
+    assert!(
+        matches!(second, Err(drbdd_nbd::ServeError::SocketInUse(_))),
+        "live socket must not be stolen"
+    );
+    check_still_serving(&path);
+    server.shutdown();
+}
