@@ -75,6 +75,10 @@ pub struct ServerOptions {
     pub multi_conn: bool,
     /// Requests in flight per connection before the reader stops reading.
     pub max_in_flight: usize,
+    /// Read/write data bytes in flight per connection before the reader
+    /// stops reading (bounds memory per slow client; one request is always
+    /// admitted).
+    pub max_in_flight_bytes: u64,
     /// Connections at once; further clients are closed at accept.
     pub max_connections: usize,
     /// A client that stalls this long during the handshake is dropped.
@@ -89,6 +93,7 @@ impl Default for ServerOptions {
             read_only: false,
             multi_conn: true,
             max_in_flight: 256,
+            max_in_flight_bytes: 64 << 20,
             max_connections: 64,
             handshake_timeout_ms: 30_000,
             description: None,

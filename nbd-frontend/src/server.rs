@@ -299,6 +299,7 @@ fn run_connection(shared: &Shared, mut stream: Stream, client_name: &str) {
         geometry,
         read_only,
         max_in_flight: shared.opts.max_in_flight,
+        max_in_flight_bytes: shared.opts.max_in_flight_bytes,
     };
     match transmission::serve(stream, &session, params) {
         Ok(()) => {

@@ -2,7 +2,8 @@
 //! requests and submits them to the `BlockSession`, and a writer thread that
 //! sends simple replies as completions arrive (in any order, from any thread).
 //!
-//! Owns: the per-connection in-flight bound and the reply channel. Every
+//! Owns: the per-connection in-flight bound (request count and buffer
+//! bytes) and the reply channel. Every
 //! reply holds one in-flight permit from before its request is submitted until
 //! the writer has written it, and the reply channel has room for as many
 //! replies as there are permits, so a completion callback never blocks on the
@@ -19,27 +20,38 @@ use std::io::{self, BufWriter, Read, Write};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex};
 
-/// Counting semaphore bounding requests in flight on one connection.
+/// Semaphore bounding requests in flight on one connection, by count and
+/// by data bytes held in buffers (a single request is always admitted when
+/// nothing else is in flight, so no request can wait forever).
 #[derive(Debug)]
 struct InFlight {
-    count: Mutex<usize>,
+    /// (requests, buffer bytes) currently held.
+    held: Mutex<(usize, u64)>,
     freed: Condvar,
     max: usize,
+    max_bytes: u64,
 }
 
 impl InFlight {
-    fn acquire(&self) {
-        let mut n = self.count.lock().unwrap_or_else(|p| p.into_inner());
-        while *n >= self.max {
-            n = self.freed.wait(n).unwrap_or_else(|p| p.into_inner());
+    fn acquire(&self, cost_bytes: u64) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        while held.0 >= self.max
+            || (held.0 > 0 && held.1.saturating_add(cost_bytes) > self.max_bytes)
+        {
+            held = self.freed.wait(held).unwrap_or_else(|p| p.into_inner());
         }
-        *n += 1;
+        held.0 += 1;
+        held.1 += cost_bytes;
     }
 
-    fn release(&self) {
-        let mut n = self.count.lock().unwrap_or_else(|p| p.into_inner());
-        assert!(*n > 0, "in-flight permit released twice");
-        *n -= 1;
+    fn release(&self, cost_bytes: u64) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        assert!(
+            held.0 > 0 && held.1 >= cost_bytes,
+            "in-flight permit released twice"
+        );
+        held.0 -= 1;
+        held.1 -= cost_bytes;
         self.freed.notify_one();
     }
 }
@@ -50,6 +62,8 @@ struct Reply {
     handle: u64,
     error: u32,
     data: Option<AlignedBuf>,
+    /// Bytes of the in-flight budget this reply's permit holds.
+    cost_bytes: u64,
 }
 
 /// Sends a reply that already holds a permit.
@@ -61,10 +75,11 @@ struct ReplySink {
 
 impl ReplySink {
     fn send(&self, reply: Reply) {
+        let reply_cost = reply.cost_bytes;
         // Never blocks: channel capacity == permit count (see module doc).
         if self.tx.send(reply).is_err() {
             // Writer gone (connection torn down): nobody will release for us.
-            self.in_flight.release();
+            self.in_flight.release(reply_cost);
         }
     }
 }
@@ -75,6 +90,7 @@ pub(crate) struct TransmissionParams {
     pub(crate) geometry: Geometry,
     pub(crate) read_only: bool,
     pub(crate) max_in_flight: usize,
+    pub(crate) max_in_flight_bytes: u64,
 }
 
 /// Maps a block error to the NBD error value for this command. Writes past
@@ -125,7 +141,7 @@ fn writer_loop(stream: Stream, rx: Receiver<Reply>, in_flight: Arc<InFlight>) {
                 }
             }
         }
-        in_flight.release();
+        in_flight.release(reply.cost_bytes);
     }
     let _ = out.flush();
 }
@@ -141,6 +157,8 @@ struct Reader<'a> {
     session: &'a Arc<dyn BlockSession>,
     params: TransmissionParams,
     sink: ReplySink,
+    /// In-flight budget held by the request being handled.
+    cost_bytes: u64,
 }
 
 impl Reader<'_> {
@@ -150,12 +168,14 @@ impl Reader<'_> {
             handle,
             error,
             data: None,
+            cost_bytes: self.cost_bytes,
         });
     }
 
     fn submit(&self, command: Command, handle: u64, block: BlockRequest, buf: AlignedBuf) {
         let sink = self.sink.clone();
         let is_read = command == Command::Read;
+        let cost_bytes = self.cost_bytes;
         self.session.submit(
             block,
             buf,
@@ -165,11 +185,13 @@ impl Reader<'_> {
                         handle,
                         error: 0,
                         data: is_read.then_some(buf),
+                        cost_bytes,
                     },
                     Err(e) => Reply {
                         handle,
                         error: nbd_error(command, &e),
                         data: None,
+                        cost_bytes,
                     },
                 };
                 sink.send(reply);
@@ -273,8 +295,13 @@ impl Reader<'_> {
             );
             return Ok(Step::Stop);
         }
-        self.sink.in_flight.acquire();
         let g = self.params.geometry;
+        // Only reads and accepted writes hold data buffers while in flight.
+        self.cost_bytes = match req.command {
+            Command::Read | Command::Write => u64::from(req.len_bytes.min(g.max_io_bytes)),
+            _ => 0,
+        };
+        self.sink.in_flight.acquire(self.cost_bytes);
         let (op, fua) = match req.command {
             Command::Write => return self.handle_write(&req).map(|()| Step::Continue),
             Command::Read if req.len_bytes > g.max_io_bytes => {
@@ -356,9 +383,10 @@ pub(crate) fn serve(
 ) -> io::Result<()> {
     let max = params.max_in_flight.max(1);
     let in_flight = Arc::new(InFlight {
-        count: Mutex::new(0),
+        held: Mutex::new((0, 0)),
         freed: Condvar::new(),
         max,
+        max_bytes: params.max_in_flight_bytes,
     });
     let (tx, rx) = mpsc::sync_channel(max);
     let write_half = stream.try_clone()?;
@@ -372,6 +400,7 @@ pub(crate) fn serve(
             session,
             params,
             sink: ReplySink { tx, in_flight },
+            cost_bytes: 0,
         };
         reader.run()
         // `reader` (and its sender) drops here; the writer ends once every

@@ -333,48 +333,65 @@ fn wait_pending(gate: &Gate, n: usize) {
     }
 }
 
-#[test]
-fn in_flight_requests_are_bounded_and_completed_from_another_thread() {
+/// Sends 40 reads of `len_bytes` and checks at most `bound` reach the
+/// target at once; completes each batch from another thread.
+fn check_in_flight_bound(opts: ServerOptions, len_bytes: u32, bound: usize) {
     let gate = Arc::new(Gate::default());
     let target: Arc<dyn BlockTarget> = Arc::new(GateTarget(Arc::clone(&gate)));
-    let opts = ServerOptions {
-        max_in_flight: 8,
-        ..ServerOptions::default()
-    };
     let served = serve_targets(
         vec![("r0".into(), target)],
         opts,
         Arc::new(MemTarget::new(0)),
     );
     let mut c = RawClient::go(&served.socket, "r0").expect("GO");
-    assert!(gate.opened_as.lock().unwrap()[0]
-        .starts_with(&format!("nbd unix:{} conn #", served.socket.display())));
+    let prefix = format!("nbd unix:{} conn #", served.socket.display());
+    assert!(gate.opened_as.lock().unwrap()[0].starts_with(&prefix));
     for i in 0..40u64 {
-        c.send(0, Command::Read, i, 0, 512);
+        c.send(0, Command::Read, i, 0, len_bytes);
     }
     let mut answered = 0;
     while answered < 40 {
-        wait_pending(&gate, (40 - answered).min(8));
+        wait_pending(&gate, (40 - answered).min(bound));
         std::thread::sleep(Duration::from_millis(50));
         let batch: Vec<_> = std::mem::take(&mut *gate.pending.lock().unwrap());
         assert!(
-            batch.len() <= 8,
-            "{} requests in flight, bound is 8",
+            batch.len() <= bound,
+            "{} requests in flight, bound is {bound}",
             batch.len()
         );
         let n = batch.len();
         let completer = std::thread::spawn(move || {
             for (_, buf, done) in batch {
-                done(Err(BlockError::Io));
-                drop(buf);
+                done(Ok(buf));
             }
         });
         completer.join().unwrap();
         for _ in 0..n {
-            assert_eq!(c.reply().unwrap().1, proto::NBD_EIO);
+            let (_, err) = c.reply().unwrap();
+            assert_eq!(err, 0);
+            let mut data = vec![0u8; len_bytes as usize];
+            std::io::Read::read_exact(&mut c.s, &mut data).unwrap();
         }
         answered += n;
     }
+}
+
+#[test]
+fn in_flight_requests_are_bounded_by_count_and_completed_from_another_thread() {
+    let opts = ServerOptions {
+        max_in_flight: 8,
+        ..ServerOptions::default()
+    };
+    check_in_flight_bound(opts, 512, 8);
+}
+
+#[test]
+fn in_flight_requests_are_bounded_by_buffer_bytes() {
+    let opts = ServerOptions {
+        max_in_flight_bytes: 64 << 10,
+        ..ServerOptions::default()
+    };
+    check_in_flight_bound(opts, 16 << 10, 4);
 }
 
 #[test]
