@@ -234,8 +234,10 @@ impl DrbddStandalone {
             return Err(why);
         }
         let dir = env.work_dir.join("drbdd-standalone");
+        let logs = env.log_dir.join("drbdd-standalone");
         let inner = || -> anyhow::Result<DrbddStandalone> {
             std::fs::create_dir_all(&dir)?;
+            std::fs::create_dir_all(&logs)?;
             let spec = NodeSpec {
                 name: "solo".to_owned(),
                 node_id: 0,
@@ -249,7 +251,7 @@ impl DrbddStandalone {
                 &spec,
                 &resource_toml(std::slice::from_ref(&spec), 'C'),
             )?;
-            node.bring_up(&dir)?;
+            node.bring_up(&logs)?;
             node.ctl(&["primary", "--force", RESOURCE])?;
             node.wait_nbd()?;
             let nbd_socket = node.nbd_socket();
@@ -258,7 +260,7 @@ impl DrbddStandalone {
         inner().map_err(|e| {
             format!(
                 "drbdd standalone did not come up: {e:#} (logs in {})",
-                dir.display()
+                logs.display()
             )
         })
     }
@@ -276,23 +278,29 @@ pub struct DrbddPair {
 
 impl DrbddPair {
     /// Brings both nodes up, forces alice primary and waits for the full sync.
-    pub fn start(env: &SetupEnv, protocol: char) -> Result<DrbddPair, String> {
+    /// `label` names its scratch and log directories.
+    pub fn start(env: &SetupEnv, protocol: char, label: &str) -> Result<DrbddPair, String> {
         if let Some(why) = env.drbdd.missing_binaries() {
             return Err(why);
         }
-        let dir = env
-            .work_dir
-            .join(format!("drbdd-pair-{}", protocol.to_ascii_lowercase()));
-        Self::start_in(env, &dir, protocol).map_err(|e| {
+        let dir = env.work_dir.join(label);
+        let logs = env.log_dir.join(label);
+        Self::start_in(env, &dir, &logs, protocol).map_err(|e| {
             format!(
                 "drbdd pair (protocol {protocol}) did not come up: {e:#} (logs in {})",
-                dir.display()
+                logs.display()
             )
         })
     }
 
-    fn start_in(env: &SetupEnv, dir: &Path, protocol: char) -> anyhow::Result<DrbddPair> {
+    fn start_in(
+        env: &SetupEnv,
+        dir: &Path,
+        logs: &Path,
+        protocol: char,
+    ) -> anyhow::Result<DrbddPair> {
         std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(logs)?;
         let specs = [
             NodeSpec {
                 name: "alice".into(),
@@ -312,8 +320,8 @@ impl DrbddPair {
         let toml = resource_toml(&specs, protocol);
         let mut alice = DrbddNode::prepare(env, dir, &specs[0], &toml)?;
         let mut bob = DrbddNode::prepare(env, dir, &specs[1], &toml)?;
-        alice.bring_up(dir)?;
-        bob.bring_up(dir)?;
+        alice.bring_up(logs)?;
+        bob.bring_up(logs)?;
         let started = Instant::now();
         alice.ctl(&["primary", "--force", RESOURCE])?;
         wait_peer_up_to_date(&alice, "bob", Duration::from_secs(env.drbdd.sync_timeout_s))?;

@@ -220,25 +220,41 @@ fn settings(a: &RunArgs) -> Result<Settings> {
     })
 }
 
-fn run(args: RunArgs) -> Result<()> {
-    let s = settings(&args)?;
-    let has = |sec: &str| s.sections.iter().any(|x| x == sec);
-    let started_unix_s = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
+/// The scratch directory; removed (with everything in it) when dropped.
+#[derive(Debug)]
+struct ScratchDir(PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            eprintln!("could not remove {}: {e}", self.0.display());
+        }
+    }
+}
+
+fn setup_env(
+    args: &RunArgs,
+    s: &Settings,
+    out: &Path,
+    stamp: u64,
+) -> Result<(SetupEnv, ScratchDir)> {
     std::fs::create_dir_all(&args.work_dir)?;
-    let work_dir_fs = sys::check_work_dir_fs(&args.work_dir)?;
+    sys::check_work_dir_fs(&args.work_dir)?;
     let work_dir = args
         .work_dir
         .join(format!("drbdd-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work_dir)?;
+    let scratch = ScratchDir(work_dir.clone());
+    let log_dir = out.join(format!("logs-{stamp}"));
+    std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
     let workspace = Path::new(CRATE_DIR).parent().unwrap_or(Path::new("."));
     let bin_dir = args
         .drbdd_bin_dir
         .clone()
         .unwrap_or_else(|| workspace.join("target/release"));
     let env = SetupEnv {
-        work_dir: work_dir.clone(),
+        work_dir,
+        log_dir,
         size_bytes: s.size_bytes,
         drbdd: DrbddOptions {
             bin_dir,
@@ -246,14 +262,29 @@ fn run(args: RunArgs) -> Result<()> {
             sync_timeout_s: args.sync_timeout_s,
         },
     };
-    if has("fio") || has("resync") {
+    if s.sections.iter().any(|x| x == "fio" || x == "resync") {
         eprintln!(
             "creating {} MiB backing file in {}",
             s.size_bytes >> 20,
-            work_dir.display()
+            env.work_dir.display()
         );
         sys::create_filled_file(&targets::raw_file(&env), s.size_bytes)?;
     }
+    Ok((env, scratch))
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    let s = settings(&args)?;
+    let has = |sec: &str| s.sections.iter().any(|x| x == sec);
+    let started_unix_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| Path::new(CRATE_DIR).join("results"));
+    let work_dir_fs = sys::check_work_dir_fs(&args.work_dir)?;
+    let (env, scratch) = setup_env(&args, &s, &out, started_unix_s)?;
     let mut rows = if has("fio") {
         fio_rows(&s, &env)
     } else {
@@ -265,10 +296,11 @@ fn run(args: RunArgs) -> Result<()> {
     report::fill_ratios(&mut rows, RowId::Raw.id());
     let resync = has("resync").then(|| resync::run(&env));
     let (cpu, cpu_skipped) = if has("cpu") {
-        cpu_section(&s, &work_dir)
+        cpu_section(&s, &env.work_dir)
     } else {
         (None, None)
     };
+    drop(scratch);
     let results = Results {
         started_unix_s,
         settings: s,
@@ -280,14 +312,7 @@ fn run(args: RunArgs) -> Result<()> {
     };
     let md = render(&results);
     println!("{md}");
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| Path::new(CRATE_DIR).join("results"));
-    save(&out, &results, &md)?;
-    std::fs::remove_dir_all(&work_dir)
-        .with_context(|| format!("removing {}", work_dir.display()))?;
-    Ok(())
+    save(&out, &results, &md)
 }
 
 /// Sets up the selected rows, runs every workload `runs` times (rows
@@ -449,7 +474,7 @@ fn save(out: &Path, r: &Results, md: &str) -> Result<()> {
         std::fs::write(out.join(format!("{name}.md")), md)?;
     }
     eprintln!(
-        "results saved in {} (results-{stamp}.json/.md, latest.json/.md)",
+        "results saved in {} (results-{stamp}.json/.md, latest.json/.md, server logs in logs-{stamp}/)",
         out.display()
     );
     Ok(())

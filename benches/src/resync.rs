@@ -94,7 +94,7 @@ pub fn run(env: &SetupEnv) -> ResyncReport {
         Ok(d) => rep.raw_copy_mb_per_s = Some(secs_to_mb_per_s(env.size_bytes, d)),
         Err(e) => rep.raw_copy_skipped = Some(format!("{e:#}")),
     }
-    let pair = match DrbddPair::start(env, 'C') {
+    let pair = match DrbddPair::start(env, 'C', "resync-pair-c") {
         Ok(p) => p,
         Err(why) => {
             rep.drbdd_skipped = Some(why);
@@ -109,10 +109,10 @@ pub fn run(env: &SetupEnv) -> ResyncReport {
     rep
 }
 
-/// Disconnects bob, dirties 10% of the 4 KiB blocks on alice, reconnects and
-/// waits for bob UpToDate.
+/// Takes bob down (alice keeps tracking what bob misses), dirties 10% of the
+/// 4 KiB blocks on alice, brings bob up again and waits for it to be UpToDate.
 fn partial_resync(env: &SetupEnv, pair: &DrbddPair, rep: &mut ResyncReport) -> anyhow::Result<()> {
-    pair.alice.ctl(&["disconnect", RESOURCE])?;
+    pair.bob.ctl(&["down", RESOURCE])?;
     let dirty_bytes = (env.size_bytes / 10) / 4096 * 4096;
     let uri = nbd_unix_uri(&pair.primary_nbd_socket(), EXPORT_NAME);
     sys::run_checked_within(
@@ -130,7 +130,7 @@ fn partial_resync(env: &SetupEnv, pair: &DrbddPair, rep: &mut ResyncReport) -> a
     )?;
     let ports: Vec<u16> = pair_ports(pair);
     let started = Instant::now();
-    pair.alice.ctl(&["connect", RESOURCE])?;
+    pair.bob.ctl(&["up", RESOURCE])?;
     drbdd::wait_peer_up_to_date(
         &pair.alice,
         "bob",

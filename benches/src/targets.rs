@@ -76,6 +76,8 @@ impl RowId {
 pub struct SetupEnv {
     /// Scratch directory on a disk file system (backing files, sockets, logs).
     pub work_dir: PathBuf,
+    /// Where server and daemon logs go (kept after the run, unlike `work_dir`).
+    pub log_dir: PathBuf,
     /// Size of every backing file.
     pub size_bytes: u64,
     pub drbdd: DrbddOptions,
@@ -149,7 +151,8 @@ pub fn set_up(row: RowId, env: &SetupEnv) -> Result<RunningRow, String> {
                 RowId::DrbddB => 'B',
                 _ => 'C',
             };
-            let p = DrbddPair::start(env, protocol)?;
+            let label = format!("drbdd-pair-{}", protocol.to_ascii_lowercase());
+            let p = DrbddPair::start(env, protocol, &label)?;
             let target = FioTarget::nbd_unix(&p.primary_nbd_socket(), EXPORT_NAME);
             Ok(RunningRow {
                 row,
@@ -183,7 +186,7 @@ fn start_qemu_nbd(env: &SetupEnv) -> anyhow::Result<(ChildGuard, PathBuf)> {
     .arg("--socket")
     .arg(&sock)
     .arg(raw_file(env));
-    let mut g = ChildGuard::spawn("qemu-nbd", cmd, &env.work_dir.join("qemu-nbd.log"))?;
+    let mut g = ChildGuard::spawn("qemu-nbd", cmd, &env.log_dir.join("qemu-nbd.log"))?;
     sys::wait_for_unix_socket(&sock, Duration::from_secs(10), Some(&mut g))?;
     Ok((g, sock))
 }
@@ -199,7 +202,7 @@ fn start_nbdkit(env: &SetupEnv) -> anyhow::Result<(ChildGuard, PathBuf)> {
         .args(["--exportname", EXPORT_NAME, "file"])
         .arg(format!("file={}", raw_file(env).display()))
         .arg("cache=none");
-    let mut g = ChildGuard::spawn("nbdkit", cmd, &env.work_dir.join("nbdkit.log"))?;
+    let mut g = ChildGuard::spawn("nbdkit", cmd, &env.log_dir.join("nbdkit.log"))?;
     sys::wait_for_unix_socket(&sock, Duration::from_secs(10), Some(&mut g))?;
     Ok((g, sock))
 }
