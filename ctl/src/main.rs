@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use drbdd::control::client::{Client, ClientError};
 use drbdd::control::proto::{Command, Response, DEFAULT_RUN_DIR, EXIT_FAILED, EXIT_UNREACHABLE};
 use drbdd::control::render;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -51,6 +52,15 @@ enum Cmd {
     /// Demote to Secondary.
     #[command(alias = "demote")]
     Secondary { resource: String },
+    /// Connect to the peers (all resources that are up if none is named).
+    Connect {
+        resource: Option<String>,
+        /// After a split brain: this node's changes are discarded (it becomes sync target).
+        #[arg(long)]
+        discard_my_data: bool,
+    },
+    /// Close the peer connections; the resource stays StandAlone until `connect`.
+    Disconnect { resource: String },
     /// Show the state of one or all resources (drbdadm status layout).
     Status {
         resource: Option<String>,
@@ -174,6 +184,22 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 resource: resource.clone(),
             },
         ),
+        Cmd::Connect {
+            resource,
+            discard_my_data,
+        } => simple(
+            cli,
+            Command::Connect {
+                resource: resource.clone(),
+                discard_my_data: *discard_my_data,
+            },
+        ),
+        Cmd::Disconnect { resource } => simple(
+            cli,
+            Command::Disconnect {
+                resource: resource.clone(),
+            },
+        ),
         Cmd::Adjust { resource } => simple(
             cli,
             Command::Adjust {
@@ -243,10 +269,18 @@ fn status(
 fn events(cli: &Cli, now: bool, statistics: bool) -> Result<(), Failure> {
     let mut client = Client::connect(&cli.run_dir)?;
     client.send(Command::Events { now, statistics })?;
+    let mut stdout = std::io::stdout().lock();
     while let Some(resp) = client.recv()? {
         let resp = checked(resp)?;
-        if let Some(line) = resp.event {
-            println!("{line}");
+        let Some(line) = resp.event else { continue };
+        if writeln!(stdout, "{line}")
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
+            return Ok(()); // reader went away (e.g. `| head`)
+        }
+        if now && line == "exists -" {
+            return Ok(());
         }
     }
     Ok(())
