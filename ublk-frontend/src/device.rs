@@ -367,3 +367,48 @@ impl Drop for UblkHandle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_one_queue_per_cpu_depth_128_and_recovery_on() {
+        let c = UblkConfig::new(3, "r0");
+        assert_eq!(
+            (c.minor, c.depth, c.max_io_bytes, c.recover),
+            (3, 128, 512 << 10, true)
+        );
+        assert_eq!(c.owner_tag, "drbdd:r0");
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(usize::from(c.effective_queues()), cpus);
+        assert_eq!(UblkConfig { queues: 3, ..c }.effective_queues(), 3);
+    }
+
+    #[test]
+    fn invalid_depth_minor_or_foreign_owner_tag_is_refused() {
+        let ok = UblkConfig::new(0, "r0");
+        assert_eq!(ok.validate().unwrap(), 0);
+        let err = |c: UblkConfig| c.validate().unwrap_err().to_string();
+        assert!(err(UblkConfig {
+            depth: 0,
+            ..ok.clone()
+        })
+        .contains("queue depth 0"));
+        assert!(err(UblkConfig {
+            depth: 5000,
+            ..ok.clone()
+        })
+        .contains("queue depth 5000"));
+        assert!(err(UblkConfig {
+            minor: u32::MAX,
+            ..ok.clone()
+        })
+        .contains("too large"));
+        assert!(err(UblkConfig {
+            owner_tag: "loop".into(),
+            ..ok
+        })
+        .contains("must start with \"drbdd:\""));
+    }
+}
