@@ -10,4 +10,5 @@ pub mod backing;
 pub mod control;
 pub mod daemon;
 pub mod metadev;
+pub mod net;
 pub mod pipeline;

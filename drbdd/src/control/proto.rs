@@ -78,6 +78,16 @@ pub enum Command {
     Adjust {
         resource: Option<String>,
     },
+    /// Connect to the peers (leave StandAlone).
+    Connect {
+        resource: Option<String>,
+        #[serde(default)]
+        discard_my_data: bool,
+    },
+    /// Disconnect from the peers (StandAlone).
+    Disconnect {
+        resource: String,
+    },
 }
 
 /// Why a request failed; maps to drbdadm's exit codes.
@@ -234,6 +244,15 @@ pub struct PeerStatus {
     pub out_of_sync_kib: u64,
     pub received_kib: u64,
     pub sent_kib: u64,
+    /// Resync progress in tenths of a percent, while syncing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done_tenths_percent: Option<u64>,
+    /// Resync data sent to this peer (as sync source) since the resource came up.
+    #[serde(default)]
+    pub resync_sent_kib: u64,
+    /// Resync data received from this peer (as sync target) since the resource came up.
+    #[serde(default)]
+    pub resync_received_kib: u64,
 }
 
 #[cfg(test)]

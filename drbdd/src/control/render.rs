@@ -5,7 +5,7 @@
 //! or change state.
 
 use super::proto::{PeerStatus, ResourceStatus};
-use drbdd_replication::state::ConnState;
+use drbdd_replication::state::{ConnState, ReplState};
 use std::fmt::Write as _;
 
 /// `drbdadm status` text for one resource, newline-terminated.
@@ -53,13 +53,25 @@ fn peer_text(out: &mut String, p: &PeerStatus, verbose: bool, statistics: bool) 
         if connected {
             let _ = writeln!(
                 out,
-                "    volume:0 replication:{} peer-disk:{}",
-                p.replication, p.peer_disk
+                "    volume:0 replication:{} peer-disk:{}{}",
+                p.replication,
+                p.peer_disk,
+                done_text(p)
             );
         }
     } else if connected {
         let _ = writeln!(out, "  {} role:{}", p.name, p.role);
-        let _ = writeln!(out, "    peer-disk:{}", p.peer_disk);
+        if p.replication == ReplState::Established {
+            let _ = writeln!(out, "    peer-disk:{}", p.peer_disk);
+        } else {
+            let _ = writeln!(
+                out,
+                "    replication:{} peer-disk:{}{}",
+                p.replication,
+                p.peer_disk,
+                done_text(p)
+            );
+        }
     } else {
         let _ = writeln!(out, "  {} connection:{}", p.name, p.connection);
     }
@@ -70,6 +82,13 @@ fn peer_text(out: &mut String, p: &PeerStatus, verbose: bool, statistics: bool) 
             p.received_kib, p.sent_kib, p.out_of_sync_kib
         );
     }
+}
+
+/// ` done:12.3` while a resync runs (DRBD prints the percentage done).
+fn done_text(p: &PeerStatus) -> String {
+    p.done_tenths_percent
+        .map(|t| format!(" done:{}.{}", t / 10, t % 10))
+        .unwrap_or_default()
 }
 
 fn yes_no(b: bool) -> &'static str {
@@ -210,6 +229,9 @@ mod tests {
                 out_of_sync_kib: 0,
                 received_kib: 0,
                 sent_kib: 0,
+                done_tenths_percent: None,
+                resync_sent_kib: 0,
+                resync_received_kib: 0,
             }],
         }
     }

@@ -21,6 +21,10 @@ use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+#[path = "peers.rs"]
+mod peers;
+pub use peers::PeerMsg;
+
 /// A failed admin command: kind (exit code) and message.
 pub type AdminError = (ErrorKind, String);
 /// An admin command's result: a note on success.
@@ -37,6 +41,12 @@ pub enum AdminCmd {
     Secondary,
     /// Detach and disconnect; the actor stops after a successful `Down`.
     Down,
+    /// Leave StandAlone and connect to the peers again.
+    Connect {
+        discard_my_data: bool,
+    },
+    /// Go StandAlone (close the peer connections).
+    Disconnect,
 }
 
 /// Everything a resource actor reacts to.
@@ -61,6 +71,8 @@ pub enum ActorMsg {
         client: String,
         open: bool,
     },
+    /// Peer connections, replicated writes, peer disk I/O, ticks.
+    Peers(PeerMsg),
     /// Daemon shutdown: persist metadata and end the thread.
     Stop {
         reply: SyncSender<()>,
@@ -88,6 +100,11 @@ impl ResourceHandle {
         }
         actor.publish_lines(render::events_create(&actor.status()));
         let (tx, rx) = channel();
+        if actor.store.is_some() {
+            if let Err(e) = actor.start_peers(tx.clone()) {
+                return Err((ErrorKind::Failed, format!("cannot start replication: {e}")));
+            }
+        }
         let name = format!("drbdd-res-{}", actor.core.name);
         let thread = std::thread::Builder::new()
             .name(name)
@@ -167,6 +184,8 @@ struct Actor {
     /// through `blockio::BlockTarget`).
     pipeline: Option<Arc<Pipeline>>,
     events: Arc<EventBus>,
+    /// Peer connections (see `peers.rs`), once started.
+    peers: Option<peers::Peers>,
 }
 
 impl Actor {
@@ -181,6 +200,7 @@ impl Actor {
             store: None,
             pipeline: None,
             events,
+            peers: None,
         })
     }
 
@@ -237,6 +257,10 @@ impl Actor {
                 let _ = self.step(cmd);
                 false
             }
+            ActorMsg::Peers(m) => {
+                self.on_peer_msg(m);
+                false
+            }
             ActorMsg::Stop { reply } => {
                 self.persist_on_stop();
                 let _ = reply.send(());
@@ -255,12 +279,25 @@ impl Actor {
             AdminCmd::Primary { force } => {
                 let new_uuid = md::random_uuid()
                     .map_err(|e| (ErrorKind::Failed, format!("cannot read /dev/urandom: {e}")))?;
-                self.step(Command::Promote { force, new_uuid })
-                    .map(|()| format!("{name}: Primary"))
+                let before = self.core.md.as_ref().map(|m| m.gens.current);
+                self.step(Command::Promote { force, new_uuid })?;
+                let after = self.core.md.as_ref().map(|m| m.gens.current);
+                self.peers_role_changed(force && before != after);
+                Ok(format!("{name}: Primary"))
             }
-            AdminCmd::Secondary => self
-                .step(Command::Demote)
-                .map(|()| format!("{name}: Secondary")),
+            AdminCmd::Secondary => {
+                self.step(Command::Demote)?;
+                self.peers_role_changed(false);
+                Ok(format!("{name}: Secondary"))
+            }
+            AdminCmd::Connect { discard_my_data } => {
+                let n = self.peers_admin_connect(true, discard_my_data);
+                Ok(format!("{name}: connecting to {n} peer(s)"))
+            }
+            AdminCmd::Disconnect => {
+                let n = self.peers_admin_connect(false, false);
+                Ok(format!("{name}: disconnected from {n} peer(s)"))
+            }
             AdminCmd::Down => self.step(Command::Down).map(|()| format!("{name}: down")),
         }
     }
@@ -383,6 +420,13 @@ impl Actor {
             .store
             .as_ref()
             .map_or(0, |s| s.superblock().data_size_bytes);
+        let mut peers: Vec<PeerStatus> = self
+            .core
+            .peers
+            .iter()
+            .map(|p| peer_status(&self.res, p))
+            .collect();
+        self.fill_peer_status(&mut peers);
         ResourceStatus {
             name: self.core.name.clone(),
             node_id: node.node_id,
@@ -394,12 +438,7 @@ impl Actor {
             open_clients: self.core.open_clients.clone(),
             current_uuid: self.core.md.as_ref().map(|m| m.gens.current),
             stats: DeviceStats::default(),
-            peers: self
-                .core
-                .peers
-                .iter()
-                .map(|p| peer_status(&self.res, p))
-                .collect(),
+            peers,
         }
     }
 }
@@ -426,6 +465,9 @@ fn peer_status(res: &Resource, p: &PeerState) -> PeerStatus {
         out_of_sync_kib: 0,
         received_kib: 0,
         sent_kib: 0,
+        done_tenths_percent: None,
+        resync_sent_kib: 0,
+        resync_received_kib: 0,
     }
 }
 

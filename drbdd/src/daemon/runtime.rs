@@ -112,6 +112,19 @@ impl Daemon {
         result
     }
 
+    /// `connect [RES]`: one resource, or every resource that is up.
+    fn connect(&self, name: Option<&str>, discard_my_data: bool) -> AdminResult {
+        let names: Vec<String> = match name {
+            Some(n) => vec![n.to_owned()],
+            None => self.lock().keys().cloned().collect(),
+        };
+        let mut notes = Vec::new();
+        for n in names {
+            notes.push(self.admin(&n, AdminCmd::Connect { discard_my_data })?);
+        }
+        Ok(notes.join("\n"))
+    }
+
     fn statuses(&self, name: Option<&str>) -> Result<Vec<ResourceStatus>, AdminError> {
         let map = self.lock();
         match name {
@@ -217,6 +230,11 @@ impl Dispatch for Daemon {
             },
             Command::Adjust { resource } => answer(self.adjust(resource.as_deref())),
             Command::Events { now, statistics } => return self.events(now, statistics, out),
+            Command::Connect {
+                resource,
+                discard_my_data,
+            } => answer(self.connect(resource.as_deref(), discard_my_data)),
+            Command::Disconnect { resource } => answer(self.admin(&resource, AdminCmd::Disconnect)),
         };
         if let Err(e) = out.send(&resp) {
             tracing::debug!(error = %e, "control client went away before the answer");

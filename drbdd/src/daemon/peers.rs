@@ -1,0 +1,932 @@
+//! The peer connections of one resource, inside its actor thread (a child
+//! module of `actor`, so it works on the actor's state directly).
+//!
+//! Owns: one `drbdd_replication::peer::Peer` state machine per configured
+//! peer, its TCP connection ([`crate::net`]), the disk I/O the machines ask
+//! for (peer writes, flushes, resync reads and writes on a second O_DIRECT
+//! handle of the backing device), the pipeline's [`Replicator`] that gives
+//! every application write a leg per peer, and the 100 ms tick. Executes every
+//! [`Action`] a machine returns, in order. Must never: make a protocol
+//! decision (the machines do), or block the actor on anything but a full
+//! per-connection send queue (bounded back-pressure).
+//!
+//! Known simplification: the pipeline has no hook for "local leg done", so
+//! `Event::LocalWriteDone` is fed right after `Event::LocalWrite`; the peer
+//! leg still completes only as the protocol (A/B/C) requires.
+
+use super::{Actor, ActorMsg};
+use crate::backing::{Backing, BackingOp, EngineKind};
+use crate::control::proto::PeerStatus as PeerStatusView;
+use crate::net::{self, Conn, ConnOpts, Listener, NetMsg, NetSink};
+use crate::pipeline::{LegHandle, LegOutcome, Pipeline, ReplicatedWrite, Replicator};
+use drbdd_blockio::{AlignedBuf, BlockOp};
+use drbdd_config::{Protocol as CfgProtocol, Resource};
+use drbdd_replication::ack::{PeerOutcome, Protocol, WriteId};
+use drbdd_replication::generation::SbPolicy;
+use drbdd_replication::handshake::HandshakeConfig;
+use drbdd_replication::peer::{Action, Event, LocalState, Peer, PeerConfig};
+use drbdd_replication::resync::{Progress, RateConfig, SyncBitmap, BLOCK_BYTES};
+use drbdd_replication::state::{ConnState, DiskState, ReplState, Role};
+use drbdd_replication::wire::{Packet, DATA_DISCARD, DATA_FUA, DATA_ZEROES, NONCE_BYTES};
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How often the machines get `Event::Tick`.
+const TICK_MS: u64 = 100;
+/// Backing I/O in flight at most for peer and resync I/O.
+const PEER_IO_QUEUE_DEPTH: u32 = 128;
+/// Largest write or resync request.
+const MAX_IO_BYTES: u32 = 1 << 20;
+/// Resync requests in flight per peer and their size.
+const MAX_RESYNC_REQUESTS: usize = 16;
+const MAX_RESYNC_REQUEST_BYTES: u32 = 128 * 1024;
+
+/// Messages for the peers part of the actor.
+#[derive(Debug)]
+pub enum PeerMsg {
+    Net(NetMsg),
+    Tick,
+    /// An application write offered by the pipeline, with one leg per peer.
+    Write(LocalWrite),
+    /// A disk I/O this module submitted finished.
+    Io {
+        node_id: u8,
+        done: IoDone,
+    },
+}
+
+/// An application write to replicate.
+#[derive(Debug)]
+pub struct LocalWrite {
+    id: WriteId,
+    offset_bytes: u64,
+    len_bytes: u32,
+    flags: u32,
+    data: Vec<u8>,
+    legs: Vec<(u8, LegHandle)>,
+}
+
+/// Completions of peer-requested disk I/O.
+#[derive(Debug)]
+pub enum IoDone {
+    PeerWrite { seq: u64, ok: bool },
+    PeerFlush { epoch: u32 },
+    ResyncRead { id: u64, data: Option<Vec<u8>> },
+    ResyncWrite { id: u64 },
+}
+
+/// Byte counters of one peer since the resource came up.
+#[derive(Debug, Clone, Copy, Default)]
+struct LinkStats {
+    sent_bytes: u64,
+    received_bytes: u64,
+    resync_sent_bytes: u64,
+    resync_received_bytes: u64,
+}
+
+#[derive(Debug)]
+struct Link {
+    node_id: u8,
+    slot: usize,
+    addr: SocketAddr,
+    protocol: Protocol,
+    opts: ConnOpts,
+    connect_int_ms: u64,
+    timeout_ms: u64,
+    /// We dial this peer (lower node id dials).
+    dials: bool,
+    dialing: bool,
+    next_dial_ms: u64,
+    peer: Peer,
+    conn: Option<Conn>,
+    progress: Option<Progress>,
+    stats: LinkStats,
+}
+
+/// All peer state of a resource.
+pub(super) struct Peers {
+    links: Vec<Link>,
+    local_node_id: u8,
+    epoch: Instant,
+    _listener: Option<Listener>,
+    disk: Option<Backing>,
+    tx: Sender<ActorMsg>,
+    sink: NetSink,
+    next_conn_id: u64,
+    legs: HashMap<(u8, WriteId), LegHandle>,
+    replicator: Arc<NetReplicator>,
+    /// The pipeline the replicator is plugged into.
+    plugged: Option<std::sync::Weak<Pipeline>>,
+    bitmap_dirty: bool,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peers")
+            .field("links", &self.links)
+            .field("legs_in_flight", &self.legs.len())
+            .finish()
+    }
+}
+
+impl Drop for Peers {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::SeqCst);
+        for l in &self.links {
+            if let Some(c) = &l.conn {
+                c.close();
+            }
+        }
+        if let Some(d) = &self.disk {
+            d.shutdown();
+        }
+    }
+}
+
+/// Gives each application write one leg per configured peer.
+#[derive(Debug)]
+pub(super) struct NetReplicator {
+    tx: Mutex<Sender<ActorMsg>>,
+    next_id: AtomicU64,
+    node_ids: Vec<u8>,
+}
+
+impl Replicator for NetReplicator {
+    fn replicate(&self, w: &mut ReplicatedWrite<'_>) {
+        let (flags, data) = match w.req.op {
+            BlockOp::Write => (if w.req.fua { DATA_FUA } else { 0 }, w.data.to_vec()),
+            BlockOp::Discard => (DATA_DISCARD, Vec::new()),
+            BlockOp::WriteZeroes => (DATA_ZEROES, Vec::new()),
+            BlockOp::Read | BlockOp::Flush => return,
+        };
+        let legs = self
+            .node_ids
+            .iter()
+            .map(|n| (*n, w.add_peer_leg(*n)))
+            .collect();
+        let msg = LocalWrite {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            offset_bytes: w.req.offset_bytes,
+            len_bytes: w.req.len_bytes,
+            flags,
+            data,
+            legs,
+        };
+        let tx = self.tx.lock().expect("replicator sender lock");
+        // If the actor is gone the legs drop and the write fails upward.
+        let _ = tx.send(ActorMsg::Peers(PeerMsg::Write(msg)));
+    }
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    use std::io::Read;
+    let mut b = [0u8; N];
+    let ok = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    assert!(ok.is_ok(), "cannot read /dev/urandom for connection nonces");
+    b
+}
+
+fn peer_config(res: &Resource, local: &str, peer: &drbdd_config::Node, local_id: u8) -> PeerConfig {
+    let net = res.net_for(local, &peer.name);
+    PeerConfig {
+        handshake: HandshakeConfig {
+            resource: res.name.clone(),
+            local_node_id: local_id,
+            peer_node_id: peer.node_id,
+            shared_secret: net.shared_secret.as_ref().map(|s| s.as_bytes().to_vec()),
+            features: 0,
+        },
+        protocol: match net.protocol {
+            CfgProtocol::A => Protocol::A,
+            CfgProtocol::B => Protocol::B,
+            CfgProtocol::C => Protocol::C,
+        },
+        max_buffers: usize::try_from(net.max_buffers)
+            .unwrap_or(usize::MAX)
+            .max(1),
+        ping_int_ms: u64::from(net.ping_int_ms),
+        ping_timeout_ms: u64::from(net.ping_timeout_ms),
+        connect_timeout_ms: u64::from(net.timeout_ms).max(1000) * 2,
+        sb_policy: SbPolicy::default(),
+        rate: RateConfig {
+            resync_rate_kib: res.disk.resync_rate_kib,
+            c_plan_ahead_ms: res.disk.c_plan_ahead_ms,
+            c_fill_target_bytes: res.disk.c_fill_target_sectors * 512,
+            c_max_rate_kib: res.disk.c_max_rate_kib,
+            c_min_rate_kib: res.disk.c_min_rate_kib,
+        },
+        max_resync_requests: MAX_RESYNC_REQUESTS,
+        max_resync_request_bytes: MAX_RESYNC_REQUEST_BYTES,
+    }
+}
+
+impl Actor {
+    /// Creates the peer machines, the listener and the tick thread. Needs
+    /// the metadata (attached disk); without it the resource has no peers.
+    pub(super) fn start_peers(&mut self, tx: Sender<ActorMsg>) -> Result<(), String> {
+        let Some(store) = self.store.as_ref() else {
+            return Err("replication needs an attached disk".into());
+        };
+        let size_bytes = store.superblock().data_size_bytes;
+        let local = self.local_node().clone();
+        let mut links = Vec::new();
+        for p in &self.core.peers {
+            let node = self
+                .res
+                .node_by_id(p.node_id)
+                .ok_or_else(|| format!("peer node {} vanished from the config", p.node_id))?;
+            let cfg = peer_config(&self.res, &local.name, node, local.node_id);
+            let net = self.res.net_for(&local.name, &node.name);
+            let mut bitmap = SyncBitmap::for_size(size_bytes);
+            let mut bit = 0;
+            while let Some(b) = store.bitmap_next_set(p.slot, bit) {
+                if b >= bitmap.total_blocks() {
+                    break;
+                }
+                bitmap.set_range(b * BLOCK_BYTES, BLOCK_BYTES);
+                bit = b + 1;
+            }
+            let state = local_state(&self.core, p.slot, size_bytes);
+            links.push(Link {
+                node_id: p.node_id,
+                slot: p.slot,
+                addr: node.address,
+                protocol: cfg.protocol,
+                opts: ConnOpts {
+                    queue_len: usize::try_from(net.max_buffers)
+                        .unwrap_or(1024)
+                        .clamp(64, 8192),
+                    sndbuf_bytes: net.sndbuf_size_bytes,
+                    send_timeout_ms: u64::from(net.timeout_ms) * u64::from(net.ko_count.max(1)),
+                },
+                connect_int_ms: u64::from(net.connect_int_ms),
+                timeout_ms: u64::from(net.timeout_ms),
+                dials: local.node_id < p.node_id,
+                dialing: false,
+                next_dial_ms: 0,
+                peer: Peer::new(cfg, state, bitmap),
+                conn: None,
+                progress: None,
+                stats: LinkStats::default(),
+            });
+        }
+        let tx_sink = Mutex::new(tx.clone());
+        let sink: NetSink = Arc::new(move |m| {
+            tx_sink
+                .lock()
+                .expect("net sink lock")
+                .send(ActorMsg::Peers(PeerMsg::Net(m)))
+                .is_ok()
+        });
+        let allowed: Vec<u8> = links
+            .iter()
+            .filter(|l| !l.dials)
+            .map(|l| l.node_id)
+            .collect();
+        let listener = Listener::start(local.address, local.node_id, allowed, Arc::clone(&sink))
+            .map_err(|e| e.to_string())?;
+        let disk = match &local.disk {
+            Some(path) => Some(
+                Backing::open(path, EngineKind::UringOrSync, PEER_IO_QUEUE_DEPTH)
+                    .map_err(|e| e.to_string())?,
+            ),
+            None => None,
+        };
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        start_ticker(tx.clone(), Arc::clone(&stop_ticker));
+        let node_ids = links.iter().map(|l| l.node_id).collect();
+        self.peers = Some(Peers {
+            links,
+            local_node_id: local.node_id,
+            epoch: Instant::now(),
+            _listener: Some(listener),
+            disk,
+            replicator: Arc::new(NetReplicator {
+                tx: Mutex::new(tx.clone()),
+                next_id: AtomicU64::new(1),
+                node_ids,
+            }),
+            tx,
+            sink,
+            next_conn_id: 1,
+            legs: HashMap::new(),
+            plugged: None,
+            bitmap_dirty: false,
+            stop_ticker,
+        });
+        Ok(())
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.peers.as_ref().map_or(0, |p| {
+            u64::try_from(p.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        })
+    }
+
+    /// Handles one [`PeerMsg`].
+    pub(super) fn on_peer_msg(&mut self, msg: PeerMsg) {
+        if self.peers.is_none() {
+            return;
+        }
+        match msg {
+            PeerMsg::Tick => self.peers_tick(),
+            PeerMsg::Net(m) => self.on_net(m),
+            PeerMsg::Write(w) => self.on_local_write(w),
+            PeerMsg::Io { node_id, done } => {
+                let Some(i) = self.link_index(node_id) else {
+                    return;
+                };
+                let event = match done {
+                    IoDone::PeerWrite { seq, ok } => Event::PeerWriteDone { seq, ok },
+                    IoDone::PeerFlush { epoch } => Event::PeerFlushDone { epoch },
+                    IoDone::ResyncRead { id, data } => Event::ResyncReadDone { id, data },
+                    IoDone::ResyncWrite { id } => Event::ResyncWriteDone { id },
+                };
+                self.feed(i, event);
+            }
+        }
+    }
+
+    fn link_index(&self, node_id: u8) -> Option<usize> {
+        self.peers
+            .as_ref()?
+            .links
+            .iter()
+            .position(|l| l.node_id == node_id)
+    }
+
+    fn peers_tick(&mut self) {
+        self.plug_replicator();
+        let now = self.now_ms();
+        let n = self.peers.as_ref().map_or(0, |p| p.links.len());
+        for i in 0..n {
+            self.maybe_dial(i, now);
+            self.feed(i, Event::Tick { now_ms: now });
+            if let Some(p) = self.peers.as_mut() {
+                let l = &mut p.links[i];
+                l.progress = if matches!(
+                    l.peer.status().repl,
+                    ReplState::SyncSource
+                        | ReplState::SyncTarget
+                        | ReplState::PausedSyncS
+                        | ReplState::PausedSyncT
+                ) {
+                    l.peer.progress()
+                } else {
+                    None
+                };
+            }
+        }
+        self.flush_bitmap_if_dirty();
+    }
+
+    fn flush_bitmap_if_dirty(&mut self) {
+        let Some(p) = self.peers.as_mut() else { return };
+        if !p.bitmap_dirty {
+            return;
+        }
+        p.bitmap_dirty = false;
+        if let Some(store) = self.store.as_mut() {
+            if let Err(e) = store.bitmap_flush() {
+                tracing::error!(resource = %self.core.name, error = %e, "bitmap write failed");
+            }
+        }
+    }
+
+    /// Plugs the replicator into the pipeline once one exists.
+    fn plug_replicator(&mut self) {
+        let (Some(p), Some(pipe)) = (self.peers.as_mut(), self.pipeline.as_ref()) else {
+            return;
+        };
+        let same = p
+            .plugged
+            .as_ref()
+            .and_then(std::sync::Weak::upgrade)
+            .is_some_and(|old| Arc::ptr_eq(&old, pipe));
+        if !same {
+            let r: Arc<dyn Replicator> = p.replicator.clone();
+            pipe.set_replicator(Some(r));
+            // Every write reaches each peer's machine, which marks the
+            // range out of sync itself while the peer is away.
+            pipe.set_peer_slots_disconnected(Vec::new());
+            p.plugged = Some(Arc::downgrade(pipe));
+        }
+    }
+
+    fn maybe_dial(&mut self, i: usize, now: u64) {
+        let Some(p) = self.peers.as_mut() else { return };
+        let local = p.local_node_id;
+        let sink = Arc::clone(&p.sink);
+        let l = &mut p.links[i];
+        let wants = l.dials
+            && !l.dialing
+            && l.conn.is_none()
+            && now >= l.next_dial_ms
+            && l.peer.status().conn == ConnState::Connecting;
+        if wants {
+            l.dialing = true;
+            net::dial(l.addr, local, l.node_id, l.timeout_ms.max(1000), sink);
+        }
+    }
+
+    fn on_net(&mut self, m: NetMsg) {
+        let now = self.now_ms();
+        match m {
+            NetMsg::Incoming { node_id, stream } => {
+                let Some(i) = self.link_index(node_id) else {
+                    return;
+                };
+                if self.link(i).conn.is_some() {
+                    // The peer dialed again: the old connection is dead to it.
+                    self.drop_conn(i);
+                    self.feed(i, Event::ConnectionLost { now_ms: now });
+                }
+                self.establish(i, stream);
+            }
+            NetMsg::Dialed { node_id, result } => {
+                let Some(i) = self.link_index(node_id) else {
+                    return;
+                };
+                let l = self.link_mut(i);
+                l.dialing = false;
+                match result {
+                    Ok(stream) if l.conn.is_none() => self.establish(i, stream),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(peer = node_id, "{e}");
+                        l.next_dial_ms = now + l.connect_int_ms;
+                    }
+                }
+            }
+            NetMsg::Bytes {
+                node_id,
+                conn_id,
+                bytes,
+            } => {
+                let Some(i) = self.link_index(node_id) else {
+                    return;
+                };
+                let l = self.link_mut(i);
+                if l.conn.as_ref().map(|c| c.conn_id) != Some(conn_id) {
+                    return;
+                }
+                l.stats.received_bytes += u64::try_from(bytes.len()).unwrap_or(0);
+                self.feed(
+                    i,
+                    Event::BytesReceived {
+                        now_ms: now,
+                        bytes: &bytes,
+                    },
+                );
+            }
+            NetMsg::Closed {
+                node_id,
+                conn_id,
+                reason,
+            } => {
+                let Some(i) = self.link_index(node_id) else {
+                    return;
+                };
+                if self.link(i).conn.as_ref().map(|c| c.conn_id) != Some(conn_id) {
+                    return;
+                }
+                tracing::info!(resource = %self.core.name, peer = node_id, "connection lost: {reason}");
+                self.drop_conn(i);
+                let l = self.link_mut(i);
+                l.next_dial_ms = now + l.connect_int_ms;
+                self.feed(i, Event::ConnectionLost { now_ms: now });
+            }
+        }
+    }
+
+    fn link(&self, i: usize) -> &Link {
+        &self.peers.as_ref().expect("peers started").links[i]
+    }
+
+    fn link_mut(&mut self, i: usize) -> &mut Link {
+        &mut self.peers.as_mut().expect("peers started").links[i]
+    }
+
+    fn drop_conn(&mut self, i: usize) {
+        if let Some(c) = self.link_mut(i).conn.take() {
+            c.close();
+        }
+    }
+
+    fn establish(&mut self, i: usize, stream: TcpStream) {
+        let now = self.now_ms();
+        if self.link(i).peer.status().conn != ConnState::Connecting {
+            tracing::info!(resource = %self.core.name, peer = self.link(i).node_id, "connection refused: peer is StandAlone here (drbdctl connect)");
+            return;
+        }
+        let size = self
+            .store
+            .as_ref()
+            .map_or(0, |s| s.superblock().data_size_bytes);
+        let state = local_state(&self.core, self.link(i).slot, size);
+        let p = self.peers.as_mut().expect("peers started");
+        let conn_id = p.next_conn_id;
+        p.next_conn_id += 1;
+        let sink = Arc::clone(&p.sink);
+        let l = &mut p.links[i];
+        match Conn::start(l.node_id, conn_id, stream, l.opts, sink) {
+            Ok(c) => l.conn = Some(c),
+            Err(e) => {
+                tracing::warn!(peer = l.node_id, error = %e, "cannot set up connection");
+                l.next_dial_ms = now + l.connect_int_ms;
+                return;
+            }
+        }
+        l.peer.set_local(state);
+        let nonce: [u8; NONCE_BYTES] = random_bytes();
+        let sync_uuid = u64::from_le_bytes(random_bytes()) & !1;
+        self.feed(
+            i,
+            Event::Connected {
+                now_ms: now,
+                nonce,
+                sync_uuid,
+            },
+        );
+    }
+
+    fn on_local_write(&mut self, w: LocalWrite) {
+        for (node_id, leg) in w.legs {
+            let Some(i) = self.link_index(node_id) else {
+                leg.complete(LegOutcome::Done);
+                continue;
+            };
+            if let Some(p) = self.peers.as_mut() {
+                p.legs.insert((node_id, w.id), leg);
+            }
+            self.feed(
+                i,
+                Event::LocalWrite {
+                    id: w.id,
+                    offset_bytes: w.offset_bytes,
+                    len_bytes: w.len_bytes,
+                    flags: w.flags,
+                    data: w.data.clone(),
+                },
+            );
+            self.feed(i, Event::LocalWriteDone { id: w.id });
+        }
+    }
+
+    /// Feeds `event` to peer `i` and executes what it returns.
+    fn feed(&mut self, i: usize, event: Event<'_>) {
+        let actions = self.link_mut(i).peer.handle(event);
+        self.execute_peer_actions(i, actions);
+    }
+
+    fn execute_peer_actions(&mut self, i: usize, actions: Vec<Action>) {
+        let mut wire = Vec::new();
+        for action in actions {
+            match action {
+                Action::Send(packet) => {
+                    let l = self.link_mut(i);
+                    if let Packet::ResyncReply { payload, .. } = &packet {
+                        l.stats.resync_sent_bytes += u64::try_from(payload.len()).unwrap_or(0);
+                    }
+                    let before = wire.len();
+                    packet.encode_into(&mut wire);
+                    l.stats.sent_bytes += u64::try_from(wire.len() - before).unwrap_or(0);
+                }
+                Action::Disconnect { reason, retry } => {
+                    self.send_wire(i, std::mem::take(&mut wire));
+                    self.on_disconnect(i, &reason, retry);
+                }
+                other => self.execute_local(i, other),
+            }
+        }
+        self.send_wire(i, wire);
+    }
+
+    fn send_wire(&mut self, i: usize, wire: Vec<u8>) {
+        if wire.is_empty() {
+            return;
+        }
+        if let Some(c) = &self.link(i).conn {
+            // A failed send shows up as NetMsg::Closed from the writer.
+            let _ = c.send(wire);
+        }
+    }
+
+    fn on_disconnect(&mut self, i: usize, reason: &str, retry: bool) {
+        let name = self.core.name.clone();
+        let now = self.now_ms();
+        let l = self.link_mut(i);
+        if retry {
+            tracing::info!(resource = %name, peer = l.node_id, "disconnected: {reason}; reconnecting");
+        } else {
+            tracing::warn!(resource = %name, peer = l.node_id, "disconnected: {reason}; StandAlone until `drbdctl connect {name}`");
+        }
+        l.next_dial_ms = now + l.connect_int_ms;
+        if let Some(c) = l.conn.take() {
+            // Dropping the sender lets the writer flush queued packets
+            // (e.g. the refusal) and then close the socket.
+            drop(c);
+        }
+    }
+
+    fn execute_local(&mut self, i: usize, action: Action) {
+        let (node_id, slot) = {
+            let l = self.link(i);
+            (l.node_id, l.slot)
+        };
+        match action {
+            Action::CompleteWrite { id, outcome } => {
+                let leg = self
+                    .peers
+                    .as_mut()
+                    .and_then(|p| p.legs.remove(&(node_id, id)));
+                if let Some(leg) = leg {
+                    leg.complete(match outcome {
+                        PeerOutcome::Acked => LegOutcome::Done,
+                        PeerOutcome::OutOfSync => LegOutcome::PeerLost { slot },
+                    });
+                }
+            }
+            Action::MarkOutOfSync {
+                offset_bytes,
+                len_bytes,
+            } => {
+                if let Some(s) = self.store.as_mut() {
+                    s.bitmap_set_range(slot, offset_bytes, len_bytes);
+                }
+                self.mark_bitmap_dirty();
+            }
+            Action::MarkInSync {
+                offset_bytes,
+                len_bytes,
+            } => {
+                if let Some(s) = self.store.as_mut() {
+                    s.bitmap_clear_range(slot, offset_bytes, len_bytes);
+                }
+                self.mark_bitmap_dirty();
+            }
+            Action::SubmitPeerWrite {
+                seq,
+                offset_bytes,
+                len_bytes,
+                flags,
+                data,
+            } => {
+                let op = if flags & (DATA_DISCARD | DATA_ZEROES) != 0 {
+                    // Discard as zeroes too: replicas must read back alike.
+                    BackingOp::WriteZeroes {
+                        offset_bytes,
+                        len_bytes: u64::from(len_bytes),
+                    }
+                } else {
+                    BackingOp::Write {
+                        offset_bytes,
+                        buf: AlignedBuf::from_slice(&data),
+                        fua: flags & DATA_FUA != 0,
+                    }
+                };
+                self.submit_io(node_id, op, move |r| IoDone::PeerWrite {
+                    seq,
+                    ok: r.is_ok(),
+                });
+            }
+            Action::SubmitPeerFlush { epoch } => {
+                self.submit_io(node_id, BackingOp::Flush, move |_| IoDone::PeerFlush {
+                    epoch,
+                });
+            }
+            Action::ReadForResync {
+                id,
+                offset_bytes,
+                len_bytes,
+            } => {
+                let len = usize::try_from(len_bytes).unwrap_or(0);
+                let op = BackingOp::Read {
+                    offset_bytes,
+                    buf: AlignedBuf::zeroed(len),
+                };
+                self.submit_io(node_id, op, move |r| IoDone::ResyncRead {
+                    id,
+                    data: r.ok().map(|b| b.as_slice().to_vec()),
+                });
+            }
+            Action::SubmitResyncWrite {
+                id,
+                offset_bytes,
+                data,
+            } => {
+                self.link_mut(i).stats.resync_received_bytes +=
+                    u64::try_from(data.len()).unwrap_or(0);
+                let op = BackingOp::Write {
+                    offset_bytes,
+                    buf: AlignedBuf::from_slice(&data),
+                    fua: false,
+                };
+                self.submit_io(node_id, op, move |_| IoDone::ResyncWrite { id });
+            }
+            other => self.execute_state(i, other),
+        }
+    }
+
+    fn mark_bitmap_dirty(&mut self) {
+        if let Some(p) = self.peers.as_mut() {
+            p.bitmap_dirty = true;
+        }
+    }
+
+    fn submit_io(
+        &mut self,
+        node_id: u8,
+        op: BackingOp,
+        done: impl FnOnce(std::io::Result<AlignedBuf>) -> IoDone + Send + 'static,
+    ) {
+        let Some(p) = self.peers.as_ref() else { return };
+        let tx = Mutex::new(p.tx.clone());
+        let callback: crate::backing::IoDone = Box::new(move |r: std::io::Result<AlignedBuf>| {
+            let msg = ActorMsg::Peers(PeerMsg::Io {
+                node_id,
+                done: done(r),
+            });
+            let _ = tx.lock().expect("io completion sender lock").send(msg);
+        });
+        match &p.disk {
+            Some(d) => d.submit(op, callback),
+            None => callback(Err(std::io::Error::other("no local disk"))),
+        }
+    }
+
+    /// Generation, disk-state and connection-state actions.
+    fn execute_state(&mut self, i: usize, action: Action) {
+        let name = self.core.name.clone();
+        let slot = self.link(i).slot;
+        match action {
+            Action::UpdateGenerations(update) => {
+                if let Some(md) = self.core.md.as_mut() {
+                    update.apply(&mut md.gens, slot);
+                }
+                self.persist_md();
+            }
+            Action::LocalDisk(disk) => {
+                self.core.disk = disk;
+                if let Some(md) = self.core.md.as_mut() {
+                    match disk {
+                        DiskState::UpToDate => {
+                            md.consistent = true;
+                            md.was_up_to_date = true;
+                            md.outdated = false;
+                        }
+                        DiskState::Inconsistent => {
+                            md.consistent = false;
+                            md.was_up_to_date = false;
+                        }
+                        DiskState::Outdated => md.outdated = true,
+                        _ => {}
+                    }
+                }
+                self.persist_md();
+                self.flush_bitmap_if_dirty();
+                self.tell_peers_disk(i, disk);
+            }
+            Action::StateChanged(st) => {
+                if let Some(p) = self.core.peers.get_mut(i) {
+                    p.conn = st.conn;
+                    p.repl = st.repl;
+                    p.role = st.peer_role;
+                    p.peer_disk = st.peer_disk;
+                }
+                if st.repl == ReplState::Established {
+                    self.flush_bitmap_if_dirty();
+                }
+            }
+            Action::SizeAgreed { size_bytes } => {
+                tracing::info!(resource = %name, peer = self.link(i).node_id, size_bytes, "size agreed");
+            }
+            Action::Log(text) => {
+                tracing::info!(resource = %name, peer = self.link(i).node_id, "{text}")
+            }
+            Action::Warn(text) => {
+                tracing::warn!(resource = %name, peer = self.link(i).node_id, "{text}")
+            }
+            other => tracing::error!(resource = %name, action = ?other, "unhandled peer action"),
+        }
+    }
+
+    /// Our disk state changed because of peer `from`: the other peers learn it.
+    fn tell_peers_disk(&mut self, from: usize, disk: DiskState) {
+        let n = self.peers.as_ref().map_or(0, |p| p.links.len());
+        for j in (0..n).filter(|j| *j != from) {
+            self.feed(j, Event::LocalDiskChanged { disk });
+        }
+    }
+
+    fn persist_md(&mut self) {
+        let (Some(store), Some(view)) = (self.store.as_mut(), self.core.md.as_ref()) else {
+            return;
+        };
+        if let Err(e) = store.update_superblock(|sb| super::md::apply_view(sb, view)) {
+            tracing::error!(resource = %self.core.name, error = %e, "metadata write failed");
+        }
+    }
+
+    /// After a successful promote/demote: tell the peers; a forced promotion
+    /// that started a new generation makes us the full-sync source of every
+    /// connected peer.
+    pub(super) fn peers_role_changed(&mut self, new_generation: bool) {
+        let n = self.peers.as_ref().map_or(0, |p| p.links.len());
+        let role = self.core.role;
+        let size = self
+            .store
+            .as_ref()
+            .map_or(0, |s| s.superblock().data_size_bytes);
+        for i in 0..n {
+            let established = self.link(i).peer.status().conn == ConnState::Connected;
+            if new_generation && established {
+                let local = local_state(&self.core, self.link(i).slot, size);
+                self.feed(
+                    i,
+                    Event::StartFullSync {
+                        as_source: true,
+                        local,
+                    },
+                );
+            } else {
+                self.feed(i, Event::RoleChanged { role });
+            }
+        }
+    }
+
+    /// `drbdctl connect` / `disconnect`.
+    pub(super) fn peers_admin_connect(&mut self, connect: bool, discard_my_data: bool) -> usize {
+        let n = self.peers.as_ref().map_or(0, |p| p.links.len());
+        for i in 0..n {
+            if connect {
+                self.link_mut(i).next_dial_ms = 0;
+                self.feed(i, Event::AdminConnect { discard_my_data });
+            } else {
+                self.feed(i, Event::AdminDisconnect);
+                self.drop_conn(i);
+            }
+        }
+        n
+    }
+
+    /// Adds connection statistics and resync progress to the status.
+    pub(super) fn fill_peer_status(&self, views: &mut [PeerStatusView]) {
+        let Some(p) = self.peers.as_ref() else { return };
+        for (v, l) in views.iter_mut().zip(&p.links) {
+            v.out_of_sync_kib = l.peer.bitmap().count() * (BLOCK_BYTES / 1024);
+            v.sent_kib = l.stats.sent_bytes / 1024;
+            v.received_kib = l.stats.received_bytes / 1024;
+            v.resync_sent_kib = l.stats.resync_sent_bytes / 1024;
+            v.resync_received_kib = l.stats.resync_received_bytes / 1024;
+            v.done_tenths_percent = l.progress.as_ref().map(Progress::percent_tenths);
+            let _ = l.protocol;
+        }
+    }
+}
+
+fn local_state(
+    core: &drbdd_replication::resource::ResourceCore,
+    slot: usize,
+    size_bytes: u64,
+) -> LocalState {
+    let (generations, promoted) = core.md.as_ref().map_or_else(Default::default, |md| {
+        let mut gi = md.gens.view(slot);
+        gi.crashed_primary = md.crashed_primary;
+        (gi, 0)
+    });
+    LocalState {
+        role: if core.role == Role::Primary {
+            Role::Primary
+        } else {
+            Role::Secondary
+        },
+        disk: core.disk,
+        backing_bytes: size_bytes,
+        current_bytes: size_bytes,
+        max_io_bytes: MAX_IO_BYTES,
+        generations,
+        promoted_at_ms: promoted,
+    }
+}
+
+fn start_ticker(tx: Sender<ActorMsg>, stop: Arc<AtomicBool>) {
+    let spawned = std::thread::Builder::new()
+        .name("drbdd-tick".into())
+        .spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(TICK_MS));
+                if tx.send(ActorMsg::Peers(PeerMsg::Tick)).is_err() {
+                    return;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the peer tick thread");
+    }
+}

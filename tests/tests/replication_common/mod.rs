@@ -1,0 +1,367 @@
+//! Shared harness of the replication tests: a cluster of real `drbdd`
+//! processes on loopback, each with its own config and run directory and a
+//! file-backed disk under /tmp, driven by the real `drbdctl`.
+//!
+//! Waiting is always polling `drbdctl status --json` with a generous deadline;
+//! a timeout fails with the last status of every node.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+/// How long any wait may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Where cargo put the binaries (next to the test executable).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/debug")
+        .to_path_buf()
+}
+
+static BUILD: Once = Once::new();
+
+/// Builds drbdd and drbdctl once per test binary (they are other packages).
+pub fn ensure_binaries() {
+    BUILD.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "drbdd", "-p", "drbdctl"])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building drbdd and drbdctl failed");
+    });
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// One node of the test cluster.
+#[derive(Debug)]
+pub struct Node {
+    pub name: String,
+    pub node_id: u8,
+    pub port: u16,
+    pub dir: PathBuf,
+    pub disk: PathBuf,
+    pub daemon: Option<Child>,
+}
+
+impl Node {
+    pub fn config_dir(&self) -> PathBuf {
+        self.dir.join("etc")
+    }
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("drbdd.log")
+    }
+}
+
+/// A set of nodes sharing one resource `r0`.
+#[derive(Debug)]
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    pub root: tempfile::TempDir,
+}
+
+/// Options for the resource file.
+#[derive(Debug, Clone)]
+pub struct ResOpts {
+    pub protocol: char,
+    pub disk_bytes: u64,
+    /// Per node: shared secret (None: no secret line).
+    pub secrets: Vec<Option<String>>,
+    /// Extra lines for `[net]`.
+    pub net_extra: String,
+    /// Per node: address override (e.g. a proxy) as seen by the *other* nodes.
+    /// Applies to every node's copy of the config except the node itself.
+    pub peer_addr_override: Vec<Option<String>>,
+}
+
+impl Default for ResOpts {
+    fn default() -> Self {
+        ResOpts {
+            protocol: 'C',
+            disk_bytes: 16 << 20,
+            secrets: Vec::new(),
+            net_extra: String::new(),
+            peer_addr_override: Vec::new(),
+        }
+    }
+}
+
+const NAMES: [&str; 3] = ["alice", "bob", "carol"];
+
+impl Cluster {
+    /// Creates `n` nodes with their disks and config; no daemon runs yet.
+    pub fn new(n: usize, opts: &ResOpts) -> Cluster {
+        ensure_binaries();
+        let root = tempfile::Builder::new()
+            .prefix("drbdd-repl-")
+            .tempdir_in("/tmp")
+            .expect("temp dir under /tmp");
+        let mut nodes = Vec::new();
+        for (i, name) in NAMES.iter().enumerate().take(n) {
+            let dir = root.path().join(name);
+            std::fs::create_dir_all(dir.join("etc/resources.d")).unwrap();
+            std::fs::create_dir_all(dir.join("run")).unwrap();
+            let disk = dir.join("disk.img");
+            let f = std::fs::File::create(&disk).unwrap();
+            f.set_len(opts.disk_bytes).unwrap();
+            nodes.push(Node {
+                name: (*name).to_owned(),
+                node_id: u8::try_from(i).unwrap(),
+                port: free_port(),
+                dir,
+                disk,
+                daemon: None,
+            });
+        }
+        let c = Cluster { nodes, root };
+        for i in 0..n {
+            c.write_config(i, opts);
+        }
+        c
+    }
+
+    /// Writes node `me`'s copy of the resource file.
+    pub fn write_config(&self, me: usize, opts: &ResOpts) {
+        let mut text = String::from("resource = \"r0\"\nmax-peers = 2\n");
+        text.push_str(&format!("[net]\nprotocol = \"{}\"\n", opts.protocol));
+        if let Some(Some(secret)) = opts.secrets.get(me) {
+            text.push_str(&format!("shared-secret = \"{secret}\"\n"));
+        }
+        text.push_str("connect-int = 1\nping-int = 1\nping-timeout = 10\n");
+        text.push_str(&opts.net_extra);
+        text.push_str("[disk]\nresync-rate = \"400M\"\nc-plan-ahead = 0\n");
+        for (i, n) in self.nodes.iter().enumerate() {
+            let addr = match opts.peer_addr_override.get(i) {
+                Some(Some(a)) if i != me => a.clone(),
+                _ => format!("127.0.0.1:{}", n.port),
+            };
+            text.push_str(&format!(
+                "[on.{}]\nnode-id = {}\naddress = \"{addr}\"\nminor = {i}\ndisk = \"{}\"\n",
+                n.name,
+                n.node_id,
+                n.disk.display()
+            ));
+        }
+        let path = self.nodes[me].config_dir().join("resources.d/r0.toml");
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// Runs drbdctl as node `i`.
+    pub fn ctl(&self, i: usize, args: &[&str]) -> Output {
+        let n = &self.nodes[i];
+        Command::new(bin_dir().join("drbdctl"))
+            .arg("--run-dir")
+            .arg(n.run_dir())
+            .arg("--config-dir")
+            .arg(n.config_dir())
+            .arg("--node")
+            .arg(&n.name)
+            .args(args)
+            .output()
+            .expect("run drbdctl")
+    }
+
+    /// Runs drbdctl and fails the test unless it exits 0.
+    pub fn ctl_ok(&self, i: usize, args: &[&str]) -> String {
+        let out = self.ctl(i, args);
+        assert!(
+            out.status.success(),
+            "drbdctl {args:?} on {} failed ({}): {}{}",
+            self.nodes[i].name,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts node `i`'s daemon and waits for its control socket.
+    pub fn start_daemon(&mut self, i: usize) {
+        let n = &self.nodes[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(n.log_path())
+            .unwrap();
+        let child = Command::new(bin_dir().join("drbdd"))
+            .arg("--run-dir")
+            .arg(n.run_dir())
+            .arg("--config-dir")
+            .arg(n.config_dir())
+            .arg("--node")
+            .arg(&n.name)
+            .arg("--log-level")
+            .arg("debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start drbdd");
+        self.nodes[i].daemon = Some(child);
+        let start = Instant::now();
+        while start.elapsed() < DEADLINE {
+            if self.ctl(i, &["status"]).status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "drbdd on {} did not answer; log:\n{}",
+            self.nodes[i].name,
+            self.log(i)
+        );
+    }
+
+    /// SIGKILLs node `i`'s daemon.
+    pub fn kill_daemon(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.nodes[i].log_path()).unwrap_or_default()
+    }
+
+    /// create-md + daemon + up on every node.
+    pub fn bring_up_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.ctl_ok(i, &["create-md", "r0", "--force"]);
+            self.start_daemon(i);
+            self.ctl_ok(i, &["up", "r0"]);
+        }
+    }
+
+    /// Node `i`'s status of r0 as JSON.
+    pub fn status(&self, i: usize) -> serde_json::Value {
+        let out = self.ctl(i, &["status", "r0", "--json"]);
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        v.get(0).cloned().unwrap_or(serde_json::Value::Null)
+    }
+
+    fn all_status_text(&self) -> String {
+        (0..self.nodes.len())
+            .map(|i| {
+                format!(
+                    "--- {}:\n{}\n{}",
+                    self.nodes[i].name,
+                    String::from_utf8_lossy(
+                        &self
+                            .ctl(i, &["status", "r0", "--verbose", "--statistics"])
+                            .stdout
+                    ),
+                    self.status(i)
+                )
+            })
+            .collect()
+    }
+
+    /// Polls until `pred` holds on node `i`'s status; panics with every
+    /// node's status and the logs at the deadline.
+    pub fn wait_for(&self, what: &str, i: usize, pred: impl Fn(&serde_json::Value) -> bool) {
+        let start = Instant::now();
+        while start.elapsed() < DEADLINE {
+            if pred(&self.status(i)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let logs: String = (0..self.nodes.len())
+            .map(|j| {
+                format!(
+                    "=== log {}:\n{}\n",
+                    self.nodes[j].name,
+                    tail(&self.log(j), 60)
+                )
+            })
+            .collect();
+        panic!(
+            "timed out waiting on {} for: {what}\n{}\n{logs}",
+            self.nodes[i].name,
+            self.all_status_text()
+        );
+    }
+
+    /// Waits until node `i` sees peer `peer_name` Connected/Established with `peer_disk`.
+    pub fn wait_peer(&self, i: usize, peer_name: &str, repl: &str, peer_disk: &str) {
+        let what = format!("{peer_name} replication:{repl} peer-disk:{peer_disk}");
+        self.wait_for(&what, i, |st| {
+            peer_of(st, peer_name).is_some_and(|p| {
+                p["connection"] == "Connected"
+                    && p["replication"] == repl
+                    && p["peer_disk"] == peer_disk
+            })
+        });
+    }
+
+    pub fn wait_disk(&self, i: usize, disk: &str) {
+        self.wait_for(&format!("disk:{disk}"), i, |st| st["disk"] == disk);
+    }
+
+    /// The exported data size of node `i`.
+    pub fn data_size(&self, i: usize) -> u64 {
+        self.status(i)["size_bytes"].as_u64().expect("size_bytes")
+    }
+
+    /// Asserts the data areas of nodes `a` and `b` are byte-identical.
+    pub fn assert_identical(&self, a: usize, b: usize) {
+        let size = usize::try_from(self.data_size(a)).unwrap();
+        assert!(size > 0);
+        let da = std::fs::read(&self.nodes[a].disk).unwrap();
+        let db = std::fs::read(&self.nodes[b].disk).unwrap();
+        let first_diff = da[..size].iter().zip(&db[..size]).position(|(x, y)| x != y);
+        assert_eq!(
+            first_diff, None,
+            "data of {} and {} differ (first at byte {first_diff:?})",
+            self.nodes[a].name, self.nodes[b].name
+        );
+    }
+
+    /// Writes `bytes` straight into node `i`'s backing file at `offset`
+    /// (used to make a node's data differ before a sync).
+    pub fn poke_disk(&self, i: usize, offset: u64, bytes: &[u8]) {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.nodes[i].disk)
+            .unwrap();
+        f.write_all_at(bytes, offset).unwrap();
+        f.sync_all().unwrap();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill_daemon(i);
+        }
+    }
+}
+
+pub fn peer_of<'a>(st: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    st["peers"].as_array()?.iter().find(|p| p["name"] == name)
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let v: Vec<&str> = text.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
