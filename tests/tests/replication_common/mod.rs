@@ -159,6 +159,17 @@ impl Cluster {
                 n.disk.display()
             ));
         }
+        if self.nodes.len() > 2 {
+            let hosts: Vec<String> = self
+                .nodes
+                .iter()
+                .map(|n| format!("\"{}\"", n.name))
+                .collect();
+            text.push_str(&format!(
+                "[connection-mesh]\nhosts = [{}]\n",
+                hosts.join(", ")
+            ));
+        }
         let path = self.nodes[me].config_dir().join("resources.d/r0.toml");
         std::fs::write(path, text).unwrap();
     }

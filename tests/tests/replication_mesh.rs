@@ -1,0 +1,35 @@
+//! Three nodes in a full mesh: `primary --force` on one node fully syncs
+//! both secondaries; all three data areas end up byte-identical and every
+//! node sees the two others Connected with UpToDate disks.
+
+mod replication_common;
+
+use replication_common::{Cluster, ResOpts};
+
+#[test]
+fn three_node_mesh_full_sync_to_two_secondaries() {
+    let mut c = Cluster::new(3, &ResOpts::default());
+    for i in 0..3 {
+        c.ctl_ok(i, &["create-md", "r0", "--force"]);
+    }
+    let data: Vec<u8> = (0..(2u32 << 20))
+        .map(|i| u8::try_from(i % 253).unwrap())
+        .collect();
+    c.poke_disk(0, 1 << 20, &data);
+    for i in 0..3 {
+        c.start_daemon(i);
+        c.ctl_ok(i, &["up", "r0"]);
+    }
+    c.wait_peer(0, "bob", "Established", "Inconsistent");
+    c.wait_peer(0, "carol", "Established", "Inconsistent");
+    c.wait_peer(1, "carol", "Established", "Inconsistent");
+    c.ctl_ok(0, &["primary", "r0", "--force"]);
+    c.wait_disk(1, "UpToDate");
+    c.wait_disk(2, "UpToDate");
+    c.wait_peer(0, "bob", "Established", "UpToDate");
+    c.wait_peer(0, "carol", "Established", "UpToDate");
+    c.wait_peer(1, "carol", "Established", "UpToDate");
+    c.wait_peer(2, "bob", "Established", "UpToDate");
+    c.assert_identical(0, 1);
+    c.assert_identical(0, 2);
+}
