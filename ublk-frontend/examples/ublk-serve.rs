@@ -27,8 +27,11 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     minor: u32,
     /// Backing file or block device (opened with O_DIRECT).
+    #[arg(long, required_unless_present = "delete_orphans")]
+    file: Option<PathBuf>,
+    /// Instead of serving: delete every drbdd-tagged ublk device and exit.
     #[arg(long)]
-    file: PathBuf,
+    delete_orphans: bool,
     /// Hardware queues (0 = one per CPU).
     #[arg(long, default_value_t = 0)]
     queues: u16,
@@ -219,6 +222,12 @@ fn wait_for_signal(set: &libc::sigset_t) -> i32 {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if args.delete_orphans {
+        let deleted = drbdd_ublk::delete_orphans(&[])?;
+        println!("ublk-serve: deleted orphaned devices {deleted:?}");
+        return Ok(());
+    }
+    let file = args.file.clone().context("--file is required")?;
     // Before any thread exists: the mount namespace only moves the calling thread.
     drbdd_ublk::enter_private_mount_namespace()?;
     let signals = block_term_signals();
@@ -227,7 +236,7 @@ fn main() -> Result<()> {
         .with_ansi(false)
         .init();
     let target = FileTarget::open(
-        &args.file,
+        &file,
         args.workers,
         Duration::from_millis(args.write_delay_ms),
     )?;

@@ -71,4 +71,12 @@ kill -TERM $SERVER_PID; wait $SERVER_PID
 grep -q "stopped" /tmp/serve3.log || die "server did not report a clean stop"
 [ -e $DEV ] && die "$DEV still exists after stop"
 [ -e /sys/class/ublk-char/ublkc0 ] && die "ublkc0 still exists after stop"
+
+step orphan-cleanup-after-crash
+start_server /tmp/serve4.log
+kill -9 $SERVER_PID; wait $SERVER_PID 2>/dev/null; sleep 1
+[ -b $DEV ] || die "$DEV vanished after kill -9"
+/bin/ublk-serve --delete-orphans > /tmp/orphans.log 2>&1 || die "ublk-serve --delete-orphans failed"
+wait_for 10 sh -c "! test -e /sys/class/ublk-char/ublkc0" || die "orphaned ublkc0 still exists"
+info "$(grep deleted /tmp/orphans.log)"
 true
