@@ -188,6 +188,10 @@ pub(crate) fn held_exclusively(bdev: &Path) -> bool {
 /// private, so mounts of our own `/dev/ublkb*` elsewhere never pin this server
 /// (a known ublk deadlock on server exit). Call first thing in `main`, before any
 /// thread exists: unshare applies to the calling thread only.
+///
+/// Trade-off of `rprivate` (not `rslave`): mounts made on the host after drbdd
+/// started are invisible to it, so backing files must live on file systems that
+/// are mounted before drbdd starts (block devices under /dev are unaffected).
 pub fn enter_private_mount_namespace() -> Result<(), UblkError> {
     let threads = thread_count()
         .map_err(|e| UblkError::MountNamespace(format!("reading /proc/self/status: {e}")))?;
