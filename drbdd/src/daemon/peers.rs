@@ -17,10 +17,12 @@
 use super::{Actor, ActorMsg};
 use crate::backing::{Backing, BackingOp, EngineKind};
 use crate::control::proto::PeerStatus as PeerStatusView;
+use crate::metadev::FileMetaDevice;
 use crate::net::{self, Conn, ConnOpts, Listener, NetMsg, NetSink};
 use crate::pipeline::{LegHandle, LegOutcome, Pipeline, ReplicatedWrite, Replicator};
 use drbdd_blockio::{AlignedBuf, BlockOp};
 use drbdd_config::{Protocol as CfgProtocol, Resource};
+use drbdd_metadata::MetaStore;
 use drbdd_replication::ack::{PeerOutcome, Protocol, WriteId};
 use drbdd_replication::generation::SbPolicy;
 use drbdd_replication::handshake::HandshakeConfig;
@@ -229,28 +231,22 @@ impl Actor {
     /// Creates the peer machines, the listener and the tick thread. Needs
     /// the metadata (attached disk); without it the resource has no peers.
     pub(super) fn start_peers(&mut self, tx: Sender<ActorMsg>) -> Result<(), String> {
-        let Some(store) = self.store.as_ref() else {
+        let Some(size_bytes) = self.with_store(|s| s.superblock().data_size_bytes) else {
             return Err("replication needs an attached disk".into());
         };
-        let size_bytes = store.superblock().data_size_bytes;
         let local = self.local_node().clone();
         let mut links = Vec::new();
-        for p in &self.core.peers {
+        for p in self.core.peers.clone() {
             let node = self
                 .res
                 .node_by_id(p.node_id)
+                .cloned()
                 .ok_or_else(|| format!("peer node {} vanished from the config", p.node_id))?;
-            let cfg = peer_config(&self.res, &local.name, node, local.node_id);
+            let cfg = peer_config(&self.res, &local.name, &node, local.node_id);
             let net = self.res.net_for(&local.name, &node.name);
-            let mut bitmap = SyncBitmap::for_size(size_bytes);
-            let mut bit = 0;
-            while let Some(b) = store.bitmap_next_set(p.slot, bit) {
-                if b >= bitmap.total_blocks() {
-                    break;
-                }
-                bitmap.set_range(b * BLOCK_BYTES, BLOCK_BYTES);
-                bit = b + 1;
-            }
+            let bitmap = self
+                .with_store(|store| load_bitmap(store, p.slot, size_bytes))
+                .unwrap_or_else(|| SyncBitmap::for_size(size_bytes));
             let state = local_state(&self.core, p.slot, size_bytes);
             links.push(Link {
                 node_id: p.node_id,
@@ -322,6 +318,17 @@ impl Actor {
         Ok(())
     }
 
+    /// Runs `f` on the metadata store (None when no disk is attached). The
+    /// one place that knows how the actor holds the store.
+    fn with_store<R>(&mut self, f: impl FnOnce(&mut MetaStore<FileMetaDevice>) -> R) -> Option<R> {
+        self.store.as_mut().map(f)
+    }
+
+    fn data_size_bytes(&mut self) -> u64 {
+        self.with_store(|s| s.superblock().data_size_bytes)
+            .unwrap_or(0)
+    }
+
     fn now_ms(&self) -> u64 {
         self.peers.as_ref().map_or(0, |p| {
             u64::try_from(p.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
@@ -391,10 +398,8 @@ impl Actor {
             return;
         }
         p.bitmap_dirty = false;
-        if let Some(store) = self.store.as_mut() {
-            if let Err(e) = store.bitmap_flush() {
-                tracing::error!(resource = %self.core.name, error = %e, "bitmap write failed");
-            }
+        if let Some(Err(e)) = self.with_store(|s| s.bitmap_flush()) {
+            tracing::error!(resource = %self.core.name, error = %e, "bitmap write failed");
         }
     }
 
@@ -524,10 +529,7 @@ impl Actor {
             tracing::info!(resource = %self.core.name, peer = self.link(i).node_id, "connection refused: peer is StandAlone here (drbdctl connect)");
             return;
         }
-        let size = self
-            .store
-            .as_ref()
-            .map_or(0, |s| s.superblock().data_size_bytes);
+        let size = self.data_size_bytes();
         let state = local_state(&self.core, self.link(i).slot, size);
         let p = self.peers.as_mut().expect("peers started");
         let conn_id = p.next_conn_id;
@@ -656,18 +658,14 @@ impl Actor {
                 offset_bytes,
                 len_bytes,
             } => {
-                if let Some(s) = self.store.as_mut() {
-                    s.bitmap_set_range(slot, offset_bytes, len_bytes);
-                }
+                self.with_store(|s| s.bitmap_set_range(slot, offset_bytes, len_bytes));
                 self.mark_bitmap_dirty();
             }
             Action::MarkInSync {
                 offset_bytes,
                 len_bytes,
             } => {
-                if let Some(s) = self.store.as_mut() {
-                    s.bitmap_clear_range(slot, offset_bytes, len_bytes);
-                }
+                self.with_store(|s| s.bitmap_clear_range(slot, offset_bytes, len_bytes));
                 self.mark_bitmap_dirty();
             }
             Action::SubmitPeerWrite {
@@ -825,10 +823,12 @@ impl Actor {
     }
 
     fn persist_md(&mut self) {
-        let (Some(store), Some(view)) = (self.store.as_mut(), self.core.md.as_ref()) else {
+        let Some(view) = self.core.md.clone() else {
             return;
         };
-        if let Err(e) = store.update_superblock(|sb| super::md::apply_view(sb, view)) {
+        if let Some(Err(e)) =
+            self.with_store(|s| s.update_superblock(|sb| super::md::apply_view(sb, &view)))
+        {
             tracing::error!(resource = %self.core.name, error = %e, "metadata write failed");
         }
     }
@@ -839,10 +839,7 @@ impl Actor {
     pub(super) fn peers_role_changed(&mut self, new_generation: bool) {
         let n = self.peers.as_ref().map_or(0, |p| p.links.len());
         let role = self.core.role;
-        let size = self
-            .store
-            .as_ref()
-            .map_or(0, |s| s.superblock().data_size_bytes);
+        let size = self.data_size_bytes();
         for i in 0..n {
             let established = self.link(i).peer.status().conn == ConnState::Connected;
             if new_generation && established {
@@ -888,6 +885,20 @@ impl Actor {
             let _ = l.protocol;
         }
     }
+}
+
+/// This peer's out-of-sync bitmap as the metadata has it.
+fn load_bitmap(store: &MetaStore<FileMetaDevice>, slot: usize, size_bytes: u64) -> SyncBitmap {
+    let mut bitmap = SyncBitmap::for_size(size_bytes);
+    let mut bit = 0;
+    while let Some(b) = store.bitmap_next_set(slot, bit) {
+        if b >= bitmap.total_blocks() {
+            break;
+        }
+        bitmap.set_range(b * BLOCK_BYTES, BLOCK_BYTES);
+        bit = b + 1;
+    }
+    bitmap
 }
 
 fn local_state(
