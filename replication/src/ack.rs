@@ -274,7 +274,9 @@ impl AckTracker {
             .get_mut(&seq)
             .ok_or(AckError::UnknownSeq(seq))?;
         let mut out = Vec::new();
-        e.on_peer_disk = true;
+        // Written, not yet durable: the entry stays until the BarrierAck of
+        // its epoch (the peer's flush), so a later flush waits for it and a
+        // lost connection still marks it out of sync.
         if !e.leg_done {
             e.leg_done = true;
             out.push(AckAction::CompleteWrite {

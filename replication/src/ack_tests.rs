@@ -50,7 +50,43 @@ fn protocol_c_completes_only_after_write_ack() {
         7,
         PeerOutcome::Acked
     ));
+    // Written is not durable: the entry stays until the peer's flush.
+    assert_eq!(t.in_flight(), 1);
+    let closed = t.close_idle_epoch();
+    assert!(closed.contains(&AckAction::Send(Packet::Barrier { epoch: 1 })));
+    assert!(t.on_barrier_ack(1).unwrap().is_empty());
     assert_eq!(t.in_flight(), 0);
+}
+
+#[test]
+fn flush_after_write_ack_waits_for_the_peers_barrier_ack() {
+    // Found by the cluster simulation (drbdd-sim seed 8): a WriteAck retired
+    // the entry, so a later flush completed at once although the write was
+    // only in the peer's volatile cache.
+    let mut t = AckTracker::new(Protocol::C, 8);
+    let (seq, _) = t.submit_write(7, 0, 4096, 0, vec![0; 4096]).unwrap();
+    t.local_done(seq);
+    t.on_write_ack(seq).unwrap();
+    let (_, out) = t.submit_flush(8).unwrap();
+    assert!(!completes(&out, 8, PeerOutcome::Acked));
+    assert!(completes(
+        &t.on_barrier_ack(1).unwrap(),
+        8,
+        PeerOutcome::Acked
+    ));
+}
+
+#[test]
+fn write_acked_but_not_barrier_acked_is_out_of_sync_after_connection_loss() {
+    let mut t = AckTracker::new(Protocol::C, 8);
+    let (seq, _) = t.submit_write(7, 4096, 4096, 0, vec![0; 4096]).unwrap();
+    t.local_done(seq);
+    t.on_write_ack(seq).unwrap();
+    let lost = t.connection_lost();
+    assert!(lost.contains(&AckAction::MarkOutOfSync {
+        offset_bytes: 4096,
+        len_bytes: 4096
+    }));
 }
 
 #[test]

@@ -120,6 +120,12 @@ impl Peer {
 
     /// Moves waiting writes into the write table while it has room.
     pub(super) fn tx_drain(&mut self, out: &mut Vec<Action>) {
+        if !self.ack.has_room() && !self.tx_waiting.is_empty() {
+            // Entries leave the table at the BarrierAck of their epoch; close
+            // the open one now rather than at the next tick.
+            let closed = self.ack.close_idle_epoch();
+            self.apply_ack(closed, out);
+        }
         while self.ack.has_room() {
             let Some(w) = self.tx_waiting.pop_front() else {
                 return;
