@@ -1,0 +1,406 @@
+//! Executes what the replication core asks for, the way the daemon would:
+//! packets onto the simulated wire, disk I/O onto the simulated disk, bitmap
+//! and generation changes into the real metadata store; and feeds the I/O
+//! completions back.
+//!
+//! Owns: the caller's side of the `Peer` contract. Must never: second-guess a
+//! core decision (a wrong decision must reach the invariant checks).
+
+use drbdd_metadata::MetaError;
+use drbdd_replication::ack::PeerOutcome;
+use drbdd_replication::peer::{Action, Event, GiUpdate};
+use drbdd_replication::state::{ConnState, DiskState};
+use drbdd_replication::wire::{DATA_DISCARD, DATA_FUA, DATA_ZEROES};
+
+use crate::disk::{decode_blocks, encode_block, BLOCK_BYTES};
+use crate::node::slot_of;
+use crate::world::{Io, World};
+
+/// What one batch of actions contained that the checks care about.
+#[derive(Debug, Default)]
+struct BatchFacts {
+    handshake_done: bool,
+    split_brain: bool,
+}
+
+impl World {
+    /// Feeds one event to node `n`'s peer for `r` and executes its actions.
+    pub(crate) fn peer_event(&mut self, n: usize, r: usize, event: Event<'_>) {
+        if !self.nodes[n].alive {
+            return;
+        }
+        let Some(peer) = self.nodes[n].peers.get_mut(&r) else {
+            return;
+        };
+        let actions = peer.handle(event);
+        self.apply(n, r, actions);
+    }
+
+    fn apply(&mut self, n: usize, r: usize, actions: Vec<Action>) {
+        let mut facts = BatchFacts::default();
+        for action in actions {
+            if !self.nodes[n].alive || self.failure.is_some() {
+                return;
+            }
+            self.log(n, || format!("->n{r} {}", short(&action)));
+            self.execute(n, r, action, &mut facts);
+        }
+        if facts.handshake_done {
+            self.stats.handshakes += 1;
+            self.model_check_split_brain_detected(n, r, facts.split_brain);
+        }
+    }
+
+    fn execute(&mut self, n: usize, r: usize, action: Action, facts: &mut BatchFacts) {
+        let slot = slot_of(n, r);
+        match action {
+            Action::Send(p) => {
+                let mut bytes = Vec::new();
+                p.encode_into(&mut bytes);
+                self.send(n, r, bytes);
+            }
+            Action::CompleteWrite { id, outcome } => self.leg_done(n, r, id, outcome),
+            Action::MarkOutOfSync {
+                offset_bytes,
+                len_bytes,
+            } => {
+                if let Some(meta) = self.nodes[n].meta.as_mut() {
+                    meta.bitmap_set_range(slot, offset_bytes, len_bytes);
+                }
+            }
+            Action::MarkInSync {
+                offset_bytes,
+                len_bytes,
+            } => {
+                if let Some(meta) = self.nodes[n].meta.as_mut() {
+                    meta.bitmap_clear_range(slot, offset_bytes, len_bytes);
+                }
+            }
+            Action::SubmitPeerWrite {
+                seq,
+                offset_bytes,
+                len_bytes,
+                flags,
+                data,
+            } => self.submit_peer_write(n, r, seq, offset_bytes, len_bytes, flags, &data),
+            Action::SubmitPeerFlush { epoch } => {
+                self.submit_io(n, Io::PeerFlush { remote: r, epoch })
+            }
+            Action::ReadForResync {
+                id,
+                offset_bytes,
+                len_bytes,
+            } => {
+                let ok = !self.rng.chance(self.cfg.faults.eio_permille);
+                if !ok {
+                    self.stats.eio_resync_reads += 1;
+                }
+                let io = Io::ResyncRead {
+                    remote: r,
+                    id,
+                    block: offset_bytes / BLOCK_BYTES,
+                    blocks: u64::from(len_bytes).div_ceil(BLOCK_BYTES),
+                    ok,
+                };
+                self.submit_io(n, io);
+            }
+            Action::SubmitResyncWrite {
+                id,
+                offset_bytes,
+                data,
+            } => match decode_blocks(&data) {
+                Some(stamps) => {
+                    let block = offset_bytes / BLOCK_BYTES;
+                    self.submit_io(
+                        n,
+                        Io::ResyncWrite {
+                            remote: r,
+                            id,
+                            block,
+                            stamps,
+                        },
+                    );
+                }
+                None => {
+                    self.violation(format!("n{n}: resync write from n{r} carries corrupt data"))
+                }
+            },
+            Action::UpdateGenerations(u) => self.update_generations(n, r, u),
+            Action::LocalDisk(d) => self.local_disk(n, d),
+            Action::StateChanged(st) => self.state_changed(n, r, st),
+            Action::SizeAgreed { .. } => {}
+            Action::Log(s) | Action::Warn(s) => {
+                if s.starts_with("handshake with node") {
+                    facts.handshake_done = true;
+                }
+                if s.contains("Split-Brain detected") {
+                    facts.split_brain = true;
+                    self.stats.split_brains_detected += 1;
+                    self.model.sb_declared.insert(crate::world::key(n, r));
+                }
+            }
+            Action::Disconnect { .. } => self.close_side(n, r),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn submit_peer_write(
+        &mut self,
+        n: usize,
+        r: usize,
+        seq: u64,
+        offset_bytes: u64,
+        len_bytes: u32,
+        flags: u32,
+        data: &[u8],
+    ) {
+        let blocks = u64::from(len_bytes).div_ceil(BLOCK_BYTES);
+        let stamps = if flags & (DATA_DISCARD | DATA_ZEROES) != 0 {
+            vec![0; usize::try_from(blocks).unwrap_or(0)]
+        } else if let Some(s) = decode_blocks(data) {
+            s
+        } else {
+            self.violation(format!(
+                "n{n}: replicated write from n{r} carries corrupt data"
+            ));
+            return;
+        };
+        // Secondaries log peer writes in their activity log too.
+        if let Err(e) = self.al_activate(n) {
+            self.md_failure(n, &e);
+            return;
+        }
+        let ok = !self.rng.chance(self.cfg.faults.eio_permille);
+        if !ok {
+            self.stats.eio_peer_writes += 1;
+        }
+        let fua = flags & DATA_FUA != 0;
+        let block = offset_bytes / BLOCK_BYTES;
+        self.submit_io(
+            n,
+            Io::PeerWrite {
+                remote: r,
+                seq,
+                block,
+                stamps,
+                fua,
+                ok,
+            },
+        );
+    }
+
+    pub(crate) fn al_activate(&mut self, n: usize) -> Result<(), MetaError> {
+        let meta = self.nodes[n].meta.as_mut().expect("running node");
+        meta.al_activate(&[0]).map(|_| ())
+    }
+
+    pub(crate) fn md_failure(&mut self, n: usize, e: &MetaError) {
+        self.stats.md_write_failures += 1;
+        let why = format!("metadata I/O failed: {e}");
+        self.crash(n, &why);
+    }
+
+    /// Persists the superblock; a failing metadata device takes the node down.
+    pub(crate) fn persist(&mut self, n: usize) {
+        if let Err(e) = self.nodes[n].persist() {
+            self.md_failure(n, &e);
+        }
+    }
+
+    fn update_generations(&mut self, n: usize, r: usize, u: GiUpdate) {
+        let slot = slot_of(n, r);
+        u.apply(&mut self.nodes[n].md_mut().gens, slot);
+        match u {
+            GiUpdate::ResyncStartedAsTarget { .. } => self.model_resync_started(n, r),
+            GiUpdate::ResyncFinishedAsTarget { .. } => {
+                self.stats.resyncs_finished += 1;
+                self.model_resync_finished(n, r);
+            }
+            _ => {}
+        }
+        self.persist(n);
+    }
+
+    fn local_disk(&mut self, n: usize, d: DiskState) {
+        let node = &mut self.nodes[n];
+        node.core.disk = d;
+        let md = node.md_mut();
+        match d {
+            DiskState::Inconsistent => {
+                md.consistent = false;
+                md.was_up_to_date = false;
+            }
+            DiskState::UpToDate => {
+                // The resync data must be durable before the flags say so.
+                node.disk.flush();
+                let md = node.md_mut();
+                md.consistent = true;
+                md.was_up_to_date = true;
+                md.outdated = false;
+            }
+            DiskState::Outdated => md.outdated = true,
+            _ => {}
+        }
+        self.persist(n);
+    }
+
+    fn state_changed(&mut self, n: usize, r: usize, st: drbdd_replication::peer::PeerStatus) {
+        let slot = slot_of(n, r);
+        let primary = self.nodes[n].is_primary();
+        let Some(ps) = self.nodes[n].core.peers.iter_mut().find(|p| p.slot == slot) else {
+            return;
+        };
+        let was = ps.conn;
+        ps.conn = st.conn;
+        ps.repl = st.repl;
+        ps.role = st.peer_role;
+        ps.peer_disk = st.peer_disk;
+        if was == ConnState::Connected && st.conn != ConnState::Connected && primary {
+            // A primary that loses a peer following its writes starts a new
+            // data generation, so the peer's stale data is recognised later.
+            if self.nodes[n].md().gens.bitmaps[slot] == 0 {
+                let uuid = self.rng.uuid();
+                self.nodes[n]
+                    .md_mut()
+                    .gens
+                    .start_new_generation(uuid, &[slot]);
+                self.persist(n);
+            }
+        }
+    }
+
+    /// A peer leg of an application request ended.
+    fn leg_done(&mut self, n: usize, r: usize, id: u64, outcome: PeerOutcome) {
+        let Some(op) = self.nodes[n].ops.get_mut(&id) else {
+            return;
+        };
+        if let Some(leg) = op.legs.get_mut(&r) {
+            *leg = Some(outcome);
+        }
+        self.maybe_complete(n, id);
+    }
+
+    /// A disk I/O completed on node `n`.
+    pub(crate) fn disk_done(&mut self, n: usize, io: Io) {
+        match io {
+            Io::AppWrite {
+                id,
+                block,
+                stamp,
+                fua,
+            } => {
+                self.nodes[n].disk.write(block, stamp, fua);
+                if let Some(meta) = self.nodes[n].meta.as_mut() {
+                    meta.al_release(&[0]);
+                }
+                if let Some(op) = self.nodes[n].ops.get_mut(&id) {
+                    op.local_done = true;
+                }
+                for r in self.nodes[n].peers.keys().copied().collect::<Vec<_>>() {
+                    self.peer_event(n, r, drbdd_replication::peer::Event::LocalWriteDone { id });
+                }
+                self.maybe_complete(n, id);
+            }
+            Io::AppFlush { id } => {
+                self.nodes[n].disk.flush();
+                if let Some(op) = self.nodes[n].ops.get_mut(&id) {
+                    op.local_done = true;
+                }
+                self.maybe_complete(n, id);
+            }
+            Io::AppRead { id, block, eio } => self.read_done(n, id, block, eio),
+            Io::PeerWrite {
+                remote,
+                seq,
+                block,
+                stamps,
+                fua,
+                ok,
+            } => {
+                if ok {
+                    for (b, s) in (block..).zip(stamps) {
+                        self.nodes[n].disk.write(b, s, fua);
+                    }
+                }
+                if let Some(meta) = self.nodes[n].meta.as_mut() {
+                    meta.al_release(&[0]);
+                }
+                self.peer_event(
+                    n,
+                    remote,
+                    drbdd_replication::peer::Event::PeerWriteDone { seq, ok },
+                );
+            }
+            Io::PeerFlush { remote, epoch } => {
+                self.nodes[n].disk.flush();
+                self.peer_event(
+                    n,
+                    remote,
+                    drbdd_replication::peer::Event::PeerFlushDone { epoch },
+                );
+            }
+            Io::ResyncRead {
+                remote,
+                id,
+                block,
+                blocks,
+                ok,
+            } => {
+                let data = ok.then(|| {
+                    let mut buf = Vec::new();
+                    for b in block..block + blocks {
+                        encode_block(self.nodes[n].disk.read(b), &mut buf);
+                    }
+                    buf
+                });
+                self.peer_event(
+                    n,
+                    remote,
+                    drbdd_replication::peer::Event::ResyncReadDone { id, data },
+                );
+            }
+            Io::ResyncWrite {
+                remote,
+                id,
+                block,
+                stamps,
+            } => {
+                for (b, s) in (block..).zip(stamps) {
+                    self.nodes[n].disk.write(b, s, false);
+                }
+                self.peer_event(
+                    n,
+                    remote,
+                    drbdd_replication::peer::Event::ResyncWriteDone { id },
+                );
+            }
+        }
+    }
+}
+
+/// A one-line rendering of an action without bulk payloads.
+fn short(a: &Action) -> String {
+    match a {
+        Action::Send(p) => format!("send {}", p.name()),
+        Action::SubmitPeerWrite {
+            seq,
+            offset_bytes,
+            len_bytes,
+            flags,
+            ..
+        } => {
+            format!("SubmitPeerWrite seq {seq} off {offset_bytes} len {len_bytes} flags {flags}")
+        }
+        Action::SubmitResyncWrite {
+            id,
+            offset_bytes,
+            data,
+        } => {
+            format!(
+                "SubmitResyncWrite id {id} off {offset_bytes} len {}",
+                data.len()
+            )
+        }
+        other => format!("{other:?}"),
+    }
+}

@@ -1,0 +1,303 @@
+//! The reference model and the invariant checks.
+//!
+//! Owns: what each node is known to hold. `acked[n][b]` is the newest write
+//! stamp of block b that node n must return (raised when a write is
+//! acknowledged to the application: on the primary, and under protocol C on
+//! every peer whose leg was acknowledged); `flushed[n][b]` is the newest
+//! stamp that must survive a crash of n (raised when a flush completes).
+//! Stamps grow with time, so "not older than" is `>=`. `ahead[a][b]`: a has
+//! acknowledged writes b never received (their leg to b went out of sync).
+//! Must never: peek at core internals to decide what is right; it judges the
+//! core only by what an application and an operator can observe.
+
+use std::collections::BTreeSet;
+
+use drbdd_replication::ack::{PeerOutcome, Protocol};
+use drbdd_replication::state::{ConnState, DiskState, ReplState};
+
+use crate::node::{OpKind, DEV_BLOCKS};
+use crate::world::{key, World};
+use crate::Mutation;
+
+/// See the module documentation.
+#[derive(Debug, Clone)]
+pub(crate) struct Model {
+    pub(crate) acked: Vec<Vec<u64>>,
+    pub(crate) flushed: Vec<Vec<u64>>,
+    pub(crate) ahead: Vec<Vec<bool>>,
+    /// Connections on which a split brain was detected (until it is resolved).
+    pub(crate) sb_declared: BTreeSet<(usize, usize)>,
+    /// stamp -> block it was written to.
+    pub(crate) stamp_block: std::collections::BTreeMap<u64, u64>,
+}
+
+impl Model {
+    pub(crate) fn new(nodes: usize) -> Self {
+        let blocks = usize::try_from(DEV_BLOCKS).expect("small");
+        Self {
+            acked: vec![vec![0; blocks]; nodes],
+            flushed: vec![vec![0; blocks]; nodes],
+            ahead: vec![vec![false; nodes]; nodes],
+            sb_declared: BTreeSet::new(),
+            stamp_block: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+fn bi(block: u64) -> usize {
+    usize::try_from(block).expect("block index fits usize")
+}
+
+impl World {
+    /// Completes an application request once its legs allow it.
+    pub(crate) fn maybe_complete(&mut self, n: usize, id: u64) {
+        let Some(op) = self.nodes[n].ops.get(&id) else {
+            return;
+        };
+        if matches!(op.kind, OpKind::Read { .. }) || !op.local_done {
+            return;
+        }
+        let legs_done = op.legs.values().all(Option::is_some);
+        // The mutation: protocol C requests complete on the local leg alone.
+        if !legs_done && self.mutation() != Mutation::AckOnLocalOnly {
+            return;
+        }
+        let op = self.nodes[n].ops.remove(&id).expect("checked");
+        match op.kind {
+            OpKind::Write { block, stamp, fua } => {
+                self.write_acked(n, block, stamp, fua, &op.legs, &op.boots)
+            }
+            OpKind::Flush { floors } => self.flush_acked(n, &floors, &op.legs, &op.boots),
+            OpKind::Read { .. } => unreachable!("reads complete in read_done"),
+        }
+    }
+
+    fn write_acked(
+        &mut self,
+        n: usize,
+        block: u64,
+        stamp: u64,
+        fua: bool,
+        legs: &std::collections::BTreeMap<usize, Option<PeerOutcome>>,
+        boots: &[u64],
+    ) {
+        self.stats.writes_acked += 1;
+        if fua {
+            self.stats.fua_writes_acked += 1;
+            self.model.flushed[n][bi(block)] = stamp;
+        }
+        self.model.acked[n][bi(block)] = stamp;
+        let c = self.protocol() == Protocol::C;
+        for (&x, outcome) in legs {
+            let same_boot = self.nodes[x].alive && self.nodes[x].boot == boots[x];
+            match outcome {
+                Some(PeerOutcome::Acked) if c && same_boot => {
+                    let has = self.nodes[x].disk.read(block);
+                    if has != stamp {
+                        self.violation(format!(
+                            "protocol C: n{x} acknowledged write {stamp} to block {block} but holds {has}"
+                        ));
+                    }
+                    self.model.acked[x][bi(block)] = stamp;
+                }
+                Some(PeerOutcome::OutOfSync) => self.model.ahead[n][x] = true,
+                _ => {}
+            }
+            // Whatever the legs say: a peer that is UpToDate, replicating
+            // and not marked out of sync for this block must hold the write.
+            if c && same_boot && self.in_sync_up_to_date(n, x, block) {
+                let has = self.nodes[x].disk.read(block);
+                if has != stamp {
+                    self.violation(format!(
+                        "protocol C: write {stamp} to block {block} acknowledged on n{n} while UpToDate peer n{x} (in sync for that block) holds {has}"
+                    ));
+                }
+            }
+        }
+    }
+
+    /// `n` sees `x` as an UpToDate peer, replicating, with `block` in sync.
+    fn in_sync_up_to_date(&self, n: usize, x: usize, block: u64) -> bool {
+        let Some(p) = self.nodes[n].peers.get(&x) else {
+            return false;
+        };
+        let st = p.status();
+        st.conn == ConnState::Connected
+            && st.repl == ReplState::Established
+            && st.peer_disk == DiskState::UpToDate
+            && !p.bitmap().is_set(block)
+    }
+
+    fn flush_acked(
+        &mut self,
+        n: usize,
+        floors: &[Vec<u64>],
+        legs: &std::collections::BTreeMap<usize, Option<PeerOutcome>>,
+        boots: &[u64],
+    ) {
+        self.stats.flushes_acked += 1;
+        let mut holders = vec![n];
+        if self.protocol() == Protocol::C {
+            holders.extend(legs.iter().filter_map(|(&x, o)| {
+                let same_boot = self.nodes[x].alive && self.nodes[x].boot == boots[x];
+                (*o == Some(PeerOutcome::Acked) && same_boot).then_some(x)
+            }));
+        }
+        for x in holders {
+            for b in 0..DEV_BLOCKS {
+                let floor = floors[x][bi(b)];
+                let durable = self.nodes[x].disk.read_durable(b);
+                if durable < floor {
+                    self.violation(format!(
+                        "flush completed on n{n}, but n{x} block {b} durably holds {durable}, older than acknowledged write {floor}"
+                    ));
+                    return;
+                }
+                let f = &mut self.model.flushed[x][bi(b)];
+                *f = (*f).max(floor);
+            }
+        }
+    }
+
+    pub(crate) fn read_done(&mut self, n: usize, id: u64, block: u64, eio: bool) {
+        let Some(op) = self.nodes[n].ops.remove(&id) else {
+            return;
+        };
+        let OpKind::Read { floor, .. } = op.kind else {
+            return;
+        };
+        if eio {
+            self.stats.eio_app_reads += 1;
+            return; // the application sees EIO; nothing to check
+        }
+        self.stats.reads_checked += 1;
+        let got = self.nodes[n].disk.read(block);
+        if got < floor {
+            self.violation(format!(
+                "read of block {block} on primary n{n} returned write {got}, older than acknowledged write {floor}"
+            ));
+        }
+        self.check_stamp_belongs(n, block, got);
+    }
+
+    fn check_stamp_belongs(&mut self, n: usize, block: u64, stamp: u64) {
+        if stamp != 0 && self.model.stamp_block.get(&stamp) != Some(&block) {
+            self.violation(format!(
+                "n{n} block {block} holds write {stamp}, which was never written there"
+            ));
+        }
+    }
+
+    /// A crash keeps only what was flushed.
+    pub(crate) fn model_crash(&mut self, n: usize) {
+        self.model.acked[n] = self.model.flushed[n].clone();
+    }
+
+    /// Every handshake between nodes that both have writes the other lacks
+    /// must detect split brain.
+    pub(crate) fn model_check_split_brain_detected(&mut self, n: usize, r: usize, detected: bool) {
+        if self.model.ahead[n][r] && self.model.ahead[r][n] && !detected {
+            self.violation(format!(
+                "split brain not detected: n{n} and n{r} both have acknowledged writes the other never saw, and their handshake found no split brain"
+            ));
+        }
+    }
+
+    /// `t` becomes sync target of `s`: legal unless t has acknowledged
+    /// writes s lacks and no split brain was detected (silent discard).
+    pub(crate) fn model_resync_started(&mut self, t: usize, s: usize) {
+        if self.model.ahead[t][s] && !self.model.sb_declared.contains(&key(t, s)) {
+            self.violation(format!(
+                "n{t} became sync target of n{s} although it has acknowledged writes n{s} never saw and no split brain was detected (they would be silently discarded)"
+            ));
+        }
+    }
+
+    pub(crate) fn model_resync_finished(&mut self, t: usize, s: usize) {
+        self.model.acked[t] = self.model.acked[s].clone();
+        self.model.flushed[t] = self.model.acked[s].clone();
+        self.model.ahead[t][s] = false;
+        self.model.ahead[s][t] = false;
+        if self.model.sb_declared.remove(&key(t, s)) {
+            self.stats.split_brain_resolutions += 1;
+        }
+    }
+
+    /// Two primaries must never be connected (no dual-primary here).
+    pub(crate) fn check_two_primaries(&mut self) {
+        let prim: Vec<usize> = (0..self.nodes.len())
+            .filter(|&n| self.nodes[n].is_primary())
+            .collect();
+        for &a in &prim {
+            for &b in &prim {
+                let connected = |x: usize, y: usize| {
+                    self.nodes[x]
+                        .peers
+                        .get(&y)
+                        .is_some_and(|p| p.status().conn == ConnState::Connected)
+                };
+                if a < b && connected(a, b) && connected(b, a) {
+                    self.violation(format!("n{a} and n{b} are both Primary and connected"));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// True once every link is up and replicating, every disk UpToDate and
+    /// no block out of sync.
+    pub(crate) fn converged(&self) -> bool {
+        self.links.keys().all(|&(a, b)| {
+            [(a, b), (b, a)].iter().all(|&(x, y)| {
+                self.nodes[x].alive
+                    && self.nodes[x].up_to_date()
+                    && self.nodes[x].ops.is_empty()
+                    && self.nodes[x].peers.get(&y).is_some_and(|p| {
+                        let st = p.status();
+                        st.conn == ConnState::Connected
+                            && st.repl == ReplState::Established
+                            && p.bitmap().count() == 0
+                    })
+            })
+        })
+    }
+
+    /// The end-of-run checks after healing.
+    pub(crate) fn final_checks(&mut self) {
+        let first = self.nodes[0].disk.image();
+        for n in 0..self.nodes.len() {
+            let image = self.nodes[n].disk.image();
+            for b in 0..DEV_BLOCKS {
+                let got = image[bi(b)];
+                self.check_stamp_belongs(n, b, got);
+                if got != first[bi(b)] {
+                    self.violation(format!(
+                        "after healing and resync, UpToDate replicas differ: block {b} is {} on n0 and {got} on n{n}",
+                        first[bi(b)]
+                    ));
+                }
+                let floor = self.model.acked[n][bi(b)];
+                if got < floor {
+                    self.violation(format!(
+                        "after healing, UpToDate n{n} block {b} holds {got}, older than acknowledged write {floor} (stale data claimed UpToDate)"
+                    ));
+                }
+            }
+        }
+    }
+
+    /// A restarted primary stops being a crashed primary once every peer
+    /// has been handled by a handshake.
+    pub(crate) fn clear_crashed_primary(&mut self, n: usize) {
+        if !self.nodes[n].md().crashed_primary {
+            return;
+        }
+        let all = self.nodes[n].peers.values().all(|p| {
+            p.status().conn == ConnState::Connected && p.status().repl == ReplState::Established
+        });
+        if all {
+            self.nodes[n].md_mut().crashed_primary = false;
+            self.persist(n);
+        }
+    }
+}
