@@ -285,3 +285,24 @@ fn check_and_dump_validate_the_config_without_a_daemon() {
     assert_eq!(out.code, 10, "{out:?}");
     assert!(out.stderr.contains("bad.toml"), "{out:?}");
 }
+
+#[test]
+fn adjust_brings_up_configured_resources_and_rejects_a_broken_config() {
+    let mut n = TestNode::new();
+    n.ctl_ok(&["create-md", "r0"]);
+    n.start_daemon();
+    n.ctl_ok(&["adjust"]);
+    assert!(n.ctl_ok(&["status"]).starts_with("r0 role:Secondary\n"));
+    n.ctl_ok(&["adjust", "r0"]);
+    std::fs::write(
+        n.config_dir().join("resources.d/broken.toml"),
+        "resource = \"broken\"\nnonsense = true\n",
+    )
+    .expect("write broken config");
+    let out = n.ctl(&["adjust"]);
+    assert_eq!(out.code, 10, "{out:?}");
+    assert!(out.stderr.contains("nothing changed"), "{out:?}");
+    assert!(n
+        .ctl_ok(&["status", "r0"])
+        .starts_with("r0 role:Secondary\n"));
+}

@@ -376,3 +376,132 @@ fn tail(text: &str, lines: usize) -> String {
     let v: Vec<&str> = text.lines().collect();
     v[v.len().saturating_sub(lines)..].join("\n")
 }
+
+/// A userspace TCP proxy between two nodes that can delay, black-hole
+/// (silently drop everything while keeping sockets open) or cut (close every
+/// connection and refuse new ones) the traffic, both ways.
+#[derive(Debug)]
+pub struct Proxy {
+    pub port: u16,
+    state: std::sync::Arc<ProxyState>,
+}
+
+#[derive(Debug, Default)]
+struct ProxyState {
+    delay_ms: std::sync::atomic::AtomicU64,
+    blackhole: std::sync::atomic::AtomicBool,
+    cut: std::sync::atomic::AtomicBool,
+    stop: std::sync::atomic::AtomicBool,
+    live: std::sync::Mutex<Vec<std::net::TcpStream>>,
+    connections: std::sync::atomic::AtomicU64,
+}
+
+impl Proxy {
+    /// Forwards connections on a free local port to `127.0.0.1:target_port`.
+    pub fn start(target_port: u16) -> Proxy {
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let state = std::sync::Arc::new(ProxyState::default());
+        let st = std::sync::Arc::clone(&state);
+        std::thread::spawn(move || {
+            while !st.stop.load(SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                if st.cut.load(SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target_port)) else {
+                    continue;
+                };
+                client.set_nonblocking(false).unwrap();
+                st.connections.fetch_add(1, SeqCst);
+                {
+                    let mut live = st.live.lock().unwrap();
+                    live.push(client.try_clone().unwrap());
+                    live.push(server.try_clone().unwrap());
+                }
+                for (from, to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let st = std::sync::Arc::clone(&st);
+                    std::thread::spawn(move || pump(from, to, &st));
+                }
+            }
+        });
+        Proxy { port, state }
+    }
+
+    pub fn set_delay_ms(&self, ms: u64) {
+        self.state
+            .delay_ms
+            .store(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn set_blackhole(&self, on: bool) {
+        self.state
+            .blackhole
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Cuts every connection (both ways) and refuses new ones until `heal`.
+    pub fn cut(&self) {
+        self.state
+            .cut
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for s in self.state.live.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    pub fn heal(&self) {
+        self.state
+            .cut
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.set_blackhole(false);
+    }
+
+    /// Connections accepted and forwarded so far.
+    pub fn connections(&self) -> u64 {
+        self.state
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.state
+            .stop
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.cut();
+    }
+}
+
+fn pump(mut from: std::net::TcpStream, mut to: std::net::TcpStream, st: &ProxyState) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if st.blackhole.load(SeqCst) {
+            continue;
+        }
+        let delay = st.delay_ms.load(SeqCst);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_millis(delay));
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+    let _ = from.shutdown(std::net::Shutdown::Both);
+}
