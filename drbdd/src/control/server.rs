@@ -32,6 +32,18 @@ impl Responder {
         line.push(b'\n');
         self.stream.write_all(&line)
     }
+
+    /// True when the client closed its end (checked without blocking or
+    /// consuming input).
+    pub fn client_gone(&self) -> bool {
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+        match rustix::net::recv(&self.stream, &mut probe[..], flags) {
+            Ok((_, 0)) => true,
+            Ok(_) => false,
+            Err(e) => e != rustix::io::Errno::WOULDBLOCK && e != rustix::io::Errno::INTR,
+        }
+    }
 }
 
 /// Executes valid commands (the daemon).

@@ -13,7 +13,12 @@ use crate::control::render;
 use crate::control::server::{Dispatch, Responder};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// How often an idle events stream checks whether its client is still there.
+const EVENTS_IDLE_CHECK: Duration = Duration::from_secs(1);
 
 /// Daemon-wide settings.
 #[derive(Debug, Clone)]
@@ -184,9 +189,17 @@ impl Daemon {
         if out.send(&Response::event("exists -".into())).is_err() || now {
             return;
         }
-        while let Ok(line) = rx.recv() {
-            if out.send(&Response::event(line)).is_err() {
-                return;
+        // Wake up now and then to notice a client that went away while no
+        // events happened, so its thread and subscription do not linger.
+        loop {
+            match rx.recv_timeout(EVENTS_IDLE_CHECK) {
+                Ok(line) => {
+                    if out.send(&Response::event(line)).is_err() {
+                        return;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) if !out.client_gone() => {}
+                Err(_) => return,
             }
         }
     }
