@@ -8,7 +8,9 @@ mod local;
 
 use clap::{Parser, Subcommand};
 use drbdd::control::client::{Client, ClientError};
-use drbdd::control::proto::{Command, Response, DEFAULT_RUN_DIR, EXIT_FAILED, EXIT_UNREACHABLE};
+use drbdd::control::proto::{
+    Command, Response, DEFAULT_RUN_DIR, EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE,
+};
 use drbdd::control::render;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -133,7 +135,18 @@ impl From<ClientError> for Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // drbdadm's usage errors exit 1 (clap's default is 2); --help/--version exit 0.
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {

@@ -306,3 +306,40 @@ fn adjust_brings_up_configured_resources_and_rejects_a_broken_config() {
         .ctl_ok(&["status", "r0"])
         .starts_with("r0 role:Secondary\n"));
 }
+
+#[test]
+fn drbdctl_reports_a_daemon_speaking_another_protocol_version() {
+    use std::io::Write;
+    let n = TestNode::new();
+    std::fs::create_dir_all(n.run_dir()).expect("run dir");
+    let listener = std::os::unix::net::UnixListener::bind(n.socket()).expect("bind fake daemon");
+    let fake = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut line = String::new();
+        BufReader::new(s.try_clone().expect("clone"))
+            .read_line(&mut line)
+            .expect("read request");
+        s.write_all(
+            b"{\"version\":2,\"error\":{\"kind\":\"version-mismatch\",\"message\":\"x\"}}\n",
+        )
+        .expect("answer");
+    });
+    let out = n.ctl(&["status"]);
+    fake.join().expect("fake daemon");
+    assert_eq!(out.code, 10, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("drbdctl speaks control protocol 1, daemon speaks 2: upgrade"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn usage_errors_exit_1_and_help_exits_0() {
+    let n = TestNode::new();
+    assert_eq!(n.ctl(&["frobnicate"]).code, 1);
+    assert_eq!(n.ctl(&["primary"]).code, 1, "missing resource");
+    let help = n.ctl(&["primary", "--help"]);
+    assert_eq!(help.code, 0);
+    assert!(help.stdout.contains("--force"), "{help:?}");
+}
