@@ -246,6 +246,7 @@ mod tests {
         connected.peers[0].connection = ConnState::Connected;
         connected.peers[0].role = Role::Secondary;
         connected.peers[0].peer_disk = DiskState::UpToDate;
+        connected.peers[0].replication = ReplState::Established;
         assert_eq!(
             status_text(&connected, false, false),
             "r0 role:Secondary\n  disk:Inconsistent\n  bob role:Secondary\n    peer-disk:UpToDate\n"
