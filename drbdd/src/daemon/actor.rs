@@ -10,19 +10,21 @@
 
 use super::events::EventBus;
 use super::md::{self, MdLocation};
-use crate::control::proto::{DeviceStats, ErrorKind, PeerStatus, ResourceStatus};
+use crate::control::proto::{ErrorKind, PeerStatus, ResourceStatus};
 use crate::control::render;
-use crate::metadev::FileMetaDevice;
 use crate::pipeline::{Pipeline, PipelineEvent};
 use drbdd_config::{Node, Resource};
-use drbdd_metadata::MetaStore;
 use drbdd_replication::resource::{Action, Command, PeerState, Refusal, ResourceCore};
+use std::path::Path;
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+#[path = "datapath.rs"]
+mod datapath;
 #[path = "peers.rs"]
 mod peers;
+use datapath::{lock_meta, DataPath, SharedMeta};
 pub use peers::PeerMsg;
 
 /// A failed admin command: kind (exit code) and message.
@@ -93,13 +95,14 @@ impl ResourceHandle {
         res: Resource,
         node_name: &str,
         events: Arc<EventBus>,
+        run_dir: &Path,
     ) -> Result<Self, AdminError> {
-        let mut actor = Actor::new(res, node_name, events)?;
+        let (tx, rx) = channel();
+        let mut actor = Actor::new(res, node_name, events, run_dir, tx.clone())?;
         if actor.local_node().disk.is_some() {
             actor.attach()?;
         }
         actor.publish_lines(render::events_create(&actor.status()));
-        let (tx, rx) = channel();
         if actor.store.is_some() {
             if let Err(e) = actor.start_peers(tx.clone()) {
                 return Err((ErrorKind::Failed, format!("cannot start replication: {e}")));
@@ -179,21 +182,32 @@ struct Actor {
     core: ResourceCore,
     res: Resource,
     node_name: String,
-    store: Option<MetaStore<FileMetaDevice>>,
-    /// The data path, once the pipeline is wired in (frontends talk to it
+    /// The metadata store, shared with the pipeline (see `datapath.rs`).
+    store: Option<SharedMeta>,
+    /// The request pipeline while a disk is attached (frontends talk to it
     /// through `blockio::BlockTarget`).
     pipeline: Option<Arc<Pipeline>>,
+    /// NBD listeners and the export of the pipeline.
+    data: DataPath,
     events: Arc<EventBus>,
     /// Peer connections (see `peers.rs`), once started.
     peers: Option<peers::Peers>,
 }
 
 impl Actor {
-    fn new(res: Resource, node_name: &str, events: Arc<EventBus>) -> Result<Self, AdminError> {
+    fn new(
+        res: Resource,
+        node_name: &str,
+        events: Arc<EventBus>,
+        run_dir: &Path,
+        tx: Sender<ActorMsg>,
+    ) -> Result<Self, AdminError> {
         res.local_node(node_name)
             .map_err(|e| (ErrorKind::Failed, e.to_string()))?;
         let peers = peer_states(&res, node_name);
+        let data = DataPath::new(&res, node_name, run_dir, tx)?;
         Ok(Actor {
+            data,
             core: ResourceCore::new(&res.name, peers),
             res,
             node_name: node_name.to_owned(),
@@ -245,7 +259,7 @@ impl Actor {
                 false
             }
             ActorMsg::Pipeline(ev) => {
-                tracing::warn!(resource = %self.core.name, event = ?ev, "pipeline event");
+                self.on_pipeline_event(ev);
                 false
             }
             ActorMsg::Session { client, open } => {
@@ -286,7 +300,11 @@ impl Actor {
                 Ok(format!("{name}: Primary"))
             }
             AdminCmd::Secondary => {
-                self.step(Command::Demote)?;
+                self.gate_for_demote()?;
+                if let Err(e) = self.step(Command::Demote) {
+                    self.reopen_gate();
+                    return Err(e);
+                }
                 self.peers_role_changed(false);
                 Ok(format!("{name}: Secondary"))
             }
@@ -319,13 +337,13 @@ impl Actor {
     fn execute(&mut self, action: Action) -> Result<(), AdminError> {
         match action {
             Action::PersistSuperblock(view) => {
-                let store = self.store.as_mut().ok_or_else(|| {
+                let store = self.store.as_ref().ok_or_else(|| {
                     (
                         ErrorKind::Failed,
                         "no metadata attached to persist".to_owned(),
                     )
                 })?;
-                store
+                lock_meta(store)
                     .update_superblock(|sb| md::apply_view(sb, &view))
                     .map_err(|e| (ErrorKind::Failed, format!("metadata write failed: {e}")))
             }
@@ -336,14 +354,7 @@ impl Actor {
                 Ok(())
             }
             Action::CloseBacking => {
-                if let Some(p) = self.pipeline.take() {
-                    let _ = p.shutdown();
-                }
-                if let Some(mut store) = self.store.take() {
-                    if let Err(e) = store.close_clean() {
-                        tracing::warn!(resource = %self.core.name, error = %e, "metadata not closed cleanly");
-                    }
-                }
+                self.close_backing();
                 Ok(())
             }
         }
@@ -376,12 +387,7 @@ impl Actor {
                 .update_superblock(|s| *s = sb.clone())
                 .map_err(|e| (ErrorKind::Failed, format!("metadata write failed: {e}")))?;
         }
-        let view = md::view_of(store.superblock());
-        self.core
-            .handle(Command::Attach { md: view })
-            .map_err(refusal)?;
-        self.store = Some(store);
-        Ok(())
+        self.attach_store(store)
     }
 
     fn reconfigure(&mut self, res: Resource) -> AdminResult {
@@ -399,8 +405,10 @@ impl Actor {
     }
 
     fn persist_on_stop(&mut self) {
+        self.stop_data_path();
         let view = self.core.md.clone();
-        if let (Some(store), Some(view)) = (self.store.as_mut(), view) {
+        if let (Some(store), Some(view)) = (self.store.as_ref(), view) {
+            let mut store = lock_meta(store);
             let res = store
                 .update_superblock(|sb| md::apply_view(sb, &view))
                 .and_then(|()| store.close_clean());
@@ -419,7 +427,7 @@ impl Actor {
         let size_bytes = self
             .store
             .as_ref()
-            .map_or(0, |s| s.superblock().data_size_bytes);
+            .map_or(0, |s| lock_meta(s).superblock().data_size_bytes);
         let mut peers: Vec<PeerStatus> = self
             .core
             .peers
@@ -437,7 +445,7 @@ impl Actor {
             size_bytes,
             open_clients: self.core.open_clients.clone(),
             current_uuid: self.core.md.as_ref().map(|m| m.gens.current),
-            stats: DeviceStats::default(),
+            stats: self.data.stats(self.pipeline.as_ref()),
             peers,
         }
     }

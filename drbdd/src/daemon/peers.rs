@@ -321,7 +321,9 @@ impl Actor {
     /// Runs `f` on the metadata store (None when no disk is attached). The
     /// one place that knows how the actor holds the store.
     fn with_store<R>(&mut self, f: impl FnOnce(&mut MetaStore<FileMetaDevice>) -> R) -> Option<R> {
-        self.store.as_mut().map(f)
+        self.store
+            .as_ref()
+            .map(|s| f(&mut super::datapath::lock_meta(s)))
     }
 
     fn data_size_bytes(&mut self) -> u64 {

@@ -87,7 +87,12 @@ impl Daemon {
             return Ok(format!("{name} is already up"));
         }
         let res = self.load_resource(name)?;
-        let handle = ResourceHandle::start(res, &self.cfg.node_name, Arc::clone(&self.events))?;
+        let handle = ResourceHandle::start(
+            res,
+            &self.cfg.node_name,
+            Arc::clone(&self.events),
+            &self.cfg.run_dir,
+        )?;
         tracing::info!(resource = %name, "resource up");
         self.lock().insert(name.to_owned(), handle);
         Ok(String::new())

@@ -1,0 +1,475 @@
+//! The data path of one resource: the request [`Pipeline`] over the local
+//! backing device and the NBD listeners that export it.
+//!
+//! Owns: activity-log crash recovery at attach, starting and stopping the
+//! pipeline, the per-resource NBD servers (`<run-dir>/<res>.nbd`, mode 0600,
+//! plus TCP when the node has `nbd-listen`), the export table entry (export
+//! name = resource name), telling the actor when a client opens or closes the
+//! device, and the device I/O counters of `drbdctl status --statistics`.
+//!
+//! Must never: change the resource's state (the actor feeds the core), let a
+//! client do I/O while the role forbids it (the pipeline gates opens and
+//! requests), or hold the metadata lock while waiting for the pipeline.
+
+use super::{refusal, Actor, ActorMsg, AdminError};
+use crate::control::proto::{DeviceStats, ErrorKind};
+use crate::metadev::FileMetaDevice;
+use crate::pipeline::{self, OnIoError, Pipeline, PipelineConfig, PipelineEvent};
+use drbdd_blockio::{
+    AlignedBuf, BlockError, BlockOp, BlockRequest, BlockSession, BlockTarget, Completion, Geometry,
+};
+use drbdd_config::{Node, Resource};
+use drbdd_metadata::MetaStore;
+use drbdd_nbd::{ExportLookup, NbdServer, NbdServerHandle, ServerOptions};
+use drbdd_replication::resource::Command;
+use drbdd_replication::state::{DiskState, Role};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+/// The metadata store, shared between the actor and the pipeline.
+pub(super) type SharedMeta = Arc<Mutex<MetaStore<FileMetaDevice>>>;
+
+/// The NBD export table of one resource (one entry at most: the resource).
+type Exports = RwLock<HashMap<String, Arc<dyn BlockTarget>>>;
+
+/// Locks the shared metadata store (a poisoned lock still holds valid data:
+/// every metadata update is crash-safe on its own).
+pub(super) fn lock_meta(meta: &SharedMeta) -> MutexGuard<'_, MetaStore<FileMetaDevice>> {
+    meta.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The Unix socket a resource's NBD export listens on.
+pub(super) fn nbd_socket_path(run_dir: &Path, resource: &str) -> PathBuf {
+    run_dir.join(format!("{resource}.nbd"))
+}
+
+/// At attach, before the state machine reads the superblock: if the node
+/// stopped uncleanly, marks the logged activity-log extents out of sync for
+/// every peer slot and clears the crash flags (see
+/// [`pipeline::recover_after_crash`]).
+pub(super) fn recover_after_crash(
+    store: &mut MetaStore<FileMetaDevice>,
+    resource: &str,
+) -> Result<(), AdminError> {
+    let rec = pipeline::recover_after_crash(store).map_err(|e| {
+        (
+            ErrorKind::Failed,
+            format!("{resource}: activity-log recovery failed: {e}; check the metadata (drbdctl check-md {resource})"),
+        )
+    })?;
+    if !rec.extents.is_empty() {
+        tracing::warn!(
+            resource,
+            extents = rec.extents.len(),
+            slots = ?rec.slots,
+            "unclean stop: activity-log extents marked out of sync for the peers"
+        );
+    }
+    Ok(())
+}
+
+/// The pipeline settings for `node` of `res` exporting `data_size_bytes`.
+fn pipeline_config(res: &Resource, data_path: PathBuf, data_size_bytes: u64) -> PipelineConfig {
+    let mut cfg = PipelineConfig::new(data_path, data_size_bytes);
+    cfg.disk_flushes = res.disk.disk_flushes;
+    cfg.md_flushes = res.disk.md_flushes;
+    cfg.on_io_error = match res.disk.on_io_error {
+        drbdd_config::OnIoError::Detach => OnIoError::Detach,
+        drbdd_config::OnIoError::PassOn => OnIoError::PassOn,
+        drbdd_config::OnIoError::CallLocalIoError => OnIoError::CallLocalIoError,
+    };
+    cfg
+}
+
+/// I/O counters of the local device as the frontends see it.
+#[derive(Debug, Default)]
+struct Counters {
+    read_bytes: AtomicU64,
+    written_bytes: AtomicU64,
+    upper_pending: AtomicU64,
+}
+
+/// The per-resource data path: NBD listeners and the export of the pipeline.
+#[derive(Debug)]
+pub(super) struct DataPath {
+    resource: String,
+    tx: Sender<ActorMsg>,
+    counters: Arc<Counters>,
+    exports: Arc<Exports>,
+    servers: Vec<NbdServerHandle>,
+    socket_path: Option<PathBuf>,
+}
+
+impl DataPath {
+    /// Starts the NBD listeners `res` has on `node_name` (none when its
+    /// frontends do not include nbd). The export appears once a disk is
+    /// attached ([`DataPath::start_pipeline`]).
+    pub(super) fn new(
+        res: &Resource,
+        node_name: &str,
+        run_dir: &Path,
+        tx: Sender<ActorMsg>,
+    ) -> Result<Self, AdminError> {
+        let mut dp = DataPath {
+            resource: res.name.clone(),
+            tx,
+            counters: Arc::default(),
+            exports: Arc::new(RwLock::new(HashMap::new())),
+            servers: Vec::new(),
+            socket_path: None,
+        };
+        let fronts = res.frontends_for(node_name);
+        if !fronts.nbd {
+            return Ok(dp);
+        }
+        let opts = ServerOptions {
+            description: Some(format!("drbdd resource {}", res.name)),
+            ..ServerOptions::default()
+        };
+        let exports: Arc<dyn ExportLookup> = dp.exports.clone();
+        let path = nbd_socket_path(run_dir, &res.name);
+        let unix = NbdServer::serve_unix(&path, Arc::clone(&exports), opts.clone())
+            .map_err(|e| nbd_err(&res.name, &e))?;
+        dp.servers.push(unix);
+        dp.socket_path = Some(path);
+        if let Some(addr) = fronts.nbd_tcp {
+            let tcp =
+                NbdServer::serve_tcp(addr, exports, opts).map_err(|e| nbd_err(&res.name, &e))?;
+            dp.servers.push(tcp);
+        }
+        Ok(dp)
+    }
+
+    /// Opens the backing device of `node` through a new pipeline over `meta`,
+    /// lets it take I/O when `primary`, and exports it.
+    pub(super) fn start_pipeline(
+        &self,
+        res: &Resource,
+        node: &Node,
+        meta: &SharedMeta,
+        primary: bool,
+    ) -> Result<Arc<Pipeline>, AdminError> {
+        let data_path = node.disk.clone().ok_or_else(|| {
+            (
+                ErrorKind::Failed,
+                format!("{}: node {} is diskless", res.name, node.name),
+            )
+        })?;
+        let data_size_bytes = lock_meta(meta).superblock().data_size_bytes;
+        let cfg = pipeline_config(res, data_path, data_size_bytes);
+        let pipeline = Pipeline::start(cfg, Arc::clone(meta)).map_err(|e| {
+            (
+                ErrorKind::Failed,
+                format!("cannot attach {}: {e}", res.name),
+            )
+        })?;
+        let tx = Mutex::new(self.tx.clone());
+        pipeline.set_event_sink(Box::new(move |ev| {
+            let tx = tx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _ = tx.send(ActorMsg::Pipeline(ev));
+        }));
+        pipeline.set_role_allows_io(primary);
+        let target: Arc<dyn BlockTarget> = Arc::new(TrackedTarget {
+            pipeline: Arc::clone(&pipeline),
+            tx: self.tx.clone(),
+            counters: Arc::clone(&self.counters),
+        });
+        self.exports
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(self.resource.clone(), target);
+        tracing::info!(resource = %self.resource, engine = pipeline.engine_name(), "data path started");
+        Ok(pipeline)
+    }
+
+    /// Removes the export (new NBD clients are refused; open ones keep
+    /// their sessions until they disconnect).
+    pub(super) fn withdraw(&self) {
+        self.exports
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.resource);
+    }
+
+    /// Stops the NBD listeners, closes every connection and removes the
+    /// socket file. Idempotent.
+    pub(super) fn stop_frontends(&mut self) {
+        self.withdraw();
+        for server in self.servers.drain(..) {
+            server.shutdown();
+        }
+        if let Some(path) = self.socket_path.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// The device counters for `drbdctl status --statistics`.
+    pub(super) fn stats(&self, pipeline: Option<&Arc<Pipeline>>) -> DeviceStats {
+        let c = &self.counters;
+        DeviceStats {
+            read_kib: c.read_bytes.load(Ordering::Relaxed) / 1024,
+            written_kib: c.written_bytes.load(Ordering::Relaxed) / 1024,
+            upper_pending: c.upper_pending.load(Ordering::Relaxed),
+            lower_pending: pipeline.map_or(0, |p| u64::try_from(p.in_flight()).unwrap_or(0)),
+            ..DeviceStats::default()
+        }
+    }
+}
+
+impl Drop for DataPath {
+    fn drop(&mut self) {
+        self.stop_frontends();
+    }
+}
+
+impl Actor {
+    /// The end of attach: crash recovery (before the state machine reads the
+    /// superblock, so it sees the cleared crash flags), the core's `Attach`,
+    /// then the pipeline over the now shared store. The core is restored if
+    /// the pipeline cannot start.
+    pub(super) fn attach_store(
+        &mut self,
+        mut store: MetaStore<FileMetaDevice>,
+    ) -> Result<(), AdminError> {
+        if self.store.is_some() || self.core.md.is_some() {
+            return Err((
+                ErrorKind::StateRefused,
+                format!(
+                    "{}: a disk is already attached (disk:{}); detach it first",
+                    self.core.name, self.core.disk
+                ),
+            ));
+        }
+        recover_after_crash(&mut store, &self.core.name)?;
+        let view = super::md::view_of(store.superblock());
+        let saved = self.core.clone();
+        self.core
+            .handle(Command::Attach { md: view })
+            .map_err(refusal)?;
+        let meta: SharedMeta = Arc::new(Mutex::new(store));
+        let primary = self.core.role == Role::Primary;
+        match self
+            .data
+            .start_pipeline(&self.res, self.local_node(), &meta, primary)
+        {
+            Ok(p) => {
+                self.pipeline = Some(p);
+                self.store = Some(meta);
+                Ok(())
+            }
+            Err(e) => {
+                self.core = saved;
+                Err(e)
+            }
+        }
+    }
+
+    /// `CloseBacking` (detach, down): withdraws the export, drains and stops
+    /// the pipeline (which persists bitmap and AL), closes the metadata.
+    pub(super) fn close_backing(&mut self) {
+        self.data.withdraw();
+        if let Some(p) = self.pipeline.take() {
+            if let Err(e) = p.shutdown() {
+                tracing::warn!(resource = %self.core.name, error = %e, "data path did not stop cleanly");
+            }
+        }
+        if let Some(store) = self.store.take() {
+            if let Err(e) = lock_meta(&store).close_clean() {
+                tracing::warn!(resource = %self.core.name, error = %e, "metadata not closed cleanly");
+            }
+        }
+    }
+
+    /// Daemon stop: the NBD listeners and connections go first (no new
+    /// requests), then the pipeline drains and persists. The caller then
+    /// writes the superblock.
+    pub(super) fn stop_data_path(&mut self) {
+        self.data.stop_frontends();
+        if let Some(p) = self.pipeline.take() {
+            if let Err(e) = p.shutdown() {
+                tracing::error!(resource = %self.core.name, error = %e, "data path did not stop cleanly");
+            }
+        }
+    }
+
+    /// Before a demotion: closes the device to new opens; refused (and the
+    /// gate opened again) while a client holds it open, naming the client.
+    /// No open can slip in between the check and the demotion: the pipeline
+    /// checks the role and records a session under one lock.
+    pub(super) fn gate_for_demote(&self) -> Result<(), AdminError> {
+        let Some(p) = self.pipeline.as_ref() else {
+            return Ok(());
+        };
+        if self.core.role != Role::Primary {
+            return Ok(());
+        }
+        p.set_role_allows_io(false);
+        let clients = p.open_clients();
+        if let Some(first) = clients.first() {
+            p.set_role_allows_io(true);
+            return Err((
+                ErrorKind::StateRefused,
+                format!(
+                    "{}: device is held open by {first} ({} open session(s)); close it first",
+                    self.core.name,
+                    clients.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// After a refused demotion: the gate follows the role again.
+    pub(super) fn reopen_gate(&self) {
+        if let Some(p) = self.pipeline.as_ref() {
+            p.set_role_allows_io(self.core.role == Role::Primary);
+        }
+    }
+
+    /// Reacts to the pipeline: a failed disk (on-io-error detach or
+    /// call-local-io-error) makes the resource Diskless.
+    pub(super) fn on_pipeline_event(&mut self, ev: PipelineEvent) {
+        tracing::warn!(resource = %self.core.name, event = ?ev, "pipeline event");
+        let PipelineEvent::DiskFailed { policy, .. } = ev else {
+            return;
+        };
+        if policy == OnIoError::CallLocalIoError {
+            run_local_io_error_handler(&self.res);
+        }
+        self.data.withdraw();
+        if let Some(p) = self.pipeline.take() {
+            // Draining may wait for peer legs that this thread completes, so
+            // the pipeline stops on its own thread.
+            let spawned = std::thread::Builder::new()
+                .name(format!("drbdd-detach-{}", self.core.name))
+                .spawn(move || {
+                    let _ = p.shutdown();
+                });
+            if let Err(e) = spawned {
+                tracing::error!(resource = %self.core.name, error = %e, "cannot stop the failed data path");
+            }
+        }
+        // The metadata may sit on the failed device: no write, and the
+        // activity log stays unclean so the next attach recovers it.
+        self.store = None;
+        // The core has no "local disk failed" input yet and refuses to detach
+        // a Primary; a failed disk is gone whatever the role, so the actor
+        // records it (DRBD: Failed -> Diskless).
+        self.core.md = None;
+        self.core.disk = DiskState::Diskless;
+        tracing::error!(resource = %self.core.name, "local disk failed; resource is Diskless now (attach it again after repair)");
+    }
+}
+
+fn nbd_err(resource: &str, e: &dyn std::fmt::Display) -> AdminError {
+    (
+        ErrorKind::Failed,
+        format!("{resource}: cannot start the NBD frontend: {e}"),
+    )
+}
+
+/// Runs the `local-io-error` handler (in the background; its exit status is logged).
+fn run_local_io_error_handler(res: &Resource) {
+    let Some(cmd) = res.handlers.local_io_error.clone() else {
+        tracing::warn!(resource = %res.name, "on-io-error call-local-io-error but no local-io-error handler is configured");
+        return;
+    };
+    let name = res.name.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("drbdd-handler-{name}"))
+        .spawn(move || {
+            let status = std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(&cmd)
+                .env("DRBD_RESOURCE", &name)
+                .status();
+            match status {
+                Ok(s) => tracing::info!(resource = %name, handler = %cmd, %s, "local-io-error handler ran"),
+                Err(e) => tracing::error!(resource = %name, handler = %cmd, error = %e, "local-io-error handler did not start"),
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(resource = %res.name, error = %e, "cannot start the local-io-error handler thread");
+    }
+}
+
+/// The pipeline as frontends see it: opens and closes reach the actor
+/// (the core's list of open clients), and I/O is counted.
+#[derive(Debug)]
+struct TrackedTarget {
+    pipeline: Arc<Pipeline>,
+    tx: Sender<ActorMsg>,
+    counters: Arc<Counters>,
+}
+
+impl BlockTarget for TrackedTarget {
+    fn geometry(&self) -> Geometry {
+        self.pipeline.geometry()
+    }
+
+    fn open(&self, client: &str, writable: bool) -> Result<Arc<dyn BlockSession>, BlockError> {
+        let inner = self.pipeline.open(client, writable)?;
+        let _ = self.tx.send(ActorMsg::Session {
+            client: client.to_owned(),
+            open: true,
+        });
+        Ok(Arc::new(TrackedSession {
+            inner: Some(inner),
+            client: client.to_owned(),
+            tx: self.tx.clone(),
+            counters: Arc::clone(&self.counters),
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct TrackedSession {
+    /// Always `Some` until dropped (taken first in `drop` so the pipeline
+    /// forgets the session before the actor hears of the close).
+    inner: Option<Arc<dyn BlockSession>>,
+    client: String,
+    tx: Sender<ActorMsg>,
+    counters: Arc<Counters>,
+}
+
+impl BlockSession for TrackedSession {
+    fn submit(&self, req: BlockRequest, buf: AlignedBuf, done: Completion) {
+        let Some(inner) = self.inner.as_ref() else {
+            return done(Err(BlockError::ShuttingDown));
+        };
+        let counters = Arc::clone(&self.counters);
+        counters.upper_pending.fetch_add(1, Ordering::Relaxed);
+        let (op, len) = (req.op, u64::from(req.len_bytes));
+        inner.submit(
+            req,
+            buf,
+            Box::new(move |result| {
+                if result.is_ok() {
+                    match op {
+                        BlockOp::Read => counters.read_bytes.fetch_add(len, Ordering::Relaxed),
+                        BlockOp::Write | BlockOp::WriteZeroes => {
+                            counters.written_bytes.fetch_add(len, Ordering::Relaxed)
+                        }
+                        BlockOp::Flush | BlockOp::Discard => 0,
+                    };
+                }
+                counters.upper_pending.fetch_sub(1, Ordering::Relaxed);
+                done(result);
+            }),
+        );
+    }
+}
+
+impl Drop for TrackedSession {
+    fn drop(&mut self) {
+        drop(self.inner.take());
+        let _ = self.tx.send(ActorMsg::Session {
+            client: std::mem::take(&mut self.client),
+            open: false,
+        });
+    }
+}
