@@ -343,3 +343,33 @@ fn usage_errors_exit_1_and_help_exits_0() {
     assert_eq!(help.code, 0);
     assert!(help.stdout.contains("--force"), "{help:?}");
 }
+
+#[test]
+fn non_root_callers_are_refused_with_a_reason() {
+    if !have_tool("setpriv") || unsafe_geteuid_is_not_root() {
+        eprintln!("SKIP: needs root and setpriv to run drbdctl as another user");
+        return;
+    }
+    let mut n = TestNode::new();
+    n.start_daemon();
+    let out: drbdd_tests::CtlOutput = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(drbdd_tests::bin("drbdctl"))
+        .args(["status"])
+        .env("DRBDD_RUN_DIR", n.run_dir())
+        .output()
+        .expect("run setpriv drbdctl")
+        .into();
+    if out.stderr.contains("Permission denied") && !out.stderr.contains("drbdctl") {
+        eprintln!("SKIP: cannot execute drbdctl as uid 65534: {out:?}");
+        return;
+    }
+    assert_eq!(out.code, 10, "{out:?}");
+    assert!(out.stderr.contains("run drbdctl as root"), "{out:?}");
+    assert_eq!(n.ctl_ok(&["status"]), "", "root still served");
+}
+
+fn unsafe_geteuid_is_not_root() -> bool {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    unsafe { libc::geteuid() != 0 }
+}

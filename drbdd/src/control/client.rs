@@ -59,6 +59,10 @@ pub enum ClientError {
          and is --run-dir / DRBDD_RUN_DIR right?"
     )]
     Unreachable { path: PathBuf, source: io::Error },
+    #[error(
+        "permission denied on {path}: the drbdd control socket is for root only; run drbdctl as root (sudo)"
+    )]
+    PermissionDenied { path: PathBuf },
     #[error("lost the connection to drbdd: {0}")]
     Io(#[from] io::Error),
     #[error(
@@ -81,8 +85,13 @@ impl Client {
     /// Connects to `<run_dir>/drbdd.sock`.
     pub fn connect(run_dir: &Path) -> Result<Self, ClientError> {
         let path = run_dir.join(SOCKET_NAME);
-        let writer = UnixStream::connect(&path)
-            .map_err(|source| ClientError::Unreachable { path, source })?;
+        let writer = UnixStream::connect(&path).map_err(|source| {
+            if source.kind() == io::ErrorKind::PermissionDenied {
+                ClientError::PermissionDenied { path: path.clone() }
+            } else {
+                ClientError::Unreachable { path, source }
+            }
+        })?;
         let reader = BufReader::new(writer.try_clone()?);
         Ok(Client { writer, reader })
     }
