@@ -10,9 +10,9 @@
 //! decision (the machines do), or block the actor on anything but a full
 //! per-connection send queue (bounded back-pressure).
 //!
-//! Known simplification: the pipeline has no hook for "local leg done", so
-//! `Event::LocalWriteDone` is fed right after `Event::LocalWrite`; the peer
-//! leg still completes only as the protocol (A/B/C) requires.
+//! Each application write reaches the machines as `Event::LocalWrite` and,
+//! once the pipeline's local leg finished ([`Replicator::local_done`]), as
+//! `Event::LocalWriteDone`.
 
 use super::{Actor, ActorMsg};
 use crate::backing::{Backing, BackingOp, EngineKind};
@@ -54,6 +54,8 @@ pub enum PeerMsg {
     Tick,
     /// An application write offered by the pipeline, with one leg per peer.
     Write(LocalWrite),
+    /// The local disk leg of application write `id` finished.
+    LocalDone { id: WriteId },
     /// A disk I/O this module submitted finished.
     Io {
         node_id: u8,
@@ -171,8 +173,10 @@ impl Replicator for NetReplicator {
             .iter()
             .map(|n| (*n, w.add_peer_leg(*n)))
             .collect();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        w.local_done_token = Some(id);
         let msg = LocalWrite {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            id,
             offset_bytes: w.req.offset_bytes,
             len_bytes: w.req.len_bytes,
             flags,
@@ -182,6 +186,13 @@ impl Replicator for NetReplicator {
         let tx = self.tx.lock().expect("replicator sender lock");
         // If the actor is gone the legs drop and the write fails upward.
         let _ = tx.send(ActorMsg::Peers(PeerMsg::Write(msg)));
+    }
+
+    fn local_done(&self, token: u64, _ok: bool) {
+        // A failed local write is the pipeline's business (detach/EIO); for
+        // the peers the local leg is over either way.
+        let tx = self.tx.lock().expect("replicator sender lock");
+        let _ = tx.send(ActorMsg::Peers(PeerMsg::LocalDone { id: token }));
     }
 }
 
@@ -321,9 +332,7 @@ impl Actor {
     /// Runs `f` on the metadata store (None when no disk is attached). The
     /// one place that knows how the actor holds the store.
     fn with_store<R>(&mut self, f: impl FnOnce(&mut MetaStore<FileMetaDevice>) -> R) -> Option<R> {
-        self.store
-            .as_ref()
-            .map(|s| f(&mut super::datapath::lock_meta(s)))
+        self.store.as_mut().map(f)
     }
 
     fn data_size_bytes(&mut self) -> u64 {
@@ -346,6 +355,12 @@ impl Actor {
             PeerMsg::Tick => self.peers_tick(),
             PeerMsg::Net(m) => self.on_net(m),
             PeerMsg::Write(w) => self.on_local_write(w),
+            PeerMsg::LocalDone { id } => {
+                let n = self.peers.as_ref().map_or(0, |p| p.links.len());
+                for i in 0..n {
+                    self.feed(i, Event::LocalWriteDone { id });
+                }
+            }
             PeerMsg::Io { node_id, done } => {
                 let Some(i) = self.link_index(node_id) else {
                     return;
@@ -578,7 +593,6 @@ impl Actor {
                     data: w.data.clone(),
                 },
             );
-            self.feed(i, Event::LocalWriteDone { id: w.id });
         }
     }
 

@@ -51,6 +51,14 @@ pub trait Replicator: Send + Sync + std::fmt::Debug {
     /// [`ReplicatedWrite::add_peer_leg`] and complete the handle later (from
     /// any thread). Must not block on I/O.
     fn replicate(&self, write: &mut ReplicatedWrite<'_>);
+
+    /// The local disk leg of a write finished (`ok`: without error).
+    /// Called only for writes whose `replicate` set
+    /// [`ReplicatedWrite::local_done_token`], with that token, on an engine
+    /// thread. Must not block on I/O.
+    fn local_done(&self, token: u64, ok: bool) {
+        let _ = (token, ok);
+    }
 }
 
 /// A write offered to the [`Replicator`].
@@ -59,6 +67,9 @@ pub struct ReplicatedWrite<'a> {
     pub req: BlockRequest,
     /// The data of a `Write`; empty for discard and write-zeroes.
     pub data: &'a [u8],
+    /// Set by the replicator to be told when the local leg finishes
+    /// ([`Replicator::local_done`]).
+    pub local_done_token: Option<u64>,
     pipeline: &'a Pipeline,
     write: &'a Arc<WriteInFlight>,
 }
@@ -271,18 +282,23 @@ impl Pipeline {
             }
         };
         let replicator = self.replicator.lock().expect("replicator lock").clone();
-        if let Some(r) = replicator {
+        let mut local_done_token = None;
+        if let Some(r) = &replicator {
             let data = match &op {
                 BackingOp::Write { buf, .. } => buf.as_slice(),
                 _ => &[],
             };
-            r.replicate(&mut ReplicatedWrite {
+            let mut rw = ReplicatedWrite {
                 req,
                 data,
+                local_done_token: None,
                 pipeline: self,
                 write: &inflight,
-            });
+            };
+            r.replicate(&mut rw);
+            local_done_token = rw.local_done_token;
         }
+        let notify = replicator.zip(local_done_token);
         let me = self.arc();
         self.backing.submit(
             op,
@@ -298,6 +314,9 @@ impl Pipeline {
                     }
                     Err(e) => Err(me.local_io_failed(&req, &e)),
                 };
+                if let Some((r, token)) = notify {
+                    r.local_done(token, result.is_ok());
+                }
                 me.leg_done(&inflight, Leg::LocalDisk, result);
             }),
         );
