@@ -265,6 +265,17 @@ impl World {
                     .gens
                     .start_new_generation(uuid, &[slot]);
                 self.persist(n);
+                // Core gap: a connected peer cannot learn a new current UUID
+                // (`Peer::set_local` refuses while connected). Reconnecting
+                // the other peers makes them see it in a fresh handshake.
+                for other in self.remotes(n) {
+                    if other != r && !self.links[&crate::world::key(n, other)].down() {
+                        self.log(n, || {
+                            format!("reconnecting n{other} to announce the new generation")
+                        });
+                        self.reset_link(n, other);
+                    }
+                }
             }
         }
     }

@@ -171,9 +171,10 @@ impl World {
             3..=4 => {
                 let link = self.links.get_mut(&(a, b)).expect("exists");
                 if !link.blocked {
-                    link.blocked = true;
-                    self.stats.partitions += 1;
                     let heal_at = self.now_ms + self.rng.range(200, 3000);
+                    link.blocked = true;
+                    link.blocked_until_ms = heal_at;
+                    self.stats.partitions += 1;
                     self.log(a, || {
                         format!("FAULT partition from n{b} until {heal_at} ms")
                     });
@@ -404,7 +405,10 @@ impl World {
         let mut probe = self.now_ms;
         while self.failure.is_none() && self.now_ms < deadline {
             for l in self.links.values_mut() {
-                l.blocked = false;
+                if l.blocked {
+                    l.blocked = false;
+                    l.blocked_until_ms = 0;
+                }
             }
             for n in 0..self.nodes.len() {
                 self.nodes[n].slow_disk = false;
@@ -450,10 +454,11 @@ impl World {
                         })
                         .collect();
                     format!(
-                        "n{} {} {} [{}]",
+                        "n{} {} {} gi {:x?} [{}]",
                         n.id,
                         n.core.role,
                         n.core.disk,
+                        n.md().gens,
                         peers.join(", ")
                     )
                 })

@@ -102,7 +102,9 @@ pub(crate) struct Link {
     /// Side i's end of the current connection is open.
     pub(crate) open: [bool; 2],
     pub(crate) last_arrival_ms: [u64; 2],
+    /// A partition: bytes wait (TCP retransmits) until it heals.
     pub(crate) blocked: bool,
+    pub(crate) blocked_until_ms: u64,
 }
 
 impl Link {
@@ -194,7 +196,7 @@ impl World {
     /// Records a line of the readable trace (only with tracing on).
     pub(crate) fn log(&mut self, node: usize, what: impl FnOnce() -> String) {
         if self.cfg.trace {
-            let line: String = what().chars().take(200).collect();
+            let line: String = what().chars().take(2000).collect();
             let line = format!("[{:>7} ms] n{node} {line}", self.now_ms);
             eprintln!("{line}");
             self.trace.push(line);
@@ -286,10 +288,15 @@ impl World {
             return;
         };
         let s = side(from, to);
-        if !link.open[s] || link.blocked {
-            return; // no connection, or a partition swallows it
+        if !link.open[s] {
+            return; // no connection
         }
-        let arrival = (now + delay).max(link.last_arrival_ms[s]);
+        let earliest = if link.blocked {
+            link.blocked_until_ms
+        } else {
+            now
+        };
+        let arrival = (earliest + delay).max(link.last_arrival_ms[s]);
         link.last_arrival_ms[s] = arrival;
         let inc = link.inc;
         self.send_counter += 1;
@@ -320,7 +327,23 @@ impl World {
         let Some(link) = self.links.get(&key(from, to)) else {
             return;
         };
-        if link.inc != inc || !link.open[side(to, from)] || link.blocked || !self.nodes[to].alive {
+        if link.inc != inc || !link.open[side(to, from)] || !self.nodes[to].alive {
+            return;
+        }
+        if link.blocked {
+            // Still partitioned: retransmitted after the heal, in order.
+            let at = link.blocked_until_ms.max(self.now_ms + 1);
+            let bytes = bytes.to_vec();
+            self.schedule(
+                at,
+                Ev::Deliver {
+                    from,
+                    to,
+                    inc,
+                    bytes,
+                    sent,
+                },
+            );
             return;
         }
         if sent < self.max_sent_delivered {
@@ -343,8 +366,13 @@ impl World {
             return;
         }
         link.open[s] = false;
-        if link.open[1 - s] && alive_to && !link.blocked {
-            let at = (self.now_ms + 1).max(link.last_arrival_ms[s]);
+        if link.open[1 - s] && alive_to {
+            let earliest = if link.blocked {
+                link.blocked_until_ms
+            } else {
+                self.now_ms + 1
+            };
+            let at = earliest.max(link.last_arrival_ms[s]);
             let inc = link.inc;
             self.schedule(at, Ev::Fin { to, from, inc });
         }
@@ -356,6 +384,11 @@ impl World {
         };
         let s = side(to, from);
         if link.inc != inc || !link.open[s] || !self.nodes[to].alive {
+            return;
+        }
+        if link.blocked {
+            let at = link.blocked_until_ms.max(self.now_ms + 1);
+            self.schedule(at, Ev::Fin { to, from, inc });
             return;
         }
         link.open[s] = false;
