@@ -6,14 +6,14 @@
 //! more than one request). Must never: touch metadata or state directly (the
 //! actors do).
 
-use super::actor::{AdminCmd, AdminError, AdminResult, ResourceHandle};
+use super::actor::{ActorMsg, AdminCmd, AdminError, AdminResult, ResourceHandle};
 use super::events::EventBus;
 use crate::control::proto::{Command, ErrorKind, Request, ResourceStatus, Response};
 use crate::control::render;
 use crate::control::server::{Dispatch, Responder};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::mpsc::RecvTimeoutError;
+use std::sync::mpsc::{sync_channel, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -111,10 +111,21 @@ impl Daemon {
         Ok(msg)
     }
 
-    fn admin(&self, name: &str, cmd: AdminCmd) -> AdminResult {
+    /// The actor's sender, taken under the map lock; the lock is released
+    /// before waiting for the actor, so one slow resource (draining I/O on
+    /// demote, say) does not stall requests for the others.
+    fn sender(&self, name: &str) -> Result<Sender<ActorMsg>, AdminError> {
         let map = self.lock();
-        let handle = map.get(name).ok_or_else(|| not_up(name))?;
-        let result = handle.admin(cmd.clone());
+        map.get(name)
+            .map(ResourceHandle::sender)
+            .ok_or_else(|| not_up(name))
+    }
+
+    fn admin(&self, name: &str, cmd: AdminCmd) -> AdminResult {
+        let tx = self.sender(name)?;
+        let c = cmd.clone();
+        let result = ask(&tx, |reply| ActorMsg::Admin { cmd: c, reply })
+            .unwrap_or_else(|| Err(actor_gone(name)));
         match &result {
             Ok(_) => tracing::info!(resource = %name, ?cmd, "admin command done"),
             Err((_, why)) => tracing::warn!(resource = %name, ?cmd, %why, "admin command refused"),
@@ -136,14 +147,14 @@ impl Daemon {
     }
 
     fn statuses(&self, name: Option<&str>) -> Result<Vec<ResourceStatus>, AdminError> {
-        let map = self.lock();
-        match name {
-            Some(n) => {
-                let h = map.get(n).ok_or_else(|| not_up(n))?;
-                Ok(h.status().into_iter().collect())
-            }
-            None => Ok(map.values().filter_map(ResourceHandle::status).collect()),
-        }
+        let senders: Vec<Sender<ActorMsg>> = match name {
+            Some(n) => vec![self.sender(n)?],
+            None => self.lock().values().map(ResourceHandle::sender).collect(),
+        };
+        Ok(senders
+            .iter()
+            .filter_map(|tx| ask(tx, |reply| ActorMsg::Status { reply }))
+            .collect())
     }
 
     fn adjust(&self, name: Option<&str>) -> AdminResult {
@@ -208,6 +219,20 @@ impl Daemon {
             }
         }
     }
+}
+
+/// Sends one request to an actor and waits for its answer (`None`: the actor is gone).
+fn ask<T>(tx: &Sender<ActorMsg>, make: impl FnOnce(SyncSender<T>) -> ActorMsg) -> Option<T> {
+    let (reply, rx) = sync_channel(1);
+    tx.send(make(reply)).ok()?;
+    rx.recv().ok()
+}
+
+fn actor_gone(name: &str) -> AdminError {
+    (
+        ErrorKind::Failed,
+        format!("{name}: the resource's thread has stopped; see the drbdd log"),
+    )
 }
 
 fn not_up(name: &str) -> AdminError {
