@@ -130,6 +130,21 @@ fn metadata_commands_refuse_while_the_resource_is_up() {
     }
     n.ctl_ok(&["down", "r0"]);
     n.ctl_ok(&["check-md", "r0"]);
+
+    // dump-md / restore-md round trip, after the metadata changed in between.
+    let saved = n.dir.path().join("md.dump");
+    std::fs::write(&saved, &dump).expect("save dump");
+    n.ctl_ok(&["up", "r0"]);
+    n.ctl_ok(&["primary", "r0", "--force"]);
+    n.ctl_ok(&["secondary", "r0"]);
+    n.ctl_ok(&["down", "r0"]);
+    assert_ne!(
+        n.ctl_ok(&["dump-md", "r0"]),
+        dump,
+        "promotion changed the metadata"
+    );
+    n.ctl_ok(&["restore-md", "r0", saved.to_str().expect("utf-8 path")]);
+    assert_eq!(n.ctl_ok(&["dump-md", "r0"]), dump, "restored byte for byte");
 }
 
 #[test]
