@@ -332,7 +332,9 @@ impl Actor {
     /// Runs `f` on the metadata store (None when no disk is attached). The
     /// one place that knows how the actor holds the store.
     fn with_store<R>(&mut self, f: impl FnOnce(&mut MetaStore<FileMetaDevice>) -> R) -> Option<R> {
-        self.store.as_mut().map(f)
+        self.store
+            .as_ref()
+            .map(|s| f(&mut super::datapath::lock_meta(s)))
     }
 
     fn data_size_bytes(&mut self) -> u64 {
@@ -807,6 +809,14 @@ impl Actor {
                 self.tell_peers_disk(i, disk);
             }
             Action::StateChanged(st) => {
+                let was_connected = self
+                    .core
+                    .peers
+                    .get(i)
+                    .is_some_and(|p| p.conn == ConnState::Connected);
+                if was_connected && st.conn != ConnState::Connected {
+                    self.primary_lost_peer(slot);
+                }
                 if let Some(p) = self.core.peers.get_mut(i) {
                     p.conn = st.conn;
                     p.repl = st.repl;
@@ -836,6 +846,31 @@ impl Actor {
         for j in (0..n).filter(|j| *j != from) {
             self.feed(j, Event::LocalDiskChanged { disk });
         }
+    }
+
+    /// A Primary lost the connection to the peer in `slot`: a new data
+    /// generation starts and the old one becomes that peer's bitmap UUID,
+    /// so the next handshake finds a bitmap-based resync (guide 23.2).
+    fn primary_lost_peer(&mut self, slot: usize) {
+        if self.core.role != Role::Primary {
+            return;
+        }
+        let Some(md) = self.core.md.as_mut() else {
+            return;
+        };
+        if md.gens.bitmaps.get(slot).is_none_or(|b| *b != 0) {
+            return; // the bitmap already tracks an older generation
+        }
+        let new_uuid = match super::md::random_uuid() {
+            Ok(u) if u != md.gens.current => u,
+            Ok(_) | Err(_) => {
+                tracing::error!(resource = %self.core.name, "cannot generate a new generation UUID");
+                return;
+            }
+        };
+        md.gens.start_new_generation(new_uuid, &[slot]);
+        tracing::info!(resource = %self.core.name, slot, "peer lost while Primary: new data generation");
+        self.persist_md();
     }
 
     fn persist_md(&mut self) {
