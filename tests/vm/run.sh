@@ -104,7 +104,7 @@ fi
 if [ "$SCENARIO" = ublk ]; then
   # The crate's kernel tests (skipped on hosts without ublk) run inside the VM too.
   kt=$(cd "$REPO" && RUSTFLAGS='-C target-feature=+crt-static' cargo test -q "${CARGO_ARGS[@]}" -p drbdd-ublk \
-        --test kernel --no-run --message-format=json 2>>build.log | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | tail -1)
+        --test kernel --no-run --message-format=json 2>>"$W/build.log" | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | tail -1)
   [ -n "$kt" ] || fail "building the ublk kernel tests failed (see $W/build.log)"
   cp "$kt" "$BIN_DIR/ublk-kernel-tests"
   BINS+=("$BIN_DIR/ublk-kernel-tests")
