@@ -55,7 +55,9 @@ pub enum PeerMsg {
     /// An application write offered by the pipeline, with one leg per peer.
     Write(LocalWrite),
     /// The local disk leg of application write `id` finished.
-    LocalDone { id: WriteId },
+    LocalDone {
+        id: WriteId,
+    },
     /// A disk I/O this module submitted finished.
     Io {
         node_id: u8,
@@ -326,6 +328,7 @@ impl Actor {
             bitmap_dirty: false,
             stop_ticker,
         });
+        self.plug_replicator();
         Ok(())
     }
 
@@ -353,6 +356,8 @@ impl Actor {
         if self.peers.is_none() {
             return;
         }
+        // Cheap when nothing changed; catches a pipeline (re)started by attach.
+        self.plug_replicator();
         match msg {
             PeerMsg::Tick => self.peers_tick(),
             PeerMsg::Net(m) => self.on_net(m),

@@ -139,7 +139,7 @@ impl Cluster {
 
     /// Writes node `me`'s copy of the resource file.
     pub fn write_config(&self, me: usize, opts: &ResOpts) {
-        let mut text = String::from("resource = \"r0\"\nmax-peers = 2\n");
+        let mut text = String::from("resource = \"r0\"\nmax-peers = 2\nfrontend = \"nbd\"\n");
         text.push_str(&format!("[net]\nprotocol = \"{}\"\n", opts.protocol));
         if let Some(Some(secret)) = opts.secrets.get(me) {
             text.push_str(&format!("shared-secret = \"{secret}\"\n"));
@@ -504,4 +504,51 @@ fn pump(mut from: std::net::TcpStream, mut to: std::net::TcpStream, st: &ProxySt
     }
     let _ = to.shutdown(std::net::Shutdown::Both);
     let _ = from.shutdown(std::net::Shutdown::Both);
+}
+
+/// True when `tool` is on PATH; otherwise prints the SKIP line.
+pub fn have_tool(test: &str, tool: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("SKIP: {test}: {tool} is not installed (apt-get install qemu-utils)");
+    }
+    found
+}
+
+impl Cluster {
+    /// Runs one qemu-io command (e.g. `write -P 0xab 0 1M`) on node `i`'s
+    /// NBD export; fails the test unless it succeeds.
+    pub fn qemu_io(&self, i: usize, cmd: &str) -> String {
+        let url = format!(
+            "nbd+unix:///r0?socket={}",
+            self.nodes[i].run_dir().join("r0.nbd").display()
+        );
+        let out = Command::new("qemu-io")
+            .args(["-f", "raw", &url, "-c", cmd])
+            .output()
+            .expect("run qemu-io");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && !text.contains("failed"),
+            "qemu-io {cmd:?} on {} failed: {text}",
+            self.nodes[i].name
+        );
+        text
+    }
+
+    /// Peer `peer`'s counter `field` in node `i`'s JSON status.
+    pub fn peer_counter(&self, i: usize, peer: &str, field: &str) -> u64 {
+        let st = self.status(i);
+        peer_of(&st, peer)
+            .and_then(|p| p[field].as_u64())
+            .unwrap_or_else(|| panic!("no {field} for {peer} in {st}"))
+    }
 }
