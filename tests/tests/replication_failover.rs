@@ -56,3 +56,42 @@ fn demote_promote_peer_and_fail_back() {
     c.wait_peer(0, "bob", "Established", "UpToDate");
     c.assert_identical(0, 1);
 }
+
+#[test]
+fn failover_with_writes_through_nbd_keeps_both_copies_identical() {
+    if !replication_common::have_tool("failover_with_writes", "qemu-io") {
+        return;
+    }
+    let mut c = Cluster::new(2, &ResOpts::default());
+    c.bring_up_all();
+    c.wait_peer(0, "bob", "Established", "Inconsistent");
+    c.ctl_ok(0, &["primary", "r0", "--force"]);
+    c.wait_disk(1, "UpToDate");
+    c.qemu_io(0, "write -P 0xa1 0 1M");
+    // The Secondary's device refuses opens.
+    let url = format!(
+        "nbd+unix:///r0?socket={}",
+        c.nodes[1].run_dir().join("r0.nbd").display()
+    );
+    let refused = std::process::Command::new("qemu-io")
+        .args(["-f", "raw", &url, "-c", "write -P 0xee 0 4k"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&refused.stderr).into_owned()
+        + &String::from_utf8_lossy(&refused.stdout);
+    assert!(
+        !refused.status.success() || text.contains("failed"),
+        "write on the Secondary succeeded: {text}"
+    );
+    c.ctl_ok(0, &["secondary", "r0"]);
+    c.ctl_ok(1, &["primary", "r0"]);
+    c.qemu_io(1, "write -P 0xb2 512k 1M");
+    c.qemu_io(1, "read -P 0xa1 0 512k");
+    c.ctl_ok(1, &["secondary", "r0"]);
+    c.ctl_ok(0, &["primary", "r0"]);
+    c.qemu_io(0, "read -P 0xb2 512k 1M");
+    c.qemu_io(0, "write -P 0xc3 4M 64k");
+    c.qemu_io(0, "flush");
+    c.wait_peer(0, "bob", "Established", "UpToDate");
+    c.assert_identical(0, 1);
+}
