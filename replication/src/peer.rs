@@ -64,6 +64,10 @@ pub struct Peer {
     ack: AckTracker,
     /// Application writes whose local disk write is not done: id -> seq.
     local_pending: BTreeMap<WriteId, u64>,
+    /// Every application write whose local disk write is not done, with
+    /// its range (replicated or not, across connections): a resync read
+    /// of such a range could send data older than the write.
+    local_unfinished: BTreeMap<WriteId, (u64, u64)>,
     /// Admin `pause-sync` on this node (kept across connections).
     user_paused: bool,
     /// The peer announced a paused resync.
@@ -111,6 +115,7 @@ impl Peer {
             last_rx_ms: 0,
             ping: Ping::Idle,
             local_pending: BTreeMap::new(),
+            local_unfinished: BTreeMap::new(),
             tx_waiting: std::collections::VecDeque::new(),
             draining: BTreeSet::new(),
             discard_my_data: false,
@@ -211,6 +216,8 @@ impl Peer {
                 flags,
                 data,
             } => {
+                self.local_unfinished
+                    .insert(id, (offset_bytes, u64::from(len_bytes)));
                 let w = tx::Waiting::Write {
                     id,
                     offset_bytes,

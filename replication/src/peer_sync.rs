@@ -636,7 +636,9 @@ impl Peer {
     pub(super) fn source_retry_deferred(&mut self, out: &mut Vec<Action>) {
         let mut still = VecDeque::new();
         while let Some((id, offset, len)) = self.sync.source_deferred.pop_front() {
-            if self.ack.overlaps_unfinished_local(offset, u64::from(len)) {
+            if self.ack.overlaps_unfinished_local(offset, u64::from(len))
+                || self.overlaps_local_unfinished(offset, u64::from(len))
+            {
                 still.push_back((id, offset, len));
             } else {
                 let io_id = self.sync.next_io_id;

@@ -183,6 +183,15 @@ impl Peer {
         }
     }
 
+    /// True if an application write to an overlapping range is not yet on
+    /// the local disk (whether or not it was replicated).
+    pub(super) fn overlaps_local_unfinished(&self, offset_bytes: u64, len_bytes: u64) -> bool {
+        let end = offset_bytes.saturating_add(len_bytes);
+        self.local_unfinished
+            .values()
+            .any(|&(o, l)| o < end && offset_bytes < o.saturating_add(l))
+    }
+
     /// Connection lost: waiting writes never reached the peer.
     pub(super) fn tx_fail_waiting(&mut self, out: &mut Vec<Action>) {
         while let Some(w) = self.tx_waiting.pop_front() {
@@ -191,6 +200,7 @@ impl Peer {
     }
 
     pub(super) fn on_local_write_done(&mut self, id: WriteId, out: &mut Vec<Action>) {
+        self.local_unfinished.remove(&id);
         if let Some(seq) = self.local_pending.remove(&id) {
             let actions = self.ack.local_done(seq);
             self.apply_ack(actions, out);
