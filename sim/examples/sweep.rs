@@ -11,7 +11,8 @@ fn main() {
     let r = drbdd_sim::run_batch(lo..hi, drbdd_sim::Mutation::None);
     let mut kinds = std::collections::BTreeMap::new();
     for (seed, f) in &r.failures {
-        let k: String = f.split(':').nth(1).unwrap_or(f).chars().take(60).collect();
+        let n = drbdd_sim::SimConfig::for_seed(*seed).nodes;
+        let k: String = format!("N={n} {}", f.split(':').nth(1).unwrap_or(f).chars().take(60).collect::<String>());
         kinds.entry(k).or_insert_with(Vec::new).push(*seed);
     }
     for (k, seeds) in &kinds {

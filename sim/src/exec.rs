@@ -300,6 +300,7 @@ impl World {
                 stamp,
                 fua,
             } => {
+                self.log(n, || format!("local write {stamp} to block {block} done"));
                 self.nodes[n].disk.write(block, stamp, fua);
                 if let Some(meta) = self.nodes[n].meta.as_mut() {
                     meta.al_release(&[0]);

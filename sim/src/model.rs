@@ -145,6 +145,15 @@ impl World {
         }
         for x in holders {
             for b in 0..DEV_BLOCKS {
+                // A peer's flush covers the blocks it is in sync for; blocks
+                // out of sync (e.g. under resync) are the bitmap's business.
+                let covered = x == n
+                    || self.nodes[n].peers.get(&x).is_some_and(|p| {
+                        p.status().conn == ConnState::Connected && !p.bitmap().is_set(b)
+                    });
+                if !covered {
+                    continue;
+                }
                 let floor = floors[x][bi(b)];
                 let durable = self.nodes[x].disk.read_durable(b);
                 if durable < floor {
@@ -211,11 +220,15 @@ impl World {
                 "n{t} became sync target of n{s} although it has acknowledged writes n{s} never saw and no split brain was detected (they would be silently discarded)"
             ));
         }
+        // From here on the target's own changes are being discarded.
+        self.model.ahead[t][s] = false;
     }
 
     pub(crate) fn model_resync_finished(&mut self, t: usize, s: usize) {
         self.model.acked[t] = self.model.acked[s].clone();
-        self.model.flushed[t] = self.model.acked[s].clone();
+        // Only what the source guaranteed: the target's own flush before it
+        // declared UpToDate is no application flush.
+        self.model.flushed[t] = self.model.flushed[s].clone();
         self.model.ahead[t][s] = false;
         self.model.ahead[s][t] = false;
         if self.model.sb_declared.remove(&key(t, s)) {
