@@ -89,6 +89,8 @@ pub struct ResOpts {
     /// Per node: address override (e.g. a proxy) as seen by the *other* nodes.
     /// Applies to every node's copy of the config except the node itself.
     pub peer_addr_override: Vec<Option<String>>,
+    /// `[disk] resync-rate`.
+    pub resync_rate: String,
 }
 
 impl Default for ResOpts {
@@ -99,6 +101,7 @@ impl Default for ResOpts {
             secrets: Vec::new(),
             net_extra: String::new(),
             peer_addr_override: Vec::new(),
+            resync_rate: "400M".into(),
         }
     }
 }
@@ -146,7 +149,10 @@ impl Cluster {
         }
         text.push_str("connect-int = 1\nping-int = 1\nping-timeout = 10\n");
         text.push_str(&opts.net_extra);
-        text.push_str("[disk]\nresync-rate = \"400M\"\nc-plan-ahead = 0\n");
+        text.push_str(&format!(
+            "[disk]\nresync-rate = \"{}\"\nc-plan-ahead = 0\n",
+            opts.resync_rate
+        ));
         for (i, n) in self.nodes.iter().enumerate() {
             let addr = match opts.peer_addr_override.get(i) {
                 Some(Some(a)) if i != me => a.clone(),

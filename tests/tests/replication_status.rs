@@ -1,0 +1,77 @@
+//! What an admin sees while a resync runs, DRBD 9 style (guide 11.2.4):
+//! `drbdctl status` shows `replication:SyncSource peer-disk:Inconsistent
+//! done:<percent>` on the source and `replication:SyncTarget` with
+//! `disk:Inconsistent` on the target, `events` lists the peer-device
+//! states, and the target cannot be promoted meanwhile (exit code 17).
+//! Disconnect/connect move the connection between StandAlone, Connecting
+//! and Connected.
+//!
+//! How: a slow resync (resync-rate 2M over a 16 MiB disk) between two real
+//! daemons; status is polled until the states show up.
+
+mod replication_common;
+
+use replication_common::{peer_of, Cluster, ResOpts};
+
+#[test]
+fn status_shows_sync_progress_and_target_cannot_be_promoted() {
+    let mut c = Cluster::new(
+        2,
+        &ResOpts {
+            resync_rate: "2M".into(),
+            ..ResOpts::default()
+        },
+    );
+    c.bring_up_all();
+    c.wait_peer(0, "bob", "Established", "Inconsistent");
+    c.ctl_ok(0, &["primary", "r0", "--force"]);
+    c.wait_for("SyncSource with progress", 0, |st| {
+        peer_of(st, "bob").is_some_and(|p| {
+            p["replication"] == "SyncSource" && p["done_tenths_percent"].as_u64().is_some()
+        })
+    });
+    let text = c.ctl_ok(0, &["status", "r0"]);
+    assert!(
+        text.contains("    replication:SyncSource peer-disk:Inconsistent done:"),
+        "{text}"
+    );
+    c.wait_for("SyncTarget", 1, |st| {
+        peer_of(st, "alice").is_some_and(|p| p["replication"] == "SyncTarget")
+    });
+    let text = c.ctl_ok(1, &["status", "r0", "--verbose"]);
+    assert!(text.contains("disk:Inconsistent"), "{text}");
+    assert!(
+        text.contains("replication:SyncTarget peer-disk:UpToDate"),
+        "{text}"
+    );
+    let events = c.ctl_ok(1, &["events", "--now"]);
+    assert!(events.contains("replication:SyncTarget"), "{events}");
+    let out = c.ctl(1, &["primary", "r0"]);
+    assert_eq!(out.status.code(), Some(17), "{out:?}");
+    c.wait_disk(1, "UpToDate");
+    c.wait_peer(0, "bob", "Established", "UpToDate");
+    c.assert_identical(0, 1);
+}
+
+#[test]
+fn disconnect_and_connect_change_the_connection_state() {
+    let mut c = Cluster::new(2, &ResOpts::default());
+    c.bring_up_all();
+    c.wait_peer(0, "bob", "Established", "Inconsistent");
+    c.ctl_ok(0, &["disconnect", "r0"]);
+    let text = c.ctl_ok(0, &["status", "r0"]);
+    assert!(text.contains("bob connection:StandAlone"), "{text}");
+    c.wait_for("bob Connecting", 1, |st| {
+        peer_of(st, "alice").is_some_and(|p| p["connection"] == "Connecting")
+    });
+    c.ctl_ok(0, &["connect", "r0"]);
+    c.wait_peer(0, "bob", "Established", "Inconsistent");
+    c.wait_peer(1, "alice", "Established", "Inconsistent");
+    // The listening side can disconnect and reconnect too.
+    c.ctl_ok(1, &["disconnect", "r0"]);
+    c.wait_for("alice Connecting", 0, |st| {
+        peer_of(st, "bob").is_some_and(|p| p["connection"] == "Connecting")
+    });
+    c.ctl_ok(1, &["connect"]);
+    c.wait_peer(1, "alice", "Established", "Inconsistent");
+}
