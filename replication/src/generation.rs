@@ -244,6 +244,15 @@ pub fn decide(local: &GiView, peer: &GiView) -> SyncDecision {
         return match (local.crashed_primary, peer.crashed_primary) {
             (true, false) => SyncDecision::SourceBitmap,
             (false, true) => SyncDecision::TargetBitmap,
+            // A sync source that lost the connection before it saw the
+            // target finish still tracks the target: finish the resync
+            // (bitmap-based; usually little or nothing left to send).
+            _ if !is_empty_uuid(local.bitmap) && is_empty_uuid(peer.bitmap) => {
+                SyncDecision::SourceBitmap
+            }
+            _ if is_empty_uuid(local.bitmap) && !is_empty_uuid(peer.bitmap) => {
+                SyncDecision::TargetBitmap
+            }
             _ => SyncDecision::NoSync,
         };
     }
