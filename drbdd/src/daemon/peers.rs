@@ -206,6 +206,40 @@ fn random_bytes<const N: usize>() -> [u8; N] {
     b
 }
 
+/// The automatic split-brain policies of a connection. `discard-node-<host>`
+/// has no counterpart in the core yet and falls back to `disconnect`.
+fn sb_policy(net: &drbdd_config::Net) -> SbPolicy {
+    use drbdd_config::{AfterSb0Pri as C0, AfterSb1Pri as C1, AfterSb2Pri as C2};
+    use drbdd_replication::generation::{AfterSb0Pri, AfterSb1Pri, AfterSb2Pri};
+    SbPolicy {
+        after_sb_0pri: match &net.after_sb_0pri {
+            C0::Disconnect => AfterSb0Pri::Disconnect,
+            C0::DiscardYoungerPrimary => AfterSb0Pri::DiscardYoungerPrimary,
+            C0::DiscardOlderPrimary => AfterSb0Pri::DiscardOlderPrimary,
+            C0::DiscardZeroChanges => AfterSb0Pri::DiscardZeroChanges,
+            C0::DiscardLeastChanges => AfterSb0Pri::DiscardLeastChanges,
+            C0::DiscardNode(host) => {
+                tracing::warn!(
+                    "after-sb-0pri discard-node-{host} is not supported yet; using disconnect"
+                );
+                AfterSb0Pri::Disconnect
+            }
+        },
+        after_sb_1pri: match net.after_sb_1pri {
+            C1::Disconnect => AfterSb1Pri::Disconnect,
+            C1::Consensus => AfterSb1Pri::Consensus,
+            C1::ViolentlyAs0p => AfterSb1Pri::ViolentlyAs0p,
+            C1::DiscardSecondary => AfterSb1Pri::DiscardSecondary,
+            C1::CallPriLostAfterSb => AfterSb1Pri::CallPriLostAfterSb,
+        },
+        after_sb_2pri: match net.after_sb_2pri {
+            C2::Disconnect => AfterSb2Pri::Disconnect,
+            C2::ViolentlyAs0p => AfterSb2Pri::ViolentlyAs0p,
+            C2::CallPriLostAfterSb => AfterSb2Pri::CallPriLostAfterSb,
+        },
+    }
+}
+
 fn peer_config(res: &Resource, local: &str, peer: &drbdd_config::Node, local_id: u8) -> PeerConfig {
     let net = res.net_for(local, &peer.name);
     PeerConfig {
@@ -227,7 +261,7 @@ fn peer_config(res: &Resource, local: &str, peer: &drbdd_config::Node, local_id:
         ping_int_ms: u64::from(net.ping_int_ms),
         ping_timeout_ms: u64::from(net.ping_timeout_ms),
         connect_timeout_ms: u64::from(net.timeout_ms).max(1000) * 2,
-        sb_policy: SbPolicy::default(),
+        sb_policy: sb_policy(&net),
         rate: RateConfig {
             resync_rate_kib: res.disk.resync_rate_kib,
             c_plan_ahead_ms: res.disk.c_plan_ahead_ms,
