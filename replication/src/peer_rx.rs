@@ -155,10 +155,13 @@ impl Peer {
     }
 
     pub(super) fn rx_write_done(&mut self, seq: u64, ok: bool, out: &mut Vec<Action>) {
-        let Some((epoch, _, _)) = self.rx.inflight.remove(&seq) else {
+        let Some((epoch, offset_bytes, len_bytes)) = self.rx.inflight.remove(&seq) else {
             return; // from a connection that is gone
         };
         if !ok {
+            // Our copy of the range is bad: a running resync (we are its
+            // target) must fetch it again before we may become UpToDate.
+            self.mark_out_of_sync(offset_bytes, len_bytes, out);
             out.push(Action::Send(Packet::NegAck { seq }));
         } else if self.cfg.protocol == Protocol::C {
             out.push(Action::Send(Packet::WriteAck { seq }));
