@@ -75,6 +75,7 @@ impl World {
                 if let Some(meta) = self.nodes[n].meta.as_mut() {
                     meta.bitmap_clear_range(slot, offset_bytes, len_bytes);
                 }
+                self.nodes[n].bits_cleared = true;
             }
             Action::SubmitPeerWrite {
                 seq,

@@ -77,6 +77,8 @@ pub(crate) struct Node {
     /// Disk latency multiplier is large while set.
     pub(crate) slow_disk: bool,
     pub(crate) promoted_at_ms: u64,
+    /// Bits were cleared since the last bitmap writeout.
+    pub(crate) bits_cleared: bool,
 }
 
 /// The bitmap slot of `remote` in `local`'s metadata.
@@ -158,6 +160,7 @@ impl Node {
             ops: BTreeMap::new(),
             slow_disk: false,
             promoted_at_ms: 0,
+            bits_cleared: false,
         };
         node.attach_from_meta(nodes);
         Ok(node)
@@ -278,7 +281,11 @@ impl Node {
     pub(crate) fn restart(&mut self, nodes: usize) -> Result<(), MetaError> {
         let dev = self.md_dev_down.take().expect("restart of a crashed node");
         let mut meta = MetaStore::open(dev, self.layout.clone())?;
-        if !meta.superblock().flags.al_clean {
+        // Activity-log recovery is for a crashed primary (its application
+        // writes may have reached only its own disk); a crashed secondary's
+        // unflushed peer writes are out of sync on the primary already.
+        let was_primary = meta.superblock().flags.primary;
+        if !meta.superblock().flags.al_clean && was_primary {
             for slot in 0..usize::from(meta.superblock().max_peers) {
                 meta.al_mark_logged_out_of_sync(slot);
             }

@@ -467,6 +467,11 @@ impl World {
             for r in self.nodes[n].peers.keys().copied().collect::<Vec<_>>() {
                 self.peer_event(n, r, Event::Tick { now_ms });
             }
+            // Cleared bits may only reach the disk after the data they
+            // vouch for (resync writes sit in the disk cache until then).
+            if std::mem::take(&mut self.nodes[n].bits_cleared) {
+                self.nodes[n].disk.flush();
+            }
             if let Some(meta) = self.nodes[n].meta.as_mut() {
                 if meta.bitmap_flush().is_err() {
                     self.stats.md_write_failures += 1;
