@@ -394,6 +394,30 @@ impl World {
         }
     }
 
+    /// Blocks out of sync on an idle, established connection are not
+    /// resynced by a reconnect (equal generations). DRBD detaches a disk
+    /// after a write error (`on-io-error detach`) and resyncs at reattach;
+    /// here the operator runs `invalidate` on the secondary instead.
+    fn invalidate_if_stuck(&mut self, x: usize, y: usize) {
+        let idle_with_bits = self.nodes[x].alive
+            && self.nodes[y].alive
+            && !self.nodes[y].is_primary()
+            && self.nodes[x].peers.get(&y).is_some_and(|p| {
+                let st = p.status();
+                st.conn == ConnState::Connected
+                    && st.repl == drbdd_replication::state::ReplState::Established
+                    && p.bitmap().count() > 0
+            });
+        if !idle_with_bits {
+            return;
+        }
+        let mut local = self.nodes[y].local_state(x);
+        local.disk = drbdd_replication::state::DiskState::Inconsistent;
+        self.stats.invalidates += 1;
+        self.log(y, || format!("ADMIN invalidate (resync from n{x})"));
+        self.peer_event(y, x, Event::StartFullSync { as_source: false, local });
+    }
+
     /// Stops faults, repairs everything an operator would, and lets the
     /// cluster settle; then runs the final checks.
     pub(crate) fn heal_and_check(&mut self) {
@@ -424,6 +448,8 @@ impl World {
             let links: Vec<(usize, usize)> = self.links.keys().copied().collect();
             for (a, b) in links {
                 self.admin_connect(a, b);
+                self.invalidate_if_stuck(a, b);
+                self.invalidate_if_stuck(b, a);
             }
             probe += 500;
             self.run_until(probe);

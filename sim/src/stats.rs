@@ -45,6 +45,7 @@ counters!(
     demotes,
     admin_disconnects,
     admin_connects,
+    invalidates,
     split_brains_detected,
     split_brain_resolutions,
     resyncs_finished,
