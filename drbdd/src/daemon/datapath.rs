@@ -441,6 +441,10 @@ impl BlockSession for TrackedSession {
         let Some(inner) = self.inner.as_ref() else {
             return done(Err(BlockError::ShuttingDown));
         };
+        let unbounded = matches!(req.op, BlockOp::Discard | BlockOp::WriteZeroes);
+        if unbounded && req.len_bytes > MAX_RANGE_OP_BYTES {
+            return submit_split(self, req, done);
+        }
         let counters = Arc::clone(&self.counters);
         counters.upper_pending.fetch_add(1, Ordering::Relaxed);
         let (op, len) = (req.op, u64::from(req.len_bytes));
@@ -459,6 +463,61 @@ impl BlockSession for TrackedSession {
                 }
                 counters.upper_pending.fetch_sub(1, Ordering::Relaxed);
                 done(result);
+            }),
+        );
+    }
+}
+
+/// Discard and write-zeroes carry no data, so frontends send them as large
+/// as the device; each piece is replicated as one data packet, so they are
+/// cut to the largest packet a peer accepts.
+const MAX_RANGE_OP_BYTES: u32 = drbdd_replication::wire::MAX_DATA_BYTES;
+
+/// Submits a large discard/write-zeroes as pieces of at most
+/// [`MAX_RANGE_OP_BYTES`]; `done` runs once, after the last piece, with the
+/// first error if any piece failed.
+fn submit_split(session: &TrackedSession, req: BlockRequest, done: Completion) {
+    let piece_bytes = u64::from(MAX_RANGE_OP_BYTES);
+    let end = req.offset_bytes + u64::from(req.len_bytes);
+    let pieces: Vec<BlockRequest> = (req.offset_bytes..end)
+        .step_by(usize::try_from(piece_bytes).unwrap_or(usize::MAX))
+        .map(|offset_bytes| BlockRequest {
+            offset_bytes,
+            len_bytes: u32::try_from(piece_bytes.min(end - offset_bytes))
+                .unwrap_or(MAX_RANGE_OP_BYTES),
+            ..req
+        })
+        .collect();
+    struct Join {
+        remaining: usize,
+        first_error: Option<BlockError>,
+        done: Option<Completion>,
+    }
+    let join = Arc::new(Mutex::new(Join {
+        remaining: pieces.len(),
+        first_error: None,
+        done: Some(done),
+    }));
+    for piece in pieces {
+        let join = Arc::clone(&join);
+        session.submit(
+            piece,
+            AlignedBuf::empty(),
+            Box::new(move |result| {
+                let mut j = join
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Err(e) = result {
+                    j.first_error.get_or_insert(e);
+                }
+                j.remaining -= 1;
+                if j.remaining == 0 {
+                    let outcome = j.first_error.take().map_or(Ok(AlignedBuf::empty()), Err);
+                    if let Some(done) = j.done.take() {
+                        drop(j);
+                        done(outcome);
+                    }
+                }
             }),
         );
     }
