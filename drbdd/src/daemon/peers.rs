@@ -19,7 +19,9 @@ use crate::backing::{Backing, BackingOp, EngineKind};
 use crate::control::proto::PeerStatus as PeerStatusView;
 use crate::metadev::FileMetaDevice;
 use crate::net::{self, Conn, ConnOpts, Listener, NetMsg, NetSink};
-use crate::pipeline::{LegHandle, LegOutcome, Pipeline, ReplicatedWrite, Replicator};
+use crate::pipeline::{
+    LegHandle, LegOutcome, PeerFlushDone, Pipeline, ReplicatedWrite, Replicator,
+};
 use drbdd_blockio::{AlignedBuf, BlockOp};
 use drbdd_config::{Protocol as CfgProtocol, Resource};
 use drbdd_metadata::MetaStore;
@@ -58,6 +60,11 @@ pub enum PeerMsg {
     LocalDone {
         id: WriteId,
     },
+    /// An application flush; call `done` when every peer has it.
+    Flush {
+        id: WriteId,
+        done: FlushDone,
+    },
     /// A disk I/O this module submitted finished.
     Io {
         node_id: u8,
@@ -74,6 +81,32 @@ pub struct LocalWrite {
     flags: u32,
     data: Vec<u8>,
     legs: Vec<(u8, LegHandle)>,
+}
+
+/// The completion of a replicated flush; runs when dropped at the latest
+/// (a resource going down must not leave an upward FLUSH hanging).
+pub struct FlushDone(Option<PeerFlushDone>);
+
+impl FlushDone {
+    fn complete(mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+impl Drop for FlushDone {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+impl std::fmt::Debug for FlushDone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FlushDone")
+    }
 }
 
 /// Completions of peer-requested disk I/O.
@@ -124,6 +157,8 @@ pub(super) struct Peers {
     sink: NetSink,
     next_conn_id: u64,
     legs: HashMap<(u8, WriteId), LegHandle>,
+    /// Replicated flushes: peers still to confirm, completion.
+    flushes: HashMap<WriteId, (usize, FlushDone)>,
     replicator: Arc<NetReplicator>,
     /// The pipeline the replicator is plugged into.
     plugged: Option<std::sync::Weak<Pipeline>>,
@@ -195,6 +230,18 @@ impl Replicator for NetReplicator {
         // the peers the local leg is over either way.
         let tx = self.tx.lock().expect("replicator sender lock");
         let _ = tx.send(ActorMsg::Peers(PeerMsg::LocalDone { id: token }));
+    }
+
+    fn flush(&self, done: PeerFlushDone) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let tx = self.tx.lock().expect("replicator sender lock");
+        if let Err(e) = tx.send(ActorMsg::Peers(PeerMsg::Flush {
+            id,
+            done: FlushDone(Some(done)),
+        })) {
+            // The actor is gone: no peer to wait for.
+            drop(e);
+        }
     }
 }
 
@@ -358,6 +405,7 @@ impl Actor {
             sink,
             next_conn_id: 1,
             legs: HashMap::new(),
+            flushes: HashMap::new(),
             plugged: None,
             bitmap_dirty: false,
             stop_ticker,
@@ -396,6 +444,7 @@ impl Actor {
             PeerMsg::Tick => self.peers_tick(),
             PeerMsg::Net(m) => self.on_net(m),
             PeerMsg::Write(w) => self.on_local_write(w),
+            PeerMsg::Flush { id, done } => self.on_local_flush(id, done),
             PeerMsg::LocalDone { id } => {
                 let n = self.peers.as_ref().map_or(0, |p| p.links.len());
                 for i in 0..n {
@@ -637,6 +686,36 @@ impl Actor {
         }
     }
 
+    fn on_local_flush(&mut self, id: WriteId, done: FlushDone) {
+        let n = self.peers.as_ref().map_or(0, |p| p.links.len());
+        if n == 0 {
+            return done.complete();
+        }
+        if let Some(p) = self.peers.as_mut() {
+            p.flushes.insert(id, (n, done));
+        }
+        for i in 0..n {
+            self.feed(i, Event::LocalFlush { id });
+        }
+    }
+
+    /// One peer finished its part of flush `id`.
+    fn flush_leg_done(&mut self, id: WriteId) {
+        let Some(p) = self.peers.as_mut() else { return };
+        let finished = match p.flushes.get_mut(&id) {
+            Some((left, _)) => {
+                *left -= 1;
+                *left == 0
+            }
+            None => false,
+        };
+        if finished {
+            if let Some((_, done)) = p.flushes.remove(&id) {
+                done.complete();
+            }
+        }
+    }
+
     /// Feeds `event` to peer `i` and executes what it returns.
     fn feed(&mut self, i: usize, event: Event<'_>) {
         let actions = self.link_mut(i).peer.handle(event);
@@ -704,11 +783,12 @@ impl Actor {
                     .peers
                     .as_mut()
                     .and_then(|p| p.legs.remove(&(node_id, id)));
-                if let Some(leg) = leg {
-                    leg.complete(match outcome {
+                match leg {
+                    Some(leg) => leg.complete(match outcome {
                         PeerOutcome::Acked => LegOutcome::Done,
                         PeerOutcome::OutOfSync => LegOutcome::PeerLost { slot },
-                    });
+                    }),
+                    None => self.flush_leg_done(id),
                 }
             }
             Action::MarkOutOfSync {

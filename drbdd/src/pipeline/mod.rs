@@ -25,7 +25,7 @@ mod write;
 pub use meta::{
     al_extents_of, recover_after_crash, AlError, CrashRecovery, PipelineMeta, AL_EXTENT_BYTES,
 };
-pub use write::{Leg, LegHandle, LegOutcome, ReplicatedWrite, Replicator};
+pub use write::{Leg, LegHandle, LegOutcome, PeerFlushDone, ReplicatedWrite, Replicator};
 
 use crate::backing::{Backing, BackingOp, EngineKind, FaultInjection};
 use drbdd_blockio::{
@@ -160,6 +160,13 @@ struct State {
     /// Bitmap slots of peers that are not connected: writes set their bits.
     disconnected_slots: Vec<usize>,
 }
+
+/// A replicated FLUSH: legs left, the local result, the upward completion.
+type FlushLegs = Mutex<(
+    u8,
+    Option<Result<AlignedBuf, BlockError>>,
+    Option<Completion>,
+)>;
 
 /// The request pipeline of one resource. Create with [`Pipeline::start`].
 pub struct Pipeline {
@@ -449,6 +456,32 @@ impl Pipeline {
     }
 
     fn submit_flush(&self, req: BlockRequest, done: Completion) {
+        let replicator = self.replicator.lock().expect("replicator lock").clone();
+        let Some(r) = replicator else {
+            return self.submit_local_flush(req, done);
+        };
+        // Two legs: the local flush and the peers' flush; the second to
+        // finish completes upward with the local result.
+        let legs: Arc<FlushLegs> = Arc::new(Mutex::new((2u8, None, Some(done))));
+        let finish = |legs: &FlushLegs, result: Option<Result<AlignedBuf, BlockError>>| {
+            let mut l = legs.lock().expect("flush legs lock");
+            l.0 -= 1;
+            if let Some(res) = result {
+                l.1 = Some(res);
+            }
+            if l.0 == 0 {
+                let res = l.1.take().unwrap_or_else(|| Ok(AlignedBuf::empty()));
+                let done = l.2.take().expect("flush completes once");
+                drop(l);
+                done(res);
+            }
+        };
+        let peer_legs = Arc::clone(&legs);
+        r.flush(Box::new(move || finish(&peer_legs, None)));
+        self.submit_local_flush(req, Box::new(move |res| finish(&legs, Some(res))));
+    }
+
+    fn submit_local_flush(&self, req: BlockRequest, done: Completion) {
         if self.cfg.md_flushes {
             if let Err(e) = lock_meta(&self.meta).flush_bitmap() {
                 self.emit(PipelineEvent::MetadataFailed { error: e });

@@ -59,7 +59,18 @@ pub trait Replicator: Send + Sync + std::fmt::Debug {
     fn local_done(&self, token: u64, ok: bool) {
         let _ = (token, ok);
     }
+
+    /// An application FLUSH: call `done` once every peer the protocol waits
+    /// for has the writes completed before it on stable storage (or is
+    /// gone). The upward FLUSH completes after both this and the local
+    /// flush. Any thread; must not block on I/O.
+    fn flush(&self, done: PeerFlushDone) {
+        done();
+    }
 }
+
+/// Completion of [`Replicator::flush`].
+pub type PeerFlushDone = Box<dyn FnOnce() + Send>;
 
 /// A write offered to the [`Replicator`].
 pub struct ReplicatedWrite<'a> {
