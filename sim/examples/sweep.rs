@@ -12,7 +12,15 @@ fn main() {
     let mut kinds = std::collections::BTreeMap::new();
     for (seed, f) in &r.failures {
         let n = drbdd_sim::SimConfig::for_seed(*seed).nodes;
-        let k: String = format!("N={n} {}", f.split(':').nth(1).unwrap_or(f).chars().take(60).collect::<String>());
+        let k: String = format!(
+            "N={n} {}",
+            f.split(':')
+                .nth(1)
+                .unwrap_or(f)
+                .chars()
+                .take(60)
+                .collect::<String>()
+        );
         kinds.entry(k).or_insert_with(Vec::new).push(*seed);
     }
     for (k, seeds) in &kinds {

@@ -257,27 +257,38 @@ impl World {
         ps.role = st.peer_role;
         ps.peer_disk = st.peer_disk;
         if was == ConnState::Connected && st.conn != ConnState::Connected && primary {
-            // A primary that loses a peer following its writes starts a new
-            // data generation, so the peer's stale data is recognised later.
-            if self.nodes[n].md().gens.bitmaps[slot] == 0 {
-                let uuid = self.rng.uuid();
-                self.nodes[n]
-                    .md_mut()
-                    .gens
-                    .start_new_generation(uuid, &[slot]);
-                self.persist(n);
-                // Core gap: a connected peer cannot learn a new current UUID
-                // (`Peer::set_local` refuses while connected). Reconnecting
-                // the other peers makes them see it in a fresh handshake.
-                for other in self.remotes(n) {
-                    if other != r && !self.links[&crate::world::key(n, other)].down() {
-                        self.log(n, || {
-                            format!("reconnecting n{other} to announce the new generation")
-                        });
-                        self.reset_link(n, other);
-                    }
-                }
-            }
+            self.primary_lost_peer(n, r, slot);
+        }
+    }
+
+    /// A primary that loses a peer following its writes starts a new data
+    /// generation, so the peer's stale data is recognised later.
+    fn primary_lost_peer(&mut self, n: usize, r: usize, slot: usize) {
+        if self.nodes[n].md().gens.bitmaps[slot] != 0 {
+            return;
+        }
+        // Core gap: a connected peer cannot learn a new current UUID
+        // (`Peer::set_local` refuses while connected; DRBD sends the new
+        // UUIDs). Workaround: every other peer is reconnected and so sees
+        // the new generation in a fresh handshake; all their slots track
+        // the old generation from now on.
+        let others: Vec<usize> = self
+            .remotes(n)
+            .into_iter()
+            .filter(|&o| o != r && !self.links[&crate::world::key(n, o)].down())
+            .collect();
+        let all_slots: Vec<usize> = self.remotes(n).iter().map(|&o| slot_of(n, o)).collect();
+        let uuid = self.rng.uuid();
+        self.nodes[n]
+            .md_mut()
+            .gens
+            .start_new_generation(uuid, &all_slots);
+        self.persist(n);
+        for other in others {
+            self.log(n, || {
+                format!("reconnecting n{other} to announce the new generation")
+            });
+            self.reset_link(n, other);
         }
     }
 

@@ -415,7 +415,14 @@ impl World {
         local.disk = drbdd_replication::state::DiskState::Inconsistent;
         self.stats.invalidates += 1;
         self.log(y, || format!("ADMIN invalidate (resync from n{x})"));
-        self.peer_event(y, x, Event::StartFullSync { as_source: false, local });
+        self.peer_event(
+            y,
+            x,
+            Event::StartFullSync {
+                as_source: false,
+                local,
+            },
+        );
     }
 
     /// Stops faults, repairs everything an operator would, and lets the
