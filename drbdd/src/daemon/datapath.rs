@@ -29,6 +29,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
+/// How long a daemon stop waits for in-flight requests to drain.
+const STOP_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The metadata store, shared between the actor and the pipeline.
 pub(super) type SharedMeta = Arc<Mutex<MetaStore<FileMetaDevice>>>;
 
@@ -287,11 +290,38 @@ impl Actor {
     /// Daemon stop: the NBD listeners and connections go first (no new
     /// requests), then the pipeline drains and persists. The caller then
     /// writes the superblock.
+    ///
+    /// Writes still in flight may wait for peer acknowledgements that only
+    /// this thread would process, so the peer links go first (their pending
+    /// legs fail), and the pipeline drains on a helper thread for at most
+    /// [`STOP_DRAIN_TIMEOUT`]; after that the daemon stops anyway without
+    /// writing metadata, and the activity log, left unclean, is replayed at
+    /// the next attach.
     pub(super) fn stop_data_path(&mut self) {
         self.data.stop_frontends();
-        if let Some(p) = self.pipeline.take() {
-            if let Err(e) = p.shutdown() {
+        let Some(p) = self.pipeline.take() else {
+            return;
+        };
+        self.peers = None;
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name(format!("drbdd-stop-{}", self.core.name))
+            .spawn(move || {
+                let _ = done_tx.send(p.shutdown());
+            });
+        let result = match spawned {
+            Ok(_) => done_rx.recv_timeout(STOP_DRAIN_TIMEOUT),
+            Err(e) => Ok(Err(e.into())),
+        };
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
                 tracing::error!(resource = %self.core.name, error = %e, "data path did not stop cleanly");
+            }
+            Err(_) => {
+                // Not persisting anything keeps the crash flags on disk.
+                self.store = None;
+                tracing::error!(resource = %self.core.name, timeout_ms = STOP_DRAIN_TIMEOUT.as_millis(), "writes still in flight at stop; the activity log will be replayed at the next attach");
             }
         }
     }
