@@ -131,6 +131,10 @@ impl World {
             Action::StateChanged(st) => self.state_changed(n, r, st),
             Action::SizeAgreed { .. } => {}
             Action::Log(s) | Action::Warn(s) => {
+                if s.contains("unrelated data") {
+                    self.stats.unrelated_data_refusals += 1;
+                    self.model.unrelated.insert(crate::world::key(n, r));
+                }
                 if s.starts_with("handshake with node") {
                     facts.handshake_done = true;
                 }

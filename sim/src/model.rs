@@ -27,6 +27,8 @@ pub(crate) struct Model {
     pub(crate) ahead: Vec<Vec<bool>>,
     /// Connections on which a split brain was detected (until it is resolved).
     pub(crate) sb_declared: BTreeSet<(usize, usize)>,
+    /// Connections refused as "unrelated data" (until the operator acts).
+    pub(crate) unrelated: BTreeSet<(usize, usize)>,
     /// stamp -> block it was written to.
     pub(crate) stamp_block: std::collections::BTreeMap<u64, u64>,
 }
@@ -39,6 +41,7 @@ impl Model {
             flushed: vec![vec![0; blocks]; nodes],
             ahead: vec![vec![false; nodes]; nodes],
             sb_declared: BTreeSet::new(),
+            unrelated: BTreeSet::new(),
             stamp_block: std::collections::BTreeMap::new(),
         }
     }

@@ -355,6 +355,42 @@ impl World {
         }
     }
 
+    /// "Unrelated data": the guide's remedy is `create-md` on the node whose
+    /// data is to be discarded (then a full sync). The operator picks a
+    /// Secondary that is not the hub (node 0). Returns false if neither fits.
+    fn recreate_unrelated(&mut self, n: usize, r: usize) -> bool {
+        let fits = |w: &World, x: usize| x != 0 && w.nodes[x].alive && !w.nodes[x].is_primary();
+        let victim = if fits(self, r) {
+            r
+        } else if fits(self, n) {
+            n
+        } else {
+            return false;
+        };
+        self.model.unrelated.remove(&key(n, r));
+        for o in self.remotes(victim) {
+            self.reset_link(victim, o);
+        }
+        let nodes = self.cfg.nodes;
+        let Ok(mut fresh) = crate::node::Node::create(victim, nodes, None) else {
+            self.violation(format!("create-md on n{victim} failed"));
+            return false;
+        };
+        let old = &self.nodes[victim];
+        fresh.disk = old.disk.clone();
+        fresh.boot = old.boot + 1;
+        self.nodes[victim] = fresh;
+        self.make_peers(victim);
+        for x in 0..nodes {
+            self.model.ahead[victim][x] = false;
+        }
+        self.stats.md_recreated_for_unrelated_data += 1;
+        self.log(victim, || {
+            "ADMIN create-md (unrelated data: discard this node's data)".into()
+        });
+        true
+    }
+
     /// `connect` on a StandAlone connection; after a detected split brain
     /// the operator picks the victim (a Secondary) and discards its data.
     pub(crate) fn admin_connect(&mut self, n: usize, r: usize) {
@@ -369,6 +405,9 @@ impl World {
             return;
         }
         self.stats.admin_connects += 1;
+        if self.model.unrelated.contains(&key(n, r)) && !self.recreate_unrelated(n, r) {
+            return;
+        }
         let sb = self.model.sb_declared.contains(&key(n, r));
         let victim = if !sb {
             None

@@ -46,6 +46,8 @@ counters!(
     admin_disconnects,
     admin_connects,
     invalidates,
+    unrelated_data_refusals,
+    md_recreated_for_unrelated_data,
     split_brains_detected,
     split_brain_resolutions,
     resyncs_finished,
