@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use drbdd::control::proto::{DEFAULT_RUN_DIR, LOCK_NAME, SOCKET_NAME};
 use drbdd::control::server::Server;
+use drbdd::daemon::actor;
 use drbdd::daemon::process::{self, RunDirLock};
 use drbdd::daemon::runtime::{Daemon, DaemonConfig};
 use std::path::PathBuf;
@@ -43,9 +44,13 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    let node_name = args.node.unwrap_or_else(drbdd_config::local_hostname);
+    // Must run while the process has one thread (ublk: see daemon/ublk.rs).
+    if actor::enter_namespace_if_needed(&args.config_dir, &node_name) {
+        tracing::info!("serving ublk devices: running in a private mount namespace");
+    }
     process::block_shutdown_signals().context("cannot block shutdown signals")?;
     let lock = RunDirLock::acquire(&args.run_dir, LOCK_NAME)?;
-    let node_name = args.node.unwrap_or_else(drbdd_config::local_hostname);
     let socket_path = args.run_dir.join(SOCKET_NAME);
     let server = Server::bind(&socket_path)
         .with_context(|| format!("cannot bind control socket {}", socket_path.display()))?;
@@ -61,6 +66,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         socket = %socket_path.display(),
         "drbdd started"
     );
+    actor::reclaim_devices(&args.config_dir, &node_name);
     let serving = Arc::clone(&daemon);
     std::thread::Builder::new()
         .name("drbdd-accept".into())

@@ -24,8 +24,11 @@ use std::thread::JoinHandle;
 mod datapath;
 #[path = "peers.rs"]
 mod peers;
+#[path = "ublk.rs"]
+mod ublk;
 use datapath::{lock_meta, DataPath, SharedMeta};
 pub use peers::PeerMsg;
+pub use ublk::{enter_namespace_if_needed, reclaim_devices};
 
 /// A failed admin command: kind (exit code) and message.
 pub type AdminError = (ErrorKind, String);
@@ -192,6 +195,8 @@ struct Actor {
     events: Arc<EventBus>,
     /// Peer connections (see `peers.rs`), once started.
     peers: Option<peers::Peers>,
+    /// `/dev/ublkb<minor>` while Primary (see `ublk.rs`).
+    ublk: ublk::UblkFront,
 }
 
 impl Actor {
@@ -204,6 +209,7 @@ impl Actor {
     ) -> Result<Self, AdminError> {
         res.local_node(node_name)
             .map_err(|e| (ErrorKind::Failed, e.to_string()))?;
+        ublk::check_available(&res, node_name)?;
         let peers = peer_states(&res, node_name);
         let data = DataPath::new(&res, node_name, run_dir, tx)?;
         Ok(Actor {
@@ -215,6 +221,7 @@ impl Actor {
             pipeline: None,
             events,
             peers: None,
+            ublk: ublk::UblkFront::default(),
         })
     }
 
@@ -291,18 +298,25 @@ impl Actor {
                 .step(Command::Detach)
                 .map(|()| format!("{name}: detached")),
             AdminCmd::Primary { force } => {
+                ublk::check_available(&self.res, &self.node_name)?;
                 let new_uuid = md::random_uuid()
                     .map_err(|e| (ErrorKind::Failed, format!("cannot read /dev/urandom: {e}")))?;
                 let before = self.core.md.as_ref().map(|m| m.gens.current);
                 self.step(Command::Promote { force, new_uuid })?;
                 let after = self.core.md.as_ref().map(|m| m.gens.current);
                 self.peers_role_changed(force && before != after);
+                self.ublk_after_promote()?;
                 Ok(format!("{name}: Primary"))
             }
             AdminCmd::Secondary => {
-                self.gate_for_demote()?;
+                self.ublk_before_demote()?;
+                if let Err(e) = self.gate_for_demote() {
+                    let _ = self.ublk_sync();
+                    return Err(e);
+                }
                 if let Err(e) = self.step(Command::Demote) {
                     self.reopen_gate();
+                    let _ = self.ublk_sync();
                     return Err(e);
                 }
                 self.peers_role_changed(false);
@@ -354,6 +368,7 @@ impl Actor {
                 Ok(())
             }
             Action::CloseBacking => {
+                self.ublk_stop();
                 self.close_backing();
                 Ok(())
             }
@@ -405,6 +420,11 @@ impl Actor {
     }
 
     fn persist_on_stop(&mut self) {
+        if self.ublk_on_daemon_stop() {
+            // A held /dev/ublkb<minor> waits for the next daemon: stop like a
+            // crash (see ublk.rs), the activity log is replayed at the next attach.
+            return;
+        }
         self.stop_data_path();
         let view = self.core.md.clone();
         if let (Some(store), Some(view)) = (self.store.as_ref(), view) {
