@@ -163,6 +163,8 @@ pub(super) struct Peers {
     /// The pipeline the replicator is plugged into.
     plugged: Option<std::sync::Weak<Pipeline>>,
     bitmap_dirty: bool,
+    /// The local disk state the machines were last told about.
+    announced_disk: DiskState,
     stop_ticker: Arc<AtomicBool>,
 }
 
@@ -408,6 +410,7 @@ impl Actor {
             flushes: HashMap::new(),
             plugged: None,
             bitmap_dirty: false,
+            announced_disk: self.core.disk,
             stop_ticker,
         });
         self.plug_replicator();
@@ -438,8 +441,11 @@ impl Actor {
         if self.peers.is_none() {
             return;
         }
-        // Cheap when nothing changed; catches a pipeline (re)started by attach.
+        // Cheap when nothing changed; catches a pipeline (re)started by
+        // attach and disk-state changes outside the peers (attach, detach,
+        // I/O error).
         self.plug_replicator();
+        self.announce_disk_change();
         match msg {
             PeerMsg::Tick => self.peers_tick(),
             PeerMsg::Net(m) => self.on_net(m),
@@ -588,6 +594,9 @@ impl Actor {
                     return;
                 }
                 l.stats.received_bytes += u64::try_from(bytes.len()).unwrap_or(0);
+                if let Some(c) = &l.conn {
+                    c.consumed(bytes.len());
+                }
                 self.feed(
                     i,
                     Event::BytesReceived {
@@ -959,8 +968,24 @@ impl Actor {
         }
     }
 
+    fn announce_disk_change(&mut self) {
+        let disk = self.core.disk;
+        let Some(p) = self.peers.as_mut() else { return };
+        if p.announced_disk == disk {
+            return;
+        }
+        p.announced_disk = disk;
+        let n = p.links.len();
+        for i in 0..n {
+            self.feed(i, Event::LocalDiskChanged { disk });
+        }
+    }
+
     /// Our disk state changed because of peer `from`: the other peers learn it.
     fn tell_peers_disk(&mut self, from: usize, disk: DiskState) {
+        if let Some(p) = self.peers.as_mut() {
+            p.announced_disk = disk;
+        }
         let n = self.peers.as_ref().map_or(0, |p| p.links.len());
         for j in (0..n).filter(|j| *j != from) {
             self.feed(j, Event::LocalDiskChanged { disk });

@@ -36,6 +36,48 @@ const ACCEPT_POLL_MS: u64 = 50;
 const READ_CHUNK_BYTES: usize = 256 * 1024;
 /// Most bytes the writer coalesces into one `write_all`.
 const WRITE_BATCH_BYTES: usize = 1 << 20;
+/// Most received bytes on their way to the actor per connection; the reader
+/// stops reading beyond this (TCP flow control then slows the peer).
+const RX_PENDING_MAX_BYTES: usize = 16 << 20;
+
+/// Received bytes handed to the actor and not yet consumed.
+#[derive(Debug, Default)]
+struct RxCredit {
+    pending: std::sync::Mutex<usize>,
+    consumed: std::sync::Condvar,
+    closed: AtomicBool,
+}
+
+impl RxCredit {
+    /// Waits until `n` more bytes fit; false once the connection closed.
+    fn reserve(&self, n: usize) -> bool {
+        let mut pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while *pending > 0 && *pending + n > RX_PENDING_MAX_BYTES {
+            if self.closed.load(Ordering::SeqCst) {
+                return false;
+            }
+            pending = self
+                .consumed
+                .wait_timeout(pending, Duration::from_millis(100))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        *pending += n;
+        true
+    }
+
+    fn release(&self, n: usize) {
+        let mut pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *pending = pending.saturating_sub(n);
+        self.consumed.notify_all();
+    }
+}
 
 /// What the transport reports to the resource actor.
 #[derive(Debug)]
@@ -223,6 +265,7 @@ pub struct Conn {
     pub conn_id: u64,
     stream: TcpStream,
     tx: SyncSender<Vec<u8>>,
+    rx_credit: Arc<RxCredit>,
 }
 
 impl Conn {
@@ -244,9 +287,11 @@ impl Conn {
         let reader = stream.try_clone()?;
         let writer = stream.try_clone()?;
         let sink_r = Arc::clone(&sink);
+        let rx_credit = Arc::new(RxCredit::default());
+        let credit = Arc::clone(&rx_credit);
         std::thread::Builder::new()
             .name(format!("drbdd-rx-{node_id}"))
-            .spawn(move || read_loop(reader, node_id, conn_id, &sink_r))?;
+            .spawn(move || read_loop(reader, node_id, conn_id, &sink_r, &credit))?;
         std::thread::Builder::new()
             .name(format!("drbdd-tx-{node_id}"))
             .spawn(move || write_loop(writer, &rx, node_id, conn_id, &sink))?;
@@ -254,6 +299,7 @@ impl Conn {
             conn_id,
             stream,
             tx,
+            rx_credit,
         })
     }
 
@@ -263,18 +309,36 @@ impl Conn {
         self.tx.send(bytes).is_ok()
     }
 
+    /// The actor consumed `n` received bytes (lets the reader go on).
+    pub fn consumed(&self, n: usize) {
+        self.rx_credit.release(n);
+    }
+
     /// Closes both directions; the threads end and report `Closed`.
     pub fn close(&self) {
+        self.rx_credit.closed.store(true, Ordering::SeqCst);
         let _ = self.stream.shutdown(Shutdown::Both);
     }
 }
 
-fn read_loop(mut stream: TcpStream, node_id: u8, conn_id: u64, sink: &NetSink) {
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // The writer closes the socket after flushing its queue; the reader
+        // must not wait for credit nobody will return.
+        self.rx_credit.closed.store(true, Ordering::SeqCst);
+        self.rx_credit.consumed.notify_all();
+    }
+}
+
+fn read_loop(mut stream: TcpStream, node_id: u8, conn_id: u64, sink: &NetSink, credit: &RxCredit) {
     let mut buf = vec![0u8; READ_CHUNK_BYTES];
     let reason = loop {
         match stream.read(&mut buf) {
             Ok(0) => break "connection closed by peer".to_owned(),
             Ok(n) => {
+                if !credit.reserve(n) {
+                    return;
+                }
                 let delivered = sink(NetMsg::Bytes {
                     node_id,
                     conn_id,
