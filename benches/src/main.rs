@@ -37,6 +37,9 @@ enum Cmd {
         target: MicroTarget,
         #[arg(long, default_value_t = 100_000)]
         writes: u64,
+        /// Directory for the pipeline target's backing file (disk file system, not tmpfs).
+        #[arg(long, default_value = "/tmp")]
+        dir: PathBuf,
     },
     /// Prints the fio arguments of one workload, one per line (for the VM hook).
     FioArgs {
@@ -100,7 +103,7 @@ struct RunArgs {
     /// Upper bound on a pair's initial full sync, seconds.
     #[arg(long, default_value_t = 600)]
     sync_timeout_s: u64,
-    /// Writes per callgrind run of the CPU micro-benchmark (default 100000, smoke 10000).
+    /// Writes per callgrind run of the CPU micro-benchmark (default 100000, smoke 2000).
     #[arg(long)]
     cpu_writes: Option<u64>,
     /// Script producing VM rows (default benches/vm-rows.sh when it exists).
@@ -127,15 +130,19 @@ struct Results {
     work_dir_fs: String,
     rows: Vec<RowReport>,
     resync: Option<ResyncReport>,
-    cpu: Option<CpuReport>,
-    cpu_skipped: Option<String>,
+    cpu: Vec<CpuReport>,
+    cpu_skipped: BTreeMap<String, String>,
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Some(Cmd::MicroWrite { target, writes }) => {
-            let done = cpu::micro_write(target, writes)?;
+        Some(Cmd::MicroWrite {
+            target,
+            writes,
+            dir,
+        }) => {
+            let done = cpu::micro_write(target, writes, &dir)?;
             println!(
                 "{done} writes of {} bytes through {}",
                 cpu::WRITE_BYTES,
@@ -213,7 +220,7 @@ fn settings(a: &RunArgs) -> Result<Settings> {
         },
         cpu_writes: a
             .cpu_writes
-            .unwrap_or(if smoke { 10_000 } else { 100_000 })
+            .unwrap_or(if smoke { 2_000 } else { 100_000 })
             .max(1),
         rows,
         sections,
@@ -298,7 +305,7 @@ fn run(args: RunArgs) -> Result<()> {
     let (cpu, cpu_skipped) = if has("cpu") {
         cpu_section(&s, &env.work_dir)
     } else {
-        (None, None)
+        (Vec::new(), BTreeMap::new())
     };
     drop(scratch);
     let results = Results {
@@ -416,18 +423,26 @@ fn vm_rows(args: &RunArgs, s: &Settings, env: &SetupEnv) -> Vec<RowReport> {
     vm::run_hook(&script, &vars)
 }
 
-fn cpu_section(s: &Settings, work_dir: &Path) -> (Option<CpuReport>, Option<String>) {
+fn cpu_section(s: &Settings, work_dir: &Path) -> (Vec<CpuReport>, BTreeMap<String, String>) {
+    let mut reports = Vec::new();
+    let mut skipped = BTreeMap::new();
     let exe = match std::env::current_exe() {
         Ok(e) => e,
-        Err(e) => return (None, Some(format!("cannot find own executable: {e}"))),
+        Err(e) => {
+            skipped.insert("all".to_owned(), format!("cannot find own executable: {e}"));
+            return (reports, skipped);
+        }
     };
-    match cpu::measure(&exe, MicroTarget::Mem, s.cpu_writes, work_dir) {
-        Ok(r) => (Some(r), None),
-        Err(why) => {
-            eprintln!("SKIP: CPU cost: {why}");
-            (None, Some(why))
+    for target in MicroTarget::ALL {
+        match cpu::measure(&exe, target, s.cpu_writes, work_dir) {
+            Ok(r) => reports.push(r),
+            Err(why) => {
+                eprintln!("SKIP: CPU cost ({}): {why}", target.id());
+                skipped.insert(target.id().to_owned(), why);
+            }
         }
     }
+    (reports, skipped)
 }
 
 fn render(r: &Results) -> String {
@@ -450,16 +465,19 @@ fn render(r: &Results) -> String {
         md.push_str(&resync::markdown(rs));
         md.push('\n');
     }
-    match (&r.cpu, &r.cpu_skipped) {
-        (Some(c), _) => md.push_str(&format!(
-            "CPU cost (callgrind, {} target): {:.0} instructions per 4 KiB write (from {} vs {} writes)\n",
-            c.target,
-            c.instructions_per_write,
-            c.writes,
-            c.writes * 2
-        )),
-        (None, Some(why)) => md.push_str(&format!("CPU cost: SKIPPED: {why}\n")),
-        (None, None) => {}
+    if !r.cpu.is_empty() || !r.cpu_skipped.is_empty() {
+        md.push_str(
+            "CPU cost (callgrind instructions per 4 KiB write at QD1, (Ir(2N) - Ir(N)) / N)\n\n",
+        );
+    }
+    for c in &r.cpu {
+        md.push_str(&format!(
+            "- {}: {:.0} instructions per write (N = {})\n",
+            c.target, c.instructions_per_write, c.writes
+        ));
+    }
+    for (target, why) in &r.cpu_skipped {
+        md.push_str(&format!("- {target}: SKIPPED: {why}\n"));
     }
     md
 }
