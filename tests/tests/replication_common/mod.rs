@@ -371,6 +371,20 @@ impl Drop for Cluster {
         for i in 0..self.nodes.len() {
             self.kill_daemon(i);
         }
+        // DRBDD_TEST_KEEP_LOGS=<dir>: keep every node's log for inspection.
+        if let Ok(dir) = std::env::var("DRBDD_TEST_KEEP_LOGS") {
+            let dir = PathBuf::from(dir).join(
+                self.root
+                    .path()
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            );
+            let _ = std::fs::create_dir_all(&dir);
+            for n in &self.nodes {
+                let _ = std::fs::copy(n.log_path(), dir.join(format!("{}.log", n.name)));
+            }
+        }
     }
 }
 
