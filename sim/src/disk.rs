@@ -104,7 +104,7 @@ pub fn decode_block(bytes: &[u8]) -> Option<u64> {
 
 /// Decodes a multi-block payload.
 pub(crate) fn decode_blocks(bytes: &[u8]) -> Option<Vec<u64>> {
-    if bytes.len() % BLOCK_USIZE != 0 {
+    if !bytes.len().is_multiple_of(BLOCK_USIZE) {
         return None;
     }
     bytes.chunks_exact(BLOCK_USIZE).map(decode_block).collect()

@@ -139,7 +139,7 @@ impl Node {
             max_peers,
             al_extents: AL_EXTENTS,
         };
-        let mut meta = MetaStore::create(MemDevice::new(MD_DEVICE_BYTES), layout.clone(), opts)?;
+        let mut meta = MetaStore::create(MemDevice::new(MD_DEVICE_BYTES), layout, opts)?;
         if let Some(current) = gens_current {
             meta.update_superblock(|sb| {
                 sb.current_uuid = current;
@@ -280,7 +280,7 @@ impl Node {
     /// Reboot: reload from metadata, with activity-log recovery.
     pub(crate) fn restart(&mut self, nodes: usize) -> Result<(), MetaError> {
         let dev = self.md_dev_down.take().expect("restart of a crashed node");
-        let mut meta = MetaStore::open(dev, self.layout.clone())?;
+        let mut meta = MetaStore::open(dev, self.layout)?;
         // Activity-log recovery is for a crashed primary (its application
         // writes may have reached only its own disk); a crashed secondary's
         // unflushed peer writes are out of sync on the primary already.
