@@ -229,7 +229,15 @@ impl ResourceCore {
         // Guide 23.2: a new data generation starts when we become Primary
         // without a peer that follows our writes (its bitmap UUID is still 0),
         // or when forced data has no generation yet.
-        let untracked_peer = disconnected.iter().any(|s| md.gens.bitmaps[*s] == 0);
+        // A bitmap UUID tracks the peer only if it is one of our former
+        // generations. A sync UUID left by a resync whose end this node
+        // never saw (connection lost first) is not: the peer may have
+        // adopted our current generation since, and writes under it would
+        // look like plain progress instead of a split brain (drbdd-sim).
+        let untracked_peer = disconnected.iter().any(|s| {
+            let bitmap = md.gens.bitmaps[*s];
+            bitmap == 0 || !md.gens.history.contains(&bitmap)
+        });
         if forced_fresh || untracked_peer || is_empty_uuid(md.gens.current) {
             md.gens.start_new_generation(new_uuid, &disconnected);
         }
@@ -363,6 +371,28 @@ mod tests {
         })
         .unwrap();
         assert_eq!(core.md.as_ref().unwrap().gens.current, 0x2222);
+    }
+
+    #[test]
+    fn promote_with_a_leftover_sync_uuid_as_bitmap_starts_a_new_generation() {
+        // The node was sync source and lost the connection before the
+        // target's ResyncFinished: its bitmap UUID is the sync UUID, which
+        // is none of its former generations (found by drbdd-sim seed 1778).
+        let mut md = fresh_md(1);
+        md.consistent = true;
+        md.was_up_to_date = true;
+        md.gens.current = 0x1111;
+        md.gens.bitmaps[0] = 0x5555;
+        md.gens.history = [0x0999, 0];
+        let mut core = attached(md, 1);
+        core.handle(Command::Promote {
+            force: false,
+            new_uuid: 0x2222,
+        })
+        .unwrap();
+        let gens = &core.md.as_ref().unwrap().gens;
+        assert_eq!(gens.current, 0x2222);
+        assert_eq!(gens.history[0], 0x1111);
     }
 
     #[test]
