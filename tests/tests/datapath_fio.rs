@@ -34,6 +34,7 @@ fn fio_randrw_with_crc32c_verify_passes_through_the_nbd_engine() {
             "--verify=crc32c",
             "--verify_fatal=1",
             "--do_verify=1",
+            "--verify_state_save=0",
             "--output-format=normal",
         ])
         .output()

@@ -82,6 +82,11 @@ pub enum ActorMsg {
     Stop {
         reply: SyncSender<()>,
     },
+    /// The NBD frontends of a stopping actor are closed (see `datapath.rs`):
+    /// persist metadata, answer `reply` and end the thread.
+    FrontendsStopped {
+        reply: SyncSender<()>,
+    },
 }
 
 /// The daemon's handle on a running actor.
@@ -282,7 +287,8 @@ impl Actor {
                 self.on_peer_msg(m);
                 false
             }
-            ActorMsg::Stop { reply } => {
+            ActorMsg::Stop { reply } => self.begin_stop(reply),
+            ActorMsg::FrontendsStopped { reply } => {
                 self.persist_on_stop();
                 let _ = reply.send(());
                 true

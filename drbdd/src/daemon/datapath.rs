@@ -26,7 +26,7 @@ use drbdd_replication::state::{DiskState, Role};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{Sender, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 /// How long a daemon stop waits for in-flight requests to drain.
@@ -283,6 +283,41 @@ impl Actor {
         if let Some(store) = self.store.take() {
             if let Err(e) = lock_meta(&store).close_clean() {
                 tracing::warn!(resource = %self.core.name, error = %e, "metadata not closed cleanly");
+            }
+        }
+    }
+
+    /// Daemon stop, first half: the NBD listeners and connections close on a
+    /// helper thread while this thread keeps handling messages (requests in
+    /// flight may wait for peer acknowledgements that only this thread
+    /// processes); the helper then sends [`ActorMsg::FrontendsStopped`],
+    /// whose handling persists and ends the actor. Returns true when the
+    /// actor must end now (nothing to wait for).
+    pub(super) fn begin_stop(&mut self, reply: SyncSender<()>) -> bool {
+        self.data.withdraw();
+        let servers = std::mem::take(&mut self.data.servers);
+        let socket = self.data.socket_path.take();
+        let tx = self.data.tx.clone();
+        let stopper = move || {
+            for server in servers {
+                server.shutdown();
+            }
+            if let Some(path) = socket {
+                let _ = std::fs::remove_file(path);
+            }
+            let _ = tx.send(ActorMsg::FrontendsStopped { reply });
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("drbdd-stop-{}", self.core.name))
+            .spawn(stopper);
+        match spawned {
+            Ok(_) => false,
+            Err(e) => {
+                // The closure (with `reply`) is gone; the caller sees the
+                // actor end without an answer, which it treats as stopped.
+                tracing::error!(resource = %self.core.name, error = %e, "cannot start the stop thread; stopping inline");
+                self.persist_on_stop();
+                true
             }
         }
     }
