@@ -5,7 +5,6 @@
 //! through NBD ends the daemon cleanly within a bounded time. Two real
 //! daemons on loopback (the replication tests' harness), real qemu-io and fio.
 
-#[allow(dead_code)]
 mod replication_common;
 
 use replication_common::{Cluster, ResOpts};
