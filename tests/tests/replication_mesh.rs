@@ -33,3 +33,34 @@ fn three_node_mesh_full_sync_to_two_secondaries() {
     c.assert_identical(0, 1);
     c.assert_identical(0, 2);
 }
+
+#[test]
+fn three_node_mesh_one_secondary_away_catches_up_and_all_stay_identical() {
+    if !replication_common::have_tool("mesh_secondary_away", "qemu-io") {
+        return;
+    }
+    let mut c = Cluster::new(3, &ResOpts::default());
+    c.bring_up_all();
+    c.wait_peer(0, "bob", "Established", "Inconsistent");
+    c.wait_peer(0, "carol", "Established", "Inconsistent");
+    c.ctl_ok(0, &["primary", "r0", "--force"]);
+    c.wait_disk(1, "UpToDate");
+    c.wait_disk(2, "UpToDate");
+    c.qemu_io(0, "write -P 0x10 0 512k");
+    c.ctl_ok(1, &["disconnect", "r0"]);
+    c.qemu_io(0, "write -P 0x20 2M 256k");
+    c.qemu_io(0, "flush");
+    c.ctl_ok(1, &["connect", "r0"]);
+    for (i, peers) in [
+        (0, ["bob", "carol"]),
+        (1, ["alice", "carol"]),
+        (2, ["alice", "bob"]),
+    ] {
+        for p in peers {
+            c.wait_peer(i, p, "Established", "UpToDate");
+        }
+    }
+    c.wait_disk(1, "UpToDate");
+    c.assert_identical(0, 1);
+    c.assert_identical(0, 2);
+}

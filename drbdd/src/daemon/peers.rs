@@ -1012,9 +1012,30 @@ impl Actor {
                 return;
             }
         };
-        md.gens.start_new_generation(new_uuid, &[slot]);
+        // A connected peer cannot learn a new current UUID (the core has no
+        // event for it; DRBD sends the new UUIDs). Like the simulator: every
+        // slot tracks the old generation, and the other connected peers are
+        // reconnected so a fresh handshake shows them the new one (a
+        // bitmap-based resync of what they missed meanwhile, usually nothing).
+        let all_slots: Vec<usize> = self
+            .peers
+            .as_ref()
+            .map(|p| p.links.iter().map(|l| l.slot).collect())
+            .unwrap_or_default();
+        md.gens.start_new_generation(new_uuid, &all_slots);
         tracing::info!(resource = %self.core.name, slot, "peer lost while Primary: new data generation");
         self.persist_md();
+        let now = self.now_ms();
+        let n = self.peers.as_ref().map_or(0, |p| p.links.len());
+        for j in 0..n {
+            let l = self.link(j);
+            if l.slot != slot && l.peer.status().conn == ConnState::Connected {
+                tracing::info!(resource = %self.core.name, peer = l.node_id, "reconnecting to announce the new data generation");
+                self.drop_conn(j);
+                self.feed(j, Event::ConnectionLost { now_ms: now });
+                self.link_mut(j).next_dial_ms = 0; // at once, not after connect-int
+            }
+        }
     }
 
     fn persist_md(&mut self) {
