@@ -268,7 +268,14 @@ impl Peer {
             }
             Event::RoleChanged { role } => {
                 self.local.role = role;
-                if self.established() {
+                if self.handshake.is_some() || self.pending_connect.is_some() {
+                    // The handshake already announced the old role and
+                    // generations (a promotion may start a new one); a
+                    // decision on them could hide a split brain
+                    // (drbdd-sim). Start over with what is true now.
+                    let why = "role changed during the handshake; reconnecting";
+                    self.lose_connection(why.into(), true, out);
+                } else if self.established() {
                     out.push(Action::Send(self.state_packet(0)));
                 }
             }
