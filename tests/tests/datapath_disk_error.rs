@@ -1,0 +1,166 @@
+//! A failing backing device detaches (on-io-error detach): the daemon's
+//! backing "device" is a file served by nbdkit's error filter through
+//! nbdfuse, so writes fail with EIO exactly while a trigger file exists.
+//! Proves the failed write reaches the client as an I/O error, the resource
+//! goes `disk:Diskless` (the data path stops, the metadata is left alone),
+//! and after the fault is gone `attach` brings the disk back UpToDate with
+//! the data written before the failure intact. Needs nbdkit, nbdfuse,
+//! qemu-io and /dev/fuse; skips with a printed reason otherwise.
+
+mod datapath_common;
+
+use datapath_common::{have_fuse, have_tools, qemu_io, qemu_io_ok, Node};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+
+/// nbdkit (file plugin + error filter) and nbdfuse; stopped on drop.
+#[derive(Debug)]
+struct FaultyDisk {
+    dir: tempfile::TempDir,
+    kit: Child,
+    fuse: Option<Child>,
+}
+
+impl FaultyDisk {
+    fn start(size_bytes: u64) -> FaultyDisk {
+        let dir = tempfile::Builder::new()
+            .prefix("drbdd-dp-faulty-")
+            .tempdir_in("/tmp")
+            .expect("temp dir under /tmp");
+        let under = dir.path().join("under.img");
+        std::fs::File::create(&under)
+            .unwrap()
+            .set_len(size_bytes)
+            .unwrap();
+        let sock = dir.path().join("kit.sock");
+        let kit = Command::new("nbdkit")
+            .arg("-f")
+            .arg("-U")
+            .arg(&sock)
+            .args(["--filter=error", "file"])
+            .arg(&under)
+            .args(["error-pwrite=EIO", "error-pwrite-rate=100%"])
+            .arg(format!(
+                "error-pwrite-file={}",
+                dir.path().join("trigger").display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nbdkit");
+        wait_until("nbdkit socket", || sock.exists());
+        let mnt = dir.path().join("fuse");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let fuse = Command::new("nbdfuse")
+            .arg(mnt.join("disk"))
+            .arg(format!("nbd+unix:///?socket={}", sock.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nbdfuse");
+        let disk = mnt.join("disk");
+        wait_until("nbdfuse file", || {
+            std::fs::metadata(&disk).is_ok_and(|m| m.len() == size_bytes)
+        });
+        FaultyDisk {
+            dir,
+            kit,
+            fuse: Some(fuse),
+        }
+    }
+
+    fn disk(&self) -> PathBuf {
+        self.dir.path().join("fuse/disk")
+    }
+
+    fn set_failing(&self, failing: bool) {
+        let trigger = self.dir.path().join("trigger");
+        if failing {
+            std::fs::write(trigger, b"").unwrap();
+        } else {
+            let _ = std::fs::remove_file(trigger);
+        }
+    }
+}
+
+impl Drop for FaultyDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg(self.dir.path().join("fuse"))
+            .status();
+        if let Some(mut f) = self.fuse.take() {
+            let _ = f.kill();
+            let _ = f.wait();
+        }
+        let _ = self.kit.kill();
+        let _ = self.kit.wait();
+    }
+}
+
+fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{what} did not appear"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn point_config_at(node: &Node, disk: &Path) {
+    let path = node.root.path().join("etc/resources.d/r0.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let old = format!("disk = \"{}\"", node.disk.display());
+    assert!(text.contains(&old));
+    let text = text.replace(&old, &format!("disk = \"{}\"", disk.display()));
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn write_error_detaches_to_diskless_and_attach_brings_the_data_back() {
+    let test = "write_error_detaches_to_diskless";
+    if !have_fuse(test) || !have_tools(test, &["nbdkit", "nbdfuse", "qemu-io"]) {
+        return;
+    }
+    let faulty = FaultyDisk::start(64 * MIB);
+    let mut node = Node::new(MIB, "[disk]\non-io-error = \"detach\"");
+    point_config_at(&node, &faulty.disk());
+    node.disk = faulty.disk();
+    node.bring_up_primary();
+    let uri = node.uri();
+    qemu_io_ok(&uri, &["write -P 0x21 0 64k", "flush"]);
+
+    faulty.set_failing(true);
+    let out = qemu_io(&uri, &["write -P 0x22 1M 64k"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("write failed: Input/output error"),
+        "the failed write must reach the client: {text}"
+    );
+    node.wait_for("disk:Diskless after the write error", |st| {
+        st["disk"] == "Diskless"
+    });
+    assert!(
+        node.log().contains("local disk failed"),
+        "the daemon log names the failure"
+    );
+
+    faulty.set_failing(false);
+    node.ctl_ok(&["secondary", "r0"]);
+    node.ctl_ok(&["attach", "r0"]);
+    node.wait_for("disk:UpToDate after attach", |st| st["disk"] == "UpToDate");
+    node.ctl_ok(&["primary", "r0"]);
+    qemu_io_ok(&uri, &["read -P 0x21 0 64k"]);
+    node.ctl_ok(&["secondary", "r0"]);
+    node.ctl_ok(&["down", "r0"]);
+    node.stop();
+}
