@@ -447,17 +447,17 @@ fn cpu_section(s: &Settings, work_dir: &Path) -> (Vec<CpuReport>, BTreeMap<Strin
 
 fn render(r: &Results) -> String {
     let s = &r.settings;
-    let mut md = format!(
-        "# drbdd bench{}\n\n{} run(s), median shown; {} s per job (+{} s ramp); {} MiB backing files on {}. \
-         Cells: value (ratio to row 1). Latency: lower is better; IOPS/MB/s: higher is better.\n\n",
-        if s.smoke { " (smoke)" } else { "" },
-        s.runs,
-        s.timing.runtime_s,
-        s.timing.ramp_s,
-        s.size_bytes >> 20,
-        r.work_dir_fs
-    );
+    let mut md = format!("# drbdd bench{}\n\n", if s.smoke { " (smoke)" } else { "" });
     if !r.rows.is_empty() {
+        md.push_str(&format!(
+            "{} run(s), median shown; {} s per job (+{} s ramp); {} MiB backing files on {}. \
+             Cells: value (ratio to row 1). Latency: lower is better; IOPS/MB/s: higher is better.\n\n",
+            s.runs,
+            s.timing.runtime_s,
+            s.timing.ramp_s,
+            s.size_bytes >> 20,
+            r.work_dir_fs
+        ));
         md.push_str(&report::markdown_table(&r.rows));
         md.push('\n');
     }
