@@ -108,6 +108,18 @@ impl Peer {
         if self.tx_waiting.len() >= self.cfg.max_buffers {
             // Both the table and the wait queue are full: the peer is far
             // behind. Keep the application going; resync repairs the range.
+            if self.cfg.protocol != crate::ack::Protocol::A {
+                // Under B and C the peer must not stay "connected and
+                // UpToDate" while missing acknowledged writes: it could be
+                // promoted after a crash of this node and lose them
+                // (drbdd-sim). Drop the connection as DRBD's ko-count
+                // would; a primary then starts a new data generation.
+                self.tx_waiting.push_back(w);
+                let why = "peer too slow (max-buffers full): dropping the connection";
+                out.push(Action::Warn(why.into()));
+                self.lose_connection(why.into(), true, out);
+                return;
+            }
             out.push(Action::Warn(
                 "peer too slow: write not replicated, marked out of sync".into(),
             ));
