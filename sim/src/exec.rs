@@ -296,6 +296,28 @@ impl World {
         }
     }
 
+    /// The node's own on-io-error policy after a failed replicated write:
+    /// its data is known stale, so it must not stay UpToDate (it could be
+    /// promoted). DRBD detaches (`on-io-error detach`); the simulator, which
+    /// does not model Diskless nodes, outdates the disk until a resync.
+    fn outdate_after_write_error(&mut self, n: usize) {
+        if !self.nodes[n].alive || self.nodes[n].core.disk != DiskState::UpToDate {
+            return;
+        }
+        self.log(n, || {
+            "write error on a replicated write: disk Outdated".into()
+        });
+        self.nodes[n].core.disk = DiskState::Outdated;
+        self.nodes[n].md_mut().outdated = true;
+        self.persist(n);
+        for r in self.nodes[n].peers.keys().copied().collect::<Vec<_>>() {
+            let event = drbdd_replication::peer::Event::LocalDiskChanged {
+                disk: DiskState::Outdated,
+            };
+            self.peer_event(n, r, event);
+        }
+    }
+
     /// A peer leg of an application request ended.
     fn leg_done(&mut self, n: usize, r: usize, id: u64, outcome: PeerOutcome) {
         let Some(op) = self.nodes[n].ops.get_mut(&id) else {
@@ -358,6 +380,9 @@ impl World {
                     remote,
                     drbdd_replication::peer::Event::PeerWriteDone { seq, ok },
                 );
+                if !ok {
+                    self.outdate_after_write_error(n);
+                }
             }
             Io::PeerFlush { remote, epoch } => {
                 self.nodes[n].disk.flush();

@@ -437,7 +437,12 @@ impl World {
             self.log(a, || format!("transport to n{b} up"));
             for (x, y) in [(a, b), (b, a)] {
                 let local = self.nodes[x].local_state(y);
-                self.log(x, || format!("announces to n{y}: {:x?} {} {}", local.generations, local.role, local.disk));
+                self.log(x, || {
+                    format!(
+                        "announces to n{y}: {:x?} {} {}",
+                        local.generations, local.role, local.disk
+                    )
+                });
                 let mut nonce = [0u8; 32];
                 for c in nonce.chunks_mut(8) {
                     c.copy_from_slice(&self.rng.next_u64().to_le_bytes());

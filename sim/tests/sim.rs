@@ -52,7 +52,10 @@ fn every_seed_of_the_batch_keeps_every_invariant() {
         report.stats
     );
     for (seed, failure) in report.failures.iter().take(20) {
-        eprintln!("seed {seed} FAILED: {failure}\n  replay: {}", replay_command(*seed));
+        eprintln!(
+            "seed {seed} FAILED: {failure}\n  replay: {}",
+            replay_command(*seed)
+        );
     }
     if let Some((seed, failure)) = report.failures.first() {
         panic!(
@@ -74,7 +77,10 @@ fn every_seed_of_the_batch_keeps_every_invariant() {
             ("resyncs", s.resyncs_finished),
             ("torn metadata writes", s.torn_md_writes),
             ("lost unflushed writes", s.lost_unflushed_writes),
-            ("reordering across connections", s.reordered_across_connections),
+            (
+                "reordering across connections",
+                s.reordered_across_connections,
+            ),
             ("peer write EIO", s.eio_peer_writes),
             ("resync read EIO", s.eio_resync_reads),
             ("slow disks", s.slow_disk_periods),
@@ -122,11 +128,20 @@ fn completing_protocol_c_writes_on_the_local_leg_alone_is_caught() {
 #[test]
 fn seeds_that_found_core_bugs_pass() {
     for (seed, bug) in [
-        (8, "flush completed before the peer's BarrierAck (WriteAck taken as durable)"),
+        (
+            8,
+            "flush completed before the peer's BarrierAck (WriteAck taken as durable)",
+        ),
         (19, "same, seen on a fresh cluster"),
         (280, "resync read a block whose local write was unfinished"),
-        (187, "equal generations with a leftover bitmap UUID never finished"),
-        (336, "failed replicated write during resync left the target UpToDate"),
+        (
+            187,
+            "equal generations with a leftover bitmap UUID never finished",
+        ),
+        (
+            336,
+            "failed replicated write during resync left the target UpToDate",
+        ),
     ] {
         let out = run_seed(seed, false, Mutation::None);
         assert!(
