@@ -41,6 +41,9 @@ pub struct UblkConfig {
     pub depth: u16,
     /// Largest read or write; lowered to what the target supports.
     pub max_io_bytes: u32,
+    /// Largest discard or write-zeroes request the kernel may send (it splits
+    /// bigger ones); a replicating target caps it at its wire limit.
+    pub max_discard_bytes: u32,
     /// Re-attach to an existing `/dev/ublkb<minor>` with our owner tag (left by a
     /// crashed or restarted drbdd) instead of refusing to start.
     pub recover: bool,
@@ -57,6 +60,7 @@ impl UblkConfig {
             queues: 0,
             depth: DEFAULT_DEPTH,
             max_io_bytes: DEFAULT_MAX_IO_BYTES,
+            max_discard_bytes: crate::params::MAX_DISCARD_BYTES,
             recover: true,
             owner_tag: admin::owner_tag(resource),
         }
@@ -116,7 +120,8 @@ impl UblkDevice {
         admin::ublk_available()?;
         let dev_id = config.validate()?;
         let minor = config.minor;
-        let params = DeviceParams::compute(&target.geometry(), config.max_io_bytes)?;
+        let params = DeviceParams::compute(&target.geometry(), config.max_io_bytes)?
+            .with_max_discard_bytes(config.max_discard_bytes);
         let mode = match (admin::device_exists(minor), config.recover) {
             (false, _) => StartMode::Add,
             (true, false) => return Err(UblkError::DeviceExists { minor }),

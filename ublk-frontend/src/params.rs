@@ -13,7 +13,7 @@ const LIBUBLK_MAX_IO_BYTES: u32 = 32 << 20;
 /// Smallest I/O size we announce: one 4 KiB page.
 const MIN_IO_BYTES: u32 = 4096;
 /// Largest discard / write-zeroes request we let the kernel send, in bytes.
-const MAX_DISCARD_BYTES: u32 = 1 << 30;
+pub(crate) const MAX_DISCARD_BYTES: u32 = 1 << 30;
 
 /// What `/dev/ublkb<minor>` will look like to the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +76,20 @@ impl DeviceParams {
         })
     }
 
+    /// Lowers the discard and write-zeroes limits to `max_bytes` (rounded
+    /// down to the physical block, at least one block); never raises them.
+    pub fn with_max_discard_bytes(mut self, max_bytes: u32) -> Self {
+        let pb = self.physical_block_bytes;
+        let cap = (max_bytes - max_bytes % pb).max(pb);
+        if self.max_discard_bytes > 0 {
+            self.max_discard_bytes = self.max_discard_bytes.min(cap);
+        }
+        if self.max_write_zeroes_bytes > 0 {
+            self.max_write_zeroes_bytes = self.max_write_zeroes_bytes.min(cap);
+        }
+        self
+    }
+
     /// The driver's parameter block.
     pub(crate) fn to_sys(self) -> sys::ublk_params {
         let shift = |bytes: u32| u8::try_from(bytes.trailing_zeros()).unwrap_or(u8::MAX);
@@ -128,6 +142,31 @@ mod tests {
             supports_write_zeroes: true,
             volatile_cache: true,
         }
+    }
+
+    #[test]
+    fn discard_and_write_zeroes_limits_are_capped_but_never_raised_or_enabled() {
+        let p = DeviceParams::compute(&geometry(), 512 << 10).unwrap();
+        assert_eq!(p.max_discard_bytes, 1 << 30);
+        let capped = p.with_max_discard_bytes((1 << 20) + 100);
+        assert_eq!(
+            (capped.max_discard_bytes, capped.max_write_zeroes_bytes),
+            (1 << 20, 1 << 20)
+        );
+        assert_eq!(capped.to_sys().discard.max_discard_sectors, 2048);
+        assert_eq!(p.with_max_discard_bytes(0).max_discard_bytes, 4096);
+        assert_eq!(
+            p.with_max_discard_bytes(u32::MAX).max_discard_bytes,
+            1 << 30
+        );
+        let no_discard = Geometry {
+            supports_discard: false,
+            supports_write_zeroes: false,
+            ..geometry()
+        };
+        let p = DeviceParams::compute(&no_discard, 512 << 10).unwrap();
+        let p = p.with_max_discard_bytes(1 << 20);
+        assert_eq!((p.max_discard_bytes, p.max_write_zeroes_bytes), (0, 0));
     }
 
     #[test]

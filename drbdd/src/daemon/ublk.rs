@@ -82,7 +82,13 @@ impl Actor {
             return Ok(());
         };
         let target: Arc<dyn BlockTarget> = Arc::clone(pipeline) as Arc<dyn BlockTarget>;
-        let handle = UblkDevice::start(UblkConfig::new(minor, &name), target).map_err(|e| {
+        let config = UblkConfig {
+            // A discard or write-zeroes travels to the peers as one data
+            // packet; the kernel splits bigger ones.
+            max_discard_bytes: drbdd_replication::wire::MAX_DATA_BYTES,
+            ..UblkConfig::new(minor, &name)
+        };
+        let handle = UblkDevice::start(config, target).map_err(|e| {
             (
                 ErrorKind::Failed,
                 format!("{name}: cannot start /dev/ublkb{minor}: {e}"),
