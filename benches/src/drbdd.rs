@@ -367,11 +367,25 @@ pub fn status_shows_peer_up_to_date(status: &str, peer: &str) -> bool {
 /// Polls `drbdctl status` on `node` until `peer` is UpToDate, at most `timeout`.
 pub fn wait_peer_up_to_date(node: &DrbddNode, peer: &str, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
+    let mut standalone_since: Option<Instant> = None;
     let mut last = String::new();
     while Instant::now() < deadline {
         last = node.status()?;
         if status_shows_peer_up_to_date(&last, peer) {
             return Ok(());
+        }
+        // StandAlone does not reconnect by itself (guide 11.2.6): give up early.
+        if status_shows_peer_standalone(&last, peer) {
+            let since = *standalone_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= STANDALONE_GIVE_UP {
+                anyhow::bail!(
+                    "{peer} stayed StandAlone (not connecting) for {} s; status: {}",
+                    STANDALONE_GIVE_UP.as_secs(),
+                    last.replace('\n', " / ")
+                );
+            }
+        } else {
+            standalone_since = None;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -380,6 +394,19 @@ pub fn wait_peer_up_to_date(node: &DrbddNode, peer: &str, timeout: Duration) -> 
         timeout.as_secs(),
         last.replace('\n', " / ")
     )
+}
+
+/// How long a peer may stay StandAlone before the wait for sync gives up.
+const STANDALONE_GIVE_UP: Duration = Duration::from_secs(20);
+
+/// True when `peer`'s line in status text shows `connection:StandAlone`.
+pub fn status_shows_peer_standalone(status: &str, peer: &str) -> bool {
+    status.lines().any(|l| {
+        let t = l.trim_start();
+        t.strip_prefix(peer)
+            .is_some_and(|rest| rest.starts_with(' '))
+            && t.contains("connection:StandAlone")
+    })
 }
 
 #[cfg(test)]
@@ -424,6 +451,9 @@ mod tests {
         let connecting = "r0 role:Primary\n  disk:UpToDate\n  bob connection:Connecting\n";
         assert!(!status_shows_peer_up_to_date(connecting, "bob"));
         assert!(!status_shows_peer_up_to_date(synced, "carol"));
+        let standalone = "r0 role:Primary\n  disk:UpToDate\n  bob connection:StandAlone\n";
+        assert!(status_shows_peer_standalone(standalone, "bob"));
+        assert!(!status_shows_peer_standalone(connecting, "bob"));
     }
 
     #[test]
