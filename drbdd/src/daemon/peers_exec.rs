@@ -1,0 +1,346 @@
+//! Executing what a peer machine returns (part of `peers`): packets to the
+//! connection, disk I/O to the second backing handle, bitmap bits and
+//! generation identifiers to the metadata, state changes to the resource
+//! core, leg completions to the pipeline.
+//!
+//! Owns: the mapping of each `Action` to its effect. Must never: decide
+//! anything the machine did not ask for, except the two daemon-level rules
+//! noted at `primary_lost_peer` and `tell_peers_disk`.
+
+use super::super::Actor;
+use super::{IoDone, PeerMsg};
+use crate::backing::BackingOp;
+use crate::daemon::actor::ActorMsg;
+use crate::pipeline::LegOutcome;
+use drbdd_blockio::AlignedBuf;
+use drbdd_replication::ack::PeerOutcome;
+use drbdd_replication::peer::{Action, Event};
+use drbdd_replication::state::{ConnState, DiskState, ReplState, Role};
+use drbdd_replication::wire::{Packet, DATA_DISCARD, DATA_FUA, DATA_ZEROES};
+use std::sync::Mutex;
+
+impl Actor {
+    /// Feeds `event` to peer `i` and executes what it returns.
+    pub(super) fn feed(&mut self, i: usize, event: Event<'_>) {
+        let actions = self.link_mut(i).peer.handle(event);
+        self.execute_peer_actions(i, actions);
+    }
+
+    pub(super) fn execute_peer_actions(&mut self, i: usize, actions: Vec<Action>) {
+        let mut wire = Vec::new();
+        for action in actions {
+            match action {
+                Action::Send(packet) => {
+                    let l = self.link_mut(i);
+                    if let Packet::ResyncReply { payload, .. } = &packet {
+                        l.stats.resync_sent_bytes += u64::try_from(payload.len()).unwrap_or(0);
+                    }
+                    let before = wire.len();
+                    packet.encode_into(&mut wire);
+                    l.stats.sent_bytes += u64::try_from(wire.len() - before).unwrap_or(0);
+                }
+                Action::Disconnect { reason, retry } => {
+                    self.send_wire(i, std::mem::take(&mut wire));
+                    self.on_disconnect(i, &reason, retry);
+                }
+                other => self.execute_local(i, other),
+            }
+        }
+        self.send_wire(i, wire);
+    }
+
+    pub(super) fn send_wire(&mut self, i: usize, wire: Vec<u8>) {
+        if wire.is_empty() {
+            return;
+        }
+        if let Some(c) = &self.link(i).conn {
+            // A failed send shows up as NetMsg::Closed from the writer.
+            let _ = c.send(wire);
+        }
+    }
+
+    pub(super) fn on_disconnect(&mut self, i: usize, reason: &str, retry: bool) {
+        let name = self.core.name.clone();
+        let now = self.now_ms();
+        let l = self.link_mut(i);
+        if retry {
+            tracing::info!(resource = %name, peer = l.node_id, "disconnected: {reason}; reconnecting");
+        } else {
+            tracing::warn!(resource = %name, peer = l.node_id, "disconnected: {reason}; StandAlone until `drbdctl connect {name}`");
+        }
+        l.next_dial_ms = now + l.connect_int_ms;
+        if let Some(c) = l.conn.take() {
+            // Dropping the sender lets the writer flush queued packets
+            // (e.g. the refusal) and then close the socket.
+            drop(c);
+        }
+    }
+
+    pub(super) fn execute_local(&mut self, i: usize, action: Action) {
+        let (node_id, slot) = {
+            let l = self.link(i);
+            (l.node_id, l.slot)
+        };
+        match action {
+            Action::CompleteWrite { id, outcome } => {
+                let leg = self
+                    .peers
+                    .as_mut()
+                    .and_then(|p| p.legs.remove(&(node_id, id)));
+                match leg {
+                    Some(leg) => leg.complete(match outcome {
+                        PeerOutcome::Acked => LegOutcome::Done,
+                        PeerOutcome::OutOfSync => LegOutcome::PeerLost { slot },
+                    }),
+                    None => self.flush_leg_done(id),
+                }
+            }
+            Action::MarkOutOfSync {
+                offset_bytes,
+                len_bytes,
+            } => {
+                self.with_store(|s| s.bitmap_set_range(slot, offset_bytes, len_bytes));
+                self.mark_bitmap_dirty();
+            }
+            Action::MarkInSync {
+                offset_bytes,
+                len_bytes,
+            } => {
+                self.with_store(|s| s.bitmap_clear_range(slot, offset_bytes, len_bytes));
+                self.mark_bitmap_dirty();
+            }
+            Action::SubmitPeerWrite {
+                seq,
+                offset_bytes,
+                len_bytes,
+                flags,
+                data,
+            } => {
+                let op = if flags & (DATA_DISCARD | DATA_ZEROES) != 0 {
+                    // Discard as zeroes too: replicas must read back alike.
+                    BackingOp::WriteZeroes {
+                        offset_bytes,
+                        len_bytes: u64::from(len_bytes),
+                    }
+                } else {
+                    BackingOp::Write {
+                        offset_bytes,
+                        buf: AlignedBuf::from_slice(&data),
+                        fua: flags & DATA_FUA != 0,
+                    }
+                };
+                self.submit_io(node_id, op, move |r| IoDone::PeerWrite {
+                    seq,
+                    ok: r.is_ok(),
+                });
+            }
+            Action::SubmitPeerFlush { epoch } => {
+                self.submit_io(node_id, BackingOp::Flush, move |_| IoDone::PeerFlush {
+                    epoch,
+                });
+            }
+            Action::ReadForResync {
+                id,
+                offset_bytes,
+                len_bytes,
+            } => {
+                let len = usize::try_from(len_bytes).unwrap_or(0);
+                let op = BackingOp::Read {
+                    offset_bytes,
+                    buf: AlignedBuf::zeroed(len),
+                };
+                self.submit_io(node_id, op, move |r| IoDone::ResyncRead {
+                    id,
+                    data: r.ok().map(|b| b.as_slice().to_vec()),
+                });
+            }
+            Action::SubmitResyncWrite {
+                id,
+                offset_bytes,
+                data,
+            } => {
+                self.link_mut(i).stats.resync_received_bytes +=
+                    u64::try_from(data.len()).unwrap_or(0);
+                let op = BackingOp::Write {
+                    offset_bytes,
+                    buf: AlignedBuf::from_slice(&data),
+                    fua: false,
+                };
+                self.submit_io(node_id, op, move |_| IoDone::ResyncWrite { id });
+            }
+            other => self.execute_state(i, other),
+        }
+    }
+
+    pub(super) fn mark_bitmap_dirty(&mut self) {
+        if let Some(p) = self.peers.as_mut() {
+            p.bitmap_dirty = true;
+        }
+    }
+
+    pub(super) fn submit_io(
+        &mut self,
+        node_id: u8,
+        op: BackingOp,
+        done: impl FnOnce(std::io::Result<AlignedBuf>) -> IoDone + Send + 'static,
+    ) {
+        let Some(p) = self.peers.as_ref() else { return };
+        let tx = Mutex::new(p.tx.clone());
+        let callback: crate::backing::IoDone = Box::new(move |r: std::io::Result<AlignedBuf>| {
+            let msg = ActorMsg::Peers(PeerMsg::Io {
+                node_id,
+                done: done(r),
+            });
+            let _ = tx.lock().expect("io completion sender lock").send(msg);
+        });
+        match &p.disk {
+            Some(d) => d.submit(op, callback),
+            None => callback(Err(std::io::Error::other("no local disk"))),
+        }
+    }
+
+    /// Generation, disk-state and connection-state actions.
+    pub(super) fn execute_state(&mut self, i: usize, action: Action) {
+        let name = self.core.name.clone();
+        let slot = self.link(i).slot;
+        match action {
+            Action::UpdateGenerations(update) => {
+                if let Some(md) = self.core.md.as_mut() {
+                    update.apply(&mut md.gens, slot);
+                }
+                self.persist_md();
+            }
+            Action::LocalDisk(disk) => {
+                self.core.disk = disk;
+                if let Some(md) = self.core.md.as_mut() {
+                    match disk {
+                        DiskState::UpToDate => {
+                            md.consistent = true;
+                            md.was_up_to_date = true;
+                            md.outdated = false;
+                        }
+                        DiskState::Inconsistent => {
+                            md.consistent = false;
+                            md.was_up_to_date = false;
+                        }
+                        DiskState::Outdated => md.outdated = true,
+                        _ => {}
+                    }
+                }
+                self.persist_md();
+                self.flush_bitmap_if_dirty();
+                self.tell_peers_disk(i, disk);
+            }
+            Action::StateChanged(st) => {
+                let was_connected = self
+                    .core
+                    .peers
+                    .get(i)
+                    .is_some_and(|p| p.conn == ConnState::Connected);
+                if was_connected && st.conn != ConnState::Connected {
+                    self.primary_lost_peer(slot);
+                }
+                if let Some(p) = self.core.peers.get_mut(i) {
+                    p.conn = st.conn;
+                    p.repl = st.repl;
+                    p.role = st.peer_role;
+                    p.peer_disk = st.peer_disk;
+                }
+                if st.repl == ReplState::Established {
+                    self.flush_bitmap_if_dirty();
+                }
+            }
+            Action::SizeAgreed { size_bytes } => {
+                tracing::info!(resource = %name, peer = self.link(i).node_id, size_bytes, "size agreed");
+            }
+            Action::Log(text) => {
+                tracing::info!(resource = %name, peer = self.link(i).node_id, "{text}")
+            }
+            Action::Warn(text) => {
+                tracing::warn!(resource = %name, peer = self.link(i).node_id, "{text}")
+            }
+            other => tracing::error!(resource = %name, action = ?other, "unhandled peer action"),
+        }
+    }
+
+    pub(super) fn announce_disk_change(&mut self) {
+        let disk = self.core.disk;
+        let Some(p) = self.peers.as_mut() else { return };
+        if p.announced_disk == disk {
+            return;
+        }
+        p.announced_disk = disk;
+        let n = p.links.len();
+        for i in 0..n {
+            self.feed(i, Event::LocalDiskChanged { disk });
+        }
+    }
+
+    /// Our disk state changed because of peer `from`: the other peers learn it.
+    pub(super) fn tell_peers_disk(&mut self, from: usize, disk: DiskState) {
+        if let Some(p) = self.peers.as_mut() {
+            p.announced_disk = disk;
+        }
+        let n = self.peers.as_ref().map_or(0, |p| p.links.len());
+        for j in (0..n).filter(|j| *j != from) {
+            self.feed(j, Event::LocalDiskChanged { disk });
+        }
+    }
+
+    /// A Primary lost the connection to the peer in `slot`: a new data
+    /// generation starts and the old one becomes that peer's bitmap UUID,
+    /// so the next handshake finds a bitmap-based resync (guide 23.2).
+    pub(super) fn primary_lost_peer(&mut self, slot: usize) {
+        if self.core.role != Role::Primary {
+            return;
+        }
+        let Some(md) = self.core.md.as_mut() else {
+            return;
+        };
+        if md.gens.bitmaps.get(slot).is_none_or(|b| *b != 0) {
+            return; // the bitmap already tracks an older generation
+        }
+        let new_uuid = match crate::daemon::md::random_uuid() {
+            Ok(u) if u != md.gens.current => u,
+            Ok(_) | Err(_) => {
+                tracing::error!(resource = %self.core.name, "cannot generate a new generation UUID");
+                return;
+            }
+        };
+        // A connected peer cannot learn a new current UUID (the core has no
+        // event for it; DRBD sends the new UUIDs). Like the simulator: every
+        // slot tracks the old generation, and the other connected peers are
+        // reconnected so a fresh handshake shows them the new one (a
+        // bitmap-based resync of what they missed meanwhile, usually nothing).
+        let all_slots: Vec<usize> = self
+            .peers
+            .as_ref()
+            .map(|p| p.links.iter().map(|l| l.slot).collect())
+            .unwrap_or_default();
+        md.gens.start_new_generation(new_uuid, &all_slots);
+        tracing::info!(resource = %self.core.name, slot, "peer lost while Primary: new data generation");
+        self.persist_md();
+        let now = self.now_ms();
+        let n = self.peers.as_ref().map_or(0, |p| p.links.len());
+        for j in 0..n {
+            let l = self.link(j);
+            if l.slot != slot && l.peer.status().conn == ConnState::Connected {
+                tracing::info!(resource = %self.core.name, peer = l.node_id, "reconnecting to announce the new data generation");
+                self.drop_conn(j);
+                self.feed(j, Event::ConnectionLost { now_ms: now });
+                self.link_mut(j).next_dial_ms = 0; // at once, not after connect-int
+            }
+        }
+    }
+
+    pub(super) fn persist_md(&mut self) {
+        let Some(view) = self.core.md.clone() else {
+            return;
+        };
+        if let Some(Err(e)) =
+            self.with_store(|s| s.update_superblock(|sb| crate::daemon::md::apply_view(sb, &view)))
+        {
+            tracing::error!(resource = %self.core.name, error = %e, "metadata write failed");
+        }
+    }
+}
