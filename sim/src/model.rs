@@ -228,10 +228,21 @@ impl World {
     }
 
     pub(crate) fn model_resync_finished(&mut self, t: usize, s: usize) {
-        self.model.acked[t] = self.model.acked[s].clone();
-        // Only what the source guaranteed: the target's own flush before it
-        // declared UpToDate is no application flush.
-        self.model.flushed[t] = self.model.flushed[s].clone();
+        if self.protocol() == Protocol::C {
+            // Every acknowledged write reached the target or its bitmap.
+            self.model.acked[t] = self.model.acked[s].clone();
+            // Only what the source guaranteed: the target's own flush before
+            // it declared UpToDate is no application flush.
+            self.model.flushed[t] = self.model.flushed[s].clone();
+        } else {
+            // A/B: replicated writes may still be on their way (or lost with
+            // the connection); the target only has what both sides had.
+            for b in 0..usize::try_from(DEV_BLOCKS).expect("small") {
+                let m = &mut self.model;
+                m.acked[t][b] = m.acked[t][b].min(m.acked[s][b]);
+                m.flushed[t][b] = m.flushed[t][b].min(m.flushed[s][b]);
+            }
+        }
         self.model.ahead[t][s] = false;
         self.model.ahead[s][t] = false;
         if self.model.sb_declared.remove(&key(t, s)) {
