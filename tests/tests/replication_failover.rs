@@ -95,3 +95,32 @@ fn failover_with_writes_through_nbd_keeps_both_copies_identical() {
     c.wait_peer(0, "bob", "Established", "UpToDate");
     c.assert_identical(0, 1);
 }
+
+#[test]
+fn primary_killed_peer_takes_over_and_old_primary_rejoins_as_target() {
+    if !replication_common::have_tool("primary_killed", "qemu-io") {
+        return;
+    }
+    let mut c = Cluster::new(2, &ResOpts::default());
+    c.bring_up_all();
+    c.wait_peer(0, "bob", "Established", "Inconsistent");
+    c.ctl_ok(0, &["primary", "r0", "--force"]);
+    c.wait_disk(1, "UpToDate");
+    c.qemu_io(0, "write -P 0x71 0 1M");
+    c.kill_daemon(0);
+    c.wait_for("bob sees alice gone", 1, |st| {
+        peer_of(st, "alice").is_some_and(|p| p["connection"] != "Connected")
+    });
+    // Bob's data is UpToDate: it takes over without --force.
+    c.ctl_ok(1, &["primary", "r0"]);
+    c.qemu_io(1, "write -P 0x72 512k 1M");
+    c.qemu_io(1, "read -P 0x71 0 512k");
+    // Alice comes back (crashed Primary) and resyncs from bob.
+    c.start_daemon(0);
+    c.ctl_ok(0, &["up", "r0"]);
+    c.wait_peer(1, "alice", "Established", "UpToDate");
+    c.wait_disk(0, "UpToDate");
+    c.assert_identical(0, 1);
+    let st = c.status(0);
+    assert_eq!(st["role"], "Secondary", "{st}");
+}
