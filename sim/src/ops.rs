@@ -242,7 +242,14 @@ impl World {
             return;
         }
         self.stats.restarts += 1;
-        self.log(n, || "restarted from metadata".into());
+        let md = self.nodes[n].md().clone();
+        let disk = self.nodes[n].core.disk;
+        self.log(n, || {
+            format!(
+                "restarted from metadata: disk {disk} crashed_primary {} gens {:x?}",
+                md.crashed_primary, md.gens
+            )
+        });
         self.make_peers(n);
     }
 
@@ -334,6 +341,9 @@ impl World {
         if let Ok(actions) = self.nodes[n].core.handle(Command::Demote) {
             self.stats.demotes += 1;
             self.log(n, || "ADMIN secondary".into());
+            // Once the superblock says "not primary", no activity-log
+            // recovery follows a crash: the data must be durable first.
+            self.nodes[n].disk.flush();
             self.resource_actions(n, actions);
             for r in self.nodes[n].peers.keys().copied().collect::<Vec<_>>() {
                 self.peer_event(
