@@ -190,6 +190,14 @@ impl Drop for Peers {
         if let Some(d) = &self.disk {
             d.shutdown();
         }
+        // Writes still waiting for a peer succeed locally; their ranges are
+        // out of sync for that peer (as when the connection is lost).
+        for ((node_id, _), leg) in self.legs.drain() {
+            match self.links.iter().find(|l| l.node_id == node_id) {
+                Some(l) => leg.complete(LegOutcome::PeerLost { slot: l.slot }),
+                None => leg.complete(LegOutcome::Done),
+            }
+        }
     }
 }
 
