@@ -75,3 +75,59 @@ fn disconnect_and_connect_change_the_connection_state() {
     c.ctl_ok(1, &["connect"]);
     c.wait_peer(1, "alice", "Established", "Inconsistent");
 }
+
+#[test]
+fn events_stream_reports_connection_and_peer_device_changes() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut c = Cluster::new(2, &ResOpts::default());
+    c.ctl_ok(1, &["create-md", "r0", "--force"]);
+    c.start_daemon(1);
+    c.ctl_ok(1, &["up", "r0"]);
+    let n = &c.nodes[1];
+    let mut events = Command::new(replication_common::bin_dir().join("drbdctl"))
+        .arg("--run-dir")
+        .arg(n.run_dir())
+        .arg("--config-dir")
+        .arg(n.config_dir())
+        .arg("--node")
+        .arg(&n.name)
+        .arg("events")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = events.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    c.ctl_ok(0, &["create-md", "r0", "--force"]);
+    c.start_daemon(0);
+    c.ctl_ok(0, &["up", "r0"]);
+    c.wait_peer(1, "alice", "Established", "Inconsistent");
+    c.ctl_ok(0, &["primary", "r0", "--force"]);
+    c.wait_disk(1, "UpToDate");
+    let wanted = [
+        "change connection name:r0 peer-node-id:0 conn-name:alice connection:Connected",
+        "change peer-device name:r0 peer-node-id:0 conn-name:alice volume:0 replication:SyncTarget",
+        "change peer-device name:r0 peer-node-id:0 conn-name:alice volume:0 replication:Established peer-disk:UpToDate",
+    ];
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + replication_common::DEADLINE;
+    while !wanted
+        .iter()
+        .all(|w| seen.iter().any(|l: &String| l.starts_with(w)))
+    {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("events missing {wanted:?}; got:\n{}", seen.join("\n")),
+        }
+    }
+    let _ = events.kill();
+    let _ = events.wait();
+}
