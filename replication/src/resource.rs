@@ -211,6 +211,24 @@ impl ResourceCore {
             )));
         };
         let mut md = md.clone();
+        if let Some(p) = self.peers.iter().find(|p| {
+            matches!(
+                p.repl,
+                ReplState::StartingSyncT
+                    | ReplState::WFBitMapT
+                    | ReplState::WFSyncUUID
+                    | ReplState::SyncTarget
+                    | ReplState::PausedSyncT
+            )
+        }) {
+            // The handshake made us sync target: our data is about to be
+            // overwritten; writes now would be lost or hide a split brain
+            // (drbdd-sim seed 2870).
+            return Err(Refusal::StateChange(format!(
+                "{} is becoming sync target of {} (replication:{}); wait for the resync to finish",
+                self.name, p.name, p.repl
+            )));
+        }
         let forced_fresh = self.disk != DiskState::UpToDate;
         if forced_fresh && !force {
             return Err(Refusal::NoUpToDateData(format!(
@@ -393,6 +411,26 @@ mod tests {
         let gens = &core.md.as_ref().unwrap().gens;
         assert_eq!(gens.current, 0x2222);
         assert_eq!(gens.history[0], 0x1111);
+    }
+
+    #[test]
+    fn promote_refused_while_becoming_sync_target() {
+        let mut md = fresh_md(1);
+        md.consistent = true;
+        md.was_up_to_date = true;
+        md.gens.current = 0x1111;
+        let mut core = attached(md, 1);
+        core.peers[0].conn = ConnState::Connected;
+        core.peers[0].repl = ReplState::WFBitMapT;
+        let before = core.clone();
+        let err = core
+            .handle(Command::Promote {
+                force: false,
+                new_uuid: 0x2222,
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("sync target"), "{err}");
+        assert_eq!(core, before);
     }
 
     #[test]
