@@ -396,13 +396,22 @@ impl Actor {
     }
 
     /// Reacts to the pipeline: a failed disk (on-io-error detach or
-    /// call-local-io-error) makes the resource Diskless.
+    /// call-local-io-error) or failed metadata I/O makes the resource Diskless.
     pub(super) fn on_pipeline_event(&mut self, ev: PipelineEvent) {
         tracing::warn!(resource = %self.core.name, event = ?ev, "pipeline event");
-        let PipelineEvent::DiskFailed { policy, .. } = ev else {
-            return;
+        let run_handler = match ev {
+            PipelineEvent::DiskFailed { policy, .. } => policy == OnIoError::CallLocalIoError,
+            // Like DRBD, a metadata I/O error detaches whatever on-io-error
+            // says: activity log and bitmaps can no longer be trusted.
+            PipelineEvent::MetadataFailed { .. } => {
+                self.res.disk.on_io_error == drbdd_config::OnIoError::CallLocalIoError
+            }
+            PipelineEvent::IoErrorPassedOn { .. } => return,
         };
-        if policy == OnIoError::CallLocalIoError {
+        if self.pipeline.is_none() && self.store.is_none() {
+            return; // already detached (several requests failed at once)
+        }
+        if run_handler {
             run_local_io_error_handler(&self.res);
         }
         self.data.withdraw();
