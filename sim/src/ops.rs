@@ -342,8 +342,14 @@ impl World {
             self.stats.demotes += 1;
             self.log(n, || "ADMIN secondary".into());
             // Once the superblock says "not primary", no activity-log
-            // recovery follows a crash: the data must be durable first.
+            // recovery follows a crash: the data and the bitmap (as DRBD
+            // writes it out on demotion) must be durable first.
             self.nodes[n].disk.flush();
+            let flushed = self.nodes[n].meta.as_mut().map(|m| m.bitmap_flush());
+            if let Some(Err(e)) = flushed {
+                self.md_failure(n, &e);
+                return;
+            }
             self.resource_actions(n, actions);
             for r in self.nodes[n].peers.keys().copied().collect::<Vec<_>>() {
                 self.peer_event(
