@@ -124,7 +124,24 @@ impl Peer {
         }
         let discard_requested = self.discard_my_data;
         self.discard_my_data = false;
+        let peer_disk = self.agreement.as_ref().map(|a| a.peer.disk);
         match decision {
+            // Equal generations but one side Inconsistent (it crashed between
+            // adopting the source's generation and recording UpToDate): the
+            // disk states decide, as in DRBD ("becoming sync target due to
+            // disk states"). Both sides see the same states (drbdd-sim).
+            SyncDecision::NoSync
+                if self.local.disk == DiskState::Inconsistent
+                    && peer_disk == Some(DiskState::UpToDate) =>
+            {
+                self.start_resync(false, true, out);
+            }
+            SyncDecision::NoSync
+                if self.local.disk == DiskState::UpToDate
+                    && peer_disk == Some(DiskState::Inconsistent) =>
+            {
+                self.start_resync(true, true, out);
+            }
             SyncDecision::NoSync | SyncDecision::BothJustCreated => {}
             SyncDecision::SourceBitmap
             | SyncDecision::SourceFull
