@@ -131,3 +131,22 @@ fn events_stream_reports_connection_and_peer_device_changes() {
     let _ = events.kill();
     let _ = events.wait();
 }
+
+#[test]
+fn adjust_keeps_established_connections() {
+    let mut c = Cluster::new(2, &ResOpts::default());
+    c.bring_up_all();
+    c.wait_peer(0, "bob", "Established", "Inconsistent");
+    let opts = ResOpts {
+        net_extra: "after-sb-0pri = \"discard-zero-changes\"\n".into(),
+        ..ResOpts::default()
+    };
+    c.write_config(0, &opts);
+    c.ctl_ok(0, &["adjust", "r0"]);
+    let st = c.status(0);
+    let bob = peer_of(&st, "bob").unwrap();
+    assert_eq!(bob["connection"], "Connected", "{st}");
+    assert_eq!(bob["replication"], "Established", "{st}");
+    c.ctl_ok(0, &["primary", "r0", "--force"]);
+    c.wait_disk(1, "UpToDate");
+}

@@ -422,6 +422,7 @@ impl Actor {
         }
         self.core.peers = peers;
         self.res = res;
+        self.peers_reconfigure();
         Ok(format!("{}: adjusted", self.core.name))
     }
 
@@ -471,7 +472,7 @@ impl Actor {
             size_bytes,
             open_clients: self.core.open_clients.clone(),
             current_uuid: self.core.md.as_ref().map(|m| m.gens.current),
-            stats: self.data.stats(self.pipeline.as_ref()),
+            stats: self.data.stats(self.pipeline.as_ref(), self.store.as_ref()),
             peers,
         }
     }

@@ -133,6 +133,8 @@ struct LinkStats {
 #[derive(Debug)]
 struct Link {
     node_id: u8,
+    /// The connection settings it was built with.
+    net: drbdd_config::Net,
     slot: usize,
     addr: SocketAddr,
     opts: ConnOpts,
@@ -355,6 +357,7 @@ impl Actor {
                 .unwrap_or_else(|| SyncBitmap::for_size(size_bytes));
             let state = local_state(&self.core, p.slot, size_bytes);
             links.push(Link {
+                net: net.clone(),
                 node_id: p.node_id,
                 slot: p.slot,
                 addr: node.address,
@@ -773,10 +776,45 @@ impl Actor {
         n
     }
 
+    /// After `drbdctl adjust`: the split-brain policies apply at once;
+    /// other changed connection settings, and added or removed peers, take
+    /// effect when the resource is taken down and up again (logged). The
+    /// core's peer states are kept in step with the running connections.
+    pub(super) fn peers_reconfigure(&mut self) {
+        let local = self.local_node().name.clone();
+        let res = self.res.clone();
+        let Some(p) = self.peers.as_mut() else { return };
+        for l in &mut p.links {
+            let Some(node) = res.node_by_id(l.node_id) else {
+                tracing::warn!(resource = %res.name, peer = l.node_id, "peer removed from the configuration; it stays until `drbdctl down` and `up`");
+                continue;
+            };
+            let net = res.net_for(&local, &node.name);
+            l.peer.set_sb_policy(sb_policy(&net));
+            if net != l.net || node.address != l.addr {
+                tracing::warn!(resource = %res.name, peer = l.node_id, "changed connection settings take effect after `drbdctl down` and `up`");
+            }
+        }
+        for cp in &mut self.core.peers {
+            if let Some(l) = p.links.iter().find(|l| l.node_id == cp.node_id) {
+                let st = l.peer.status();
+                cp.conn = st.conn;
+                cp.repl = st.repl;
+                cp.role = st.peer_role;
+                cp.peer_disk = st.peer_disk;
+            } else {
+                tracing::warn!(resource = %res.name, peer = cp.node_id, "new peer takes effect after `drbdctl down` and `up`");
+            }
+        }
+    }
+
     /// Adds connection statistics and resync progress to the status.
     pub(super) fn fill_peer_status(&self, views: &mut [PeerStatusView]) {
         let Some(p) = self.peers.as_ref() else { return };
-        for (v, l) in views.iter_mut().zip(&p.links) {
+        for v in views.iter_mut() {
+            let Some(l) = p.links.iter().find(|l| l.node_id == v.node_id) else {
+                continue;
+            };
             v.out_of_sync_kib = l.peer.bitmap().count() * (BLOCK_BYTES / 1024);
             v.sent_kib = l.stats.sent_bytes / 1024;
             v.received_kib = l.stats.received_bytes / 1024;

@@ -232,15 +232,17 @@ impl Actor {
                 self.tell_peers_disk(i, disk);
             }
             Action::StateChanged(st) => {
+                let node_id = self.link(i).node_id;
                 let was_connected = self
                     .core
                     .peers
-                    .get(i)
+                    .iter()
+                    .find(|p| p.node_id == node_id)
                     .is_some_and(|p| p.conn == ConnState::Connected);
                 if was_connected && st.conn != ConnState::Connected {
                     self.primary_lost_peer(slot);
                 }
-                if let Some(p) = self.core.peers.get_mut(i) {
+                if let Some(p) = self.core.peers.iter_mut().find(|p| p.node_id == node_id) {
                     p.conn = st.conn;
                     p.repl = st.repl;
                     p.role = st.peer_role;
