@@ -65,6 +65,15 @@ fn primary_serves_qemu_io_and_bytes_land_in_the_backing_file() {
     assert!(written >= 1024 + 64 + 512 + 64 + 512, "status: {st}");
     assert!(read >= 1024 + 64 + 128 + 64 + 192 + 512, "status: {st}");
     assert!(text.contains(&format!("written:{written}")), "{text}");
+    // Extents 0 and 5 entered the activity log; the flush wrote the bitmap.
+    assert!(
+        st["stats"]["al_writes"].as_u64().unwrap_or(0) >= 1,
+        "status: {st}"
+    );
+    assert!(
+        st["stats"]["bm_writes"].as_u64().unwrap_or(0) >= 1,
+        "status: {st}"
+    );
 }
 
 #[test]

@@ -14,12 +14,14 @@
 use super::{refusal, Actor, ActorMsg, AdminError};
 use crate::control::proto::{DeviceStats, ErrorKind};
 use crate::metadev::FileMetaDevice;
-use crate::pipeline::{self, OnIoError, Pipeline, PipelineConfig, PipelineEvent};
+use crate::pipeline::{
+    self, AlError, OnIoError, Pipeline, PipelineConfig, PipelineEvent, PipelineMeta,
+};
 use drbdd_blockio::{
     AlignedBuf, BlockError, BlockOp, BlockRequest, BlockSession, BlockTarget, Completion, Geometry,
 };
 use drbdd_config::{Node, Resource};
-use drbdd_metadata::MetaStore;
+use drbdd_metadata::{MetaError, MetaStore};
 use drbdd_nbd::{ExportLookup, NbdServer, NbdServerHandle, ServerOptions};
 use drbdd_replication::resource::Command;
 use drbdd_replication::state::{DiskState, Role};
@@ -33,14 +35,84 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 const STOP_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The metadata store, shared between the actor and the pipeline.
-pub(super) type SharedMeta = Arc<Mutex<MetaStore<FileMetaDevice>>>;
+pub(super) type SharedMeta = Arc<Mutex<CountedStore>>;
+
+/// The metadata store as the pipeline uses it, counting the activity-log
+/// transactions and bitmap write-outs for `status --statistics`
+/// (`al-writes`, `bm-writes`). Derefs to the store for everything else.
+#[derive(Debug)]
+pub(super) struct CountedStore {
+    store: MetaStore<FileMetaDevice>,
+    al_writes: u64,
+    bm_writes: u64,
+}
+
+impl std::ops::Deref for CountedStore {
+    type Target = MetaStore<FileMetaDevice>;
+    fn deref(&self) -> &Self::Target {
+        &self.store
+    }
+}
+
+impl std::ops::DerefMut for CountedStore {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.store
+    }
+}
+
+impl PipelineMeta for CountedStore {
+    fn al_activate(&mut self, extents: &[u64]) -> Result<(), AlError> {
+        match MetaStore::al_activate(&mut self.store, extents) {
+            Ok(act) => {
+                self.al_writes += u64::from(act.transactions_written);
+                Ok(())
+            }
+            Err(MetaError::AlFull { .. }) => Err(AlError::Full),
+            Err(e) => Err(AlError::Failed(e.to_string())),
+        }
+    }
+    fn al_release(&mut self, extents: &[u64]) {
+        PipelineMeta::al_release(&mut self.store, extents);
+    }
+    fn al_logged_extents(&self) -> Vec<u64> {
+        PipelineMeta::al_logged_extents(&self.store)
+    }
+    fn peer_slots_in_use(&self) -> Vec<usize> {
+        self.store.peer_slots_in_use()
+    }
+    fn mark_out_of_sync(&mut self, slot: usize, offset_bytes: u64, len_bytes: u64) {
+        self.store.mark_out_of_sync(slot, offset_bytes, len_bytes);
+    }
+    fn flush_bitmap(&mut self) -> Result<(), String> {
+        self.bm_writes += 1;
+        self.store.flush_bitmap()
+    }
+    fn persist(&mut self) -> Result<(), String> {
+        self.store.persist()
+    }
+    fn set_md_flushes(&mut self, md_flushes: bool) {
+        PipelineMeta::set_md_flushes(&mut self.store, md_flushes);
+    }
+    fn needs_al_recovery(&self) -> bool {
+        self.store.needs_al_recovery()
+    }
+    fn al_recovery_complete(&self) -> bool {
+        PipelineMeta::al_recovery_complete(&self.store)
+    }
+    fn clear_crash_flags(&mut self) -> Result<(), String> {
+        self.store.clear_crash_flags()
+    }
+    fn data_size_bytes(&self) -> u64 {
+        PipelineMeta::data_size_bytes(&self.store)
+    }
+}
 
 /// The NBD export table of one resource (one entry at most: the resource).
 type Exports = RwLock<HashMap<String, Arc<dyn BlockTarget>>>;
 
 /// Locks the shared metadata store (a poisoned lock still holds valid data:
 /// every metadata update is crash-safe on its own).
-pub(super) fn lock_meta(meta: &SharedMeta) -> MutexGuard<'_, MetaStore<FileMetaDevice>> {
+pub(super) fn lock_meta(meta: &SharedMeta) -> MutexGuard<'_, CountedStore> {
     meta.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -211,14 +283,23 @@ impl DataPath {
     }
 
     /// The device counters for `drbdctl status --statistics`.
-    pub(super) fn stats(&self, pipeline: Option<&Arc<Pipeline>>) -> DeviceStats {
+    pub(super) fn stats(
+        &self,
+        pipeline: Option<&Arc<Pipeline>>,
+        meta: Option<&SharedMeta>,
+    ) -> DeviceStats {
         let c = &self.counters;
+        let (al_writes, bm_writes) = meta.map_or((0, 0), |m| {
+            let m = lock_meta(m);
+            (m.al_writes, m.bm_writes)
+        });
         DeviceStats {
+            al_writes,
+            bm_writes,
             read_kib: c.read_bytes.load(Ordering::Relaxed) / 1024,
             written_kib: c.written_bytes.load(Ordering::Relaxed) / 1024,
             upper_pending: c.upper_pending.load(Ordering::Relaxed),
             lower_pending: pipeline.map_or(0, |p| u64::try_from(p.in_flight()).unwrap_or(0)),
-            ..DeviceStats::default()
         }
     }
 }
@@ -253,7 +334,11 @@ impl Actor {
         self.core
             .handle(Command::Attach { md: view })
             .map_err(refusal)?;
-        let meta: SharedMeta = Arc::new(Mutex::new(store));
+        let meta: SharedMeta = Arc::new(Mutex::new(CountedStore {
+            store,
+            al_writes: 0,
+            bm_writes: 0,
+        }));
         let primary = self.core.role == Role::Primary;
         match self
             .data
