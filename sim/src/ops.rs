@@ -457,6 +457,7 @@ impl World {
         let idle_with_bits = self.nodes[x].alive
             && self.nodes[y].alive
             && !self.nodes[y].is_primary()
+            && self.nodes[x].up_to_date()
             && self.nodes[x].peers.get(&y).is_some_and(|p| {
                 let st = p.status();
                 st.conn == ConnState::Connected
