@@ -2,7 +2,7 @@
 //! `drbdctl status` shows `replication:SyncSource peer-disk:Inconsistent
 //! done:<percent>` on the source and `replication:SyncTarget` with
 //! `disk:Inconsistent` on the target, `events` lists the peer-device
-//! states, and the target cannot be promoted meanwhile (exit code 17).
+//! states, and the target cannot be promoted meanwhile (exit code 11).
 //! Disconnect/connect move the connection between StandAlone, Connecting
 //! and Connected.
 //!
@@ -46,8 +46,12 @@ fn status_shows_sync_progress_and_target_cannot_be_promoted() {
     );
     let events = c.ctl_ok(1, &["events", "--now"]);
     assert!(events.contains("replication:SyncTarget"), "{events}");
+    // The core refuses promoting a sync target as a state change (exit 11,
+    // "wait for the resync to finish"); Inconsistent without a sync is 17
+    // (replication_failover.rs).
     let out = c.ctl(1, &["primary", "r0"]);
-    assert_eq!(out.status.code(), Some(17), "{out:?}");
+    assert_eq!(out.status.code(), Some(11), "{out:?}");
+    assert_eq!(c.status(1)["role"], "Secondary");
     c.wait_disk(1, "UpToDate");
     c.wait_peer(0, "bob", "Established", "UpToDate");
     c.assert_identical(0, 1);
