@@ -268,7 +268,12 @@ impl World {
     /// A primary that loses a peer following its writes starts a new data
     /// generation, so the peer's stale data is recognised later.
     fn primary_lost_peer(&mut self, n: usize, r: usize, slot: usize) {
-        if self.nodes[n].md().gens.bitmaps[slot] != 0 {
+        // Tracked only by one of our former generations (not by a sync
+        // UUID left from a resync whose end we never saw): the same rule
+        // as `ResourceCore` applies at promotion.
+        let gens = &self.nodes[n].md().gens;
+        let bitmap = gens.bitmaps[slot];
+        if bitmap != 0 && gens.history.contains(&bitmap) {
             return;
         }
         // Core gap: a connected peer cannot learn a new current UUID

@@ -274,7 +274,7 @@ impl World {
     /// True once every link is up and replicating, every disk UpToDate and
     /// no block out of sync.
     pub(crate) fn converged(&self) -> bool {
-        self.links.keys().all(|&(a, b)| {
+        self.quiet() && self.links.keys().all(|&(a, b)| {
             [(a, b), (b, a)].iter().all(|&(x, y)| {
                 self.nodes[x].alive
                     && self.nodes[x].up_to_date()

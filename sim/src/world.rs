@@ -494,6 +494,13 @@ impl World {
         }
     }
 
+    /// No bytes on the wire and no disk I/O in flight.
+    pub(crate) fn quiet(&self) -> bool {
+        !self.queue.values().any(|ev| {
+            matches!(ev, Ev::Deliver { .. } | Ev::Fin { .. } | Ev::Disk { .. })
+        })
+    }
+
     /// Disk latency for one I/O on node `n`.
     pub(crate) fn disk_latency_ms(&mut self, n: usize) -> u64 {
         let base = self.rng.range(0, 3);
