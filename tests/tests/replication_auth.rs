@@ -87,6 +87,26 @@ fn garbage_on_the_replication_port_does_not_stop_the_real_peer() {
     if let Ok(mut s) = TcpStream::connect(&bob_addr) {
         let _ = s.write_all(&[0x17; 65536]);
     }
+    // A valid preamble claiming to be alice must not replace the live link.
+    let mut impostor = TcpStream::connect(&bob_addr).unwrap();
+    impostor
+        .write_all(&[b"dRBd".as_slice(), &[1, 0, 1, 0], &[0x99; 4096]].concat())
+        .unwrap();
+    let start = Instant::now();
+    while start.elapsed() < DEADLINE && !c.log(1).contains("refused a second connection") {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        c.log(1).contains("refused a second connection"),
+        "{}",
+        c.log(1)
+    );
+    let st = c.status(1);
+    assert_eq!(
+        peer_of(&st, "alice").unwrap()["connection"],
+        "Connected",
+        "{st}"
+    );
     c.ctl_ok(0, &["status", "r0"]);
     c.wait_peer(0, "bob", "Established", "UpToDate");
     drop(silent);

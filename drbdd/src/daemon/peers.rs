@@ -571,8 +571,17 @@ impl Actor {
                 let Some(i) = self.link_index(node_id) else {
                     return;
                 };
+                if self.link(i).peer.status().conn == ConnState::Connected {
+                    // An established connection answers pings; a peer that
+                    // really restarted closed it (or the ping timeout will).
+                    // Replacing it would let anyone who can send a preamble
+                    // cut the link.
+                    tracing::warn!(resource = %self.core.name, peer = node_id, "refused a second connection claiming to be node {node_id} while connected");
+                    return;
+                }
                 if self.link(i).conn.is_some() {
-                    // The peer dialed again: the old connection is dead to it.
+                    // The peer dialed again during a handshake: the old
+                    // attempt is dead to it.
                     self.drop_conn(i);
                     self.feed(i, Event::ConnectionLost { now_ms: now });
                 }
