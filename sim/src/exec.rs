@@ -206,9 +206,26 @@ impl World {
     }
 
     /// Persists the superblock; a failing metadata device takes the node down.
+    /// The bitmap goes out first (bits set before a generation or disk
+    /// state change must not be lost with it, as DRBD writes the bitmap at
+    /// resync start), and cleared bits only after the data they vouch for.
     pub(crate) fn persist(&mut self, n: usize) {
+        if let Err(e) = self.write_out_bitmap(n) {
+            self.md_failure(n, &e);
+            return;
+        }
         if let Err(e) = self.nodes[n].persist() {
             self.md_failure(n, &e);
+        }
+    }
+
+    pub(crate) fn write_out_bitmap(&mut self, n: usize) -> Result<(), MetaError> {
+        if std::mem::take(&mut self.nodes[n].bits_cleared) {
+            self.nodes[n].disk.flush();
+        }
+        match self.nodes[n].meta.as_mut() {
+            Some(meta) => meta.bitmap_flush(),
+            None => Ok(()),
         }
     }
 

@@ -274,19 +274,20 @@ impl World {
     /// True once every link is up and replicating, every disk UpToDate and
     /// no block out of sync.
     pub(crate) fn converged(&self) -> bool {
-        self.quiet() && self.links.keys().all(|&(a, b)| {
-            [(a, b), (b, a)].iter().all(|&(x, y)| {
-                self.nodes[x].alive
-                    && self.nodes[x].up_to_date()
-                    && self.nodes[x].ops.is_empty()
-                    && self.nodes[x].peers.get(&y).is_some_and(|p| {
-                        let st = p.status();
-                        st.conn == ConnState::Connected
-                            && st.repl == ReplState::Established
-                            && p.bitmap().count() == 0
-                    })
+        self.quiet()
+            && self.links.keys().all(|&(a, b)| {
+                [(a, b), (b, a)].iter().all(|&(x, y)| {
+                    self.nodes[x].alive
+                        && self.nodes[x].up_to_date()
+                        && self.nodes[x].ops.is_empty()
+                        && self.nodes[x].peers.get(&y).is_some_and(|p| {
+                            let st = p.status();
+                            st.conn == ConnState::Connected
+                                && st.repl == ReplState::Established
+                                && p.bitmap().count() == 0
+                        })
+                })
             })
-        })
     }
 
     /// The end-of-run checks after healing.

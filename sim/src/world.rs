@@ -473,17 +473,12 @@ impl World {
             for r in self.nodes[n].peers.keys().copied().collect::<Vec<_>>() {
                 self.peer_event(n, r, Event::Tick { now_ms });
             }
-            // Cleared bits may only reach the disk after the data they
-            // vouch for (resync writes sit in the disk cache until then).
-            if std::mem::take(&mut self.nodes[n].bits_cleared) {
-                self.nodes[n].disk.flush();
-            }
-            if let Some(meta) = self.nodes[n].meta.as_mut() {
-                if meta.bitmap_flush().is_err() {
-                    self.stats.md_write_failures += 1;
-                    self.crash(n, "metadata write failed (bitmap)");
-                    continue;
-                }
+            // Lazy bitmap writeout (cleared bits after the data they vouch
+            // for: resync writes sit in the disk cache until flushed).
+            if self.write_out_bitmap(n).is_err() {
+                self.stats.md_write_failures += 1;
+                self.crash(n, "metadata write failed (bitmap)");
+                continue;
             }
             self.clear_crashed_primary(n);
         }
@@ -496,9 +491,10 @@ impl World {
 
     /// No bytes on the wire and no disk I/O in flight.
     pub(crate) fn quiet(&self) -> bool {
-        !self.queue.values().any(|ev| {
-            matches!(ev, Ev::Deliver { .. } | Ev::Fin { .. } | Ev::Disk { .. })
-        })
+        !self
+            .queue
+            .values()
+            .any(|ev| matches!(ev, Ev::Deliver { .. } | Ev::Fin { .. } | Ev::Disk { .. }))
     }
 
     /// Disk latency for one I/O on node `n`.
