@@ -62,6 +62,11 @@ fn nbd_writes_replicate_protocol_c() {
 }
 
 #[test]
+fn nbd_writes_replicate_protocol_b() {
+    writes_replicate('B');
+}
+
+#[test]
 fn nbd_writes_replicate_protocol_a() {
     writes_replicate('A');
 }

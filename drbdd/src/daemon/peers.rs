@@ -695,7 +695,9 @@ impl Actor {
     }
 
     fn on_local_write(&mut self, w: LocalWrite) {
-        for (node_id, leg) in w.legs {
+        let mut data = Some(w.data);
+        let last = w.legs.len().saturating_sub(1);
+        for (k, (node_id, leg)) in w.legs.into_iter().enumerate() {
             let Some(i) = self.link_index(node_id) else {
                 leg.complete(LegOutcome::Done);
                 continue;
@@ -710,7 +712,12 @@ impl Actor {
                     offset_bytes: w.offset_bytes,
                     len_bytes: w.len_bytes,
                     flags: w.flags,
-                    data: w.data.clone(),
+                    // The last peer gets the buffer itself, the others a copy.
+                    data: if k == last {
+                        data.take().unwrap_or_default()
+                    } else {
+                        data.clone().unwrap_or_default()
+                    },
                 },
             );
         }
