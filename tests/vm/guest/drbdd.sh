@@ -2,8 +2,8 @@
 # /dev/vdb) replicate r0 over loopback with protocol C; alpha is Primary and exports r0
 # through ublk as /dev/ublkb0. Same filesystem + fio checks as the ublk scenario, then
 # kill -9 of the primary daemon with I/O in flight and a restart that re-attaches.
-# STATUS: written against the CLI in CONTRACTS.md before the daemon landed; the lead
-# finishes the wiring (status strings, restart semantics).
+# The daemon creates /dev/ublkb<minor> on promotion, re-attaches to it (ublk user recovery)
+# on `up` + `primary` after a crash, and deletes it on demotion (see drbdd/src/daemon/ublk.rs).
 . /guest/checks.sh
 DEV=/dev/ublkb0
 FIO_COMMON="--filename=$DEV --ioengine=io_uring --direct=1 --bs=4k --iodepth=32 --verify=crc32c"
@@ -34,7 +34,8 @@ for n in alpha beta; do
   ctl $n up r0 > /tmp/up-$n.log 2>&1 || die "drbdctl up r0 on $n"
 done
 # Soft check: the ublk part below still runs on a lone primary; replicas-identical fails later.
-if ! wait_for 20 sh -c "drbdctl --run-dir /run/drbdd-alpha --config-dir $CONF --node alpha status r0 2>/dev/null | grep -q 'connection:Connected\|replication:'"; then
+# A connected peer shows as "beta role:..." (DRBD prints connection: only when not Connected).
+if ! wait_for 20 sh -c "drbdctl --run-dir /run/drbdd-alpha --config-dir $CONF --node alpha status r0 2>/dev/null | grep -q 'beta role:'"; then
   info "WARNING: alpha and beta did not connect within 20 s: $(ctl alpha status r0 2>&1 | tr '\n' ' ' | tr -s ' ')"
 fi
 
@@ -76,6 +77,13 @@ info "fio across kill -9 of drbdd: recovered in $(secs "$T_REC") s, $(fio_iops /
 
 step verify-after-recovery
 run_fio 300 /tmp/fio3.log --name=crash --rw=randwrite --size=48M --verify_only=1
+info "status: $(ctl alpha status r0 2>&1 | tr '\n' ' ' | tr -s ' ')"
+
+step resync-done
+# The initial full sync (and the resync of the activity log after the crash) must end
+# before the disks are compared.
+wait_for 240 sh -c "drbdctl --run-dir /run/drbdd-alpha --config-dir $CONF --node alpha status r0 2>&1 | grep -q 'peer-disk:UpToDate'" \
+  || die "resync to beta did not finish: $(ctl alpha status r0 2>&1 | tr '\n' ' ' | tr -s ' ')"
 info "status: $(ctl alpha status r0 2>&1 | tr '\n' ' ' | tr -s ' ')"
 
 step down
