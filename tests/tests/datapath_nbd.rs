@@ -11,6 +11,7 @@ mod datapath_common;
 
 use datapath_common::{have_tools, qemu_io, qemu_io_ok, Node};
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -85,6 +86,11 @@ fn secondary_refuses_nbd_open_with_the_promote_hint() {
     node.ctl_ok(&["create-md", "r0", "--force"]);
     node.start();
     node.ctl_ok(&["up", "r0"]);
+    let mode = std::fs::metadata(node.socket())
+        .expect("r0.nbd exists")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
     let out = qemu_io(&node.uri(), &["read 0 4k"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "open on a Secondary succeeded");
