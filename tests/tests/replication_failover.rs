@@ -124,3 +124,40 @@ fn primary_killed_peer_takes_over_and_old_primary_rejoins_as_target() {
     let st = c.status(0);
     assert_eq!(st["role"], "Secondary", "{st}");
 }
+
+#[test]
+fn promote_refused_with_exit_17_while_outdated() {
+    let mut c = Cluster::new(2, &ResOpts::default());
+    c.bring_up_all();
+    c.wait_peer(0, "bob", "Established", "Inconsistent");
+    c.ctl_ok(0, &["primary", "r0", "--force"]);
+    c.wait_disk(1, "UpToDate");
+    c.kill_daemon(0);
+    c.ctl_ok(1, &["down", "r0"]);
+    // Mark bob's data Outdated (as fencing or `outdate` would) through the
+    // metadata dump, then bring it up alone.
+    let dump = c.ctl_ok(1, &["dump-md", "r0"]);
+    let edited: String = dump
+        .lines()
+        .map(|l| {
+            if l.starts_with("flags ") {
+                format!("{l},outdated\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    let path = c.nodes[1].dir.join("md.txt");
+    std::fs::write(&path, edited).unwrap();
+    c.ctl_ok(1, &["restore-md", "r0", path.to_str().unwrap()]);
+    c.ctl_ok(1, &["up", "r0"]);
+    c.wait_disk(1, "Outdated");
+    let out = c.ctl(1, &["primary", "r0"]);
+    assert_eq!(
+        out.status.code(),
+        Some(17),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(c.status(1)["role"], "Secondary");
+}
