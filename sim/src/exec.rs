@@ -132,6 +132,8 @@ impl World {
             Action::SizeAgreed { .. } => {}
             Action::Log(s) | Action::Warn(s) => {
                 if s.contains("unrelated data") {
+                    // Refused, not merged: it counts as detected.
+                    facts.split_brain = true;
                     self.stats.unrelated_data_refusals += 1;
                     self.model.unrelated.insert(crate::world::key(n, r));
                 }

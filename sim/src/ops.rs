@@ -384,6 +384,7 @@ impl World {
             return false;
         };
         self.model.unrelated.remove(&key(n, r));
+        self.model.sb_declared.insert(key(n, r));
         for o in self.remotes(victim) {
             self.reset_link(victim, o);
         }
