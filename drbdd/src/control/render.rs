@@ -254,6 +254,25 @@ mod tests {
     }
 
     #[test]
+    fn status_during_resync_shows_replication_and_done_like_drbd9() {
+        let mut st = sample();
+        st.role = Role::Primary;
+        st.disk = DiskState::UpToDate;
+        let p = &mut st.peers[0];
+        p.connection = ConnState::Connected;
+        p.role = Role::Secondary;
+        p.peer_disk = DiskState::Inconsistent;
+        p.replication = ReplState::SyncSource;
+        p.done_tenths_percent = Some(456);
+        assert_eq!(
+            status_text(&st, false, false),
+            "r0 role:Primary\n  disk:UpToDate\n  bob role:Secondary\n    replication:SyncSource peer-disk:Inconsistent done:45.6\n"
+        );
+        assert!(status_text(&st, true, false)
+            .contains("    volume:0 replication:SyncSource peer-disk:Inconsistent done:45.6\n"));
+    }
+
+    #[test]
     fn events_change_lists_only_changed_objects() {
         let old = sample();
         let mut new = sample();
