@@ -38,7 +38,13 @@ impl World {
 
     fn apply(&mut self, n: usize, r: usize, actions: Vec<Action>) {
         let mut facts = BatchFacts::default();
-        for action in actions {
+        // Requests complete upward only after everything else of the batch
+        // (a new data generation after a lost peer) is durable: an
+        // acknowledged write must never depend on metadata a crash loses.
+        let (completions, rest): (Vec<Action>, Vec<Action>) = actions
+            .into_iter()
+            .partition(|a| matches!(a, Action::CompleteWrite { .. }));
+        for action in rest.into_iter().chain(completions) {
             if !self.nodes[n].alive || self.failure.is_some() {
                 return;
             }
