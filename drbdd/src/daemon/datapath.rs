@@ -7,9 +7,11 @@
 //! name = resource name), telling the actor when a client opens or closes the
 //! device, and the device I/O counters of `drbdctl status --statistics`.
 //!
-//! Must never: change the resource's state (the actor feeds the core), let a
-//! client do I/O while the role forbids it (the pipeline gates opens and
-//! requests), or hold the metadata lock while waiting for the pipeline.
+//! Must never: change the resource's state (the actor feeds the core; the
+//! one exception is recording a failed disk as Diskless, for which the core
+//! has no input yet), let a client do I/O while the role forbids it (the
+//! pipeline gates opens and requests), or hold the metadata lock while
+//! waiting for the pipeline.
 
 use super::{refusal, Actor, ActorMsg, AdminError};
 use crate::control::proto::{DeviceStats, ErrorKind};
