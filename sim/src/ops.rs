@@ -375,7 +375,10 @@ impl World {
     /// data is to be discarded (then a full sync). The operator picks a
     /// Secondary that is not the hub (node 0). Returns false if neither fits.
     fn recreate_unrelated(&mut self, n: usize, r: usize) -> bool {
-        let fits = |w: &World, x: usize| x != 0 && w.nodes[x].alive && !w.nodes[x].is_primary();
+        let star = self.cfg.nodes > 2;
+        let fits = |w: &World, x: usize| {
+            (x != 0 || !star) && w.nodes[x].alive && !w.nodes[x].is_primary()
+        };
         let victim = if fits(self, r) {
             r
         } else if fits(self, n) {
