@@ -78,3 +78,38 @@ fn cut_link_reconnects_with_backoff_after_healing() {
     c.wait_peer(1, "alice", "Established", "UpToDate");
     c.assert_identical(0, 1);
 }
+
+#[test]
+fn writes_during_link_cuts_end_identical_after_reconnect() {
+    if !replication_common::have_tool("writes_during_link_cuts", "qemu-io") {
+        return;
+    }
+    let (c, proxy) = cluster_behind_proxy();
+    c.wait_peer(0, "bob", "Established", "Inconsistent");
+    c.ctl_ok(0, &["primary", "r0", "--force"]);
+    c.wait_peer(0, "bob", "Established", "UpToDate");
+    for round in 0u64..6 {
+        if round % 2 == 0 {
+            proxy.cut();
+        }
+        for k in 0u64..4 {
+            let offset_kib = (round * 4 + k) * 268 % 12_000;
+            let pattern = (round * 16 + k) % 250 + 1;
+            c.qemu_io(
+                0,
+                &format!("write -P {pattern} {}k 192k", offset_kib / 4 * 4),
+            );
+        }
+        if round % 2 == 1 {
+            proxy.heal();
+        }
+    }
+    proxy.heal();
+    c.qemu_io(0, "flush");
+    c.wait_peer(0, "bob", "Established", "UpToDate");
+    c.wait_for("nothing out of sync", 0, |st| {
+        peer_of(st, "bob").is_some_and(|p| p["out_of_sync_kib"] == 0)
+    });
+    c.wait_disk(1, "UpToDate");
+    c.assert_identical(0, 1);
+}
