@@ -130,3 +130,29 @@ fn sigterm_under_nbd_write_load_stops_the_primary_cleanly() {
     );
     assert!(status.success(), "drbdd exit after SIGTERM: {status}");
 }
+
+#[test]
+fn detach_and_attach_on_the_secondary_restart_its_data_path_and_catch_up() {
+    if !have("qemu-io") {
+        return;
+    }
+    let c = synced_pair();
+    c.ctl_ok(1, &["detach", "r0"]);
+    c.wait_disk(1, "Diskless");
+    let out = Command::new("qemu-io")
+        .args(["-f", "raw", &uri(&c, 0)])
+        .args(["-c", "write -P 0x7e 3M 512k", "-c", "flush"])
+        .output()
+        .expect("run qemu-io");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.ctl_ok(1, &["attach", "r0"]);
+    c.wait_disk(1, "UpToDate");
+    c.wait_for("bob in sync", 0, |st| {
+        st["peers"][0]["out_of_sync_kib"] == 0 && st["peers"][0]["peer_disk"] == "UpToDate"
+    });
+    c.assert_identical(0, 1);
+}
