@@ -1,7 +1,8 @@
 //! The data path with a connected peer: writes a client sends through the
 //! NBD export of the Primary (patterns, a device-sized discard as mkfs sends
 //! it, write-zeroes, FUA) reach the Secondary, whose data area ends up
-//! byte-identical; and a SIGTERM to the Primary's daemon while fio writes
+//! byte-identical; after a fail-over the new Primary serves them from its own
+//! export; detach/attach on the Secondary restarts its data path; and a SIGTERM to the Primary's daemon while fio writes
 //! through NBD ends the daemon cleanly within a bounded time. Two real
 //! daemons on loopback (the replication tests' harness), real qemu-io and fio.
 
@@ -155,4 +156,37 @@ fn detach_and_attach_on_the_secondary_restart_its_data_path_and_catch_up() {
         st["peers"][0]["out_of_sync_kib"] == 0 && st["peers"][0]["peer_disk"] == "UpToDate"
     });
     c.assert_identical(0, 1);
+}
+
+#[test]
+fn failover_serves_the_primarys_writes_from_the_peers_export() {
+    if !have("qemu-io") {
+        return;
+    }
+    let c = synced_pair();
+    let write = Command::new("qemu-io")
+        .args(["-f", "raw", &uri(&c, 0)])
+        .args(["-c", "write -P 0x9a 7M 1M", "-c", "write -f -P 0x9b 30M 4k"])
+        .output()
+        .expect("run qemu-io");
+    assert!(write.status.success());
+    c.ctl_ok(0, &["secondary", "r0"]);
+    c.ctl_ok(1, &["primary", "r0"]);
+    let read = Command::new("qemu-io")
+        .args(["-f", "raw", &uri(&c, 1)])
+        .args(["-c", "read -P 0x9a 7M 1M", "-c", "read -P 0x9b 30M 4k"])
+        .output()
+        .expect("run qemu-io");
+    let text = String::from_utf8_lossy(&read.stdout);
+    assert!(
+        read.status.success() && !text.contains("Pattern verification failed"),
+        "bob's export after fail-over: {text}{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    // The old Primary now refuses clients.
+    let refused = Command::new("qemu-io")
+        .args(["-f", "raw", &uri(&c, 0), "-c", "read 0 4k"])
+        .output()
+        .expect("run qemu-io");
+    assert!(!refused.status.success());
 }
