@@ -2,9 +2,10 @@
 //! NBD export of the Primary (patterns, a device-sized discard as mkfs sends
 //! it, write-zeroes, FUA) reach the Secondary, whose data area ends up
 //! byte-identical; after a fail-over the new Primary serves them from its own
-//! export; detach/attach on the Secondary restarts its data path; and a SIGTERM to the Primary's daemon while fio writes
-//! through NBD ends the daemon cleanly within a bounded time. Two real
-//! daemons on loopback (the replication tests' harness), real qemu-io and fio.
+//! export; detach/attach on the Secondary restarts its data path; and a
+//! SIGTERM to the Primary's daemon while fio writes through NBD ends the
+//! daemon cleanly within a bounded time. Two real daemons on loopback (the
+//! replication tests' harness), real qemu-io and fio.
 
 mod replication_common;
 
