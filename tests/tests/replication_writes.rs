@@ -143,3 +143,35 @@ fn killed_secondary_catches_up_with_only_dirty_blocks() {
     );
     c.assert_identical(0, 1);
 }
+
+#[test]
+fn writes_during_a_running_resync_end_identical() {
+    if !have_tool("writes_during_a_running_resync_end_identical", "qemu-io") {
+        return;
+    }
+    let mut c = Cluster::new(
+        2,
+        &ResOpts {
+            resync_rate: "4M".into(),
+            ..ResOpts::default()
+        },
+    );
+    c.bring_up_all();
+    c.wait_peer(0, "bob", "Established", "Inconsistent");
+    c.ctl_ok(0, &["primary", "r0", "--force"]);
+    c.wait_for("SyncSource", 0, |st| {
+        replication_common::peer_of(st, "bob").is_some_and(|p| p["replication"] == "SyncSource")
+    });
+    // Spread over the device: some ranges are synced already, some not yet,
+    // some are being synced right now.
+    for (k, offset_kib) in [0u64, 64, 1024, 4096, 8192, 12_000, 15_000, 2048, 4100]
+        .iter()
+        .enumerate()
+    {
+        c.qemu_io(0, &format!("write -P {} {offset_kib}k 96k", k + 1));
+    }
+    c.qemu_io(0, "flush");
+    c.wait_disk(1, "UpToDate");
+    c.wait_peer(0, "bob", "Established", "UpToDate");
+    c.assert_identical(0, 1);
+}
