@@ -78,12 +78,16 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 ctl() { local node=$1; shift; "$BIN/drbdctl" --config-dir "$DEMO_DIR/$node/etc" --run-dir "$DEMO_DIR/$node/run" --node "$node" "$@"; }
-json_field() { # $1=node $2=python expression on the status object `s`
-  ctl "$1" status r0 --json 2>/dev/null | python3 -c "import json,sys
-try:
-    s=json.load(sys.stdin)[0]; print($2)
-except Exception:
-    print('')"
+# One field of `drbdctl status r0 --json` (first occurrence: the resource's
+# own `disk`, `size_bytes`; the first peer's `connection`,
+# `done_tenths_percent`). Plain grep/sed, so the demo needs no JSON tool.
+json_field() { # $1=node $2=field name
+  ctl "$1" status r0 --json 2>/dev/null | grep -o "\"$2\": *[^,}]*" | head -1 | sed 's/^[^:]*: *//; s/"//g; s/ *$//'
+}
+
+progress() { # alice's resync progress towards bob, e.g. "done:42.5%"
+  local t; t=$(json_field alice done_tenths_percent)
+  case "$t" in ''|null) ;; *) printf 'done:%d.%d%%' $((t / 10)) $((t % 10)) ;; esac
 }
 
 say "3. two nodes in $DEMO_DIR (ports $PORT_BASE, $((PORT_BASE + 1)))"
@@ -144,7 +148,7 @@ say "6. drbdctl up r0 on both nodes"
 for n in "${NODES[@]}"; do ctl "$n" up r0; done
 connected=no
 for _ in $(seq 150); do
-  [ "$(json_field alice "s['peers'][0]['connection']")" = Connected ] && { connected=yes; break; }
+  [ "$(json_field alice connection)" = Connected ] && { connected=yes; break; }
   sleep 0.1
 done
 ctl alice status r0
@@ -158,9 +162,9 @@ if [ "$connected" = yes ]; then
   echo "waiting for the initial sync to bob (up to ${SYNC_TIMEOUT}s)..."
   synced=no
   for _ in $(seq $((SYNC_TIMEOUT * 2))); do
-    [ "$(json_field bob "s['disk']")" = UpToDate ] && { synced=yes; break; }
-    printf '  bob: disk:%s %s\n' "$(json_field bob "s['disk']")" \
-      "$(json_field alice "'done:%.1f%%' % (s['peers'][0]['done_tenths_percent']/10) if s['peers'][0].get('done_tenths_percent') is not None else ''")"
+    [ "$(json_field bob disk)" = UpToDate ] && { synced=yes; break; }
+    printf '  bob: disk:%s %s\n' "$(json_field bob disk)" \
+      "$(progress)"
     sleep 0.5
   done
   [ "$synced" = yes ] && echo "initial sync done: bob is UpToDate" || echo "NOTE: sync not finished within ${SYNC_TIMEOUT}s; continuing"
@@ -197,7 +201,7 @@ for _ in $(seq 50); do kill -0 "$FUSE_PID" 2>/dev/null || break; sleep 0.1; done
 FUSE_PID=""
 for _ in $(seq 50); do ctl alice secondary r0 >/dev/null 2>&1 && break; sleep 0.1; done
 ctl alice status r0
-SIZE_BYTES=$(json_field alice "s['size_bytes']")
+SIZE_BYTES=$(json_field alice size_bytes)
 for n in "${NODES[@]}"; do ctl "$n" down r0 || true; done
 if [ "$connected" = yes ] && [ -n "$SIZE_BYTES" ]; then
   say "11. compare the data areas of both backing files ($SIZE_BYTES bytes)"
