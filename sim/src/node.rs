@@ -281,11 +281,9 @@ impl Node {
     pub(crate) fn restart(&mut self, nodes: usize) -> Result<(), MetaError> {
         let dev = self.md_dev_down.take().expect("restart of a crashed node");
         let mut meta = MetaStore::open(dev, self.layout)?;
-        // Activity-log recovery is for a crashed primary (its application
-        // writes may have reached only its own disk); a crashed secondary's
-        // unflushed peer writes are out of sync on the primary already.
-        let was_primary = meta.superblock().flags.primary;
-        if !meta.superblock().flags.al_clean && was_primary {
+        // Activity-log recovery after any unclean stop: application writes
+        // (also of a primary demoted since) may have reached only this disk.
+        if !meta.superblock().flags.al_clean {
             for slot in 0..usize::from(meta.superblock().max_peers) {
                 meta.al_mark_logged_out_of_sync(slot);
             }

@@ -376,9 +376,8 @@ impl World {
     /// Secondary that is not the hub (node 0). Returns false if neither fits.
     fn recreate_unrelated(&mut self, n: usize, r: usize) -> bool {
         let star = self.cfg.nodes > 2;
-        let fits = |w: &World, x: usize| {
-            (x != 0 || !star) && w.nodes[x].alive && !w.nodes[x].is_primary()
-        };
+        let fits =
+            |w: &World, x: usize| (x != 0 || !star) && w.nodes[x].alive && !w.nodes[x].is_primary();
         let victim = if fits(self, r) {
             r
         } else if fits(self, n) {
