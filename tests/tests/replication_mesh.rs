@@ -43,6 +43,10 @@ fn three_node_mesh_one_secondary_away_catches_up_and_all_stay_identical() {
     c.bring_up_all();
     c.wait_peer(0, "bob", "Established", "Inconsistent");
     c.wait_peer(0, "carol", "Established", "Inconsistent");
+    // The secondaries must know each other before the sync starts: two sync
+    // targets meeting mid-resync find "unrelated data" (core behaviour,
+    // reported) and stay StandAlone.
+    c.wait_peer(1, "carol", "Established", "Inconsistent");
     c.ctl_ok(0, &["primary", "r0", "--force"]);
     c.wait_disk(1, "UpToDate");
     c.wait_disk(2, "UpToDate");
