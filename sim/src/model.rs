@@ -157,7 +157,9 @@ impl World {
                 if !covered {
                     continue;
                 }
-                let floor = floors[x][bi(b)];
+                // A resync since the flush was issued may have replaced the
+                // peer's data lineage (the model lowered its floor then).
+                let floor = floors[x][bi(b)].min(self.model.acked[x][bi(b)]);
                 let durable = self.nodes[x].disk.read_durable(b);
                 if durable < floor {
                     self.violation(format!(
