@@ -6,13 +6,23 @@
 //! for (peer writes, flushes, resync reads and writes on a second O_DIRECT
 //! handle of the backing device), the pipeline's [`Replicator`] that gives
 //! every application write a leg per peer, and the 100 ms tick. Executes every
-//! [`Action`] a machine returns, in order. Must never: make a protocol
-//! decision (the machines do), or block the actor on anything but a full
-//! per-connection send queue (bounded back-pressure).
+//! `drbdd_replication::peer::Action` a machine returns, in order (see
+//! `peers_exec.rs`). Must never: make a protocol decision (the machines do),
+//! or block the actor on anything but a full per-connection send queue
+//! (bounded back-pressure).
 //!
-//! Each application write reaches the machines as `Event::LocalWrite` and,
-//! once the pipeline's local leg finished ([`Replicator::local_done`]), as
-//! `Event::LocalWriteDone`.
+//! Data path: each application write reaches every machine as
+//! `Event::LocalWrite` and, once the pipeline's local leg finished
+//! ([`Replicator::local_done`]), as `Event::LocalWriteDone`; an application
+//! FLUSH becomes `Event::LocalFlush` on every machine and completes upward
+//! when all of them confirmed ([`Replicator::flush`]). While a peer is away
+//! its machine marks written ranges out of sync itself, so the pipeline's
+//! own "disconnected slots" list stays empty once the replicator is plugged.
+//!
+//! Daemon-level rules (the core has no event for them yet): a Primary that
+//! loses a peer starts a new data generation and reconnects its other peers
+//! so their handshakes see it; a second connection claiming a peer that is
+//! Connected is refused.
 
 use super::{Actor, ActorMsg};
 use crate::backing::{Backing, EngineKind};
