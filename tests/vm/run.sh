@@ -6,8 +6,10 @@
 # Usage: tests/vm/run.sh [--ublk | --drbdd] [--workdir DIR] [--timeout SECS] [--release] [--keep]
 #   --ublk   (default) ublk-frontend/examples/ublk-serve on /dev/vda: mkfs/mount/fsck/checksums,
 #            fio verify, kill -9 with I/O in flight + user recovery, graceful stop.
-#   --drbdd  drbdd + drbdctl: two daemons on loopback (disks /dev/vda, /dev/vdb), resource r0
-#            with frontend = ["ublk"]; same filesystem + fio checks on the primary's /dev/ublkb0.
+#   --drbdd  drbdd + drbdctl: two daemons on loopback (256 MiB disks /dev/vda, /dev/vdb), resource
+#            r0 with frontend = ["ublk"]; same filesystem + fio checks on the primary's /dev/ublkb0,
+#            demote refused while mounted, kill -9 + recovery, failover alpha -> beta -> alpha.
+#   --timeout default: 600 s (ublk), 1200 s (drbdd).
 #
 # Output: the guest's summary lines, then "VM-TEST: PASS|FAIL|SKIP <reason>" as the last line.
 # Exit codes: 0 = PASS, 1 = FAIL, 77 = SKIP (qemu, the 6.12 kernel package or a build
@@ -17,7 +19,7 @@ set -euo pipefail
 
 SCENARIO=ublk
 W=${TMPDIR:-/tmp}/drbdd-vm
-TIMEOUT_S=600
+TIMEOUT_S=
 PROFILE=debug
 KEEP=0
 while [ $# -gt 0 ]; do
@@ -33,6 +35,13 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+
+# drbdd replicates and resyncs under TCG: more time, smaller disks (the initial full sync).
+if [ -z "$TIMEOUT_S" ]; then
+  if [ "$SCENARIO" = drbdd ]; then TIMEOUT_S=1200; else TIMEOUT_S=600; fi
+fi
+DISK_SIZE=512M
+[ "$SCENARIO" = drbdd ] && DISK_SIZE=256M
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -138,7 +147,7 @@ chmod +x root/init root/scenario.sh
 DISKS=()
 ndisks=1; [ "$SCENARIO" = drbdd ] && ndisks=2
 for i in $(seq 1 $ndisks); do
-  rm -f "disk$i.img"; truncate -s 512M "disk$i.img"
+  rm -f "disk$i.img"; truncate -s "$DISK_SIZE" "disk$i.img"
   DISKS+=(-drive "file=disk$i.img,if=virtio,format=raw,cache=none,aio=io_uring")
 done
 T_BOOT=$(date +%s)

@@ -45,6 +45,12 @@ wait_for 30 test -b $DEV || die "no $DEV after primary (frontend = [\"ublk\"])"
 show_queue_params $DEV
 info "status: $(ctl alpha status r0 2>&1 | tr '\n' ' ' | tr -s ' ')"
 
+step initial-sync
+# The file system and fio steps run at full speed once the initial full sync is done
+# (under TCG they would starve each other); the resync after the crash overlaps I/O.
+wait_for 400 sh -c "drbdctl --run-dir /run/drbdd-alpha --config-dir $CONF --node alpha status r0 2>&1 | grep -q 'peer-disk:UpToDate'" \
+  || die "the initial sync to beta did not finish: $(ctl alpha status r0 2>&1 | tr '\n' ' ' | tr -s ' ')"
+
 step mkfs-mount-write
 fs_write $DEV
 
@@ -54,6 +60,16 @@ fs_check $DEV
 step remount-verify
 fs_verify $DEV
 fs_trim $DEV
+
+step demote-refused-while-mounted
+# The device's own session on the pipeline does not count; a mount does.
+mount $DEV /mnt || die "mount $DEV"
+rc=0; ctl alpha secondary r0 > /tmp/secondary-mounted.log 2>&1 || rc=$?
+umount /mnt || die "umount $DEV"
+[ $rc = 11 ] || die "secondary while $DEV is mounted: exit $rc, want 11 ($(cat /tmp/secondary-mounted.log))"
+grep -q "$DEV is in use" /tmp/secondary-mounted.log || die "the refusal does not name $DEV: $(cat /tmp/secondary-mounted.log)"
+[ -b $DEV ] || die "$DEV vanished after the refused demotion"
+info "refused: $(cat /tmp/secondary-mounted.log)"
 
 step fio-verify
 run_fio 300 /tmp/fio1.log --name=randrw --rw=randrw --size=64M --do_verify=1
@@ -70,8 +86,9 @@ T_REC=$(now_cs)
 start_daemon alpha /tmp/alpha.log
 SERVER_PID=$PID_alpha
 # The restarted daemon re-attaches to /dev/ublkb0 (ublk user recovery) once r0 is up again.
-ctl alpha up r0 > /tmp/up-alpha-2.log 2>&1 || true
-ctl alpha primary r0 > /tmp/primary-2.log 2>&1 || true
+ctl alpha up r0 > /tmp/up-alpha-2.log 2>&1 || die "drbdctl up r0 after the restart"
+ctl alpha primary r0 > /tmp/primary-2.log 2>&1 || die "drbdctl primary r0 after the restart"
+grep -q "/dev/ublkb0 re-attached" /tmp/alpha.log || die "the restarted daemon did not re-attach to $DEV"
 wait_fio $FIO_PID 300 /tmp/fio2.log
 info "fio across kill -9 of drbdd: recovered in $(secs "$T_REC") s, $(fio_iops /tmp/fio2.log)"
 
@@ -85,6 +102,26 @@ step resync-done
 wait_for 240 sh -c "drbdctl --run-dir /run/drbdd-alpha --config-dir $CONF --node alpha status r0 2>&1 | grep -q 'peer-disk:UpToDate'" \
   || die "resync to beta did not finish: $(ctl alpha status r0 2>&1 | tr '\n' ' ' | tr -s ' ')"
 info "status: $(ctl alpha status r0 2>&1 | tr '\n' ' ' | tr -s ' ')"
+
+step failover
+# A fresh file system on alpha (fio overwrote the first one), then the device moves:
+# alpha Secondary (/dev/ublkb0 goes), beta Primary (/dev/ublkb1, beta's minor), and back.
+fs_write $DEV
+ctl alpha secondary r0 > /tmp/secondary-fo.log 2>&1 || die "drbdctl secondary r0 on alpha"
+wait_for 30 sh -c "! test -e $DEV" || die "$DEV still exists after alpha's secondary"
+ctl beta primary r0 > /tmp/primary-beta.log 2>&1 || die "drbdctl primary r0 on beta"
+wait_for 30 test -b /dev/ublkb1 || die "no /dev/ublkb1 after beta's primary"
+fs_verify /dev/ublkb1 /tmp/verify-beta.log
+mount /dev/ublkb1 /mnt || die "mount /dev/ublkb1"
+dd if=/dev/urandom of=/mnt/data/from-beta bs=64k count=16 2>/dev/null || die "writing from-beta"
+(cd /mnt/data && sha256sum from-beta >> /tmp/sums) || die "checksum of from-beta"
+umount /mnt || die "umount /dev/ublkb1"
+ctl beta secondary r0 > /tmp/secondary-beta.log 2>&1 || die "drbdctl secondary r0 on beta"
+wait_for 30 sh -c "! test -e /dev/ublkb1" || die "/dev/ublkb1 still exists after beta's secondary"
+ctl alpha primary r0 > /tmp/primary-alpha-3.log 2>&1 || die "drbdctl primary r0 on alpha (fail back)"
+wait_for 30 test -b $DEV || die "no $DEV after alpha's primary (fail back)"
+fs_verify $DEV /tmp/verify-failback.log
+info "failover alpha -> beta -> alpha: $(wc -l < /tmp/sums) files verified on both nodes"
 
 step down
 ctl alpha secondary r0 > /tmp/secondary.log 2>&1 || die "drbdctl secondary r0"
