@@ -61,6 +61,10 @@ fn garbage_on_the_replication_port_does_not_stop_the_real_peer() {
     // that connects and just stays silent.
     let addr = format!("127.0.0.1:{}", c.nodes[0].port);
     let mut silent = TcpStream::connect(&addr).unwrap();
+    // A flood of clients that never send anything.
+    let flood: Vec<TcpStream> = (0..100)
+        .filter_map(|_| TcpStream::connect(&addr).ok())
+        .collect();
     for junk in [
         b"hello".to_vec(),
         vec![0xff; 1 << 20],
@@ -110,4 +114,5 @@ fn garbage_on_the_replication_port_does_not_stop_the_real_peer() {
     c.ctl_ok(0, &["status", "r0"]);
     c.wait_peer(0, "bob", "Established", "UpToDate");
     drop(silent);
+    drop(flood);
 }

@@ -30,6 +30,9 @@ const PREAMBLE_MAGIC: [u8; 4] = *b"dRBd";
 const PREAMBLE_VERSION: u8 = 1;
 /// How long an accepted socket may take to send its preamble.
 const PREAMBLE_TIMEOUT_MS: u64 = 5_000;
+/// Accepted sockets waiting for their preamble at most; more are closed at
+/// once (a flood of silent clients cannot pile up threads).
+const MAX_PENDING_ADMITS: usize = 32;
 /// How often the accept loop checks for shutdown.
 const ACCEPT_POLL_MS: u64 = 50;
 /// Largest read from a socket at once.
@@ -172,18 +175,29 @@ fn accept_loop(
     allowed: &[u8],
     sink: &NetSink,
 ) {
+    let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((stream, from)) => {
+                if pending.fetch_add(1, Ordering::SeqCst) >= MAX_PENDING_ADMITS {
+                    pending.fetch_sub(1, Ordering::SeqCst);
+                    tracing::warn!(%from, "refused replication connection: too many connections without a preamble");
+                    continue;
+                }
                 let sink = Arc::clone(sink);
                 let allowed = allowed.to_vec();
-                let _ = std::thread::Builder::new()
+                let pending2 = Arc::clone(&pending);
+                let spawned = std::thread::Builder::new()
                     .name("drbdd-accept".into())
                     .spawn(move || {
                         if let Err(why) = admit(stream, local_node_id, &allowed, &sink) {
                             tracing::warn!(%from, "refused replication connection: {why}");
                         }
+                        pending2.fetch_sub(1, Ordering::SeqCst);
                     });
+                if spawned.is_err() {
+                    pending.fetch_sub(1, Ordering::SeqCst);
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(ACCEPT_POLL_MS));
