@@ -113,3 +113,28 @@ fn writes_during_link_cuts_end_identical_after_reconnect() {
     c.wait_disk(1, "UpToDate");
     c.assert_identical(0, 1);
 }
+
+#[test]
+fn corrupted_stream_is_detected_and_the_connection_recovers() {
+    if !replication_common::have_tool("corrupted_stream", "qemu-io") {
+        return;
+    }
+    let (c, proxy) = cluster_behind_proxy();
+    c.wait_peer(0, "bob", "Established", "Inconsistent");
+    c.ctl_ok(0, &["primary", "r0", "--force"]);
+    c.wait_peer(0, "bob", "Established", "UpToDate");
+    let before = proxy.connections();
+    proxy.corrupt_next();
+    c.qemu_io(0, "write -P 0x3c 0 1M");
+    c.qemu_io(0, "flush");
+    c.wait_for("a new connection after the corruption", 0, |_| {
+        proxy.connections() > before
+    });
+    c.wait_peer(0, "bob", "Established", "UpToDate");
+    c.wait_for("nothing out of sync", 0, |st| {
+        peer_of(st, "bob").is_some_and(|p| p["out_of_sync_kib"] == 0)
+    });
+    c.assert_identical(0, 1);
+    let logs = c.log(0) + &c.log(1);
+    assert!(logs.contains("protocol error"), "corruption not reported");
+}

@@ -412,6 +412,8 @@ struct ProxyState {
     blackhole: std::sync::atomic::AtomicBool,
     cut: std::sync::atomic::AtomicBool,
     stop: std::sync::atomic::AtomicBool,
+    /// Flip one byte in the next chunk forwarded (either direction).
+    corrupt_next: std::sync::atomic::AtomicBool,
     live: std::sync::Mutex<Vec<std::net::TcpStream>>,
     connections: std::sync::atomic::AtomicU64,
 }
@@ -468,6 +470,13 @@ impl Proxy {
             .store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Flips one byte of the next chunk that passes (a corrupted stream).
+    pub fn corrupt_next(&self) {
+        self.state
+            .corrupt_next
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Cuts every connection (both ways) and refuses new ones until `heal`.
     pub fn cut(&self) {
         self.state
@@ -517,6 +526,9 @@ fn pump(mut from: std::net::TcpStream, mut to: std::net::TcpStream, st: &ProxySt
         let delay = st.delay_ms.load(SeqCst);
         if delay > 0 {
             std::thread::sleep(Duration::from_millis(delay));
+        }
+        if st.corrupt_next.swap(false, SeqCst) {
+            buf[n / 2] ^= 0x5a;
         }
         if to.write_all(&buf[..n]).is_err() {
             break;
