@@ -154,3 +154,22 @@ fn adjust_keeps_established_connections() {
     c.ctl_ok(0, &["primary", "r0", "--force"]);
     c.wait_disk(1, "UpToDate");
 }
+
+#[test]
+fn down_and_up_again_reconnects() {
+    let mut c = Cluster::new(2, &ResOpts::default());
+    c.bring_up_all();
+    c.wait_peer(0, "bob", "Established", "Inconsistent");
+    c.ctl_ok(0, &["primary", "r0", "--force"]);
+    c.wait_disk(1, "UpToDate");
+    for _ in 0..2 {
+        c.ctl_ok(1, &["down", "r0"]);
+        c.wait_for("bob gone", 0, |st| {
+            peer_of(st, "bob").is_some_and(|p| p["connection"] == "Connecting")
+        });
+        c.ctl_ok(1, &["up", "r0"]);
+        c.wait_peer(0, "bob", "Established", "UpToDate");
+        c.wait_peer(1, "alice", "Established", "UpToDate");
+    }
+    c.assert_identical(0, 1);
+}
