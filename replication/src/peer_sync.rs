@@ -126,17 +126,20 @@ impl Peer {
         self.discard_my_data = false;
         let peer_disk = self.agreement.as_ref().map(|a| a.peer.disk);
         match decision {
-            // Equal generations but one side Inconsistent (it crashed between
-            // adopting the source's generation and recording UpToDate): the
-            // disk states decide, as in DRBD ("becoming sync target due to
-            // disk states"). Both sides see the same states (drbdd-sim).
-            SyncDecision::NoSync
+            // One side Inconsistent, the other UpToDate, and the generations
+            // say "no resync" (a target crashed between adopting the source's
+            // generation and recording UpToDate) or make the Inconsistent side
+            // the source (an interrupted resync whose sync UUID the other side
+            // no longer tracks): the disk states decide, as in DRBD
+            // ("becoming sync target due to disk states"); both sides see the
+            // same states (drbdd-sim seeds 3829, 13583).
+            SyncDecision::NoSync | SyncDecision::SourceBitmap | SyncDecision::SourceFull
                 if self.local.disk == DiskState::Inconsistent
                     && peer_disk == Some(DiskState::UpToDate) =>
             {
                 self.start_resync(false, true, out);
             }
-            SyncDecision::NoSync
+            SyncDecision::NoSync | SyncDecision::TargetBitmap | SyncDecision::TargetFull
                 if self.local.disk == DiskState::UpToDate
                     && peer_disk == Some(DiskState::Inconsistent) =>
             {
