@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh || echo "SKIP: could not install packages; tests needing them will skip"
 # Integration tests start the real binaries from target/debug.
 cargo build --workspace --bins --examples
-cargo test --workspace -- --test-threads=2
+cargo test --workspace --no-fail-fast -- --test-threads=2
 # VM scenarios: exit 0 PASS, 77 SKIP (printed, does not fail the suite), anything else fails.
 vm_scenario() {
   local rc=0
