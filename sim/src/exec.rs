@@ -203,8 +203,10 @@ impl World {
     }
 
     pub(crate) fn al_activate(&mut self, n: usize) -> Result<(), MetaError> {
-        let meta = self.nodes[n].meta.as_mut().expect("running node");
-        meta.al_activate(&[0]).map(|_| ())
+        match self.nodes[n].meta.as_mut() {
+            Some(meta) => meta.al_activate(&[0]).map(|_| ()),
+            None => Ok(()), // down: nothing is submitted anyway
+        }
     }
 
     pub(crate) fn md_failure(&mut self, n: usize, e: &MetaError) {
@@ -218,6 +220,9 @@ impl World {
     /// state change must not be lost with it, as DRBD writes the bitmap at
     /// resync start), and cleared bits only after the data they vouch for.
     pub(crate) fn persist(&mut self, n: usize) {
+        if !self.nodes[n].alive {
+            return; // a metadata failure earlier in this batch took it down
+        }
         if let Err(e) = self.write_out_bitmap(n) {
             self.md_failure(n, &e);
             return;

@@ -13,6 +13,22 @@
 //! commands and faults; then everything is healed and the cluster must
 //! converge; the invariants are checked all along and at the end (see
 //! `model`). [`run_seed`] replays one seed; [`run_batch`] runs many.
+//!
+//! Caller rules the simulation showed to be necessary (the daemon, which
+//! drives the same core, must follow them too):
+//! - write the bitmap out before every superblock change, and persist
+//!   cleared bits only after a flush of the data they vouch for;
+//! - flush the data disk before recording UpToDate after a resync, and
+//!   before persisting a demotion (with the bitmap written out);
+//! - complete application requests only after the metadata changes of the
+//!   same action batch (e.g. a new generation after a lost peer) are durable;
+//! - a primary that loses a peer not tracked by one of its former
+//!   generations starts a new generation for every peer slot;
+//! - apply the activity log (mark logged extents out of sync) after any
+//!   unclean stop, not only after a primary's;
+//! - a failed replicated write leaves the local disk Outdated (DRBD detaches);
+//! - keep `ResourceCore::peers[..].repl` current (promotion is refused
+//!   while the node is becoming sync target).
 
 #![forbid(unsafe_code)]
 

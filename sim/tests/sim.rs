@@ -142,6 +142,27 @@ fn seeds_that_found_core_bugs_pass() {
             336,
             "failed replicated write during resync left the target UpToDate",
         ),
+        (
+            1778,
+            "promotion with a leftover sync UUID as bitmap UUID hid a split brain",
+        ),
+        (
+            3082,
+            "promotion during a handshake in flight hid a split brain",
+        ),
+        (
+            1774,
+            "protocol C writes acknowledged while the peer stayed UpToDate without them",
+        ),
+        (2870, "promotion of a node about to become sync target"),
+        (
+            3829,
+            "Inconsistent node with equal generations never resynced",
+        ),
+        (
+            13583,
+            "Inconsistent node chosen as sync source: StandAlone for good",
+        ),
     ] {
         let out = run_seed(seed, false, Mutation::None);
         assert!(
