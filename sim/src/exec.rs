@@ -53,7 +53,15 @@ impl World {
         }
         if facts.handshake_done {
             self.stats.handshakes += 1;
-            self.model_check_split_brain_detected(n, r, facts.split_brain);
+            // Only a handshake both ends still take part in decides
+            // anything (the peer may have dropped it already).
+            let live = self
+                .links
+                .get(&crate::world::key(n, r))
+                .is_some_and(|l| l.open[0] && l.open[1]);
+            if live {
+                self.model_check_split_brain_detected(n, r, facts.split_brain);
+            }
         }
     }
 
