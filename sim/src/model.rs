@@ -231,11 +231,27 @@ impl World {
 
     pub(crate) fn model_resync_finished(&mut self, t: usize, s: usize) {
         if self.protocol() == Protocol::C {
-            // Every acknowledged write reached the target or its bitmap.
-            self.model.acked[t] = self.model.acked[s].clone();
-            // Only what the source guaranteed: the target's own flush before
-            // it declared UpToDate is no application flush.
-            self.model.flushed[t] = self.model.flushed[s].clone();
+            // Every acknowledged write reached the target or the source's
+            // bitmap for it (a bit the source set after the connection this
+            // resync ran on was lost is not the target's business yet).
+            // Only what the source guaranteed counts as flushed: the
+            // target's own flush before it declared UpToDate is no
+            // application flush.
+            for b in 0..DEV_BLOCKS {
+                let known_missing = self.nodes[s]
+                    .peers
+                    .get(&t)
+                    .is_some_and(|p| p.bitmap().is_set(b));
+                let m = &mut self.model;
+                let i = bi(b);
+                if known_missing {
+                    m.acked[t][i] = m.acked[t][i].min(m.acked[s][i]);
+                    m.flushed[t][i] = m.flushed[t][i].min(m.flushed[s][i]);
+                } else {
+                    m.acked[t][i] = m.acked[s][i];
+                    m.flushed[t][i] = m.flushed[s][i];
+                }
+            }
         } else {
             // A/B: replicated writes may still be on their way (or lost with
             // the connection); the target only has what both sides had.
@@ -246,7 +262,13 @@ impl World {
             }
         }
         self.model.ahead[t][s] = false;
-        self.model.ahead[s][t] = false;
+        // The source stays ahead if it already knows of writes the target
+        // missed (set after the connection of this resync was lost).
+        let still_missing = self.nodes[s]
+            .peers
+            .get(&t)
+            .is_some_and(|p| p.bitmap().count() > 0);
+        self.model.ahead[s][t] = self.model.ahead[s][t] && still_missing;
         if self.model.sb_declared.remove(&key(t, s)) {
             self.stats.split_brain_resolutions += 1;
         }
