@@ -5,6 +5,26 @@
 # The daemon creates /dev/ublkb<minor> on promotion, re-attaches to it (ublk user recovery)
 # on `up` + `primary` after a crash, and deletes it on demotion (see drbdd/src/daemon/ublk.rs).
 . /guest/checks.sh
+
+# Per-step watchdog: a hung step shows the daemons' threads and logs long before QEMU's
+# time limit (the die helper prints /tmp/*.log).
+STEP_LIMIT_S=400
+step() { end_step; STEP=$1; T_STEP=$(now_cs); echo "$1 $(( T_STEP + STEP_LIMIT_S * 100 ))" > /tmp/step-deadline; }
+watchdog() {
+  while sleep 5; do
+    read -r name deadline < /tmp/step-deadline 2>/dev/null || continue
+    [ "$(now_cs)" -gt "$deadline" ] || continue
+    STEP=$name
+    info "watchdog: step $name exceeded $STEP_LIMIT_S s; ublkb0 inflight: $(cat /sys/block/ublkb0/inflight 2>/dev/null)"
+    for p in $(pidof drbdd); do
+      for t in /proc/$p/task/*; do echo "  drbdd $p $(cat $t/comm) $(cut -d' ' -f3 $t/stat) $(cat $t/wchan 2>/dev/null)"; done
+    done
+    ps | grep -v ' \[.*\]$'
+    for n in alpha beta; do info "$n: $(ctl $n status r0 --verbose --statistics 2>&1 | tr '\n' ' ' | tr -s ' ')"; done
+    die "watchdog: step $name hung"
+  done
+}
+watchdog &
 DEV=/dev/ublkb0
 FIO_COMMON="--filename=$DEV --ioengine=io_uring --direct=1 --bs=4k --iodepth=32 --verify=crc32c"
 CONF=/etc/drbdd
@@ -122,6 +142,31 @@ ctl alpha primary r0 > /tmp/primary-alpha-3.log 2>&1 || die "drbdctl primary r0 
 wait_for 30 test -b $DEV || die "no $DEV after alpha's primary (fail back)"
 fs_verify $DEV /tmp/verify-failback.log
 info "failover alpha -> beta -> alpha: $(wc -l < /tmp/sums) files verified on both nodes"
+
+step sigterm-while-mounted
+# SIGTERM with the file system mounted: drbdd leaves /dev/ublkb0 to the kernel (I/O waits,
+# the mount stays) and the next daemon's up + primary re-attaches to it.
+mount $DEV /mnt || die "mount $DEV"
+kill -TERM $PID_alpha
+wait_for 60 sh -c "! test -d /proc/$PID_alpha || grep -q ') Z ' /proc/$PID_alpha/stat" || die "drbdd alpha did not exit within 60 s of SIGTERM"
+wait $PID_alpha 2>/dev/null
+[ -b $DEV ] || die "$DEV vanished at SIGTERM while mounted"
+grep -q "is in use: left to the kernel" /tmp/alpha.log || die "SIGTERM did not leave the mounted $DEV to the kernel"
+start_daemon alpha /tmp/alpha.log
+SERVER_PID=$PID_alpha
+ctl alpha up r0 > /tmp/up-alpha-3.log 2>&1 || die "drbdctl up r0 after the SIGTERM restart"
+ctl alpha primary r0 > /tmp/primary-alpha-4.log 2>&1 || die "drbdctl primary r0 after the SIGTERM restart"
+[ "$(grep -c '/dev/ublkb0 re-attached' /tmp/alpha.log)" -ge 2 ] || die "the restarted daemon did not re-attach to the mounted $DEV"
+(cd /mnt/data && sha256sum -c /tmp/sums > /tmp/verify-mounted.log 2>&1) || die "checksums differ on the still-mounted $DEV"
+dd if=/dev/urandom of=/mnt/data/after-restart bs=64k count=16 2>/dev/null || die "writing after the restart"
+(cd /mnt/data && sha256sum after-restart >> /tmp/sums) || die "checksum of after-restart"
+umount /mnt || die "umount $DEV after the SIGTERM restart"
+fs_check $DEV
+fs_verify $DEV /tmp/verify-after-sigterm.log
+
+step resync-after-sigterm
+wait_for 240 sh -c "drbdctl --run-dir /run/drbdd-alpha --config-dir $CONF --node alpha status r0 2>&1 | grep -q 'peer-disk:UpToDate'" \
+  || die "resync to beta after the SIGTERM restart did not finish: $(ctl alpha status r0 2>&1 | tr '\n' ' ' | tr -s ' ')"
 
 step down
 ctl alpha secondary r0 > /tmp/secondary.log 2>&1 || die "drbdctl secondary r0"
