@@ -27,6 +27,9 @@ pub(crate) struct Model {
     pub(crate) ahead: Vec<Vec<bool>>,
     /// Connections on which a split brain was detected (until it is resolved).
     pub(crate) sb_declared: BTreeSet<(usize, usize)>,
+    /// `missing[a][b]`: blocks of writes acknowledged on a whose leg to b
+    /// went out of sync since the last resync from a to b started.
+    pub(crate) missing: Vec<Vec<BTreeSet<u64>>>,
     /// Connections refused as "unrelated data" (until the operator acts).
     pub(crate) unrelated: BTreeSet<(usize, usize)>,
     /// stamp -> block it was written to.
@@ -40,6 +43,7 @@ impl Model {
             acked: vec![vec![0; blocks]; nodes],
             flushed: vec![vec![0; blocks]; nodes],
             ahead: vec![vec![false; nodes]; nodes],
+            missing: vec![vec![BTreeSet::new(); nodes]; nodes],
             sb_declared: BTreeSet::new(),
             unrelated: BTreeSet::new(),
             stamp_block: std::collections::BTreeMap::new(),
@@ -103,7 +107,10 @@ impl World {
                     }
                     self.model.acked[x][bi(block)] = stamp;
                 }
-                Some(PeerOutcome::OutOfSync) => self.model.ahead[n][x] = true,
+                Some(PeerOutcome::OutOfSync) => {
+                    self.model.ahead[n][x] = true;
+                    self.model.missing[n][x].insert(block);
+                }
                 _ => {}
             }
             // Whatever the legs say: a peer that is UpToDate, replicating
@@ -225,8 +232,10 @@ impl World {
                 "n{t} became sync target of n{s} although it has acknowledged writes n{s} never saw and no split brain was detected (they would be silently discarded)"
             ));
         }
-        // From here on the target's own changes are being discarded.
+        // From here on the target's own changes are being discarded, and
+        // the source's bitmap carries what the target missed so far.
         self.model.ahead[t][s] = false;
+        self.model.missing[s][t].clear();
     }
 
     pub(crate) fn model_resync_finished(&mut self, t: usize, s: usize) {
@@ -238,11 +247,8 @@ impl World {
             // target's own flush before it declared UpToDate is no
             // application flush.
             for b in 0..DEV_BLOCKS {
-                let known_missing = self.nodes[s]
-                    .peers
-                    .get(&t)
-                    .is_some_and(|p| p.bitmap().is_set(b));
                 let m = &mut self.model;
+                let known_missing = m.missing[s][t].contains(&b);
                 let i = bi(b);
                 if known_missing {
                     m.acked[t][i] = m.acked[t][i].min(m.acked[s][i]);
@@ -264,10 +270,7 @@ impl World {
         self.model.ahead[t][s] = false;
         // The source stays ahead if it already knows of writes the target
         // missed (set after the connection of this resync was lost).
-        let still_missing = self.nodes[s]
-            .peers
-            .get(&t)
-            .is_some_and(|p| p.bitmap().count() > 0);
+        let still_missing = !self.model.missing[s][t].is_empty();
         self.model.ahead[s][t] = self.model.ahead[s][t] && still_missing;
         if self.model.sb_declared.remove(&key(t, s)) {
             self.stats.split_brain_resolutions += 1;
