@@ -95,6 +95,25 @@ impl Generations {
         self.current = new_uuid;
     }
 
+    /// A connected Primary whose data we hold started a new data generation
+    /// (it lost another peer, guide 23.2): we follow it. The old current goes
+    /// to the history; no bitmap UUID changes, because this node did not
+    /// track the writes of the new generation for its other peers (a later
+    /// handshake with them finds the old UUID in our history: full resync,
+    /// never a bitmap resync that would miss blocks).
+    pub fn follow_peer_generation(&mut self, new_uuid: u64) {
+        assert!(
+            !is_empty_uuid(new_uuid),
+            "followed generation UUID must not be empty"
+        );
+        if new_uuid == self.current {
+            return;
+        }
+        let old = self.current;
+        self.push_history(old);
+        self.current = new_uuid;
+    }
+
     /// The sync source starts a resync towards `slot`: its bitmap UUID for the
     /// target becomes `sync_uuid`, which the target takes as its current UUID,
     /// so an interrupted resync resumes bitmap-based on the next connect.

@@ -56,7 +56,7 @@ pub struct NodeInfo {
     pub current_bytes: u64,
     pub max_io_bytes: u32,
     pub gi: GiView,
-        pub dirty_blocks: u64,
+    pub dirty_blocks: u64,
     pub promoted_at_ms: u64,
     /// `connect --discard-my-data` is in effect on this node.
     pub discard_my_data: bool,
@@ -150,7 +150,7 @@ struct PeerParts {
     features: u64,
     state: Option<(Role, DiskState)>,
     sizes: Option<(u64, u64, u32)>,
-        gi: Option<(GiView, u64, u64, bool)>,
+    gi: Option<(GiView, u64, u64, bool)>,
 }
 
 /// One side of the handshake.
@@ -433,7 +433,7 @@ impl Handshake {
                     history,
                     crashed_primary: flags & 1 != 0,
                 };
-                                self.peer.gi = Some((gi, dirty_blocks, promoted_at_ms, flags & 2 != 0));
+                self.peer.gi = Some((gi, dirty_blocks, promoted_at_ms, flags & 2 != 0));
             }
             _ => return Err(dup()),
         }
@@ -441,7 +441,7 @@ impl Handshake {
             (
                 Some((role, disk)),
                 Some((backing_bytes, current_bytes, max_io_bytes)),
-                                Some((gi, dirty_blocks, promoted_at_ms, discard_my_data)),
+                Some((gi, dirty_blocks, promoted_at_ms, discard_my_data)),
             ) => {
                 let peer = NodeInfo {
                     role,

@@ -247,6 +247,7 @@ impl Peer {
             | Event::ResumeSync
             | Event::RoleChanged { .. }
             | Event::LocalDiskChanged { .. }
+            | Event::GenerationsChanged { .. }
             | Event::AdminConnect { .. }
             | Event::AdminDisconnect) => self.on_admin(admin, &mut out),
         }
@@ -283,6 +284,22 @@ impl Peer {
                 self.local.disk = disk;
                 if self.established() {
                     out.push(Action::Send(self.state_packet(0)));
+                }
+            }
+            Event::GenerationsChanged { generations } => {
+                self.local.generations = generations;
+                self.gens = Generations {
+                    current: generations.current,
+                    bitmaps: vec![generations.bitmap],
+                    history: generations.history,
+                };
+                if self.handshake.is_some() || self.pending_connect.is_some() {
+                    // The handshake announced the old tuple; a decision on
+                    // it could miss what the new generation changes.
+                    let why = "data generation changed during the handshake; reconnecting";
+                    self.lose_connection(why.into(), true, out);
+                } else if self.established() {
+                    out.push(Action::Send(self.gi_packet()));
                 }
             }
             Event::AdminConnect { discard_my_data } => {
@@ -376,6 +393,58 @@ impl Peer {
             promoted_at_ms: self.local.promoted_at_ms,
             discard_my_data: self.discard_my_data,
         }
+    }
+
+    /// Our GenerationIds packet as the handshake would send it now.
+    fn gi_packet(&self) -> Packet {
+        let info = self.node_info();
+        Packet::GenerationIds {
+            current: info.gi.current,
+            bitmap: info.gi.bitmap,
+            history: info.gi.history,
+            dirty_blocks: info.dirty_blocks,
+            promoted_at_ms: info.promoted_at_ms,
+            flags: u32::from(info.gi.crashed_primary),
+        }
+    }
+
+    /// The peer sent new generation identifiers on the established
+    /// connection. If it is Primary, started a new data generation, and we
+    /// hold its data (same current, UpToDate, no resync between us), we
+    /// follow it so both keep naming the same data (guide 23.2).
+    fn on_peer_generations(
+        &mut self,
+        gi: GiView,
+        dirty_blocks: u64,
+        promoted_at_ms: u64,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(a) = self.agreement.as_mut() else {
+            return;
+        };
+        let old_current = a.peer.gi.current;
+        a.peer.gi = gi;
+        a.peer.dirty_blocks = dirty_blocks;
+        a.peer.promoted_at_ms = promoted_at_ms;
+        let follow = a.peer.role == Role::Primary
+            && gi.current != old_current
+            && !crate::generation::is_empty_uuid(gi.current)
+            && !crate::generation::is_empty_uuid(old_current)
+            && self.gens.current == old_current
+            && self.local.disk == DiskState::UpToDate
+            && self.status.repl == ReplState::Established;
+        if !follow {
+            return;
+        }
+        let update = GiUpdate::FollowedPeerGeneration { uuid: gi.current };
+        update.apply(&mut self.gens, 0);
+        self.local.generations.current = self.gens.current;
+        self.local.generations.history = self.gens.history;
+        out.push(Action::UpdateGenerations(update));
+        out.push(Action::Log(format!(
+            "the Primary started data generation {:016X}; following it",
+            gi.current
+        )));
     }
 
     fn on_bytes(&mut self, now_ms: u64, bytes: &[u8], out: &mut Vec<Action>) {
@@ -485,17 +554,13 @@ impl Peer {
                 promoted_at_ms,
                 flags,
             } => {
-                if let Some(a) = self.agreement.as_mut() {
-                    let crashed_primary = flags & 1 != 0;
-                    a.peer.gi = GiView {
-                        current,
-                        bitmap,
-                        history,
-                        crashed_primary,
-                    };
-                    a.peer.dirty_blocks = dirty_blocks;
-                    a.peer.promoted_at_ms = promoted_at_ms;
-                }
+                let gi = GiView {
+                    current,
+                    bitmap,
+                    history,
+                    crashed_primary: flags & 1 != 0,
+                };
+                self.on_peer_generations(gi, dirty_blocks, promoted_at_ms, out);
                 Ok(())
             }
             Packet::Disconnect { reason } => {

@@ -118,6 +118,15 @@ pub enum Event<'a> {
     LocalDiskChanged {
         disk: DiskState,
     },
+    /// The local GI tuple changed outside this connection (a Primary that
+    /// lost another peer started a new data generation, or this node
+    /// followed one): `generations` is the new tuple as it concerns this
+    /// peer (its bitmap slot). An established connection sends it to the
+    /// peer (which follows a Primary's new current UUID); a running
+    /// handshake starts over so the decision sees the new tuple.
+    GenerationsChanged {
+        generations: GiView,
+    },
     /// Admin `disconnect`: go StandAlone.
     AdminDisconnect,
     /// Admin `connect`: leave StandAlone and accept connections again.
@@ -141,10 +150,23 @@ pub struct PeerStatus {
 /// [`Generations`] with this peer's slot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GiUpdate {
-    ResyncStartedAsSource { sync_uuid: u64 },
-    ResyncStartedAsTarget { sync_uuid: u64 },
+    ResyncStartedAsSource {
+        sync_uuid: u64,
+    },
+    ResyncStartedAsTarget {
+        sync_uuid: u64,
+    },
     ResyncFinishedAsSource,
-    ResyncFinishedAsTarget { source: GiView },
+    ResyncFinishedAsTarget {
+        source: GiView,
+    },
+    /// The connected Primary started data generation `uuid`; we hold its
+    /// data and follow ([`Generations::follow_peer_generation`]). The
+    /// caller announces our new tuple to its other peers
+    /// ([`Event::GenerationsChanged`]).
+    FollowedPeerGeneration {
+        uuid: u64,
+    },
 }
 
 impl GiUpdate {
@@ -161,6 +183,7 @@ impl GiUpdate {
             GiUpdate::ResyncFinishedAsTarget { source } => {
                 gens.resync_finished_as_target(slot, source)
             }
+            GiUpdate::FollowedPeerGeneration { uuid } => gens.follow_peer_generation(*uuid),
         }
     }
 }

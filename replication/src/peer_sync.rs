@@ -125,7 +125,33 @@ impl Peer {
         let discard_requested = self.discard_my_data;
         self.discard_my_data = false;
         let peer_disk = self.agreement.as_ref().map(|a| a.peer.disk);
+        let peer_dirty = self.agreement.as_ref().map_or(0, |a| a.peer.dirty_blocks);
         match decision {
+            // Neither node has usable data (e.g. two sync targets of the same
+            // Primary meeting mid-resync, each with its own sync UUID as
+            // current): nothing can flow between them, and that is no reason
+            // to give up the connection (DRBD stays Established, both
+            // Inconsistent). BothJustCreated waits for `primary --force`.
+            d if d != SyncDecision::BothJustCreated
+                && self.local.disk == DiskState::Inconsistent
+                && peer_disk == Some(DiskState::Inconsistent) =>
+            {
+                out.push(Action::Log(format!(
+                    "both nodes are Inconsistent: no resync between them ({})",
+                    d.describe()
+                )));
+            }
+            // Same generation, no bitmap on either side, and the peer is
+            // UpToDate: our Outdated/Consistent data is the same data, so it
+            // is UpToDate again (guide 11.2.9, 23.2).
+            SyncDecision::NoSync
+                if matches!(self.local.disk, DiskState::Outdated | DiskState::Consistent)
+                    && peer_disk == Some(DiskState::UpToDate)
+                    && self.bitmap.count() == 0
+                    && peer_dirty == 0 =>
+            {
+                self.up_to_date_by_peer(out);
+            }
             // One side Inconsistent, the other UpToDate, and the generations
             // say "no resync" (a target crashed between adopting the source's
             // generation and recording UpToDate) or make the Inconsistent side
@@ -161,6 +187,17 @@ impl Peer {
             }
             SyncDecision::Unrelated => self.refuse(decision.describe().into(), out),
         }
+    }
+
+    /// Our data equals the UpToDate peer's: become UpToDate and tell it.
+    fn up_to_date_by_peer(&mut self, out: &mut Vec<Action>) {
+        out.push(Action::Log(format!(
+            "same data generation as the UpToDate peer: disk {} -> UpToDate",
+            self.local.disk
+        )));
+        self.local.disk = DiskState::UpToDate;
+        out.push(Action::LocalDisk(DiskState::UpToDate));
+        out.push(Action::Send(self.state_packet(0)));
     }
 
     fn refuse(&mut self, reason: String, out: &mut Vec<Action>) {
@@ -210,15 +247,7 @@ impl Peer {
             out.push(Action::Warn(reason));
             return;
         }
-        let info = self.node_info();
-        out.push(Action::Send(Packet::GenerationIds {
-            current: info.gi.current,
-            bitmap: info.gi.bitmap,
-            history: info.gi.history,
-            dirty_blocks: info.dirty_blocks,
-            promoted_at_ms: info.promoted_at_ms,
-            flags: u32::from(info.gi.crashed_primary),
-        }));
+        out.push(Action::Send(self.gi_packet()));
         let flag = if as_source {
             STATE_START_SYNC_SOURCE
         } else {

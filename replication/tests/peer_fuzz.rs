@@ -122,6 +122,15 @@ fn random_packets_from_an_established_peer_never_panic_or_write_out_of_bounds() 
                 if p.link_up {
                     p.cut();
                 }
+                // A random GenerationIds from the Primary may have made the
+                // Secondary follow a generation the Primary never had: both
+                // start over from the real tuple.
+                for (n, role) in p.nodes.iter_mut().zip([Role::Primary, Role::Secondary]) {
+                    n.gens = gens(0x10);
+                    n.disk_state = DiskState::UpToDate;
+                    n.peer
+                        .set_local(local_state(role, DiskState::UpToDate, &n.gens));
+                }
                 p.event(
                     0,
                     Event::AdminConnect {

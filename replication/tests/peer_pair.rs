@@ -5,7 +5,10 @@
 //! unacknowledged writes into out-of-sync bits; that a bitmap resync moves
 //! exactly the dirty blocks and a full sync moves all of them; that an
 //! application write during resync is never overwritten by older resync data;
-//! and split-brain detection with and without automatic recovery.
+//! split-brain detection with and without automatic recovery; that an
+//! Outdated node of the same generation as an UpToDate peer becomes UpToDate;
+//! that two Inconsistent nodes stay connected without a resync; and that a
+//! connected Secondary follows a new data generation of its Primary.
 
 mod common;
 
@@ -650,4 +653,162 @@ fn pause_sync_on_either_node_stops_the_resync_until_resumed() {
     p.advance(10_000);
     assert_established(&p);
     assert_eq!(p.nodes[0].disk, p.nodes[1].disk);
+}
+
+#[test]
+fn outdated_node_meeting_an_up_to_date_peer_of_the_same_generation_becomes_up_to_date() {
+    let a = Node::new(
+        config(0, 1, None, Protocol::C),
+        Role::Primary,
+        DiskState::UpToDate,
+        gens(0x10),
+        disk(0x33),
+    );
+    let b = Node::new(
+        config(1, 0, None, Protocol::C),
+        Role::Secondary,
+        DiskState::Outdated,
+        gens(0x10),
+        disk(0x33),
+    );
+    let mut p = Pair::new(a, b);
+    p.connect();
+    assert_established(&p);
+    assert_eq!(p.nodes[1].disk_state, DiskState::UpToDate);
+    assert_eq!(p.nodes[0].peer.status().peer_disk, DiskState::UpToDate);
+    assert!(resync_blocks_sent(&p.nodes[0]).is_empty());
+    assert!(p.nodes.iter().all(|n| n.disconnects.is_empty()));
+}
+
+#[test]
+fn outdated_node_with_a_different_generation_does_not_become_up_to_date_without_resync() {
+    // The peer moved on (new generation tracked in its bitmap): a bitmap
+    // resync, not a shortcut to UpToDate.
+    let mut ga = gens(0x20);
+    ga.bitmaps[0] = 0x10;
+    ga.history[0] = 0x10;
+    let a = Node::new(
+        config(0, 1, None, Protocol::C),
+        Role::Primary,
+        DiskState::UpToDate,
+        ga,
+        disk(0x33),
+    );
+    let b = Node::new(
+        config(1, 0, None, Protocol::C),
+        Role::Secondary,
+        DiskState::Outdated,
+        gens(0x10),
+        disk(0x33),
+    );
+    let mut p = Pair::new(a, b);
+    p.connect();
+    assert_eq!(
+        p.nodes[1].peer.agreement().unwrap().decision,
+        SyncDecision::TargetBitmap
+    );
+    p.advance(300);
+    assert_established(&p);
+    assert_eq!(p.nodes[1].disk_state, DiskState::UpToDate);
+    assert_eq!(p.nodes[1].gens.current, 0x20);
+}
+
+#[test]
+fn two_inconsistent_sync_targets_stay_connected_without_resync() {
+    // Each took its own connection's sync UUID from the Primary as current:
+    // the tuples share nothing, yet neither has data to give.
+    for b_gens in [gens(0x5100), just_created()] {
+        let a = Node::new(
+            config(0, 1, None, Protocol::C),
+            Role::Secondary,
+            DiskState::Inconsistent,
+            gens(0x4100),
+            disk(1),
+        );
+        let b = Node::new(
+            config(1, 0, None, Protocol::C),
+            Role::Secondary,
+            DiskState::Inconsistent,
+            b_gens,
+            disk(2),
+        );
+        let mut p = Pair::new(a, b);
+        p.connect();
+        p.advance(500);
+        assert_established(&p);
+        for n in &p.nodes {
+            assert!(n.disconnects.is_empty(), "{:?}", n.disconnects);
+            assert_eq!(n.disk_state, DiskState::Inconsistent);
+            assert_eq!(n.peer.status().peer_disk, DiskState::Inconsistent);
+            assert!(resync_blocks_sent(n).is_empty());
+        }
+    }
+}
+
+#[test]
+fn secondary_follows_a_new_generation_of_the_connected_primary() {
+    let mut p = pair(Protocol::C, None, None);
+    p.connect();
+    // The Primary lost another peer: a new data generation starts, and this
+    // still-connected peer learns it without a reconnect.
+    let uuid = p.fresh_uuid();
+    p.nodes[0].gens.start_new_generation(uuid, &[]);
+    let generations = p.nodes[0].gens.view(0);
+    p.event(0, Event::GenerationsChanged { generations });
+    p.run();
+    assert_established(&p);
+    assert!(p.nodes.iter().all(|n| n.disconnects.is_empty()));
+    assert_eq!(p.nodes[1].gens.current, uuid);
+    assert_eq!(p.nodes[1].gens.history[0], 0x10);
+    assert_eq!(p.nodes[1].peer.generations().current, uuid);
+    // Both name the same data: a reconnect finds nothing to sync.
+    p.app_write(0, 1, 7, 0xC7);
+    p.run();
+    p.cut();
+    p.connect();
+    assert_established(&p);
+    assert_eq!(
+        p.nodes[1].peer.agreement().unwrap().decision,
+        SyncDecision::NoSync
+    );
+    assert_eq!(p.nodes[0].disk, p.nodes[1].disk);
+}
+
+#[test]
+fn generations_changed_during_the_handshake_starts_it_over() {
+    let mut p = pair(Protocol::C, None, None);
+    p.link_up = true;
+    let actions = p.nodes[0].peer.handle(Event::Connected {
+        now_ms: p.now_ms,
+        nonce: [1; 32],
+        sync_uuid: 0x9900,
+    });
+    assert!(!actions.is_empty());
+    let uuid = p.fresh_uuid();
+    p.nodes[0].gens.start_new_generation(uuid, &[]);
+    let generations = p.nodes[0].gens.view(0);
+    let actions = p.nodes[0]
+        .peer
+        .handle(Event::GenerationsChanged { generations });
+    assert!(
+        actions.iter().any(|a| matches!(
+            a,
+            drbdd_replication::peer::Action::Disconnect { retry: true, .. }
+        )),
+        "{actions:?}"
+    );
+    assert_eq!(p.nodes[0].peer.status().conn, ConnState::Connecting);
+}
+
+#[test]
+fn new_generations_of_a_secondary_are_recorded_but_not_followed() {
+    let mut p = pair(Protocol::C, None, None);
+    p.connect();
+    let uuid = p.fresh_uuid();
+    p.nodes[1].gens.start_new_generation(uuid, &[]);
+    let generations = p.nodes[1].gens.view(0);
+    p.event(1, Event::GenerationsChanged { generations });
+    p.run();
+    assert_eq!(p.nodes[0].gens.current, 0x10);
+    assert_eq!(p.nodes[0].peer.agreement().unwrap().peer.gi.current, uuid);
 }
