@@ -239,6 +239,11 @@ impl World {
     }
 
     pub(crate) fn model_resync_finished(&mut self, t: usize, s: usize) {
+        // A miss the resync repaired (e.g. a failed replicated write the
+        // target refetched) is no longer a miss: judged by the data.
+        let disk = &self.nodes[t].disk;
+        let acked_s = &self.model.acked[s];
+        self.model.missing[s][t].retain(|&b| disk.read(b) < acked_s[bi(b)]);
         if self.protocol() == Protocol::C {
             // Every acknowledged write reached the target or the source's
             // bitmap for it (a bit the source set after the connection this
