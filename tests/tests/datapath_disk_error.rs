@@ -157,12 +157,12 @@ fn write_error_detaches_to_diskless_and_attach_brings_the_data_back() {
     );
 
     faulty.set_failing(false);
-    node.ctl_ok(&["secondary", "r0"]);
+    node.secondary_after_clients_leave();
     node.ctl_ok(&["attach", "r0"]);
     node.wait_for("disk:UpToDate after attach", |st| st["disk"] == "UpToDate");
     node.ctl_ok(&["primary", "r0"]);
     qemu_io_ok(&uri, &["read -P 0x21 0 64k"]);
-    node.ctl_ok(&["secondary", "r0"]);
+    node.secondary_after_clients_leave();
     node.ctl_ok(&["down", "r0"]);
     node.stop();
 }
@@ -191,7 +191,7 @@ fn pass_on_reports_the_error_and_keeps_the_disk() {
     // The disk stays attached and the next write goes through.
     assert_eq!(node.status()["disk"], "UpToDate");
     qemu_io_ok(&uri, &["write -P 0x32 1M 64k", "read -P 0x32 1M 64k"]);
-    node.ctl_ok(&["secondary", "r0"]);
+    node.secondary_after_clients_leave();
 }
 
 #[test]

@@ -195,7 +195,7 @@ fn ext4_files_survive_fsck_and_a_daemon_restart() {
         "{out}"
     );
     stack.teardown();
-    node.ctl_ok(&["secondary", "r0"]);
+    node.secondary_after_clients_leave();
 }
 
 #[test]

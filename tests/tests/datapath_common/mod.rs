@@ -273,6 +273,28 @@ impl Node {
         );
     }
 
+    /// Demotes once the last NBD client's session is gone. A client process
+    /// exits before the daemon's reader notices the closed socket, so an
+    /// immediate demote may still (correctly) see the device held open.
+    pub fn secondary_after_clients_leave(&self) {
+        let start = Instant::now();
+        loop {
+            let out = self.ctl(&["secondary", "r0"]);
+            let held = String::from_utf8_lossy(&out.stderr).contains("held open");
+            if out.status.success() || !held || start.elapsed() >= DEADLINE {
+                assert!(
+                    out.status.success(),
+                    "drbdctl secondary failed ({}): {}\nlog:\n{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr),
+                    tail(&self.log(), 40)
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Bytes of the data area straight from the backing file.
     pub fn backing_bytes(&self, offset: u64, len: usize) -> Vec<u8> {
         use std::os::unix::fs::FileExt;
