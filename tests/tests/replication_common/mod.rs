@@ -106,7 +106,7 @@ impl Default for ResOpts {
     }
 }
 
-const NAMES: [&str; 3] = ["alice", "bob", "carol"];
+const NAMES: [&str; 4] = ["alice", "bob", "carol", "dave"];
 
 impl Cluster {
     /// Creates `n` nodes with their disks and config; no daemon runs yet.
@@ -142,7 +142,9 @@ impl Cluster {
 
     /// Writes node `me`'s copy of the resource file.
     pub fn write_config(&self, me: usize, opts: &ResOpts) {
-        let mut text = String::from("resource = \"r0\"\nmax-peers = 2\nfrontend = \"nbd\"\n");
+        let max_peers = self.nodes.len().saturating_sub(1).max(2);
+        let mut text =
+            format!("resource = \"r0\"\nmax-peers = {max_peers}\nfrontend = \"nbd\"\n");
         text.push_str(&format!("[net]\nprotocol = \"{}\"\n", opts.protocol));
         if let Some(Some(secret)) = opts.secrets.get(me) {
             text.push_str(&format!("shared-secret = \"{secret}\"\n"));
