@@ -143,8 +143,7 @@ impl Cluster {
     /// Writes node `me`'s copy of the resource file.
     pub fn write_config(&self, me: usize, opts: &ResOpts) {
         let max_peers = self.nodes.len().saturating_sub(1).max(2);
-        let mut text =
-            format!("resource = \"r0\"\nmax-peers = {max_peers}\nfrontend = \"nbd\"\n");
+        let mut text = format!("resource = \"r0\"\nmax-peers = {max_peers}\nfrontend = \"nbd\"\n");
         text.push_str(&format!("[net]\nprotocol = \"{}\"\n", opts.protocol));
         if let Some(Some(secret)) = opts.secrets.get(me) {
             text.push_str(&format!("shared-secret = \"{secret}\"\n"));
