@@ -172,6 +172,11 @@ pub enum SyncDecision {
     SplitBrain { shared_parent: bool },
     /// No common generation: refuse to connect.
     Unrelated,
+    /// Both disks are Inconsistent (e.g. two sync targets of one Primary
+    /// meeting mid-resync, each with its own sync UUID as current): neither
+    /// has data to give, so no resync between them and no refusal either.
+    /// Decided from the disk states by the handshake, not by [`decide`].
+    BothInconsistent,
 }
 
 impl SyncDecision {
@@ -213,6 +218,9 @@ impl SyncDecision {
             }
             SyncDecision::Unrelated => {
                 "unrelated data: the peer's generation identifiers share nothing with ours; refusing to connect"
+            }
+            SyncDecision::BothInconsistent => {
+                "both nodes are Inconsistent: no resync between them until one is UpToDate"
             }
         }
     }

@@ -476,13 +476,27 @@ impl Handshake {
             peer,
             size_bytes,
             max_io_bytes,
-            decision: decide(&self.local.gi, &peer.gi),
+            decision: decision(&self.local, &peer),
             authenticated: self.cfg.shared_secret.is_some(),
         })
     }
 }
 
 type StepResult = Result<HandshakeStep, HandshakeError>;
+
+/// The generation decision, except that two Inconsistent disks never sync
+/// between them (whatever their UUIDs say: a sync target's current UUID is
+/// its source's sync UUID, which no other node knows).
+fn decision(local: &NodeInfo, peer: &NodeInfo) -> SyncDecision {
+    let decision = decide(&local.gi, &peer.gi);
+    let both_inconsistent =
+        local.disk == DiskState::Inconsistent && peer.disk == DiskState::Inconsistent;
+    if both_inconsistent && decision != SyncDecision::BothJustCreated {
+        SyncDecision::BothInconsistent
+    } else {
+        decision
+    }
+}
 
 /// The smaller of the two backing sizes (a diskless side does not count);
 /// refuses if that would cut data an UpToDate side has in use.

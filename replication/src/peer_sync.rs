@@ -127,20 +127,6 @@ impl Peer {
         let peer_disk = self.agreement.as_ref().map(|a| a.peer.disk);
         let peer_dirty = self.agreement.as_ref().map_or(0, |a| a.peer.dirty_blocks);
         match decision {
-            // Neither node has usable data (e.g. two sync targets of the same
-            // Primary meeting mid-resync, each with its own sync UUID as
-            // current): nothing can flow between them, and that is no reason
-            // to give up the connection (DRBD stays Established, both
-            // Inconsistent). BothJustCreated waits for `primary --force`.
-            d if d != SyncDecision::BothJustCreated
-                && self.local.disk == DiskState::Inconsistent
-                && peer_disk == Some(DiskState::Inconsistent) =>
-            {
-                out.push(Action::Log(format!(
-                    "both nodes are Inconsistent: no resync between them ({})",
-                    d.describe()
-                )));
-            }
             // Same generation, no bitmap on either side, and the peer is
             // UpToDate: our Outdated/Consistent data is the same data, so it
             // is UpToDate again (guide 11.2.9, 23.2).
@@ -171,7 +157,12 @@ impl Peer {
             {
                 self.start_resync(true, true, out);
             }
-            SyncDecision::NoSync | SyncDecision::BothJustCreated => {}
+            // Neither node has usable data: nothing can flow between them,
+            // and that is no reason to give up the connection (DRBD stays
+            // Established with both Inconsistent).
+            SyncDecision::NoSync
+            | SyncDecision::BothJustCreated
+            | SyncDecision::BothInconsistent => {}
             SyncDecision::SourceBitmap
             | SyncDecision::SourceFull
             | SyncDecision::TargetBitmap

@@ -737,6 +737,8 @@ fn two_inconsistent_sync_targets_stay_connected_without_resync() {
         p.advance(500);
         assert_established(&p);
         for n in &p.nodes {
+            let decision = n.peer.agreement().unwrap().decision;
+            assert_eq!(decision, SyncDecision::BothInconsistent);
             assert!(n.disconnects.is_empty(), "{:?}", n.disconnects);
             assert_eq!(n.disk_state, DiskState::Inconsistent);
             assert_eq!(n.peer.status().peer_disk, DiskState::Inconsistent);

@@ -161,3 +161,36 @@ fn promote_refused_with_exit_17_while_outdated() {
     );
     assert_eq!(c.status(1)["role"], "Secondary");
 }
+
+#[test]
+fn outdated_secondary_becomes_up_to_date_when_it_meets_its_up_to_date_peer() {
+    let mut c = Cluster::new(2, &ResOpts::default());
+    c.bring_up_all();
+    c.wait_peer(0, "bob", "Established", "Inconsistent");
+    c.ctl_ok(0, &["primary", "r0", "--force"]);
+    c.wait_disk(1, "UpToDate");
+    c.ctl_ok(0, &["secondary", "r0"]);
+    c.ctl_ok(1, &["down", "r0"]);
+    let dump = c.ctl_ok(1, &["dump-md", "r0"]);
+    let edited: String = dump
+        .lines()
+        .map(|l| {
+            if l.starts_with("flags ") {
+                format!("{l},outdated\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    let path = c.nodes[1].dir.join("md.txt");
+    std::fs::write(&path, edited).unwrap();
+    c.ctl_ok(1, &["restore-md", "r0", path.to_str().unwrap()]);
+    c.ctl_ok(1, &["up", "r0"]);
+    // Same generation, no bitmap, alice UpToDate: no resync, just UpToDate.
+    c.wait_peer(1, "alice", "Established", "UpToDate");
+    c.wait_disk(1, "UpToDate");
+    c.wait_peer(0, "bob", "Established", "UpToDate");
+    c.assert_identical(0, 1);
+    c.ctl_ok(1, &["primary", "r0"]);
+    assert_eq!(c.status(1)["role"], "Primary");
+}

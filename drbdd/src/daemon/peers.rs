@@ -19,10 +19,11 @@
 //! its machine marks written ranges out of sync itself, so the pipeline's
 //! own "disconnected slots" list stays empty once the replicator is plugged.
 //!
-//! Daemon-level rules (the core has no event for them yet): a Primary that
-//! loses a peer starts a new data generation and reconnects its other peers
-//! so their handshakes see it; a second connection claiming a peer that is
-//! Connected is refused.
+//! Daemon-level rules: a Primary that loses a peer starts a new data
+//! generation (the core's resource machine has no command for it yet) and
+//! announces it to its other peers (`Event::GenerationsChanged`; a
+//! connected Secondary follows it and announces its own new tuple the same
+//! way); a second connection claiming a peer that is Connected is refused.
 
 use super::{Actor, ActorMsg};
 use crate::backing::{Backing, EngineKind};

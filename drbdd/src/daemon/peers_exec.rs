@@ -8,13 +8,13 @@
 //! noted at `primary_lost_peer` and `tell_peers_disk`.
 
 use super::super::Actor;
-use super::{IoDone, PeerMsg};
+use super::{local_state, IoDone, PeerMsg};
 use crate::backing::BackingOp;
 use crate::daemon::actor::ActorMsg;
 use crate::pipeline::LegOutcome;
 use drbdd_blockio::AlignedBuf;
 use drbdd_replication::ack::PeerOutcome;
-use drbdd_replication::peer::{Action, Event};
+use drbdd_replication::peer::{Action, Event, GiUpdate};
 use drbdd_replication::state::{ConnState, DiskState, ReplState, Role};
 use drbdd_replication::wire::{Packet, DATA_DISCARD, DATA_FUA, DATA_ZEROES};
 use std::sync::Mutex;
@@ -209,6 +209,9 @@ impl Actor {
                     update.apply(&mut md.gens, slot);
                 }
                 self.persist_md();
+                if matches!(update, GiUpdate::FollowedPeerGeneration { .. }) {
+                    self.announce_generations(Some(i));
+                }
             }
             Action::LocalDisk(disk) => {
                 self.core.disk = disk;
@@ -309,29 +312,34 @@ impl Actor {
                 return;
             }
         };
-        // A connected peer cannot learn a new current UUID (the core has no
-        // event for it; DRBD sends the new UUIDs). Like the simulator: every
-        // slot tracks the old generation, and the other connected peers are
-        // reconnected so a fresh handshake shows them the new one (a
-        // bitmap-based resync of what they missed meanwhile, usually nothing).
-        let all_slots: Vec<usize> = self
+        // The old generation goes to the bitmap UUID of every peer that is
+        // not connected; the connected ones follow the new current UUID
+        // (Event::GenerationsChanged), so their bitmaps keep tracking nothing.
+        let disconnected: Vec<usize> = self
             .peers
             .as_ref()
-            .map(|p| p.links.iter().map(|l| l.slot).collect())
+            .map(|p| {
+                p.links
+                    .iter()
+                    .filter(|l| l.peer.status().conn != ConnState::Connected)
+                    .map(|l| l.slot)
+                    .collect()
+            })
             .unwrap_or_default();
-        md.gens.start_new_generation(new_uuid, &all_slots);
+        md.gens.start_new_generation(new_uuid, &disconnected);
         tracing::info!(resource = %self.core.name, slot, "peer lost while Primary: new data generation");
         self.persist_md();
-        let now = self.now_ms();
+        self.announce_generations(None);
+    }
+
+    /// Our GI tuple changed outside a connection: every peer (except
+    /// `except`) learns its view of it.
+    pub(super) fn announce_generations(&mut self, except: Option<usize>) {
+        let size = self.data_size_bytes();
         let n = self.peers.as_ref().map_or(0, |p| p.links.len());
-        for j in 0..n {
-            let l = self.link(j);
-            if l.slot != slot && l.peer.status().conn == ConnState::Connected {
-                tracing::info!(resource = %self.core.name, peer = l.node_id, "reconnecting to announce the new data generation");
-                self.drop_conn(j);
-                self.feed(j, Event::ConnectionLost { now_ms: now });
-                self.link_mut(j).next_dial_ms = 0; // at once, not after connect-int
-            }
+        for j in (0..n).filter(|j| Some(*j) != except) {
+            let generations = local_state(&self.core, self.link(j).slot, size).generations;
+            self.feed(j, Event::GenerationsChanged { generations });
         }
     }
 
