@@ -35,6 +35,14 @@ fn status_shows_sync_progress_and_target_cannot_be_promoted() {
         text.contains("    replication:SyncSource peer-disk:Inconsistent done:"),
         "{text}"
     );
+    // Progress in words: done/total KiB, rate and ETA (guide 11.2.4 shows
+    // done:; drbdd adds the rest with --verbose and in the JSON).
+    let verbose = c.ctl_ok(0, &["status", "r0", "--verbose"]);
+    assert!(verbose.contains("resync: done:"), "{verbose}");
+    assert!(verbose.contains("K/s eta:"), "{verbose}");
+    let json = c.status(0);
+    let total = peer_of(&json, "bob").and_then(|p| p["resync"]["total_kib"].as_u64());
+    assert!(total.is_some_and(|t| t > 0), "{json}");
     c.wait_for("SyncTarget", 1, |st| {
         peer_of(st, "alice").is_some_and(|p| p["replication"] == "SyncTarget")
     });

@@ -253,6 +253,20 @@ pub struct PeerStatus {
     /// Resync data received from this peer (as sync target) since the resource came up.
     #[serde(default)]
     pub resync_received_kib: u64,
+    /// Progress of the resync with this peer, while one runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync: Option<ResyncProgress>,
+}
+
+/// Resync progress as `status --verbose`/`--statistics` and JSON show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResyncProgress {
+    pub total_kib: u64,
+    pub done_kib: u64,
+    pub rate_kib_per_s: u64,
+    /// Estimated seconds to go; unknown until a rate has been measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_s: Option<u64>,
 }
 
 #[cfg(test)]

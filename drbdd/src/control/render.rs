@@ -4,7 +4,7 @@
 //! Owns: formatting only, from [`ResourceStatus`] snapshots. Must never: query
 //! or change state.
 
-use super::proto::{PeerStatus, ResourceStatus};
+use super::proto::{PeerStatus, ResourceStatus, ResyncProgress};
 use drbdd_replication::state::{ConnState, ReplState};
 use std::fmt::Write as _;
 
@@ -82,6 +82,23 @@ fn peer_text(out: &mut String, p: &PeerStatus, verbose: bool, statistics: bool) 
             p.received_kib, p.sent_kib, p.out_of_sync_kib
         );
     }
+    if verbose || statistics {
+        if let Some(r) = &p.resync {
+            let _ = writeln!(out, "      {}", resync_text(r));
+        }
+    }
+}
+
+/// `resync: done:… total:… rate:… eta:…` (KiB, KiB/s, seconds).
+fn resync_text(r: &ResyncProgress) -> String {
+    let eta = r.eta_s.map_or_else(
+        || "unknown".to_owned(),
+        |s| format!("{}:{:02}", s / 60, s % 60),
+    );
+    format!(
+        "resync: done:{} total:{} rate:{}K/s eta:{eta}",
+        r.done_kib, r.total_kib, r.rate_kib_per_s
+    )
 }
 
 /// ` done:12.3` while a resync runs (DRBD prints the percentage done).
@@ -232,6 +249,7 @@ mod tests {
                 done_tenths_percent: None,
                 resync_sent_kib: 0,
                 resync_received_kib: 0,
+                resync: None,
             }],
         }
     }
@@ -270,6 +288,15 @@ mod tests {
         );
         assert!(status_text(&st, true, false)
             .contains("    volume:0 replication:SyncSource peer-disk:Inconsistent done:45.6\n"));
+        st.peers[0].resync = Some(ResyncProgress {
+            total_kib: 1000,
+            done_kib: 456,
+            rate_kib_per_s: 20,
+            eta_s: Some(125),
+        });
+        assert!(status_text(&st, true, false)
+            .contains("      resync: done:456 total:1000 rate:20K/s eta:2:05\n"));
+        assert!(!status_text(&st, false, false).contains("resync:"));
     }
 
     #[test]

@@ -378,6 +378,10 @@ impl Actor {
                 self.close_backing();
                 Ok(())
             }
+            Action::AnnounceDisk(_) => {
+                self.announce_disk_change();
+                Ok(())
+            }
         }
     }
 
@@ -503,6 +507,7 @@ fn peer_status(res: &Resource, p: &PeerState) -> PeerStatus {
         done_tenths_percent: None,
         resync_sent_kib: 0,
         resync_received_kib: 0,
+        resync: None,
     }
 }
 

@@ -27,7 +27,7 @@
 
 use super::{Actor, ActorMsg};
 use crate::backing::{Backing, EngineKind};
-use crate::control::proto::PeerStatus as PeerStatusView;
+use crate::control::proto::{PeerStatus as PeerStatusView, ResyncProgress};
 use crate::metadev::FileMetaDevice;
 use crate::net::{self, Conn, ConnOpts, Listener, NetMsg, NetSink};
 use crate::pipeline::{
@@ -848,6 +848,12 @@ impl Actor {
             v.resync_sent_kib = l.stats.resync_sent_bytes / 1024;
             v.resync_received_kib = l.stats.resync_received_bytes / 1024;
             v.done_tenths_percent = l.progress.as_ref().map(Progress::percent_tenths);
+            v.resync = l.progress.as_ref().map(|g| ResyncProgress {
+                total_kib: g.total_blocks * (BLOCK_BYTES / 1024),
+                done_kib: g.done_blocks * (BLOCK_BYTES / 1024),
+                rate_kib_per_s: g.rate_bytes_per_s / 1024,
+                eta_s: g.eta_s,
+            });
         }
     }
 }
