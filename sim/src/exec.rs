@@ -144,23 +144,26 @@ impl World {
             Action::LocalDisk(d) => self.local_disk(n, d),
             Action::StateChanged(st) => self.state_changed(n, r, st),
             Action::SizeAgreed { .. } => {}
-            Action::Log(s) | Action::Warn(s) => {
-                if s.contains("unrelated data") {
-                    // Refused, not merged: it counts as detected.
-                    facts.split_brain = true;
-                    self.stats.unrelated_data_refusals += 1;
-                    self.model.unrelated.insert(crate::world::key(n, r));
-                }
-                if s.starts_with("handshake with node") {
-                    facts.handshake_done = true;
-                }
-                if s.contains("Split-Brain detected") {
-                    facts.split_brain = true;
-                    self.stats.split_brains_detected += 1;
-                    self.model.sb_declared.insert(crate::world::key(n, r));
-                }
-            }
+            Action::Log(s) | Action::Warn(s) => self.note_log(n, r, &s, facts),
             Action::Disconnect { .. } => self.close_side(n, r),
+        }
+    }
+
+    /// The core's log lines that the checks and counters care about.
+    fn note_log(&mut self, n: usize, r: usize, s: &str, facts: &mut BatchFacts) {
+        if s.contains("unrelated data") {
+            // Refused, not merged: it counts as detected.
+            facts.split_brain = true;
+            self.stats.unrelated_data_refusals += 1;
+            self.model.unrelated.insert(crate::world::key(n, r));
+        }
+        if s.starts_with("handshake with node") {
+            facts.handshake_done = true;
+        }
+        if s.contains("Split-Brain detected") {
+            facts.split_brain = true;
+            self.stats.split_brains_detected += 1;
+            self.model.sb_declared.insert(crate::world::key(n, r));
         }
     }
 
@@ -372,6 +375,21 @@ impl World {
         self.maybe_complete(n, id);
     }
 
+    fn app_write_done(&mut self, n: usize, id: u64, block: u64, stamp: u64, fua: bool) {
+        self.log(n, || format!("local write {stamp} to block {block} done"));
+        self.nodes[n].disk.write(block, stamp, fua);
+        if let Some(meta) = self.nodes[n].meta.as_mut() {
+            meta.al_release(&[0]);
+        }
+        if let Some(op) = self.nodes[n].ops.get_mut(&id) {
+            op.local_done = true;
+        }
+        for r in self.nodes[n].peers.keys().copied().collect::<Vec<_>>() {
+            self.peer_event(n, r, drbdd_replication::peer::Event::LocalWriteDone { id });
+        }
+        self.maybe_complete(n, id);
+    }
+
     /// A disk I/O completed on node `n`.
     pub(crate) fn disk_done(&mut self, n: usize, io: Io) {
         match io {
@@ -380,20 +398,7 @@ impl World {
                 block,
                 stamp,
                 fua,
-            } => {
-                self.log(n, || format!("local write {stamp} to block {block} done"));
-                self.nodes[n].disk.write(block, stamp, fua);
-                if let Some(meta) = self.nodes[n].meta.as_mut() {
-                    meta.al_release(&[0]);
-                }
-                if let Some(op) = self.nodes[n].ops.get_mut(&id) {
-                    op.local_done = true;
-                }
-                for r in self.nodes[n].peers.keys().copied().collect::<Vec<_>>() {
-                    self.peer_event(n, r, drbdd_replication::peer::Event::LocalWriteDone { id });
-                }
-                self.maybe_complete(n, id);
-            }
+            } => self.app_write_done(n, id, block, stamp, fua),
             Io::AppFlush { id } => {
                 self.nodes[n].disk.flush();
                 if let Some(op) = self.nodes[n].ops.get_mut(&id) {

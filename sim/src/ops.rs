@@ -16,7 +16,7 @@ use drbdd_replication::resource::{Action as ResAction, Command};
 use drbdd_replication::state::{ConnState, Role};
 
 use crate::disk::encode_block;
-use crate::node::{AppOp, OpKind, DEV_BLOCKS, DEV_BYTES};
+use crate::node::{AppOp, OpKind, DEV_BLOCKS};
 use crate::world::{key, Ev, Io, World};
 
 /// Most application requests in flight on one node.
@@ -527,41 +527,39 @@ impl World {
             return;
         }
         if !self.converged() {
-            let states: Vec<String> = self
-                .nodes
-                .iter()
-                .map(|n| {
-                    let peers: Vec<String> = n
-                        .peers
-                        .iter()
-                        .map(|(r, p)| {
-                            let st = p.status();
-                            format!(
-                                "n{r}:{}/{}/{} oos {}",
-                                st.conn,
-                                st.repl,
-                                st.peer_disk,
-                                p.bitmap().count()
-                            )
-                        })
-                        .collect();
-                    format!(
-                        "n{} {} {} gi {:x?} [{}]",
-                        n.id,
-                        n.core.role,
-                        n.core.disk,
-                        n.md().gens,
-                        peers.join(", ")
-                    )
-                })
-                .collect();
+            let states = self.describe_cluster();
             self.violation(format!(
-                "cluster did not converge within 60 s of healing (resync must terminate): {}",
-                states.join("; ")
+                "cluster did not converge within 60 s of healing (resync must terminate): {states}"
             ));
             return;
         }
-        let _ = DEV_BYTES;
         self.final_checks();
+    }
+
+    /// One line per node: role, disk, generations and every peer's state.
+    fn describe_cluster(&self) -> String {
+        let states: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                let peers: Vec<String> = n
+                    .peers
+                    .iter()
+                    .map(|(r, p)| {
+                        let st = p.status();
+                        let oos = p.bitmap().count();
+                        format!("n{r}:{}/{}/{} oos {oos}", st.conn, st.repl, st.peer_disk)
+                    })
+                    .collect();
+                let gens = &n.md().gens;
+                let (role, disk) = (n.core.role, n.core.disk);
+                format!(
+                    "n{} {role} {disk} gi {gens:x?} [{}]",
+                    n.id,
+                    peers.join(", ")
+                )
+            })
+            .collect();
+        states.join("; ")
     }
 }
