@@ -76,6 +76,12 @@ pub enum Command {
     Attach { md: MdView },
     /// Detach the local disk (→ Diskless).
     Detach,
+    /// The local disk failed (an I/O error under `on-io-error detach` or
+    /// `call-local-io-error`, or a metadata I/O error): → Diskless whatever
+    /// the role (DRBD: Failed → Diskless). Never refused. Nothing is
+    /// persisted (the metadata may sit on the failed device); the caller
+    /// has already stopped the data path.
+    DiskFailed,
     /// Promote to Primary. `new_uuid` is a fresh random non-empty UUID the
     /// caller generated, used if a new data generation starts.
     Promote { force: bool, new_uuid: u64 },
@@ -98,6 +104,9 @@ pub enum Action {
     SetRoleAllowsIo(bool),
     /// Close the local backing device (detach/down).
     CloseBacking,
+    /// The local disk state changed to this: tell every peer
+    /// (`peer::Event::LocalDiskChanged`).
+    AnnounceDisk(DiskState),
 }
 
 /// Why a command was refused; nothing changed.
@@ -142,6 +151,7 @@ impl ResourceCore {
         match cmd {
             Command::Attach { md } => self.attach(md),
             Command::Detach => self.detach(),
+            Command::DiskFailed => Ok(self.disk_failed()),
             Command::Promote { force, new_uuid } => self.promote(force, new_uuid),
             Command::Demote => self.demote(),
             Command::Down => self.down(),
@@ -184,6 +194,15 @@ impl ResourceCore {
         }
         self.disk = DiskState::Diskless;
         Ok(vec![Action::PersistSuperblock(md), Action::CloseBacking])
+    }
+
+    fn disk_failed(&mut self) -> Vec<Action> {
+        if self.md.is_none() && self.disk == DiskState::Diskless {
+            return Vec::new(); // several requests failed at once
+        }
+        self.md = None;
+        self.disk = DiskState::Diskless;
+        vec![Action::AnnounceDisk(DiskState::Diskless)]
     }
 
     fn down(&mut self) -> Result<Vec<Action>, Refusal> {
@@ -474,6 +493,22 @@ mod tests {
         assert!(actions.contains(&Action::CloseBacking));
         assert!(core.md.is_none());
         assert_ne!(UUID_JUST_CREATED, 7);
+    }
+
+    #[test]
+    fn disk_failure_makes_even_a_primary_diskless_and_tells_the_peers_once() {
+        let mut core = attached(fresh_md(1), 1);
+        core.handle(Command::Promote {
+            force: true,
+            new_uuid: 7,
+        })
+        .unwrap();
+        let actions = core.handle(Command::DiskFailed).unwrap();
+        assert_eq!(actions, vec![Action::AnnounceDisk(DiskState::Diskless)]);
+        assert_eq!(core.disk, DiskState::Diskless);
+        assert!(core.md.is_none());
+        assert_eq!(core.role, Role::Primary);
+        assert!(core.handle(Command::DiskFailed).unwrap().is_empty());
     }
 
     #[test]

@@ -7,11 +7,10 @@
 //! name = resource name), telling the actor when a client opens or closes the
 //! device, and the device I/O counters of `drbdctl status --statistics`.
 //!
-//! Must never: change the resource's state (the actor feeds the core; the
-//! one exception is recording a failed disk as Diskless, for which the core
-//! has no input yet), let a client do I/O while the role forbids it (the
-//! pipeline gates opens and requests), or hold the metadata lock while
-//! waiting for the pipeline.
+//! Must never: change the resource's state (the actor feeds the core, e.g.
+//! `Command::DiskFailed` for a failed disk), let a client do I/O while the
+//! role forbids it (the pipeline gates opens and requests), or hold the
+//! metadata lock while waiting for the pipeline.
 
 use super::{refusal, Actor, ActorMsg, AdminError};
 use crate::control::proto::{DeviceStats, ErrorKind};
@@ -26,7 +25,7 @@ use drbdd_config::{Node, Resource};
 use drbdd_metadata::{MetaError, MetaStore};
 use drbdd_nbd::{ExportLookup, NbdServer, NbdServerHandle, ServerOptions};
 use drbdd_replication::resource::Command;
-use drbdd_replication::state::{DiskState, Role};
+use drbdd_replication::state::Role;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -517,11 +516,11 @@ impl Actor {
         // The metadata may sit on the failed device: no write, and the
         // activity log stays unclean so the next attach recovers it.
         self.store = None;
-        // The core has no "local disk failed" input yet and refuses to detach
-        // a Primary; a failed disk is gone whatever the role, so the actor
-        // records it (DRBD: Failed -> Diskless).
-        self.core.md = None;
-        self.core.disk = DiskState::Diskless;
+        // A failed disk is gone whatever the role (DRBD: Failed -> Diskless);
+        // the core records it and has the peers told.
+        if let Err(e) = self.step(Command::DiskFailed) {
+            tracing::error!(resource = %self.core.name, error = ?e, "cannot record the failed disk");
+        }
         tracing::error!(resource = %self.core.name, "local disk failed; resource is Diskless now (attach it again after repair)");
     }
 }

@@ -268,7 +268,7 @@ impl Actor {
         }
     }
 
-    pub(super) fn announce_disk_change(&mut self) {
+    pub(in crate::daemon::actor) fn announce_disk_change(&mut self) {
         let disk = self.core.disk;
         let Some(p) = self.peers.as_mut() else { return };
         if p.announced_disk == disk {
