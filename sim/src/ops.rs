@@ -494,11 +494,17 @@ impl World {
         let deadline = self.now_ms + 60_000;
         let mut probe = self.now_ms;
         while self.failure.is_none() && self.now_ms < deadline {
-            for l in self.links.values_mut() {
-                if l.blocked {
-                    l.blocked = false;
-                    l.blocked_until_ms = 0;
-                }
+            let blocked: Vec<(usize, usize)> = self
+                .links
+                .iter()
+                .filter(|(_, l)| l.blocked)
+                .map(|(k, _)| *k)
+                .collect();
+            for (a, b) in blocked {
+                let l = self.links.get_mut(&(a, b)).expect("listed");
+                l.blocked = false;
+                l.blocked_until_ms = 0;
+                self.schedule_drains(a, b);
             }
             for n in 0..self.nodes.len() {
                 self.nodes[n].slow_disk = false;

@@ -93,6 +93,11 @@ pub(crate) enum Ev {
         a: usize,
         b: usize,
     },
+    /// Deliver what a healed partition held back on `from` -> `to`.
+    Drain {
+        from: usize,
+        to: usize,
+    },
 }
 
 /// One link between two nodes; side 0 is the lower node id.
@@ -105,6 +110,9 @@ pub(crate) struct Link {
     /// A partition: bytes wait (TCP retransmits) until it heals.
     pub(crate) blocked: bool,
     pub(crate) blocked_until_ms: u64,
+    /// Per direction: arrivals held back by a partition, in stream order
+    /// (later bytes queue behind them even once it healed).
+    pub(crate) held: [std::collections::VecDeque<Ev>; 2],
 }
 
 impl Link {
@@ -276,8 +284,48 @@ impl World {
                         self.log(a, || format!("partition to n{b} healed"));
                     }
                 }
+                self.schedule_drains(a, b);
             }
+            Ev::Drain { from, to } => self.drain(from, to),
         }
+    }
+
+    /// After a heal: release what the partition held, both directions.
+    pub(crate) fn schedule_drains(&mut self, a: usize, b: usize) {
+        let now = self.now_ms;
+        self.schedule(now, Ev::Drain { from: a, to: b });
+        self.schedule(now, Ev::Drain { from: b, to: a });
+    }
+
+    fn drain(&mut self, from: usize, to: usize) {
+        let Some(link) = self.links.get_mut(&key(from, to)) else {
+            return;
+        };
+        if link.blocked {
+            return; // the next heal drains
+        }
+        let items = std::mem::take(&mut link.held[side(from, to)]);
+        for ev in items {
+            self.dispatch(ev);
+        }
+    }
+
+    /// Holds an arrival back if a partition blocks the stream or earlier
+    /// bytes of it are still held. Returns true if held.
+    fn hold_if_needed(&mut self, from: usize, to: usize, ev: &Ev) -> bool {
+        let now = self.now_ms;
+        let Some(link) = self.links.get_mut(&key(from, to)) else {
+            return false;
+        };
+        let d = side(from, to);
+        if !link.blocked && link.held[d].is_empty() {
+            return false;
+        }
+        link.held[d].push_back(ev.clone());
+        if !link.blocked {
+            self.schedule(now, Ev::Drain { from, to });
+        }
+        true
     }
 
     /// Puts encoded bytes on the stream from `from` to `to`.
@@ -328,22 +376,20 @@ impl World {
             return;
         };
         if link.inc != inc || !link.open[side(to, from)] || !self.nodes[to].alive {
+            self.log(to, || {
+                format!("<-n{from} dropped (connection gone): packet {sent}")
+            });
             return;
         }
-        if link.blocked {
-            // Still partitioned: retransmitted after the heal, in order.
-            let at = link.blocked_until_ms.max(self.now_ms + 1);
-            let bytes = bytes.to_vec();
-            self.schedule(
-                at,
-                Ev::Deliver {
-                    from,
-                    to,
-                    inc,
-                    bytes,
-                    sent,
-                },
-            );
+        let ev = Ev::Deliver {
+            from,
+            to,
+            inc,
+            bytes: bytes.to_vec(),
+            sent,
+        };
+        if self.hold_if_needed(from, to, &ev) {
+            self.log(to, || format!("<-n{from} held by partition: packet {sent}"));
             return;
         }
         if sent < self.max_sent_delivered {
@@ -351,6 +397,22 @@ impl World {
         }
         self.max_sent_delivered = self.max_sent_delivered.max(sent);
         self.mix(sent);
+        if self.cfg.trace {
+            if let Ok(Some((p, _))) = drbdd_replication::wire::decode(bytes) {
+                let what = match &p {
+                    drbdd_replication::wire::Packet::Data {
+                        seq,
+                        epoch,
+                        offset_bytes,
+                        ..
+                    } => {
+                        format!("recv Data seq {seq} epoch {epoch} off {offset_bytes}")
+                    }
+                    other => format!("recv {}", other.name()),
+                };
+                self.log(to, || format!("<-n{from} {what}"));
+            }
+        }
         let now_ms = self.now_ms;
         self.peer_event(to, from, Event::BytesReceived { now_ms, bytes });
     }
@@ -386,11 +448,10 @@ impl World {
         if link.inc != inc || !link.open[s] || !self.nodes[to].alive {
             return;
         }
-        if link.blocked {
-            let at = link.blocked_until_ms.max(self.now_ms + 1);
-            self.schedule(at, Ev::Fin { to, from, inc });
+        if self.hold_if_needed(from, to, &Ev::Fin { to, from, inc }) {
             return;
         }
+        let link = self.links.get_mut(&key(from, to)).expect("checked above");
         link.open[s] = false;
         let now_ms = self.now_ms;
         self.peer_event(to, from, Event::ConnectionLost { now_ms });
@@ -491,10 +552,15 @@ impl World {
 
     /// No bytes on the wire and no disk I/O in flight.
     pub(crate) fn quiet(&self) -> bool {
-        !self
-            .queue
+        let held = self
+            .links
             .values()
-            .any(|ev| matches!(ev, Ev::Deliver { .. } | Ev::Fin { .. } | Ev::Disk { .. }))
+            .any(|l| l.held.iter().any(|q| !q.is_empty()));
+        !held
+            && !self
+                .queue
+                .values()
+                .any(|ev| matches!(ev, Ev::Deliver { .. } | Ev::Fin { .. } | Ev::Disk { .. }))
     }
 
     /// Disk latency for one I/O on node `n`.
