@@ -111,7 +111,10 @@ impl World {
             .ops
             .values()
             .any(|o| matches!(o.kind, OpKind::Write { block: b, .. } if b == block));
-        if busy {
+        // The pipeline's rule: a local write waits for an overlapping
+        // replicated or resync write still on its way to this disk (one of
+        // a lost connection could land after it; drbdd-sim seed 53790).
+        if busy || self.peer_write_in_flight(n, block) {
             return;
         }
         if let Err(e) = self.al_activate(n) {
@@ -459,8 +462,8 @@ impl World {
     fn invalidate_if_stuck(&mut self, x: usize, y: usize) {
         let idle_with_bits = self.nodes[x].alive
             && self.nodes[y].alive
-            && !self.nodes[y].is_primary()
             && self.nodes[x].up_to_date()
+            && self.nodes[y].up_to_date()
             && self.nodes[x].peers.get(&y).is_some_and(|p| {
                 let st = p.status();
                 st.conn == ConnState::Connected
@@ -470,18 +473,26 @@ impl World {
         if !idle_with_bits {
             return;
         }
-        let mut local = self.nodes[y].local_state(x);
+        // The secondary of the pair is overwritten (the primary's data wins).
+        let (target, source) = if self.nodes[y].is_primary() {
+            (x, y)
+        } else {
+            (y, x)
+        };
+        if self.nodes[target].is_primary() {
+            return;
+        }
+        let mut local = self.nodes[target].local_state(source);
         local.disk = drbdd_replication::state::DiskState::Inconsistent;
         self.stats.invalidates += 1;
-        self.log(y, || format!("ADMIN invalidate (resync from n{x})"));
-        self.peer_event(
-            y,
-            x,
-            Event::StartFullSync {
-                as_source: false,
-                local,
-            },
-        );
+        self.log(target, || {
+            format!("ADMIN invalidate (resync from n{source})")
+        });
+        let event = Event::StartFullSync {
+            as_source: false,
+            local,
+        };
+        self.peer_event(target, source, event);
     }
 
     /// Stops faults, repairs everything an operator would, and lets the
