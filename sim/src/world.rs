@@ -553,24 +553,25 @@ impl World {
     /// A replicated or resync write to `block` is on its way to `n`'s disk.
     pub(crate) fn peer_write_in_flight(&self, n: usize, block: u64) -> bool {
         let boot = self.nodes[n].boot;
-        self.queue.values().any(|ev| match ev {
-            Ev::Disk { node, boot: b, io } if *node == n && *b == boot => match io {
-                Io::PeerWrite {
-                    block: first,
-                    stamps,
-                    ..
-                }
-                | Io::ResyncWrite {
-                    block: first,
-                    stamps,
-                    ..
-                } => {
-                    let len = u64::try_from(stamps.len()).unwrap_or(0);
-                    (*first..first + len).contains(&block)
-                }
-                _ => false,
-            },
-            _ => false,
+        self.queue.values().any(|ev| {
+            let Ev::Disk { node, boot: b, io } = ev else {
+                return false;
+            };
+            let (Io::PeerWrite {
+                block: first,
+                stamps,
+                ..
+            }
+            | Io::ResyncWrite {
+                block: first,
+                stamps,
+                ..
+            }) = io
+            else {
+                return false;
+            };
+            let len = u64::try_from(stamps.len()).unwrap_or(0);
+            *node == n && *b == boot && (*first..first + len).contains(&block)
         })
     }
 
