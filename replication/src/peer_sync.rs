@@ -144,14 +144,26 @@ impl Peer {
             // the source (an interrupted resync whose sync UUID the other side
             // no longer tracks): the disk states decide, as in DRBD
             // ("becoming sync target due to disk states"); both sides see the
-            // same states (drbdd-sim seeds 3829, 13583).
-            SyncDecision::NoSync | SyncDecision::SourceBitmap | SyncDecision::SourceFull
+            // same states (drbdd-sim seeds 3829, 13583). Likewise for
+            // "unrelated" or split-brain tuples: an Inconsistent node's
+            // current UUID may be the sync UUID of a source that is gone (a
+            // sync target of a lost Primary meeting another, already
+            // finished target), and Inconsistent data is nothing to keep.
+            SyncDecision::NoSync
+            | SyncDecision::SourceBitmap
+            | SyncDecision::SourceFull
+            | SyncDecision::Unrelated
+            | SyncDecision::SplitBrain { .. }
                 if self.local.disk == DiskState::Inconsistent
                     && peer_disk == Some(DiskState::UpToDate) =>
             {
                 self.start_resync(false, true, out);
             }
-            SyncDecision::NoSync | SyncDecision::TargetBitmap | SyncDecision::TargetFull
+            SyncDecision::NoSync
+            | SyncDecision::TargetBitmap
+            | SyncDecision::TargetFull
+            | SyncDecision::Unrelated
+            | SyncDecision::SplitBrain { .. }
                 if self.local.disk == DiskState::UpToDate
                     && peer_disk == Some(DiskState::Inconsistent) =>
             {

@@ -814,3 +814,57 @@ fn new_generations_of_a_secondary_are_recorded_but_not_followed() {
     assert_eq!(p.nodes[0].gens.current, 0x10);
     assert_eq!(p.nodes[0].peer.agreement().unwrap().peer.gi.current, uuid);
 }
+
+#[test]
+fn inconsistent_node_with_a_stranded_sync_uuid_gets_a_full_sync_from_an_up_to_date_peer() {
+    // Carol was sync target of a Primary that went away: her current UUID is
+    // that Primary's sync UUID, which bob (who finished his resync) never
+    // saw. The disk states decide: full sync bob -> carol, not "unrelated".
+    let bob = Node::new(
+        config(0, 1, None, Protocol::C),
+        Role::Secondary,
+        DiskState::UpToDate,
+        gens(0x10),
+        disk(0x5B),
+    );
+    let carol = Node::new(
+        config(1, 0, None, Protocol::C),
+        Role::Secondary,
+        DiskState::Inconsistent,
+        gens(0x6600),
+        disk(0),
+    );
+    let mut p = Pair::new(bob, carol);
+    p.connect();
+    assert_eq!(
+        p.nodes[1].peer.agreement().unwrap().decision,
+        SyncDecision::Unrelated
+    );
+    p.advance(1000);
+    assert_established(&p);
+    assert_eq!(resync_blocks_sent(&p.nodes[0]).len(), 64);
+    assert_eq!(p.nodes[0].disk, p.nodes[1].disk);
+    assert_eq!(p.nodes[1].disk_state, DiskState::UpToDate);
+    assert_eq!(p.nodes[1].gens.current, 0x10);
+}
+
+#[test]
+fn unrelated_up_to_date_data_is_still_refused() {
+    let mut p = pair(Protocol::C, None, None);
+    p.nodes[1] = Node::new(
+        config(1, 0, None, Protocol::C),
+        Role::Secondary,
+        DiskState::UpToDate,
+        gens(0x6600),
+        disk(0),
+    );
+    p.connect();
+    for n in &p.nodes {
+        assert_eq!(n.peer.status().conn, ConnState::StandAlone);
+        assert!(
+            n.disconnects[0].0.contains("unrelated"),
+            "{:?}",
+            n.disconnects
+        );
+    }
+}
