@@ -462,8 +462,6 @@ impl World {
     fn invalidate_if_stuck(&mut self, x: usize, y: usize) {
         let idle_with_bits = self.nodes[x].alive
             && self.nodes[y].alive
-            && self.nodes[x].up_to_date()
-            && self.nodes[y].up_to_date()
             && self.nodes[x].peers.get(&y).is_some_and(|p| {
                 let st = p.status();
                 st.conn == ConnState::Connected
@@ -479,7 +477,7 @@ impl World {
         } else {
             (y, x)
         };
-        if self.nodes[target].is_primary() {
+        if self.nodes[target].is_primary() || !self.nodes[source].up_to_date() {
             return;
         }
         let mut local = self.nodes[target].local_state(source);
