@@ -6,6 +6,17 @@
 # on `up` + `primary` after a crash, and deletes it on demotion (see drbdd/src/daemon/ublk.rs).
 . /guest/checks.sh
 
+# A failure shows the first Rust panic of each daemon (die prints only the logs' tails).
+die() {
+  echo "VM-STEP: $STEP FAILED ($(secs "$T_STEP") s)"
+  for f in /tmp/alpha.log /tmp/beta.log; do
+    [ -f "$f" ] && grep -q panicked "$f" && { echo "--- first panic in $f"; grep -a -m1 -A4 panicked "$f"; }
+  done
+  for f in /tmp/*.log; do [ -f "$f" ] && { echo "--- $f"; tail -25 "$f"; }; done
+  echo "VM-TEST: FAIL $*"
+  sync; poweroff -f; sleep 5; exit 1
+}
+
 # Per-step watchdog: a hung step shows the daemons' threads and logs long before QEMU's
 # time limit (the die helper prints /tmp/*.log).
 STEP_LIMIT_S=400
