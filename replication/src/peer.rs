@@ -419,9 +419,23 @@ impl Peer {
         promoted_at_ms: u64,
         out: &mut Vec<Action>,
     ) {
+        let target = matches!(
+            self.status.repl,
+            ReplState::WFBitMapT
+                | ReplState::WFSyncUUID
+                | ReplState::SyncTarget
+                | ReplState::PausedSyncT
+        );
         let Some(a) = self.agreement.as_mut() else {
             return;
         };
+        if target && a.peer.role != Role::Primary && gi.current != a.peer.gi.current {
+            // A Secondary source that followed its Primary's new generation
+            // does not send us that Primary's writes (only its resync
+            // replies): finishing under the new UUID would claim data we may
+            // lack. We finish under the generation the resync started with.
+            return;
+        }
         let old_current = a.peer.gi.current;
         a.peer.gi = gi;
         a.peer.dirty_blocks = dirty_blocks;

@@ -868,3 +868,38 @@ fn unrelated_up_to_date_data_is_still_refused() {
         );
     }
 }
+
+#[test]
+fn target_of_a_secondary_source_finishes_under_the_generation_the_resync_started_with() {
+    let a = Node::new(
+        config(0, 1, None, Protocol::C),
+        Role::Secondary,
+        DiskState::UpToDate,
+        gens(0x10),
+        disk(0x5A),
+    );
+    let b = Node::new(
+        config(1, 0, None, Protocol::C),
+        Role::Secondary,
+        DiskState::Inconsistent,
+        just_created(),
+        disk(0),
+    );
+    let mut p = Pair::new(a, b);
+    p.nodes[1].hold_resync_writes = true;
+    p.connect();
+    p.advance(200);
+    assert_eq!(p.nodes[1].peer.status().repl, ReplState::SyncTarget);
+    // The source followed its Primary (elsewhere) to a new generation whose
+    // writes the target never receives.
+    let uuid = p.fresh_uuid();
+    p.nodes[0].gens.follow_peer_generation(uuid);
+    let generations = p.nodes[0].gens.view(0);
+    p.event(0, Event::GenerationsChanged { generations });
+    p.nodes[1].hold_resync_writes = false;
+    p.nodes[1].release_held();
+    p.advance(1000);
+    assert_established(&p);
+    assert_eq!(p.nodes[1].disk_state, DiskState::UpToDate);
+    assert_eq!(p.nodes[1].gens.current, 0x10);
+}
