@@ -3,9 +3,8 @@
 //! and the real `drbdctl`.
 //!
 //! Binaries are taken from the cargo target directory next to the test
-//! executable (`target/debug/{drbdd,drbdctl}`); when they are missing they are
-//! built with `cargo build -p drbdd -p drbdctl`. Stale binaries are not
-//! rebuilt: run `cargo build -p drbdd -p drbdctl` before `cargo test -p drbdd-tests`.
+//! executable (`target/debug/{drbdd,drbdctl}`), after one
+//! `cargo build -p drbdd -p drbdctl` per test binary so they are never stale.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -26,20 +25,25 @@ pub fn bin_dir() -> PathBuf {
 
 static BUILD: Once = Once::new();
 
-/// Path of a workspace binary, building `drbdd` and `drbdctl` once if absent.
-pub fn bin(name: &str) -> PathBuf {
-    let path = bin_dir().join(name);
+/// Builds `drbdd` and `drbdctl` once per test binary (they are other
+/// packages, so `cargo test` alone would not rebuild them; cargo makes this a
+/// no-op when they are fresh).
+pub fn ensure_binaries() {
     BUILD.call_once(|| {
-        if bin_dir().join("drbdd").exists() && bin_dir().join("drbdctl").exists() {
-            return;
-        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "-p", "drbdd", "-p", "drbdctl"])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .status()
             .expect("run cargo build");
         assert!(status.success(), "cargo build -p drbdd -p drbdctl failed");
     });
+}
+
+/// Path of a workspace binary, built first by [`ensure_binaries`].
+pub fn bin(name: &str) -> PathBuf {
+    ensure_binaries();
+    let path = bin_dir().join(name);
     assert!(path.exists(), "{} missing after build", path.display());
     path
 }

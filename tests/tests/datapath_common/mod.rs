@@ -9,38 +9,14 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 /// How long any wait may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
-/// Where cargo put the binaries (next to the test executable).
-pub fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/debug")
-        .to_path_buf()
-}
-
-static BUILD: Once = Once::new();
-
-/// Builds drbdd and drbdctl once per test binary (they are other packages).
-pub fn ensure_binaries() {
-    BUILD.call_once(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "drbdd", "-p", "drbdctl"])
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building drbdd and drbdctl failed");
-    });
-}
+pub use drbdd_tests::{bin_dir, ensure_binaries, free_port};
 
 /// True when every tool is on PATH; otherwise prints the SKIP line.
 pub fn have_tools(test: &str, tools: &[&str]) -> bool {
@@ -76,13 +52,6 @@ pub fn have_fuse(test: &str) -> bool {
         eprintln!("SKIP: {test}: /dev/fuse is missing (modprobe fuse)");
     }
     ok
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// One daemon (node alice) serving resource r0.
