@@ -195,8 +195,12 @@ impl AckTracker {
         Ok((seq, out))
     }
 
-    /// An application flush: every earlier write must be durable on the peer.
-    /// Its peer leg completes at the `BarrierAck` of the epoch it closes.
+    /// An application flush. Under protocols B and C every earlier write must
+    /// be durable on the peer: the peer leg completes at the `BarrierAck` of
+    /// the epoch it closes. Under protocol A the flush closes the epoch (the
+    /// barrier is queued behind the writes, so the peer keeps the order) but
+    /// does not wait for the peer, as DRBD's protocol A promises nothing about
+    /// the peer's disk (user's guide 2.3.1).
     pub fn submit_flush(&mut self, id: WriteId) -> Result<(u64, Vec<AckAction>), AckError> {
         if self.entries.len() >= self.max_in_flight {
             return Err(AckError::Congested {
@@ -209,7 +213,8 @@ impl AckTracker {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let pending = self.entries.values().any(|e| !e.on_peer_disk);
+        let pending =
+            self.protocol != Protocol::A && self.entries.values().any(|e| !e.on_peer_disk);
         match (pending, self.last_barrier) {
             (true, Some(epoch)) => {
                 let entry = Entry {

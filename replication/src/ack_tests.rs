@@ -110,7 +110,7 @@ fn write_after_an_observed_completion_starts_a_new_epoch() {
 
 #[test]
 fn flush_closes_the_epoch_and_completes_on_its_barrier_ack() {
-    let mut t = AckTracker::new(Protocol::A, 8);
+    let mut t = AckTracker::new(Protocol::B, 8);
     let (s1, _) = t.submit_write(1, 0, 512, 0, vec![0; 512]).unwrap();
     t.local_done(s1);
     let (_, out) = t.submit_flush(9).unwrap();
@@ -118,6 +118,17 @@ fn flush_closes_the_epoch_and_completes_on_its_barrier_ack() {
     assert!(!completes(&out, 9, PeerOutcome::Acked));
     let out = t.on_barrier_ack(1).unwrap();
     assert!(completes(&out, 9, PeerOutcome::Acked));
+}
+
+#[test]
+fn protocol_a_flush_sends_the_barrier_but_does_not_wait_for_the_peer() {
+    let mut t = AckTracker::new(Protocol::A, 8);
+    let (s1, _) = t.submit_write(1, 0, 512, 0, vec![0; 512]).unwrap();
+    t.local_done(s1);
+    let (_, out) = t.submit_flush(9).unwrap();
+    assert_eq!(barriers(&out), vec![1], "the peer still sees the epoch end");
+    assert!(completes(&out, 9, PeerOutcome::Acked));
+    t.on_barrier_ack(1).unwrap();
     assert_eq!(t.in_flight(), 0, "barrier ack retires protocol A writes");
 }
 

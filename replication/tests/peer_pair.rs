@@ -134,7 +134,9 @@ fn protocol_b_write_completes_on_receive_ack() {
 
 #[test]
 fn flush_completes_after_the_peer_acknowledges_the_barrier() {
-    let mut p = pair(Protocol::A, None, None);
+    // Protocol B (and C) flushes wait for the peer's disk; protocol A ones do
+    // not (see ack.rs and the process test replication_protocol_wait.rs).
+    let mut p = pair(Protocol::B, None, None);
     p.connect();
     p.nodes[1].hold_peer_writes = true;
     p.app_write(0, 1, 3, 0xAA);
