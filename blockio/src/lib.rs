@@ -53,14 +53,18 @@ impl BlockRequest {
         }
         let lb = u64::from(LOGICAL_BLOCK_BYTES);
         if !self.offset_bytes.is_multiple_of(lb) || !u64::from(self.len_bytes).is_multiple_of(lb) {
-            return Err(BlockError::InvalidArgument("offset or length not a multiple of 512 bytes"));
+            return Err(BlockError::InvalidArgument(
+                "offset or length not a multiple of 512 bytes",
+            ));
         }
         if self.len_bytes == 0 {
             return Err(BlockError::InvalidArgument("zero-length request"));
         }
         let io_limited = matches!(self.op, BlockOp::Read | BlockOp::Write);
         if io_limited && self.len_bytes > max_io_bytes {
-            return Err(BlockError::InvalidArgument("request larger than the maximum I/O size"));
+            return Err(BlockError::InvalidArgument(
+                "request larger than the maximum I/O size",
+            ));
         }
         match self.offset_bytes.checked_add(u64::from(self.len_bytes)) {
             Some(end) if end <= size_bytes => Ok(()),

@@ -3,7 +3,9 @@
 //!
 //! Owns: a Vec of bytes behind a mutex. Must never: be used by the daemon.
 
-use crate::{AlignedBuf, BlockError, BlockOp, BlockRequest, BlockSession, BlockTarget, Completion, Geometry};
+use crate::{
+    AlignedBuf, BlockError, BlockOp, BlockRequest, BlockSession, BlockTarget, Completion, Geometry,
+};
 use std::sync::{Arc, Mutex};
 
 /// A RAM disk target.
@@ -49,7 +51,9 @@ impl BlockTarget for MemTarget {
     }
 
     fn open(&self, _client: &str, _writable: bool) -> Result<Arc<dyn BlockSession>, BlockError> {
-        Ok(Arc::new(MemSession { inner: Arc::clone(&self.inner) }))
+        Ok(Arc::new(MemSession {
+            inner: Arc::clone(&self.inner),
+        }))
     }
 }
 
@@ -70,13 +74,17 @@ impl BlockSession for MemSession {
         match req.op {
             BlockOp::Read => {
                 if buf.len() != req.len_bytes as usize {
-                    return done(Err(BlockError::InvalidArgument("read buffer length mismatch")));
+                    return done(Err(BlockError::InvalidArgument(
+                        "read buffer length mismatch",
+                    )));
                 }
                 buf.as_mut_slice().copy_from_slice(&data[start..end]);
             }
             BlockOp::Write => {
                 if buf.len() != req.len_bytes as usize {
-                    return done(Err(BlockError::InvalidArgument("write buffer length mismatch")));
+                    return done(Err(BlockError::InvalidArgument(
+                        "write buffer length mismatch",
+                    )));
                 }
                 data[start..end].copy_from_slice(buf.as_slice());
             }
