@@ -43,6 +43,7 @@ ctl() { n=$1; shift; drbdctl --run-dir /run/drbdd-$n --config-dir $CONF --node $
 
 start_daemon() { # start_daemon NODE LOG: starts drbdd for NODE and waits for its socket
   mkdir -p /run/drbdd-$1
+  rm -f /run/drbdd-$1/drbdd.sock   # left by a kill -9: would pass the wait below too early
   drbdd --config-dir $CONF --run-dir /run/drbdd-$1 --node $1 >> "$2" 2>&1 &
   eval "PID_$1=$!"
   wait_for 30 test -S /run/drbdd-$1/drbdd.sock || die "drbdd $1 did not create its control socket ($2)"
