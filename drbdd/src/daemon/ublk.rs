@@ -213,10 +213,46 @@ pub fn enter_namespace_if_needed(config_dir: &Path, node_name: &str) -> bool {
         return false;
     }
     match drbdd_ublk::enter_private_mount_namespace() {
-        Ok(()) => true,
+        Ok(()) => {
+            detach_copied_ublk_mounts();
+            true
+        }
         Err(e) => {
             tracing::warn!(error = %e, "staying in the host's mount namespace; do not mount /dev/ublkb* devices before drbdd stops");
             false
+        }
+    }
+}
+
+/// A restart while `/dev/ublkb*` is mounted copies that mount into the new
+/// namespace, where it would hold the device after the host unmounts it
+/// (demotion refused as "in use"): detach those copies (host mounts stay).
+fn detach_copied_ublk_mounts() {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mounts") else {
+        return;
+    };
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(source), Some(target)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if !source.starts_with("/dev/ublkb") {
+            continue;
+        }
+        let Ok(c_target) = std::ffi::CString::new(target.replace("\\040", " ")) else {
+            continue;
+        };
+        // SAFETY: `c_target` is a valid NUL-terminated path that outlives the
+        // call; MNT_DETACH only affects this process's private namespace.
+        let rc = unsafe { libc::umount2(c_target.as_ptr(), libc::MNT_DETACH) };
+        if rc == 0 {
+            tracing::info!(
+                source,
+                target,
+                "detached a copied mount of a ublk device from drbdd's namespace"
+            );
+        } else {
+            tracing::warn!(source, target, error = %std::io::Error::last_os_error(), "cannot detach a copied ublk mount");
         }
     }
 }
