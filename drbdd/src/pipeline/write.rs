@@ -194,9 +194,16 @@ struct Legs {
 
 impl Pipeline {
     /// Ordering first: a write overlapping an earlier in-flight or held write waits.
-    pub(super) fn submit_write(&self, w: PendingWrite) {
+    ///
+    /// The ordering sequence number is taken here, under the same lock as
+    /// `try_admit`: submission order is the order writes reach this point.
+    /// (A number taken earlier, in `admit`, could reach `try_admit` after a
+    /// later one when several frontend threads submit at once.)
+    pub(super) fn submit_write(&self, mut w: PendingWrite) {
         let end = w.req.offset_bytes + u64::from(w.req.len_bytes);
         let mut st = self.lock_state();
+        w.seq = st.next_seq;
+        st.next_seq += 1;
         if st.order.try_admit(w.seq, w.req.offset_bytes..end) {
             drop(st);
             self.start_write(w);
