@@ -86,12 +86,10 @@ impl Actor {
             // A discard or write-zeroes travels to the peers as one data
             // packet; the kernel splits bigger ones.
             max_discard_bytes: drbdd_replication::wire::MAX_DATA_BYTES,
-            // One queue (one submitting thread): the pipeline's write-order
-            // tracker asserts strictly increasing sequence numbers, which two
-            // queue threads submitting at once can violate (VM run: "write
-            // sequence numbers must increase"). Back to one per CPU once the
-            // pipeline takes concurrent submitters.
-            queues: 1,
+            // One queue per CPU (0). The pipeline takes its write-ordering
+            // sequence number under the ordering lock, so queue threads may
+            // submit at once (pipeline_local::concurrent_submitters_*).
+            queues: 0,
             ..UblkConfig::new(minor, &name)
         };
         let handle = UblkDevice::start(config, target).map_err(|e| {
