@@ -256,33 +256,28 @@ impl AckTracker {
         Vec::new()
     }
 
+    /// Receive-ack: completes the peer leg under protocol B only.
     pub fn on_recv_ack(&mut self, seq: u64) -> Result<Vec<AckAction>, AckError> {
-        let e = self
-            .entries
-            .get_mut(&seq)
-            .ok_or(AckError::UnknownSeq(seq))?;
-        let mut out = Vec::new();
-        if self.protocol == Protocol::B && !e.leg_done {
-            e.leg_done = true;
-            out.push(AckAction::CompleteWrite {
-                id: e.id,
-                outcome: PeerOutcome::Acked,
-            });
-        }
-        self.after_change(seq);
-        Ok(out)
+        let completes = self.protocol == Protocol::B;
+        self.ack_leg(seq, completes)
     }
 
+    /// Write-ack: the data is on the peer's disk (not yet durable). The entry
+    /// stays until the BarrierAck of its epoch (the peer's flush), so a later
+    /// flush waits for it and a lost connection still marks it out of sync.
     pub fn on_write_ack(&mut self, seq: u64) -> Result<Vec<AckAction>, AckError> {
+        self.ack_leg(seq, true)
+    }
+
+    /// Completes the peer leg of `seq` once, when `completes` says this ack
+    /// is the one its protocol waits for.
+    fn ack_leg(&mut self, seq: u64, completes: bool) -> Result<Vec<AckAction>, AckError> {
         let e = self
             .entries
             .get_mut(&seq)
             .ok_or(AckError::UnknownSeq(seq))?;
         let mut out = Vec::new();
-        // Written, not yet durable: the entry stays until the BarrierAck of
-        // its epoch (the peer's flush), so a later flush waits for it and a
-        // lost connection still marks it out of sync.
-        if !e.leg_done {
+        if completes && !e.leg_done {
             e.leg_done = true;
             out.push(AckAction::CompleteWrite {
                 id: e.id,
