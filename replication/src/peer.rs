@@ -475,12 +475,41 @@ impl Peer {
         if self.handshake.is_none() && !self.established() {
             return; // stale bytes from a connection we already dropped
         }
-        self.rx_buf.extend_from_slice(bytes);
+        // Packets are decoded in place and the consumed bytes removed once
+        // per call (removing them per packet moved the rest of a large read
+        // again for every packet). A call without a partial packet left
+        // over decodes straight from `bytes`.
+        let buf = if self.rx_buf.is_empty() {
+            None
+        } else {
+            let mut b = std::mem::take(&mut self.rx_buf);
+            b.extend_from_slice(bytes);
+            Some(b)
+        };
+        let input = buf.as_deref().unwrap_or(bytes);
+        let used = self.decode_packets(input, out);
+        if self.handshake.is_none() && !self.established() {
+            return; // the connection ended: what is left belongs to it
+        }
+        debug_assert!(self.rx_buf.is_empty(), "nothing refills rx_buf meanwhile");
+        match buf {
+            Some(mut b) => {
+                b.drain(..used);
+                self.rx_buf = b;
+            }
+            None => self.rx_buf.extend_from_slice(&bytes[used..]),
+        }
+    }
+
+    /// Handles every complete packet at the start of `input`; returns the
+    /// bytes consumed. Stops early when a packet ends the connection.
+    fn decode_packets(&mut self, input: &[u8], out: &mut Vec<Action>) -> usize {
+        let mut used = 0;
         loop {
-            match wire::decode(&self.rx_buf) {
+            match wire::decode(&input[used..]) {
                 Ok(None) => break,
-                Ok(Some((packet, used))) => {
-                    self.rx_buf.drain(..used);
+                Ok(Some((packet, n))) => {
+                    used += n;
                     self.on_packet(packet, out);
                     if self.handshake.is_none() && !self.established() {
                         break; // the packet ended the connection
@@ -492,6 +521,7 @@ impl Peer {
                 }
             }
         }
+        used
     }
 
     fn protocol_error(&mut self, reason: String, out: &mut Vec<Action>) {

@@ -109,6 +109,29 @@ fn protocol_c_write_completes_only_after_peer_write_ack() {
 }
 
 #[test]
+fn packets_split_anywhere_by_the_transport_are_decoded_alike() {
+    // 7 bytes splits headers and payloads at ever different places.
+    for chunk in [1, 7, 4096 + 16, 3 * 4096] {
+        let mut p = pair(Protocol::C, Some("s3cret"), Some("s3cret"));
+        p.rx_chunk_bytes = Some(chunk);
+        p.connect();
+        assert_established(&p);
+        for id in 1..=8 {
+            p.app_write(0, id, id % 5, u8::try_from(id).unwrap());
+        }
+        p.run();
+        for id in 1..=8 {
+            assert_eq!(
+                p.nodes[0].completed(id),
+                Some(PeerOutcome::Acked),
+                "chunk {chunk}"
+            );
+        }
+        assert_eq!(p.nodes[1].disk, p.nodes[0].disk, "chunk {chunk}");
+    }
+}
+
+#[test]
 fn protocol_a_write_completes_when_sent() {
     let mut p = pair(Protocol::A, None, None);
     p.connect();

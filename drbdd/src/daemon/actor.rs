@@ -15,6 +15,7 @@ use crate::control::render;
 use crate::pipeline::{Pipeline, PipelineEvent};
 use drbdd_config::{Node, Resource};
 use drbdd_replication::resource::{Action, Command, PeerState, Refusal, ResourceCore};
+use drbdd_replication::state::{ConnState, DiskState, ReplState, Role};
 use std::path::Path;
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::Arc;
@@ -238,18 +239,64 @@ impl Actor {
             .expect("checked in Actor::new; reconfigure keeps the node")
     }
 
+    /// Takes messages in batches of at most [`BATCH_MSGS_MAX`]: everything
+    /// queued when the actor wakes up is handled before the packets the
+    /// batch produced go to the connections, so one `send` per connection
+    /// carries all of them (`flush_wire` in `peers_exec.rs`). Packets of one
+    /// connection keep their order: they share one buffer.
     fn run(mut self, rx: Receiver<ActorMsg>) {
-        while let Ok(msg) = rx.recv() {
-            let before = self.status();
-            let stop = self.handle(msg);
-            let after = self.status();
-            if stop {
-                self.publish_lines(render::events_destroy(&after));
-                return;
+        while let Ok(first) = rx.recv() {
+            let mut next = Some(first);
+            let mut handled = 0;
+            while let Some(msg) = next.take() {
+                if self.handle_publishing(msg) {
+                    self.flush_wire();
+                    return;
+                }
+                handled += 1;
+                if handled < BATCH_MSGS_MAX {
+                    next = rx.try_recv().ok();
+                }
             }
-            self.publish_lines(render::events_change(&before, &after));
+            self.flush_wire();
         }
         self.persist_on_stop();
+    }
+
+    /// Handles one message and publishes the events2 lines of what changed;
+    /// true when the actor must end.
+    ///
+    /// Peer messages (the data path: writes, acks, I/O completions, ticks)
+    /// are many; building two full [`ResourceStatus`] snapshots for each
+    /// costs more than the message itself. Their only effect on the events2
+    /// objects is through roles, disk and connection states, so the
+    /// snapshots are built only when one of those changed.
+    fn handle_publishing(&mut self, msg: ActorMsg) -> bool {
+        if matches!(msg, ActorMsg::Peers(_)) {
+            let key = EventKey::of(&self.core);
+            let stop = self.handle(msg);
+            debug_assert!(!stop, "peer messages never stop the actor");
+            if EventKey::of(&self.core) == key {
+                return stop;
+            }
+            // Something visible changed: publish against the snapshot of
+            // the state before, rebuilt from the key (the objects the
+            // events2 lines show hold nothing else).
+            let after = self.status();
+            let mut before = after.clone();
+            key.restore(&mut before);
+            self.publish_lines(render::events_change(&before, &after));
+            return stop;
+        }
+        let before = self.status();
+        let stop = self.handle(msg);
+        let after = self.status();
+        if stop {
+            self.publish_lines(render::events_destroy(&after));
+            return true;
+        }
+        self.publish_lines(render::events_change(&before, &after));
+        false
     }
 
     /// Handles one message; true when the actor must end.
@@ -478,6 +525,49 @@ impl Actor {
             current_uuid: self.core.md.as_ref().map(|m| m.gens.current),
             stats: self.data.stats(self.pipeline.as_ref(), self.store.as_ref()),
             peers,
+        }
+    }
+}
+
+/// Messages handled at most before the actor sends the packets they
+/// produced (bounds the latency one batch adds to its first packet).
+const BATCH_MSGS_MAX: usize = 64;
+
+/// What the events2 objects (`render::events_change` without statistics)
+/// show of a resource that a peer message can change: role, disk, and per
+/// peer its connection, role, replication and disk states.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct EventKey {
+    role: Role,
+    disk: DiskState,
+    peers: Vec<(u8, ConnState, Role, ReplState, DiskState)>,
+}
+
+impl EventKey {
+    fn of(core: &ResourceCore) -> Self {
+        EventKey {
+            role: core.role,
+            disk: core.disk,
+            peers: core
+                .peers
+                .iter()
+                .map(|p| (p.node_id, p.conn, p.role, p.repl, p.peer_disk))
+                .collect(),
+        }
+    }
+
+    /// Puts the keyed fields back into a later snapshot of the same resource.
+    fn restore(&self, st: &mut ResourceStatus) {
+        st.role = self.role;
+        st.disk = self.disk;
+        for p in &mut st.peers {
+            if let Some(&(_, conn, role, repl, disk)) = self.peers.iter().find(|k| k.0 == p.node_id)
+            {
+                p.connection = conn;
+                p.role = role;
+                p.replication = repl;
+                p.peer_disk = disk;
+            }
         }
     }
 }

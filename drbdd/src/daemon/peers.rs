@@ -43,7 +43,7 @@ use drbdd_replication::peer::{Event, LocalState, Peer, PeerConfig};
 use drbdd_replication::resync::{Progress, RateConfig, SyncBitmap, BLOCK_BYTES};
 use drbdd_replication::state::{ConnState, DiskState, ReplState, Role};
 use drbdd_replication::wire::{DATA_DISCARD, DATA_FUA, DATA_ZEROES, NONCE_BYTES};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
@@ -62,6 +62,9 @@ const MAX_IO_BYTES: u32 = 1 << 20;
 /// Resync requests in flight per peer and their size.
 const MAX_RESYNC_REQUESTS: usize = 16;
 const MAX_RESYNC_REQUEST_BYTES: u32 = 128 * 1024;
+/// A link's buffered packets go to its connection once they reach this
+/// size, even in the middle of an actor batch.
+const WIRE_FLUSH_BYTES: usize = 512 * 1024;
 
 /// Messages for the peers part of the actor.
 #[derive(Debug)]
@@ -70,10 +73,9 @@ pub enum PeerMsg {
     Tick,
     /// An application write offered by the pipeline, with one leg per peer.
     Write(LocalWrite),
-    /// The local disk leg of application write `id` finished.
-    LocalDone {
-        id: WriteId,
-    },
+    /// Local disk legs finished while the replicator asks for prompt
+    /// handling (see [`NetReplicator::local_done`]); the ids are in its queue.
+    LocalDone,
     /// An application flush; call `done` when every peer has it.
     Flush {
         id: WriteId,
@@ -157,6 +159,9 @@ struct Link {
     next_dial_ms: u64,
     peer: Peer,
     conn: Option<Conn>,
+    /// Packets for `conn` encoded during the current actor batch; emptied
+    /// whenever `conn` changes, so nothing reaches a later connection.
+    wire: Vec<u8>,
     progress: Option<Progress>,
     stats: LinkStats,
 }
@@ -172,6 +177,11 @@ pub(super) struct Peers {
     sink: NetSink,
     next_conn_id: u64,
     legs: HashMap<(u8, WriteId), LegHandle>,
+    /// Writes the machines have and whose local leg has not finished.
+    awaiting_local: HashSet<WriteId>,
+    /// Local legs that finished before their write reached the actor (the
+    /// completion queue and the channel are separate paths).
+    early_local_done: HashSet<WriteId>,
     /// Replicated flushes: peers still to confirm, completion.
     flushes: HashMap<WriteId, (usize, FlushDone)>,
     replicator: Arc<NetReplicator>,
@@ -220,6 +230,15 @@ pub(super) struct NetReplicator {
     tx: Mutex<Sender<ActorMsg>>,
     next_id: AtomicU64,
     node_ids: Vec<u8>,
+    /// Writes whose local leg finished, for the machines' `LocalWriteDone`.
+    /// The actor takes them before every peer message it handles, so a
+    /// write reaches the machines only after every local completion that
+    /// happened before it was submitted (epochs depend on that); a channel
+    /// message per completion would cost a wake-up of the actor each.
+    local_done: Mutex<Vec<WriteId>>,
+    /// Set by the actor while a machine needs local completions at once
+    /// (resync waits for them): each one then also wakes the actor.
+    local_done_eager: AtomicBool,
 }
 
 impl Replicator for NetReplicator {
@@ -253,8 +272,14 @@ impl Replicator for NetReplicator {
     fn local_done(&self, token: u64, _ok: bool) {
         // A failed local write is the pipeline's business (detach/EIO); for
         // the peers the local leg is over either way.
-        let tx = self.tx.lock().expect("replicator sender lock");
-        let _ = tx.send(ActorMsg::Peers(PeerMsg::LocalDone { id: token }));
+        self.local_done
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(token);
+        if self.local_done_eager.load(Ordering::Relaxed) {
+            let tx = self.tx.lock().expect("replicator sender lock");
+            let _ = tx.send(ActorMsg::Peers(PeerMsg::LocalDone));
+        }
     }
 
     fn flush(&self, done: PeerFlushDone) {
@@ -386,6 +411,7 @@ impl Actor {
                 next_dial_ms: 0,
                 peer: Peer::new(cfg, state, bitmap),
                 conn: None,
+                wire: Vec::new(),
                 progress: None,
                 stats: LinkStats::default(),
             });
@@ -425,7 +451,11 @@ impl Actor {
                 tx: Mutex::new(tx.clone()),
                 next_id: AtomicU64::new(1),
                 node_ids,
+                local_done: Mutex::new(Vec::new()),
+                local_done_eager: AtomicBool::new(false),
             }),
+            awaiting_local: HashSet::new(),
+            early_local_done: HashSet::new(),
             tx,
             sink,
             next_conn_id: 1,
@@ -469,17 +499,13 @@ impl Actor {
         // I/O error).
         self.plug_replicator();
         self.announce_disk_change();
+        self.take_local_done();
         match msg {
             PeerMsg::Tick => self.peers_tick(),
             PeerMsg::Net(m) => self.on_net(m),
             PeerMsg::Write(w) => self.on_local_write(w),
             PeerMsg::Flush { id, done } => self.on_local_flush(id, done),
-            PeerMsg::LocalDone { id } => {
-                let n = self.peers.as_ref().map_or(0, |p| p.links.len());
-                for i in 0..n {
-                    self.feed(i, Event::LocalWriteDone { id });
-                }
-            }
+            PeerMsg::LocalDone => {}
             PeerMsg::Io { node_id, done } => {
                 let Some(i) = self.link_index(node_id) else {
                     return;
@@ -495,6 +521,33 @@ impl Actor {
         }
     }
 
+    /// Feeds the local completions queued by the replicator to the machines.
+    fn take_local_done(&mut self) {
+        let Some(p) = self.peers.as_mut() else { return };
+        let ids = std::mem::take(
+            &mut *p
+                .replicator
+                .local_done
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for id in ids {
+            let Some(p) = self.peers.as_mut() else { return };
+            if p.awaiting_local.remove(&id) {
+                self.local_write_done(id);
+            } else {
+                p.early_local_done.insert(id);
+            }
+        }
+    }
+
+    fn local_write_done(&mut self, id: WriteId) {
+        let n = self.peers.as_ref().map_or(0, |p| p.links.len());
+        for i in 0..n {
+            self.feed(i, Event::LocalWriteDone { id });
+        }
+    }
+
     fn link_index(&self, node_id: u8) -> Option<usize> {
         self.peers
             .as_ref()?
@@ -507,6 +560,17 @@ impl Actor {
         self.plug_replicator();
         let now = self.now_ms();
         let n = self.peers.as_ref().map_or(0, |p| p.links.len());
+        if let Some(p) = self.peers.as_ref() {
+            // A resync source defers requests overlapping unfinished local
+            // writes: while one runs, local completions wake the actor.
+            let syncing = p
+                .links
+                .iter()
+                .any(|l| l.peer.status().repl != ReplState::Established);
+            p.replicator
+                .local_done_eager
+                .store(syncing, Ordering::Relaxed);
+        }
         for i in 0..n {
             self.maybe_dial(i, now);
             self.feed(i, Event::Tick { now_ms: now });
@@ -666,7 +730,10 @@ impl Actor {
     }
 
     fn drop_conn(&mut self, i: usize) {
-        if let Some(c) = self.link_mut(i).conn.take() {
+        let l = self.link_mut(i);
+        // The socket is shut down at once: buffered packets could not go out.
+        l.wire.clear();
+        if let Some(c) = l.conn.take() {
             c.close();
         }
     }
@@ -685,7 +752,10 @@ impl Actor {
         let sink = Arc::clone(&p.sink);
         let l = &mut p.links[i];
         match Conn::start(l.node_id, conn_id, stream, l.opts, sink) {
-            Ok(c) => l.conn = Some(c),
+            Ok(c) => {
+                l.wire.clear();
+                l.conn = Some(c);
+            }
             Err(e) => {
                 tracing::warn!(peer = l.node_id, error = %e, "cannot set up connection");
                 l.next_dial_ms = now + l.connect_int_ms;
@@ -706,6 +776,17 @@ impl Actor {
     }
 
     fn on_local_write(&mut self, w: LocalWrite) {
+        let id = w.id;
+        self.feed_local_write(w);
+        let Some(p) = self.peers.as_mut() else { return };
+        if p.early_local_done.remove(&id) {
+            self.local_write_done(id);
+        } else {
+            p.awaiting_local.insert(id);
+        }
+    }
+
+    fn feed_local_write(&mut self, w: LocalWrite) {
         let mut data = Some(w.data);
         let last = w.legs.len().saturating_sub(1);
         for (k, (node_id, leg)) in w.legs.into_iter().enumerate() {

@@ -8,7 +8,7 @@
 //! noted at `primary_lost_peer` and `tell_peers_disk`.
 
 use super::super::Actor;
-use super::{local_state, IoDone, PeerMsg};
+use super::{local_state, IoDone, PeerMsg, WIRE_FLUSH_BYTES};
 use crate::backing::BackingOp;
 use crate::daemon::actor::ActorMsg;
 use crate::pipeline::LegOutcome;
@@ -26,8 +26,11 @@ impl Actor {
         self.execute_peer_actions(i, actions);
     }
 
+    /// Executes `actions` in order. Packets are encoded into the link's
+    /// outgoing buffer, which goes to the connection at the end of the
+    /// actor's batch ([`Actor::flush_wire`]), when it grows past
+    /// [`WIRE_FLUSH_BYTES`], or before the connection is dropped.
     pub(super) fn execute_peer_actions(&mut self, i: usize, actions: Vec<Action>) {
-        let mut wire = Vec::new();
         for action in actions {
             match action {
                 Action::Send(packet) => {
@@ -35,27 +38,42 @@ impl Actor {
                     if let Packet::ResyncReply { payload, .. } = &packet {
                         l.stats.resync_sent_bytes += u64::try_from(payload.len()).unwrap_or(0);
                     }
-                    let before = wire.len();
-                    packet.encode_into(&mut wire);
-                    l.stats.sent_bytes += u64::try_from(wire.len() - before).unwrap_or(0);
+                    let before = l.wire.len();
+                    packet.encode_into(&mut l.wire);
+                    l.stats.sent_bytes += u64::try_from(l.wire.len() - before).unwrap_or(0);
+                    if l.wire.len() >= WIRE_FLUSH_BYTES {
+                        self.flush_link_wire(i);
+                    }
                 }
                 Action::Disconnect { reason, retry } => {
-                    self.send_wire(i, std::mem::take(&mut wire));
+                    self.flush_link_wire(i);
                     self.on_disconnect(i, &reason, retry);
                 }
                 other => self.execute_local(i, other),
             }
         }
-        self.send_wire(i, wire);
     }
 
-    pub(super) fn send_wire(&mut self, i: usize, wire: Vec<u8>) {
-        if wire.is_empty() {
+    /// Hands link `i`'s encoded packets to its connection (blocks while the
+    /// connection's send queue is full: back-pressure). Without a
+    /// connection they are dropped, as a send to a closed one would be.
+    pub(super) fn flush_link_wire(&mut self, i: usize) {
+        let l = self.link_mut(i);
+        if l.wire.is_empty() {
             return;
         }
-        if let Some(c) = &self.link(i).conn {
+        let wire = std::mem::take(&mut l.wire);
+        if let Some(c) = &l.conn {
             // A failed send shows up as NetMsg::Closed from the writer.
             let _ = c.send(wire);
+        }
+    }
+
+    /// Sends what every link has buffered (the end of an actor batch).
+    pub(in crate::daemon::actor) fn flush_wire(&mut self) {
+        let n = self.peers.as_ref().map_or(0, |p| p.links.len());
+        for i in 0..n {
+            self.flush_link_wire(i);
         }
     }
 
@@ -69,6 +87,7 @@ impl Actor {
             tracing::warn!(resource = %name, peer = l.node_id, "disconnected: {reason}; StandAlone until `drbdctl connect {name}`");
         }
         l.next_dial_ms = now + l.connect_int_ms;
+        l.wire.clear();
         if let Some(c) = l.conn.take() {
             // Dropping the sender lets the writer flush queued packets
             // (e.g. the refusal) and then close the socket.

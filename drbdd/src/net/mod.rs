@@ -4,9 +4,12 @@
 //!
 //! Owns: sockets and their threads. Byte streams go to the resource actor as
 //! [`NetMsg`]s through a [`NetSink`]; the actor hands bytes to send to
-//! [`Conn::send`], which blocks when the connection's bounded send queue is
-//! full (back-pressure towards the replication core, like a full socket
-//! buffer in DRBD). Must never: interpret replication packets (the sans-IO
+//! [`Conn::send`], which writes them at once when nothing is queued and the
+//! socket takes them without blocking, queues them for the writer thread
+//! otherwise, and blocks when the connection's bounded send queue is full
+//! (back-pressure towards the replication core, like a full socket buffer
+//! in DRBD). Must never: reorder bytes of one connection, block in `send`
+//! on the socket itself (only on a full queue), interpret replication packets (the sans-IO
 //! core in `drbdd-replication` does), or decide when to connect (the actor
 //! does, with connect-int as the retry interval).
 //!
@@ -16,10 +19,10 @@
 //! id) so a listener serving several peers on one address knows which peer
 //! is calling; anything else is closed without reaching the actor.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -37,8 +40,10 @@ const MAX_PENDING_ADMITS: usize = 32;
 const ACCEPT_POLL_MS: u64 = 50;
 /// Largest read from a socket at once.
 const READ_CHUNK_BYTES: usize = 256 * 1024;
-/// Most bytes the writer coalesces into one `write_all`.
+/// Most bytes the writer takes off its queue for one round of `writev`.
 const WRITE_BATCH_BYTES: usize = 1 << 20;
+/// Most queued batches in one `writev` (below the kernel's IOV_MAX of 1024).
+const WRITE_BATCH_BUFS: usize = 256;
 /// Most received bytes on their way to the actor per connection; the reader
 /// stops reading beyond this (TCP flow control then slows the peer).
 const RX_PENDING_MAX_BYTES: usize = 16 << 20;
@@ -46,39 +51,52 @@ const RX_PENDING_MAX_BYTES: usize = 16 << 20;
 /// Received bytes handed to the actor and not yet consumed.
 #[derive(Debug, Default)]
 struct RxCredit {
-    pending: std::sync::Mutex<usize>,
+    pending: std::sync::Mutex<RxPending>,
     consumed: std::sync::Condvar,
     closed: AtomicBool,
 }
 
+#[derive(Debug, Default)]
+struct RxPending {
+    bytes: usize,
+    /// The reader waits for credit (a release must wake it).
+    reader_waiting: bool,
+}
+
 impl RxCredit {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RxPending> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Waits until `n` more bytes fit; false once the connection closed.
     fn reserve(&self, n: usize) -> bool {
-        let mut pending = self
-            .pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        while *pending > 0 && *pending + n > RX_PENDING_MAX_BYTES {
+        let mut pending = self.lock();
+        while pending.bytes > 0 && pending.bytes + n > RX_PENDING_MAX_BYTES {
             if self.closed.load(Ordering::SeqCst) {
                 return false;
             }
+            pending.reader_waiting = true;
             pending = self
                 .consumed
                 .wait_timeout(pending, Duration::from_millis(100))
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .0;
+            pending.reader_waiting = false;
         }
-        *pending += n;
+        pending.bytes += n;
         true
     }
 
     fn release(&self, n: usize) {
-        let mut pending = self
-            .pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *pending = pending.saturating_sub(n);
-        self.consumed.notify_all();
+        let mut pending = self.lock();
+        pending.bytes = pending.bytes.saturating_sub(n);
+        // A notify costs a futex call even without a waiter; the reader
+        // sets the flag under the lock before it waits.
+        if pending.reader_waiting {
+            self.consumed.notify_all();
+        }
     }
 }
 
@@ -272,14 +290,59 @@ pub struct ConnOpts {
     pub send_timeout_ms: u64,
 }
 
-/// An established connection: a writer thread fed by a bounded queue and a
-/// reader thread feeding the actor.
+/// An established connection: a bounded send queue drained by a writer
+/// thread, and a reader thread feeding the actor.
+///
+/// Sending: while nothing is queued or being written, [`Conn::send`] writes
+/// the batch on the caller's thread without blocking (`MSG_DONTWAIT`); what
+/// the socket does not take at once goes to the queue, in order, and the
+/// writer thread sends it with blocking writes (and the send timeout). That
+/// saves a thread wake-up and a context switch per batch in the common case
+/// of a socket buffer with room; the order of bytes is the order of `send`
+/// calls either way.
 #[derive(Debug)]
 pub struct Conn {
     pub conn_id: u64,
     stream: TcpStream,
-    tx: SyncSender<Vec<u8>>,
+    tx: Arc<TxQueue>,
+    queue_len: usize,
     rx_credit: Arc<RxCredit>,
+}
+
+/// The send side shared by [`Conn::send`] and the writer thread.
+#[derive(Debug, Default)]
+struct TxQueue {
+    state: std::sync::Mutex<TxState>,
+    /// The writer waits here for bytes (or the end).
+    work: std::sync::Condvar,
+    /// Senders wait here for room in the queue.
+    room: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct TxState {
+    /// Batches not yet handed to the socket, oldest first.
+    bufs: VecDeque<Vec<u8>>,
+    /// Bytes of `bufs[0]` already sent (a direct send the socket took in part).
+    front_sent: usize,
+    /// The writer is writing batches it took off the queue.
+    writer_busy: bool,
+    writer_waiting: bool,
+    senders_waiting: usize,
+    /// The `Conn` was dropped: write what is queued, then shut down.
+    closing: bool,
+    /// A direct send failed; the writer reports it and ends.
+    failed: Option<String>,
+    /// The writer ended; sends fail.
+    writer_gone: bool,
+}
+
+impl TxQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, TxState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl Conn {
@@ -297,7 +360,7 @@ impl Conn {
             rustix::net::sockopt::set_socket_send_buffer_size(&stream, bytes)?;
         }
         stream.set_write_timeout(Some(Duration::from_millis(opts.send_timeout_ms.max(1))))?;
-        let (tx, rx) = sync_channel::<Vec<u8>>(opts.queue_len.max(1));
+        let tx = Arc::new(TxQueue::default());
         let reader = stream.try_clone()?;
         let writer = stream.try_clone()?;
         let sink_r = Arc::clone(&sink);
@@ -306,21 +369,64 @@ impl Conn {
         std::thread::Builder::new()
             .name(format!("drbdd-rx-{node_id}"))
             .spawn(move || read_loop(reader, node_id, conn_id, &sink_r, &credit))?;
+        let tx_w = Arc::clone(&tx);
         std::thread::Builder::new()
             .name(format!("drbdd-tx-{node_id}"))
-            .spawn(move || write_loop(writer, &rx, node_id, conn_id, &sink))?;
+            .spawn(move || write_loop(writer, &tx_w, node_id, conn_id, &sink))?;
         Ok(Conn {
             conn_id,
             stream,
             tx,
+            queue_len: opts.queue_len.max(1),
             rx_credit,
         })
     }
 
-    /// Queues bytes to send; blocks while the queue is full. False when the
-    /// writer is gone (the connection failed).
+    /// Sends `bytes` after everything sent before; blocks while the queue
+    /// is full (back-pressure). False when the connection failed.
     pub fn send(&self, bytes: Vec<u8>) -> bool {
-        self.tx.send(bytes).is_ok()
+        let mut st = self.tx.lock();
+        loop {
+            if st.writer_gone || st.failed.is_some() {
+                return false;
+            }
+            if st.bufs.len() < self.queue_len {
+                break;
+            }
+            st.senders_waiting += 1;
+            st = self
+                .tx
+                .room
+                .wait(st)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            st.senders_waiting -= 1;
+        }
+        let mut sent = 0;
+        if st.bufs.is_empty() && !st.writer_busy {
+            // Nothing is ahead of these bytes: hand them to the socket here.
+            let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
+            while sent < bytes.len() {
+                match rustix::net::send(&self.stream, &bytes[sent..], flags) {
+                    Ok(n) => sent += n,
+                    Err(rustix::io::Errno::INTR) => {}
+                    Err(rustix::io::Errno::AGAIN) => break,
+                    Err(e) => {
+                        st.failed = Some(format!("send failed: {e}"));
+                        self.tx.work.notify_one();
+                        return false;
+                    }
+                }
+            }
+            if sent == bytes.len() {
+                return true;
+            }
+            st.front_sent = sent;
+        }
+        st.bufs.push_back(bytes);
+        if st.writer_waiting {
+            self.tx.work.notify_one();
+        }
+        true
     }
 
     /// The actor consumed `n` received bytes (lets the reader go on).
@@ -339,6 +445,8 @@ impl Drop for Conn {
     fn drop(&mut self) {
         // The writer closes the socket after flushing its queue; the reader
         // must not wait for credit nobody will return.
+        self.tx.lock().closing = true;
+        self.tx.work.notify_one();
         self.rx_credit.closed.store(true, Ordering::SeqCst);
         self.rx_credit.consumed.notify_all();
     }
@@ -373,32 +481,93 @@ fn read_loop(mut stream: TcpStream, node_id: u8, conn_id: u64, sink: &NetSink, c
     });
 }
 
-fn write_loop(
-    mut stream: TcpStream,
-    rx: &Receiver<Vec<u8>>,
-    node_id: u8,
-    conn_id: u64,
-    sink: &NetSink,
-) {
-    while let Ok(mut batch) = rx.recv() {
-        while batch.len() < WRITE_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(more) => batch.extend_from_slice(&more),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+fn write_loop(stream: TcpStream, tx: &TxQueue, node_id: u8, conn_id: u64, sink: &NetSink) {
+    let mut st = tx.lock();
+    let failure = loop {
+        if let Some(reason) = st.failed.take() {
+            break Some(reason);
+        }
+        if st.bufs.is_empty() {
+            if st.closing {
+                // The actor dropped the connection: everything queued is
+                // written; close.
+                break None;
+            }
+            st.writer_waiting = true;
+            st = tx
+                .work
+                .wait(st)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            st.writer_waiting = false;
+            continue;
+        }
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0;
+        while batch.len() < WRITE_BATCH_BUFS && batch_bytes < WRITE_BATCH_BYTES {
+            let Some(b) = st.bufs.pop_front() else { break };
+            batch_bytes += b.len();
+            batch.push(b);
+        }
+        let skip = std::mem::take(&mut st.front_sent);
+        st.writer_busy = true;
+        if st.senders_waiting > 0 {
+            tx.room.notify_all();
+        }
+        drop(st);
+        let result = write_all_bufs(&stream, &batch, skip);
+        st = tx.lock();
+        st.writer_busy = false;
+        if let Err(e) = result {
+            st.failed = Some(format!("send failed: {e}"));
+        }
+    };
+    st.writer_gone = true;
+    st.bufs.clear();
+    tx.room.notify_all();
+    drop(st);
+    let _ = stream.shutdown(Shutdown::Both);
+    if let Some(reason) = failure {
+        sink(NetMsg::Closed {
+            node_id,
+            conn_id,
+            reason,
+        });
+    }
+}
+
+/// Writes `bufs` in order, skipping the first `skip` bytes of `bufs[0]`,
+/// with as few `writev` calls as the socket allows.
+fn write_all_bufs(mut stream: &TcpStream, bufs: &[Vec<u8>], skip: usize) -> io::Result<()> {
+    let mut i = 0;
+    let mut off = skip;
+    while i < bufs.len() {
+        if off >= bufs[i].len() {
+            i += 1;
+            off = 0;
+            continue;
+        }
+        let mut slices = Vec::with_capacity(bufs.len() - i);
+        slices.push(io::IoSlice::new(&bufs[i][off..]));
+        slices.extend(bufs[i + 1..].iter().map(|b| io::IoSlice::new(b)));
+        let mut n = match stream.write_vectored(&slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        while n > 0 && i < bufs.len() {
+            let left = bufs[i].len() - off;
+            if n >= left {
+                n -= left;
+                i += 1;
+                off = 0;
+            } else {
+                off += n;
+                n = 0;
             }
         }
-        if let Err(e) = stream.write_all(&batch) {
-            let _ = stream.shutdown(Shutdown::Both);
-            sink(NetMsg::Closed {
-                node_id,
-                conn_id,
-                reason: format!("send failed: {e}"),
-            });
-            return;
-        }
     }
-    // The actor dropped the connection: everything queued is written; close.
-    let _ = stream.shutdown(Shutdown::Both);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -410,6 +579,42 @@ mod tests {
         let b = encode_preamble(1, 2);
         assert_eq!(decode_preamble(&b), Some((1, 2)));
         assert_eq!(decode_preamble(b"GET / HT"), None);
+    }
+
+    #[test]
+    fn sends_arrive_in_order_whether_written_directly_or_queued() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut server, _) = l.accept().unwrap();
+        let sink: NetSink = Arc::new(|_| true);
+        let opts = ConnOpts {
+            queue_len: 4,
+            sndbuf_bytes: 64 * 1024,
+            send_timeout_ms: 10_000,
+        };
+        let conn = Conn::start(1, 1, client, opts, sink).unwrap();
+        // 32 MiB cannot sit in the socket buffers: while the reader waits,
+        // later batches queue up behind a partly sent one and the sender
+        // blocks on the full queue.
+        let batches = 512u32;
+        let batch_bytes = 64 * 1024;
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            let mut got = vec![0u8; batch_bytes];
+            for i in 0..batches {
+                server.read_exact(&mut got).unwrap();
+                let want = i.to_le_bytes();
+                assert!(
+                    got.chunks(4).all(|c| c == want),
+                    "batch {i} arrived out of order"
+                );
+            }
+        });
+        for i in 0..batches {
+            let b: Vec<u8> = i.to_le_bytes().repeat(batch_bytes / 4);
+            assert!(conn.send(b));
+        }
+        reader.join().unwrap();
     }
 
     #[test]

@@ -241,6 +241,9 @@ pub struct Pair {
     wires: [Vec<u8>; 2], // wires[i]: bytes from node i to the other
     pub link_up: bool,
     pub now_ms: u64,
+    /// Delivers received bytes in pieces of at most this many bytes (a TCP
+    /// reader sees packets split anywhere); `None`: all at once.
+    pub rx_chunk_bytes: Option<usize>,
     next_uuid: u64,
 }
 
@@ -251,6 +254,7 @@ impl Pair {
             wires: [Vec::new(), Vec::new()],
             link_up: false,
             now_ms: 1000,
+            rx_chunk_bytes: None,
             next_uuid: 0x7000,
         }
     }
@@ -320,11 +324,17 @@ impl Pair {
                 let bytes = std::mem::take(&mut self.wires[1 - i]);
                 if !bytes.is_empty() && self.link_up {
                     moved = true;
-                    let actions = self.nodes[i].peer.handle(Event::BytesReceived {
-                        now_ms: self.now_ms,
-                        bytes: &bytes,
-                    });
-                    self.apply(i, actions);
+                    let chunk = self.rx_chunk_bytes.unwrap_or(usize::MAX).max(1);
+                    for piece in bytes.chunks(chunk) {
+                        if !self.link_up {
+                            break; // the connection ended: the rest is lost
+                        }
+                        let actions = self.nodes[i].peer.handle(Event::BytesReceived {
+                            now_ms: self.now_ms,
+                            bytes: piece,
+                        });
+                        self.apply(i, actions);
+                    }
                 }
                 if let Some(io) = self.nodes[i].io.pop_front() {
                     moved = true;
