@@ -129,6 +129,8 @@ struct Results {
     settings: Settings,
     work_dir_fs: String,
     rows: Vec<RowReport>,
+    /// drbdd against in-kernel DRBD 8.4 in the same VM boot, per protocol.
+    vs_drbd84: Vec<report::Comparison>,
     resync: Option<ResyncReport>,
     cpu: Vec<CpuReport>,
     cpu_skipped: BTreeMap<String, String>,
@@ -301,6 +303,12 @@ fn run(args: RunArgs) -> Result<()> {
         rows.extend(vm_rows(&args, &s, &env));
     }
     report::fill_ratios(&mut rows, RowId::Raw.id());
+    let vs_drbd84: Vec<report::Comparison> = ["a", "b", "c"]
+        .iter()
+        .filter_map(|p| {
+            report::comparison(&rows, &format!("vm-drbdd-{p}"), &format!("vm-drbd84-{p}"))
+        })
+        .collect();
     let resync = has("resync").then(|| resync::run(&env));
     let (cpu, cpu_skipped) = if has("cpu") {
         cpu_section(&s, &env.work_dir)
@@ -313,6 +321,7 @@ fn run(args: RunArgs) -> Result<()> {
         settings: s,
         work_dir_fs,
         rows,
+        vs_drbd84,
         resync,
         cpu,
         cpu_skipped,
@@ -459,6 +468,20 @@ fn render(r: &Results) -> String {
             r.work_dir_fs
         ));
         md.push_str(&report::markdown_table(&r.rows));
+        md.push('\n');
+        if r.rows.iter().any(|row| row.baseline.is_some()) {
+            md.push_str(
+                "VM rows (5): ratios to `5 VM raw virtio disk` of the same boot; \
+                 the VM runs under QEMU, so compare VM rows with each other, not with rows 1-4.\n\n",
+            );
+        }
+    }
+    if !r.vs_drbd84.is_empty() {
+        md.push_str(
+            "drbdd vs in-kernel DRBD 8.4 (same VM boot, medians; ratio ours/theirs, \
+             \"worse\" marks where drbdd loses)\n\n",
+        );
+        md.push_str(&report::comparison_table(&r.vs_drbd84));
         md.push('\n');
     }
     if let Some(rs) = &r.resync {

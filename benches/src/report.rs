@@ -22,7 +22,11 @@ pub struct RowReport {
     pub runs: Vec<BTreeMap<String, f64>>,
     /// Median over the runs.
     pub median: BTreeMap<String, f64>,
-    /// `median / baseline median` per metric (baseline = the `raw` row).
+    /// Id of the row this row's ratios are taken against; `None`: the
+    /// table's baseline (`raw`). VM rows use `vm-raw`, measured in the same boot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
+    /// `median / baseline median` per metric.
     pub ratio_to_baseline: BTreeMap<String, f64>,
 }
 
@@ -35,8 +39,15 @@ impl RowReport {
             skipped: Some(reason),
             runs: Vec::new(),
             median: BTreeMap::new(),
+            baseline: None,
             ratio_to_baseline: BTreeMap::new(),
         }
+    }
+
+    /// The same row with its ratios taken against row `baseline_id`.
+    pub fn with_baseline(mut self, baseline_id: Option<String>) -> RowReport {
+        self.baseline = baseline_id;
+        self
     }
 
     /// A row with per-run results; medians filled in, ratios left to [`fill_ratios`].
@@ -58,6 +69,7 @@ impl RowReport {
             skipped: None,
             runs,
             median,
+            baseline: None,
             ratio_to_baseline: BTreeMap::new(),
         }
     }
@@ -78,16 +90,20 @@ pub fn median_of(vals: &[f64]) -> Option<f64> {
     })
 }
 
-/// Sets `ratio_to_baseline` of every row against the row with id `baseline_id`.
-pub fn fill_ratios(rows: &mut [RowReport], baseline_id: &str) {
-    let Some(base) = rows
+/// Sets `ratio_to_baseline` of every row against its own baseline row
+/// (`RowReport::baseline`) or, when it names none, the row `default_baseline_id`.
+/// A row whose baseline is missing or skipped gets no ratios.
+pub fn fill_ratios(rows: &mut [RowReport], default_baseline_id: &str) {
+    let medians: BTreeMap<String, BTreeMap<String, f64>> = rows
         .iter()
-        .find(|r| r.id == baseline_id)
-        .map(|r| r.median.clone())
-    else {
-        return;
-    };
+        .map(|r| (r.id.clone(), r.median.clone()))
+        .collect();
     for row in rows.iter_mut() {
+        let base_id = row.baseline.as_deref().unwrap_or(default_baseline_id);
+        let Some(base) = medians.get(base_id) else {
+            row.ratio_to_baseline.clear();
+            continue;
+        };
         row.ratio_to_baseline = row
             .median
             .iter()
@@ -97,6 +113,77 @@ pub fn fill_ratios(rows: &mut [RowReport], baseline_id: &str) {
             })
             .collect();
     }
+}
+
+/// One line of [`comparison`]: `ours / theirs` per metric, medians.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    pub ours: String,
+    pub theirs: String,
+    pub ratio: BTreeMap<String, f64>,
+    /// Metrics where ours is at least as good as theirs.
+    pub at_least_as_good: Vec<String>,
+    /// Metrics where ours is worse.
+    pub worse: Vec<String>,
+}
+
+/// Compares the medians of row `ours` with row `theirs` (both measured).
+pub fn comparison(rows: &[RowReport], ours: &str, theirs: &str) -> Option<Comparison> {
+    let find = |id: &str| rows.iter().find(|r| r.id == id && r.skipped.is_none());
+    let (a, b) = (find(ours)?, find(theirs)?);
+    let mut c = Comparison {
+        ours: ours.to_owned(),
+        theirs: theirs.to_owned(),
+        ratio: BTreeMap::new(),
+        at_least_as_good: Vec::new(),
+        worse: Vec::new(),
+    };
+    for m in Metric::ALL {
+        let (Some(x), Some(y)) = (a.median.get(m.id()), b.median.get(m.id())) else {
+            continue;
+        };
+        if *y <= 0.0 {
+            continue;
+        }
+        c.ratio.insert(m.id().to_owned(), x / y);
+        let good = if m.lower_is_better() { x <= y } else { x >= y };
+        if good {
+            c.at_least_as_good.push(m.id().to_owned());
+        } else {
+            c.worse.push(m.id().to_owned());
+        }
+    }
+    Some(c)
+}
+
+/// Renders comparisons as a Markdown table: one row per pair, cells
+/// `ours/theirs` with a mark where ours is worse.
+pub fn comparison_table(cmps: &[Comparison]) -> String {
+    let mut s = String::from("| ours / theirs |");
+    for m in Metric::ALL {
+        let _ = write!(s, " {} |", m.header());
+    }
+    s.push_str("\n|---|");
+    for _ in Metric::ALL {
+        s.push_str("---:|");
+    }
+    s.push('\n');
+    for c in cmps {
+        let _ = write!(s, "| {} / {} |", c.ours, c.theirs);
+        for m in Metric::ALL {
+            match c.ratio.get(m.id()) {
+                Some(r) if c.worse.iter().any(|w| w == m.id()) => {
+                    let _ = write!(s, " {r:.2}x (worse) |");
+                }
+                Some(r) => {
+                    let _ = write!(s, " {r:.2}x |");
+                }
+                None => s.push_str(" - |"),
+            }
+        }
+        s.push('\n');
+    }
+    s
 }
 
 /// Formats a value with sensible precision for its size.
@@ -154,6 +241,46 @@ pub fn markdown_table(rows: &[RowReport]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(id: &str, baseline: Option<&str>, vals: &[(Metric, f64)]) -> RowReport {
+        RowReport::measured(id, id, vec![vals.iter().copied().collect()])
+            .with_baseline(baseline.map(String::from))
+    }
+
+    #[test]
+    fn rows_naming_a_baseline_take_ratios_against_it() {
+        let iops = Metric::RandWriteQd32Iops;
+        let mut rows = vec![
+            row("raw", None, &[(iops, 1000.0)]),
+            row("vm-raw", Some("vm-raw"), &[(iops, 100.0)]),
+            row("vm-drbdd-c", Some("vm-raw"), &[(iops, 50.0)]),
+            row("vm-gone", Some("vm-missing"), &[(iops, 50.0)]),
+        ];
+        fill_ratios(&mut rows, "raw");
+        assert_eq!(rows[1].ratio_to_baseline[iops.id()], 1.0);
+        assert_eq!(rows[2].ratio_to_baseline[iops.id()], 0.5);
+        assert!(rows[3].ratio_to_baseline.is_empty());
+    }
+
+    #[test]
+    fn comparison_marks_worse_by_direction_of_the_metric() {
+        let (lat, iops) = (Metric::RandWriteQd1P50Us, Metric::RandWriteQd32Iops);
+        let rows = vec![
+            row("ours", None, &[(lat, 200.0), (iops, 900.0)]),
+            row("theirs", None, &[(lat, 100.0), (iops, 600.0)]),
+        ];
+        let c = comparison(&rows, "ours", "theirs").unwrap();
+        assert_eq!(c.ratio[lat.id()], 2.0);
+        assert_eq!(c.ratio[iops.id()], 1.5);
+        assert_eq!(c.worse, vec![lat.id().to_owned()]);
+        assert_eq!(c.at_least_as_good, vec![iops.id().to_owned()]);
+        let table = comparison_table(&[c]);
+        assert!(
+            table.contains("| ours / theirs | 2.00x (worse) |") || table.contains("2.00x (worse)"),
+            "{table}"
+        );
+        assert!(comparison(&rows, "ours", "absent").is_none());
+    }
 
     fn run(vals: &[(Metric, f64)]) -> BTreeMap<Metric, f64> {
         vals.iter().copied().collect()

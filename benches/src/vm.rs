@@ -7,8 +7,9 @@
 //! `DRBDD_BENCH_SMOKE` (0/1), `DRBDD_BENCH_RUNS`, `DRBDD_BENCH_RUNTIME_S`,
 //! `DRBDD_BENCH_RAMP_S`, `DRBDD_BENCH_SIZE_BYTES`, `DRBDD_BENCH_WORK_DIR`.
 //! It prints one JSON object per line on stdout, one per row:
-//! `{"id": "vm-ublk", "name": "5 drbdd ublk in VM", "runs": [{"randread_4k_qd1_p50_us": 51.2, ...}]}`
-//! or `{"id": "...", "name": "...", "skipped": "reason"}`. Metric keys are
+//! `{"id": "vm-ublk", "name": "5 drbdd ublk in VM", "baseline": "vm-raw", "runs": [{"randread_4k_qd1_p50_us": 51.2, ...}]}`
+//! or `{"id": "...", "name": "...", "skipped": "reason"}`. `baseline` (optional) names
+//! the row the ratios are taken against; without it, the table's `raw` row. Metric keys are
 //! [`crate::fio::Metric::id`]. Other stdout lines are ignored; stderr passes through.
 //!
 //! Owns: parsing that output. Must never: start a VM itself.
@@ -28,6 +29,9 @@ struct VmRowLine {
     runs: Vec<BTreeMap<String, f64>>,
     #[serde(default)]
     skipped: Option<String>,
+    /// Row id the ratios are taken against (the VM's own raw disk).
+    #[serde(default)]
+    baseline: Option<String>,
 }
 
 /// Parses the hook's stdout into rows (medians filled in, ratios not yet).
@@ -37,7 +41,7 @@ pub fn parse_vm_rows(stdout: &str) -> Vec<RowReport> {
         .filter(|l| l.trim_start().starts_with('{'))
         .filter_map(|l| serde_json::from_str::<VmRowLine>(l).ok())
         .map(|r| match r.skipped {
-            Some(why) => RowReport::skipped(&r.id, &r.name, why),
+            Some(why) => RowReport::skipped(&r.id, &r.name, why).with_baseline(r.baseline),
             None => {
                 let runs = r
                     .runs
@@ -49,7 +53,7 @@ pub fn parse_vm_rows(stdout: &str) -> Vec<RowReport> {
                             .collect()
                     })
                     .collect();
-                RowReport::measured(&r.id, &r.name, runs)
+                RowReport::measured(&r.id, &r.name, runs).with_baseline(r.baseline)
             }
         })
         .collect()

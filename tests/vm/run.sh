@@ -46,6 +46,8 @@ DISK_SIZE=512M
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 T_START=$(date +%s)
+# shellcheck source=tests/vm/lib.sh
+. "$HERE/lib.sh"
 
 skip() {
   echo "VM-TEST: SKIP $*"
@@ -66,13 +68,7 @@ command -v xz >/dev/null || need_pkgs+=(xz-utils)
 command -v cpio >/dev/null || need_pkgs+=(cpio)
 command -v file >/dev/null || need_pkgs+=(file)
 [ -e /usr/lib/llvm-14/lib/libclang.so ] || ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || need_pkgs+=(libclang-dev)
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "vm-test: installing ${need_pkgs[*]}"
-    apt-get update -qq >/dev/null 2>&1 || true
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null 2>&1 || true
-  fi
-fi
+vm_install_packages "${need_pkgs[@]}"
 command -v qemu-system-x86_64 >/dev/null || skip "qemu-system-x86_64 not available (apt-get install qemu-system-x86 qemu-utils)"
 file -L /bin/busybox 2>/dev/null | grep -q static || skip "static busybox not available (apt-get install busybox-static)"
 for t in fio mke2fs e2fsck xz cpio cargo; do command -v $t >/dev/null || skip "$t not available"; done
@@ -81,38 +77,25 @@ mkdir -p "$W"
 cd "$W"
 
 # 2. Kernel: the newest Debian 12 6.12 cloud kernel (unsigned: same image, no shim needed).
-find_kernel_pkg() {
-  apt-cache search '^linux-image-6\.12\.[0-9.]+\+deb12-cloud-amd64-unsigned$' 2>/dev/null | awk '{print $1}' | sort -V | tail -1
-}
-pkg=$(find_kernel_pkg)
-if [ -z "$pkg" ] && [ "$(id -u)" = 0 ]; then apt-get update -qq >/dev/null 2>&1 || true; pkg=$(find_kernel_pkg); fi
-[ -n "$pkg" ] || skip "no linux-image-6.12.*+deb12-cloud-amd64-unsigned package in the apt sources (needs bookworm-backports or a current bookworm point release)"
-if [ ! -d "kernel/$pkg" ]; then
-  rm -rf kernel && mkdir -p "kernel/$pkg"
-  (cd kernel && apt-get download "$pkg" >/dev/null 2>&1) || skip "apt-get download $pkg failed"
-  dpkg-deb -x kernel/"$pkg"_*.deb "kernel/$pkg" || fail "cannot extract $pkg"
-fi
-VMLINUZ=$(ls "kernel/$pkg"/boot/vmlinuz-* | head -1)
-MODDIR=$(ls -d "kernel/$pkg"/lib/modules/* | head -1)
-[ -f "$MODDIR/kernel/drivers/block/ublk_drv.ko.xz" ] || skip "$pkg has no ublk_drv module"
+vm_fetch_kernel || skip "$VM_SKIP_REASON"
+pkg=$VM_KERNEL_PKG
 echo "vm-test: kernel package $pkg ($(basename "$VMLINUZ"))"
 
 # 3. Static binaries, in their own target dir so the shared one is not rebuilt.
 T_BUILD=$(date +%s)
-CARGO_ARGS=(--target x86_64-unknown-linux-gnu --target-dir "$REPO/target/vm")
-[ "$PROFILE" = release ] && CARGO_ARGS+=(--release)
+PROFILE_ARGS=(); [ "$PROFILE" = release ] && PROFILE_ARGS+=(--release)
 BIN_DIR="$REPO/target/vm/x86_64-unknown-linux-gnu/$PROFILE"
 case "$SCENARIO" in
   ublk) BUILD=(-p drbdd-ublk --example ublk-serve); BINS=("$BIN_DIR/examples/ublk-serve") ;;
   drbdd) BUILD=(-p drbdd --bin drbdd -p drbdctl --bin drbdctl); BINS=("$BIN_DIR/drbdd" "$BIN_DIR/drbdctl") ;;
 esac
-if ! (cd "$REPO" && RUSTFLAGS='-C target-feature=+crt-static' cargo build -q "${CARGO_ARGS[@]}" "${BUILD[@]}") > build.log 2>&1; then
+if ! vm_build_static "$REPO" "$PROFILE" "${BUILD[@]}" > build.log 2>&1; then
   tail -30 build.log
   fail "static build failed (see $W/build.log)"
 fi
 if [ "$SCENARIO" = ublk ]; then
   # The crate's kernel tests (skipped on hosts without ublk) run inside the VM too.
-  kt=$(cd "$REPO" && RUSTFLAGS='-C target-feature=+crt-static' cargo test -q "${CARGO_ARGS[@]}" -p drbdd-ublk \
+  kt=$(cd "$REPO" && RUSTFLAGS='-C target-feature=+crt-static' cargo test -q --target x86_64-unknown-linux-gnu --target-dir "$REPO/target/vm" "${PROFILE_ARGS[@]}" -p drbdd-ublk \
         --test kernel --no-run --message-format=json 2>>"$W/build.log" | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | tail -1)
   [ -n "$kt" ] || fail "building the ublk kernel tests failed (see $W/build.log)"
   cp "$kt" "$BIN_DIR/ublk-kernel-tests"
@@ -130,12 +113,7 @@ for m in ublk_drv virtio_blk; do
   xz -dc "$MODDIR/kernel/drivers/block/$m.ko.xz" > "root/lib/$m.ko"
 done
 for b in "${BINS[@]}"; do cp "$b" root/bin/; done
-for b in "$(command -v fio)" "$(command -v mke2fs)" "$(command -v e2fsck)"; do
-  cp "$b" root/bin/
-  for l in $(ldd "$b" | awk '/=>/ {print $3} /ld-linux/ {print $1}'); do
-    mkdir -p "root$(dirname "$l")"; cp -L "$l" "root$l"
-  done
-done
+vm_copy_with_libs root "$(command -v fio)" "$(command -v mke2fs)" "$(command -v e2fsck)"
 ln -sf mke2fs root/bin/mkfs.ext4
 mkdir -p root/guest && cp "$HERE"/guest/* root/guest/
 cp "$HERE/guest/init.sh" root/init
