@@ -8,8 +8,8 @@
 
 use crate::ops::IoDesc;
 use crate::wake::{serve_request, Doorbell, RequestContext};
+use drbdd_blockio::AlignedBuf;
 use io_uring::{opcode, types};
-use libublk::helpers::IoBuf;
 use libublk::io::{UblkDev, UblkQueue};
 use libublk::uring_async::ublk_submit_sqe_async;
 use libublk::{BufDesc, UblkUringData};
@@ -31,6 +31,10 @@ pub(crate) fn run_queue(qid: u16, dev: &UblkDev, ctx: RequestContext) {
         Ok(q) => Rc::new(q),
         Err(e) => return tracing::error!(dev_id, qid, "ublk queue: setup failed: {e}"),
     };
+    // The tag buffers are our own (`serve_tag`), not libublk `IoBuf`s, so libublk
+    // never counts them as registered; tell the device this queue's buffers are
+    // in place, or START_DEV would wait for this queue forever.
+    dev.notify_buffer_registration_complete(false);
     let buf_bytes = usize::try_from(dev.dev_info.max_io_buf_bytes).unwrap_or(0);
     let ctx = Rc::new(ctx);
     let exe = Rc::new(smol::LocalExecutor::new());
@@ -60,6 +64,14 @@ pub(crate) fn run_queue(qid: u16, dev: &UblkDev, ctx: RequestContext) {
 }
 
 /// One tag: fetch a request, serve it, commit the result and fetch the next.
+///
+/// The tag's buffer is an [`AlignedBuf`] whose address goes to the kernel with
+/// every FETCH / COMMIT_AND_FETCH: the kernel copies a write's data into it
+/// before the request arrives and a read's data out of it at commit. Between
+/// those two points the buffer is lent to the target (see `serve_request`);
+/// the address handed to the kernel is always that of the buffer this task
+/// holds at that moment, which stays allocated (owned by this task) until the
+/// next command names another one.
 async fn serve_tag(
     q: &UblkQueue<'_>,
     tag: u16,
@@ -67,13 +79,14 @@ async fn serve_tag(
     ctx: &RequestContext,
     bell: &Arc<Doorbell>,
 ) -> Result<(), libublk::UblkError> {
-    let mut buf = IoBuf::<u8>::new(buf_bytes);
-    q.submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf))
+    let mut buf = AlignedBuf::with_capacity(buf_bytes, buf_bytes);
+    q.submit_io_prep_cmd(tag, BufDesc::RawAddress(buf.as_ptr()), 0, None)
         .await?;
     loop {
         let desc = IoDesc::from(q.get_iod(tag));
-        let res = serve_request(ctx, bell, desc, buf.as_mut_slice()).await;
-        q.submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), res)
+        let (res, next) = serve_request(ctx, bell, desc, buf).await;
+        buf = next;
+        q.submit_io_commit_cmd(tag, BufDesc::RawAddress(buf.as_ptr()), res)
             .await?;
     }
 }

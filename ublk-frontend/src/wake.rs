@@ -131,29 +131,40 @@ pub(crate) struct RequestContext {
     pub(crate) max_io_bytes: u32,
 }
 
-/// Serves one ublk request: decodes it, hands it to the target, waits for the
-/// completion without blocking the thread, copies read data into the tag's
-/// buffer `io_buf`, and returns the result to commit.
+/// Serves one ublk request: decodes it, lends the tag's buffer `tag_buf` to
+/// the target (writes: it already holds the data the kernel copied in; reads:
+/// the target fills it), waits for the completion without blocking the thread,
+/// and returns the result to commit together with the buffer whose address the
+/// commit hands to the kernel (reads: the data is at its start).
+///
+/// No per-request allocation or copy: the buffer the target gives back is
+/// reused when it still has `tag_buf`'s capacity; only when a target keeps it
+/// (or fails) does a fresh one take its place (and read data is copied over
+/// when the returned buffer is too small to serve as the tag buffer).
 pub(crate) async fn serve_request(
     ctx: &RequestContext,
     doorbell: &Arc<Doorbell>,
     desc: IoDesc,
-    io_buf: &mut [u8],
-) -> i32 {
+    mut tag_buf: AlignedBuf,
+) -> (i32, AlignedBuf) {
+    let cap = tag_buf.capacity();
     let req = match decode(desc, ctx.size_bytes, ctx.max_io_bytes) {
         Ok(req) => req,
-        Err(e) => return commit_result_err(&e),
+        Err(e) => return (commit_result_err(&e), tag_buf),
     };
     let len = usize::try_from(req.len_bytes).unwrap_or(usize::MAX);
-    let data = match req.op {
-        BlockOp::Read | BlockOp::Write if len > io_buf.len() => {
-            return commit_result_err(&BlockError::InvalidArgument(
-                "request larger than the tag buffer",
-            ))
+    let (data, kept) = match req.op {
+        BlockOp::Read | BlockOp::Write if len > cap => {
+            let e = BlockError::InvalidArgument("request larger than the tag buffer");
+            return (commit_result_err(&e), tag_buf);
         }
-        BlockOp::Write => AlignedBuf::from_slice(&io_buf[..len]),
-        BlockOp::Read => AlignedBuf::zeroed(len),
-        BlockOp::Flush | BlockOp::Discard | BlockOp::WriteZeroes => AlignedBuf::empty(),
+        BlockOp::Read | BlockOp::Write => {
+            tag_buf.set_len(len);
+            (tag_buf, None)
+        }
+        BlockOp::Flush | BlockOp::Discard | BlockOp::WriteZeroes => {
+            (AlignedBuf::empty(), Some(tag_buf))
+        }
     };
     let slot = Arc::new(Slot::default());
     let (done_slot, done_bell) = (Arc::clone(&slot), Arc::clone(doorbell));
@@ -165,16 +176,28 @@ pub(crate) async fn serve_request(
             done_bell.ring();
         }),
     );
-    match slot.wait().await {
-        Ok(buf) if req.op == BlockOp::Read => {
-            if buf.len() != len {
-                return commit_result_err(&BlockError::Io);
-            }
-            io_buf[..len].copy_from_slice(buf.as_slice());
-            commit_result(&req, Ok(()))
+    let outcome = slot.wait().await;
+    let fresh = || AlignedBuf::with_capacity(cap, cap);
+    if let Some(buf) = kept {
+        // FLUSH, DISCARD, WRITE_ZEROES: the tag buffer never left.
+        let res = match &outcome {
+            Ok(_) => commit_result(&req, Ok(())),
+            Err(e) => commit_result(&req, Err(e)),
+        };
+        return (res, buf);
+    }
+    match outcome {
+        Err(e) => (commit_result(&req, Err(&e)), fresh()),
+        Ok(buf) if req.op == BlockOp::Read && buf.len() != len => {
+            (commit_result_err(&BlockError::Io), fresh())
         }
-        Ok(_) => commit_result(&req, Ok(())),
-        Err(e) => commit_result(&req, Err(&e)),
+        Ok(buf) if buf.capacity() >= cap => (commit_result(&req, Ok(())), buf),
+        Ok(buf) if req.op == BlockOp::Read => {
+            let mut tag = fresh();
+            tag.as_mut_slice()[..len].copy_from_slice(buf.as_slice());
+            (commit_result(&req, Ok(())), tag)
+        }
+        Ok(_) => (commit_result(&req, Ok(())), fresh()),
     }
 }
 
@@ -224,6 +247,13 @@ mod tests {
         }
     }
 
+    /// A tag buffer of `cap` bytes filled with `byte`.
+    fn filled(byte: u8, cap: usize) -> AlignedBuf {
+        let mut b = AlignedBuf::with_capacity(cap, cap);
+        b.as_mut_slice().fill(byte);
+        b
+    }
+
     fn eventfd_readable(bell: &Doorbell) -> bool {
         let mut pfd = [rustix::event::PollFd::new(
             &bell.fd,
@@ -237,25 +267,28 @@ mod tests {
         let target = MemTarget::new(1 << 20);
         let ctx = ctx(target.open("test", true).unwrap());
         let bell = Arc::new(Doorbell::new().unwrap());
-        let mut buf = vec![0xabu8; 64 << 10];
-        let res = smol::block_on(serve_request(
+        let buf = filled(0xab, 64 << 10);
+        let (res, _) = smol::block_on(serve_request(
             &ctx,
             &bell,
             desc(sys::UBLK_IO_OP_WRITE, 8, 8),
-            &mut buf,
+            buf,
         ));
         assert_eq!(res, 4096);
         assert!(target.snapshot()[4096..8192].iter().all(|&b| b == 0xab));
-        let mut out = vec![0u8; 64 << 10];
-        let res = smol::block_on(serve_request(
+        let out = filled(0, 64 << 10);
+        let out_ptr = out.as_ptr();
+        let (res, out) = smol::block_on(serve_request(
             &ctx,
             &bell,
             desc(sys::UBLK_IO_OP_READ, 8, 8),
-            &mut out,
+            out,
         ));
         assert_eq!(res, 4096);
-        assert!(out[..4096].iter().all(|&b| b == 0xab));
-        assert!(out[4096..].iter().all(|&b| b == 0));
+        assert!(out.as_slice()[..4096].iter().all(|&b| b == 0xab));
+        // The tag buffer came back (no allocation per request) with its capacity.
+        assert_eq!(out.as_ptr(), out_ptr);
+        assert_eq!(out.capacity(), 64 << 10);
     }
 
     #[test]
@@ -267,12 +300,12 @@ mod tests {
         });
         let ctx = ctx(delayed);
         let bell = Arc::new(Doorbell::new().unwrap());
-        let mut buf = vec![7u8; 64 << 10];
-        let res = smol::block_on(serve_request(
+        let buf = filled(7, 64 << 10);
+        let (res, _) = smol::block_on(serve_request(
             &ctx,
             &bell,
             desc(sys::UBLK_IO_OP_WRITE, 0, 16),
-            &mut buf,
+            buf,
         ));
         assert_eq!(res, 8192);
         assert!(
@@ -302,26 +335,14 @@ mod tests {
         let exe = smol::LocalExecutor::new();
         let (bell_a, done_a) = (Arc::clone(&bell), Rc::clone(&finished));
         let a = exe.spawn(async move {
-            let mut buf = vec![1u8; 64 << 10];
-            serve_request(
-                &slow_ctx,
-                &bell_a,
-                desc(sys::UBLK_IO_OP_WRITE, 0, 8),
-                &mut buf,
-            )
-            .await;
+            let buf = filled(1, 64 << 10);
+            serve_request(&slow_ctx, &bell_a, desc(sys::UBLK_IO_OP_WRITE, 0, 8), buf).await;
             done_a.borrow_mut().push("slow");
         });
         let (bell_b, done_b) = (Arc::clone(&bell), Rc::clone(&finished));
         let b = exe.spawn(async move {
-            let mut buf = vec![0u8; 64 << 10];
-            serve_request(
-                &fast_ctx,
-                &bell_b,
-                desc(sys::UBLK_IO_OP_READ, 64, 8),
-                &mut buf,
-            )
-            .await;
+            let buf = filled(0, 64 << 10);
+            serve_request(&fast_ctx, &bell_b, desc(sys::UBLK_IO_OP_READ, 64, 8), buf).await;
             done_b.borrow_mut().push("fast");
         });
         smol::block_on(exe.run(async move {
@@ -382,15 +403,12 @@ mod tests {
             .map(|t| {
                 let (ctx, bell) = (Rc::clone(&ctx), Arc::clone(&bell));
                 exe.spawn(async move {
-                    let mut buf = vec![0u8; 64 << 10];
+                    let mut buf = filled(0, 64 << 10);
                     for _ in 0..200 {
-                        let res = serve_request(
-                            &ctx,
-                            &bell,
-                            desc(sys::UBLK_IO_OP_WRITE, t * 8, 8),
-                            &mut buf,
-                        )
-                        .await;
+                        let (res, next) =
+                            serve_request(&ctx, &bell, desc(sys::UBLK_IO_OP_WRITE, t * 8, 8), buf)
+                                .await;
+                        buf = next;
                         assert_eq!(res, 4096);
                     }
                 })
@@ -423,25 +441,17 @@ mod tests {
         let target = MemTarget::new(1 << 20);
         let ctx = ctx(target.open("t", true).unwrap());
         let bell = Arc::new(Doorbell::new().unwrap());
-        let mut buf = vec![0u8; 4096];
-        assert_eq!(
-            smol::block_on(serve_request(
-                &ctx,
-                &bell,
-                desc(sys::UBLK_IO_OP_FLUSH, u64::MAX, 0),
-                &mut buf
-            )),
-            0
-        );
+        let buf = filled(0, 4096);
+        let flush = desc(sys::UBLK_IO_OP_FLUSH, u64::MAX, 0);
+        let (res, buf) = smol::block_on(serve_request(&ctx, &bell, flush, buf));
+        assert_eq!(res, 0);
+        assert_eq!(buf.capacity(), 4096, "flush keeps the tag buffer");
         let past_end = desc(sys::UBLK_IO_OP_READ, (1 << 20) / 512, 8);
-        assert_eq!(
-            smol::block_on(serve_request(&ctx, &bell, past_end, &mut buf)),
-            -libc::EINVAL
-        );
+        let (res, buf) = smol::block_on(serve_request(&ctx, &bell, past_end, buf));
+        assert_eq!(res, -libc::EINVAL);
         let too_big_for_buffer = desc(sys::UBLK_IO_OP_WRITE, 0, 16);
-        assert_eq!(
-            smol::block_on(serve_request(&ctx, &bell, too_big_for_buffer, &mut buf)),
-            -libc::EINVAL
-        );
+        let (res, buf) = smol::block_on(serve_request(&ctx, &bell, too_big_for_buffer, buf));
+        assert_eq!(res, -libc::EINVAL);
+        assert_eq!(buf.capacity(), 4096);
     }
 }
