@@ -159,15 +159,7 @@ pub fn comparison(rows: &[RowReport], ours: &str, theirs: &str) -> Option<Compar
 /// Renders comparisons as a Markdown table: one row per pair, cells
 /// `ours/theirs` with a mark where ours is worse.
 pub fn comparison_table(cmps: &[Comparison]) -> String {
-    let mut s = String::from("| ours / theirs |");
-    for m in Metric::ALL {
-        let _ = write!(s, " {} |", m.header());
-    }
-    s.push_str("\n|---|");
-    for _ in Metric::ALL {
-        s.push_str("---:|");
-    }
-    s.push('\n');
+    let mut s = table_header("ours / theirs");
     for c in cmps {
         let _ = write!(s, "| {} / {} |", c.ours, c.theirs);
         for m in Metric::ALL {
@@ -186,6 +178,20 @@ pub fn comparison_table(cmps: &[Comparison]) -> String {
     s
 }
 
+/// The header and separator lines of a table with one column per metric.
+fn table_header(first_column: &str) -> String {
+    let mut s = format!("| {first_column} |");
+    for m in Metric::ALL {
+        let _ = write!(s, " {} |", m.header());
+    }
+    s.push_str("\n|---|");
+    for _ in Metric::ALL {
+        s.push_str("---:|");
+    }
+    s.push('\n');
+    s
+}
+
 /// Formats a value with sensible precision for its size.
 fn fmt_value(v: f64) -> String {
     if v >= 1000.0 {
@@ -200,15 +206,7 @@ fn fmt_value(v: f64) -> String {
 /// Renders the rows as a Markdown table (also readable as plain text). Each
 /// cell holds the median and, in parentheses, the ratio to the baseline row.
 pub fn markdown_table(rows: &[RowReport]) -> String {
-    let mut s = String::from("| row |");
-    for m in Metric::ALL {
-        let _ = write!(s, " {} |", m.header());
-    }
-    s.push_str("\n|---|");
-    for _ in Metric::ALL {
-        s.push_str("---:|");
-    }
-    s.push('\n');
+    let mut s = table_header("row");
     for row in rows {
         let _ = write!(s, "| {} |", row.name);
         if let Some(reason) = &row.skipped {
