@@ -251,7 +251,7 @@ impl DataPath {
         pipeline.set_role_allows_io(primary);
         let target: Arc<dyn BlockTarget> = Arc::new(TrackedTarget {
             pipeline: Arc::clone(&pipeline),
-            tx: self.tx.clone(),
+            tx: Some(self.tx.clone()),
             counters: Arc::clone(&self.counters),
         });
         self.exports
@@ -260,6 +260,16 @@ impl DataPath {
             .insert(self.resource.clone(), target);
         tracing::info!(resource = %self.resource, engine = pipeline.engine_name(), "data path started");
         Ok(pipeline)
+    }
+
+    /// The pipeline for the node's own ublk device: I/O counted like NBD
+    /// clients', the session not announced as an open client.
+    pub(super) fn device_target(&self, pipeline: &Arc<Pipeline>) -> Arc<dyn BlockTarget> {
+        Arc::new(TrackedTarget {
+            pipeline: Arc::clone(pipeline),
+            tx: None,
+            counters: Arc::clone(&self.counters),
+        })
     }
 
     /// Removes the export (new NBD clients are refused; open ones keep
@@ -557,12 +567,15 @@ fn run_local_io_error_handler(res: &Resource) {
     }
 }
 
-/// The pipeline as frontends see it: opens and closes reach the actor
-/// (the core's list of open clients), and I/O is counted.
+/// The pipeline as frontends see it: I/O is counted and, for NBD clients,
+/// opens and closes reach the actor (the core's list of open clients).
 #[derive(Debug)]
 struct TrackedTarget {
     pipeline: Arc<Pipeline>,
-    tx: Sender<ActorMsg>,
+    /// `None` for the node's own ublk device: its session is not a client
+    /// that holds the device open (a mount of it is, and the demote check
+    /// looks at that), but its I/O still counts in `status --statistics`.
+    tx: Option<Sender<ActorMsg>>,
     counters: Arc<Counters>,
 }
 
@@ -573,10 +586,12 @@ impl BlockTarget for TrackedTarget {
 
     fn open(&self, client: &str, writable: bool) -> Result<Arc<dyn BlockSession>, BlockError> {
         let inner = self.pipeline.open(client, writable)?;
-        let _ = self.tx.send(ActorMsg::Session {
-            client: client.to_owned(),
-            open: true,
-        });
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(ActorMsg::Session {
+                client: client.to_owned(),
+                open: true,
+            });
+        }
         Ok(Arc::new(TrackedSession {
             inner: Some(inner),
             client: client.to_owned(),
@@ -592,7 +607,7 @@ struct TrackedSession {
     /// forgets the session before the actor hears of the close).
     inner: Option<Arc<dyn BlockSession>>,
     client: String,
-    tx: Sender<ActorMsg>,
+    tx: Option<Sender<ActorMsg>>,
     counters: Arc<Counters>,
 }
 
@@ -686,9 +701,11 @@ fn submit_split(session: &TrackedSession, req: BlockRequest, done: Completion) {
 impl Drop for TrackedSession {
     fn drop(&mut self) {
         drop(self.inner.take());
-        let _ = self.tx.send(ActorMsg::Session {
-            client: std::mem::take(&mut self.client),
-            open: false,
-        });
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(ActorMsg::Session {
+                client: std::mem::take(&mut self.client),
+                open: false,
+            });
+        }
     }
 }

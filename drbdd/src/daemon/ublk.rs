@@ -75,13 +75,13 @@ impl Actor {
         }
         let name = self.core.name.clone();
         let minor = self.local_node().minor;
-        // The pipeline itself, not the tracked NBD export: the device's
-        // session must not reach the core's list of open clients.
+        // Not the tracked NBD export: the device's session must not reach
+        // the core's list of open clients (its I/O is counted all the same).
         let Some(pipeline) = self.pipeline.as_ref() else {
             tracing::warn!(resource = %name, "Primary without a local disk: /dev/ublkb{minor} is not started");
             return Ok(());
         };
-        let target: Arc<dyn BlockTarget> = Arc::clone(pipeline) as Arc<dyn BlockTarget>;
+        let target: Arc<dyn BlockTarget> = self.data.device_target(pipeline);
         let config = UblkConfig {
             // A discard or write-zeroes travels to the peers as one data
             // packet; the kernel splits bigger ones.

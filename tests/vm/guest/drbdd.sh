@@ -106,6 +106,11 @@ info "refused: $(cat /tmp/secondary-mounted.log)"
 step fio-verify
 run_fio 300 /tmp/fio1.log --name=randrw --rw=randrw --size=64M --do_verify=1
 info "fio randrw (protocol C over loopback): $(fio_iops /tmp/fio1.log)"
+# The device's I/O shows in the statistics (DRBD's read:/written: in KiB).
+stats=$(ctl alpha status r0 --statistics 2>&1)
+written=$(echo "$stats" | sed -n 's/.* written:\([0-9]*\).*/\1/p' | head -1)
+[ "${written:-0}" -gt 1024 ] || die "status --statistics does not count /dev/ublkb0 writes (written:${written:-none}, want > 1 MiB): $(echo "$stats" | tr '\n' ' ')"
+info "statistics after fio: written:$written KiB"
 
 step crash-recovery
 fio $FIO_COMMON --name=crash --rw=randwrite --size=48M --do_verify=1 --output=/tmp/fio2.log > /dev/null 2>&1 &
