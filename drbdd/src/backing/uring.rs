@@ -1,68 +1,96 @@
-//! The io_uring engine: one thread owns the ring and the table of ops in
-//! flight; callers hand ops over through a queue and an eventfd.
+//! The io_uring engine: submitters push their ops into the ring themselves;
+//! one thread reaps completions.
 //!
 //! Owns: the ring, the in-flight slot table (sized by the queue depth) and the
 //! buffers of ops the kernel is working on. Must never: free or hand back a
 //! buffer while the kernel may still access it (a buffer leaves its slot only
-//! when its completion was reaped; on a fatal ring error buffers are leaked).
+//! when its completion was reaped; on a fatal ring error buffers are leaked),
+//! or run a completion callback inside `submit`.
 //!
-//! Why a dedicated thread instead of submitting from the caller under a lock:
-//! the ring is single-producer/single-consumer, so caller-side submission needs
-//! a lock held across `io_uring_enter` plus some thread to reap completions
-//! anyway. One thread that both submits and reaps keeps all ring state
-//! lock-free and single-owner. Caller cost is one mutex push plus, only when
-//! the thread is not already being woken, one 8-byte eventfd write (the
-//! `wake_pending` flag coalesces wake-ups under load). The eventfd is read by
-//! the ring itself, so the thread sleeps in exactly one place:
-//! `io_uring_enter(min_complete = 1)`.
+//! Why submitters submit: an op handed to a ring thread costs two wake-ups
+//! (the hand-over eventfd, then the completion); pushing the SQE and calling
+//! `io_uring_enter` from the submitting thread leaves one — the completion
+//! that wakes the reaper, which is asleep in `io_uring_enter(min_complete=1)`.
+//! Under QEMU/TCG, where a cross-CPU wake-up costs tens of microseconds, that
+//! hop was a visible share of a 4 KiB request.
 //!
-//! Measured (debug build, ext4 file on a virtio disk, 2 vCPUs, 4 KiB random
-//! I/O, 128 in flight through the whole pipeline; test
-//! `measure_4k_iops_at_queue_depth_128`): writes ~48k IOPS with this engine
-//! vs ~13k with the sync engine; the hand-over cost is not the bottleneck.
+//! Sharing rules (what makes the `unsafe` ring access sound): the submission
+//! queue is only touched with the `state` lock held (single producer at a
+//! time); the completion queue only by the reaper thread (single consumer);
+//! `io_uring_enter` may run concurrently from both sides, which the kernel
+//! serialises. Every slot has at most one SQE in the ring and the ring has
+//! more entries than slots + 1 (the wake-up NOP), so a push never finds the
+//! SQ full.
 //!
 //! Queue bound: at most `queue_depth` ops are in the ring; more wait in the
-//! hand-over queue, whose length the pipeline bounds by admission control.
+//! overflow queue (bounded by the pipeline's admission control) and are pushed
+//! by the reaper as slots free up.
 //!
 //! Block-device DISCARD/WRITE_ZEROES have no io_uring opcode on the kernels we
-//! target; the ring thread runs those ioctls inline (rare ops; they stall the
-//! ring for their duration).
+//! target; they go to the overflow queue as well and the reaper runs those
+//! ioctls inline (rare ops; they stall completions for their duration).
 
 use super::{execute_blocking, BackingFile, BackingOp, IoDone, PUNCH_HOLE_MODE, ZERO_RANGE_MODE};
 use drbdd_blockio::AlignedBuf;
 use io_uring::{opcode, squeue, types, IoUring};
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-/// `user_data` of the eventfd read; slot indices are always smaller.
-const EVENTFD_TOKEN: u64 = u64::MAX;
+/// `user_data` of the NOP that wakes the reaper; slot indices are always smaller.
+const WAKE_TOKEN: u64 = u64::MAX;
 
 type Job = (BackingOp, IoDone);
 
+/// One op the kernel is (or is about to be) working on.
+struct Slot {
+    op: BackingOp,
+    done: IoDone,
+    /// Bytes of a read/write already transferred (short transfers are resumed).
+    done_bytes: u32,
+    /// WRITE_ZEROES fell back to punching a hole (ZERO_RANGE unsupported).
+    punch_hole: bool,
+}
+
+/// Everything guarded by the state lock: the slot table and the submission
+/// side of the ring.
+struct RingState {
+    slots: Vec<Option<Slot>>,
+    free: Vec<usize>,
+    /// Ops waiting for a slot, and block-device range ops for the reaper.
+    overflow: VecDeque<Job>,
+    /// A wake-up NOP is in the ring and not reaped yet.
+    wake_queued: bool,
+    /// The ring failed: submit fails every op.
+    failed: bool,
+}
+
 struct Shared {
-    queue: Mutex<VecDeque<Job>>,
-    /// Set by a submitter that wrote the eventfd; cleared by the ring thread
-    /// before it drains the queue.
-    wake_pending: AtomicBool,
+    ring: IoUring,
+    file: Arc<BackingFile>,
+    state: Mutex<RingState>,
     stopping: AtomicBool,
-    eventfd: OwnedFd,
 }
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let queued = self.queue.lock().map(|q| q.len()).unwrap_or(0);
+        let (in_ring, queued) = self
+            .state
+            .lock()
+            .map(|st| (st.slots.len() - st.free.len(), st.overflow.len()))
+            .unwrap_or((0, 0));
         f.debug_struct("Shared")
+            .field("in_ring", &in_ring)
             .field("queued", &queued)
             .field("stopping", &self.stopping)
             .finish()
     }
 }
 
-/// io_uring engine handle; the ring lives on its thread.
+/// io_uring engine handle; completions are reaped on its thread.
 #[derive(Debug)]
 pub struct UringEngine {
     shared: Arc<Shared>,
@@ -70,62 +98,92 @@ pub struct UringEngine {
 }
 
 impl UringEngine {
-    /// Sets up a ring for `queue_depth` ops in flight and starts its thread.
+    /// Sets up a ring for `queue_depth` ops in flight and starts its reaper.
     /// Fails (so the caller can fall back) when io_uring is unavailable.
     pub fn start(file: Arc<BackingFile>, queue_depth: u32) -> io::Result<Self> {
         let queue_depth = queue_depth.max(1);
-        // One extra entry for the eventfd read.
+        // One extra entry for the wake-up NOP.
         let entries = queue_depth.saturating_add(1).next_power_of_two();
         let ring = IoUring::new(entries)?;
-        let eventfd = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)?;
-        let shared = Arc::new(Shared {
-            queue: Mutex::new(VecDeque::new()),
-            wake_pending: AtomicBool::new(false),
-            stopping: AtomicBool::new(false),
-            eventfd,
-        });
         let slots = usize::try_from(queue_depth).unwrap_or(usize::MAX);
-        let mut worker = RingThread {
+        let shared = Arc::new(Shared {
             ring,
             file,
-            shared: Arc::clone(&shared),
-            slots: (0..slots).map(|_| None).collect(),
-            free: (0..slots).rev().collect(),
-            eventfd_buf: Box::leak(Box::new([0; 8])),
-            eventfd_armed: false,
-        };
+            state: Mutex::new(RingState {
+                slots: (0..slots).map(|_| None).collect(),
+                free: (0..slots).rev().collect(),
+                overflow: VecDeque::new(),
+                wake_queued: false,
+                failed: false,
+            }),
+            stopping: AtomicBool::new(false),
+        });
+        let reaper = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("drbdd-uring".into())
-            .spawn(move || worker.run())?;
+            .spawn(move || Reaper { shared: reaper }.run())?;
         Ok(UringEngine {
             shared,
             thread: Mutex::new(Some(thread)),
         })
     }
 
-    /// Hands `op` to the ring thread.
+    /// Pushes `op` into the ring (or the overflow queue when all slots are
+    /// busy); `done` runs on the reaper thread.
     pub fn submit(&self, op: BackingOp, done: IoDone) {
-        if self.shared.stopping.load(Ordering::SeqCst) {
+        let mut st = self.shared.lock_state();
+        if self.shared.stopping.load(Ordering::SeqCst) || st.failed {
+            drop(st);
             std::thread::spawn(move || done(Err(io::Error::from_raw_os_error(libc::ESHUTDOWN))));
             return;
         }
-        self.shared
-            .queue
-            .lock()
-            .expect("uring queue lock")
-            .push_back((op, done));
-        if !self.shared.wake_pending.swap(true, Ordering::SeqCst) {
-            wake(&self.shared);
+        let for_reaper = self.shared.file.is_block_device()
+            && matches!(
+                op,
+                BackingOp::Discard { .. } | BackingOp::WriteZeroes { .. }
+            );
+        // Ops already waiting keep their turn: a free slot goes to them first
+        // (the reaper moves them as soon as it runs).
+        let slot = if for_reaper || !st.overflow.is_empty() {
+            None
+        } else {
+            st.free.pop()
+        };
+        match slot {
+            Some(idx) => {
+                st.slots[idx] = Some(Slot {
+                    op,
+                    done,
+                    done_bytes: 0,
+                    punch_hole: false,
+                });
+                self.shared.push_slot(&mut st, idx);
+            }
+            None => {
+                st.overflow.push_back((op, done));
+                // Wake the reaper unless it will look at the overflow queue
+                // anyway after the completions still to come.
+                if for_reaper || st.free.len() == st.slots.len() {
+                    self.shared.push_wake(&mut st);
+                }
+            }
         }
+        drop(st);
+        // A failed enter shows up again in the reaper's own enter.
+        let _ = self.shared.ring.submit();
     }
 
-    /// Lets queued and in-flight ops finish, then stops the ring thread.
+    /// Lets queued and in-flight ops finish, then stops the reaper.
     pub fn shutdown(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
-        wake(&self.shared);
+        {
+            let mut st = self.shared.lock_state();
+            self.shared.push_wake(&mut st);
+            let _ = self.shared.ring.submit();
+        }
         let handle = self.thread.lock().expect("uring thread lock").take();
         if let Some(h) = handle {
-            // The last owner may be dropped inside a completion on the ring thread.
+            // The last owner may be dropped inside a completion on the reaper.
             if h.thread().id() != std::thread::current().id() {
                 let _ = h.join();
             }
@@ -139,142 +197,43 @@ impl Drop for UringEngine {
     }
 }
 
-fn wake(shared: &Shared) {
-    // An eventfd write only fails when the counter would overflow, which means
-    // a wake-up is pending anyway.
-    let _ = rustix::io::write(&shared.eventfd, &1u64.to_ne_bytes());
-}
-
-/// One op the kernel is (or is about to be) working on.
-struct Slot {
-    op: BackingOp,
-    done: IoDone,
-    /// Bytes of a read/write already transferred (short transfers are resumed).
-    done_bytes: u32,
-    /// WRITE_ZEROES fell back to punching a hole (ZERO_RANGE unsupported).
-    punch_hole: bool,
-}
-
-struct RingThread {
-    ring: IoUring,
-    file: Arc<BackingFile>,
-    shared: Arc<Shared>,
-    slots: Vec<Option<Slot>>,
-    free: Vec<usize>,
-    /// Leaked on purpose: a cancelled eventfd read may still land after the ring is closed.
-    eventfd_buf: &'static mut [u8; 8],
-    eventfd_armed: bool,
-}
-
-impl RingThread {
-    fn run(&mut self) {
-        let mut cqes: Vec<(u64, i32)> = Vec::with_capacity(self.slots.len() + 1);
-        loop {
-            self.take_queued();
-            if !self.eventfd_armed {
-                self.arm_eventfd();
-            }
-            if self.shared.stopping.load(Ordering::SeqCst) && self.idle() {
-                return;
-            }
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
-                    ) => {}
-                Err(e) => return self.fail_fatally(&e),
-            }
-            cqes.clear();
-            cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
-            for &(token, result) in &cqes {
-                if token == EVENTFD_TOKEN {
-                    self.eventfd_armed = false;
-                    self.shared.wake_pending.store(false, Ordering::SeqCst);
-                } else {
-                    self.complete(
-                        usize::try_from(token).expect("slot token fits usize"),
-                        result,
-                    );
-                }
-            }
-        }
+impl Shared {
+    fn lock_state(&self) -> MutexGuard<'_, RingState> {
+        self.state.lock().expect("uring state lock")
     }
 
-    fn idle(&self) -> bool {
-        self.free.len() == self.slots.len()
-            && self
-                .shared
-                .queue
-                .lock()
-                .expect("uring queue lock")
-                .is_empty()
-    }
-
-    /// Moves queued jobs into free slots and the submission queue.
-    fn take_queued(&mut self) {
-        while !self.free.is_empty() {
-            let Some((op, done)) = self
-                .shared
-                .queue
-                .lock()
-                .expect("uring queue lock")
-                .pop_front()
-            else {
-                return;
-            };
-            let inline = self.file.is_block_device()
-                && matches!(
-                    op,
-                    BackingOp::Discard { .. } | BackingOp::WriteZeroes { .. }
-                );
-            if inline {
-                done(execute_blocking(&self.file, op));
-                continue;
-            }
-            let idx = self.free.pop().expect("free slot checked above");
-            self.slots[idx] = Some(Slot {
-                op,
-                done,
-                done_bytes: 0,
-                punch_hole: false,
-            });
-            self.push_slot(idx);
-        }
-    }
-
-    fn arm_eventfd(&mut self) {
-        let entry = opcode::Read::new(
-            types::Fd(self.shared.eventfd.as_raw_fd()),
-            self.eventfd_buf.as_mut_ptr(),
-            8,
-        )
-        .build()
-        .user_data(EVENTFD_TOKEN);
-        self.push(&entry);
-        self.eventfd_armed = true;
-    }
-
-    fn push(&mut self, entry: &squeue::Entry) {
-        // SAFETY: every buffer an entry points to is owned by this thread and
-        // outlives the op: slot buffers stay in `self.slots` until their
-        // completion is reaped (or are leaked on a fatal error), the eventfd
-        // buffer lives as long as the ring. The SQ has room: it has more
-        // entries than slots + 1, and it is flushed by every submit_and_wait.
-        let pushed = unsafe { self.ring.submission().push(entry) };
+    /// Pushes one SQE. The caller holds the state lock (`_st`), which is what
+    /// makes this the only submission queue in use.
+    fn push(&self, _st: &mut RingState, entry: &squeue::Entry) {
+        // SAFETY: (1) exclusive SQ access: only called with the state lock
+        // held, and nothing else touches the submission queue. (2) every
+        // buffer an entry points to outlives the op: slot buffers stay in
+        // `RingState::slots` until their completion is reaped (or are leaked
+        // on a fatal error); the NOP points to nothing. (3) room: the ring has
+        // more entries than slots + 1 and each slot / the NOP has at most one
+        // entry in it.
+        let pushed = unsafe { self.ring.submission_shared().push(entry) };
         if pushed.is_err() {
             // Cannot happen by the sizing above; submit to make room and retry.
             let _ = self.ring.submit();
             // SAFETY: as above.
-            unsafe { self.ring.submission().push(entry) }
+            unsafe { self.ring.submission_shared().push(entry) }
                 .expect("io_uring SQ has room after submit");
         }
     }
 
-    fn push_slot(&mut self, idx: usize) {
+    /// Queues a NOP whose completion wakes the reaper (at most one at a time).
+    fn push_wake(&self, st: &mut RingState) {
+        if st.wake_queued {
+            return;
+        }
+        st.wake_queued = true;
+        self.push(st, &opcode::Nop::new().build().user_data(WAKE_TOKEN));
+    }
+
+    fn push_slot(&self, st: &mut RingState, idx: usize) {
         let fd = types::Fd(self.file.file().as_raw_fd());
-        let slot = self.slots[idx].as_mut().expect("pushing an occupied slot");
+        let slot = st.slots[idx].as_mut().expect("pushing an occupied slot");
         let token = u64::try_from(idx).expect("slot index fits u64");
         let entry = match &mut slot.op {
             BackingOp::Read { offset_bytes, buf } => {
@@ -320,76 +279,178 @@ impl RingThread {
                     .build()
             }
         };
-        self.push(&entry.user_data(token));
+        self.push(st, &entry.user_data(token));
     }
+}
 
-    fn complete(&mut self, idx: usize, result: i32) {
-        let slot = self.slots[idx]
-            .as_mut()
-            .expect("completion for an empty slot");
-        if result < 0 {
-            let errno = -result;
-            if errno == libc::EAGAIN || errno == libc::EINTR {
-                return self.push_slot(idx);
+/// A callback to run once the state lock is released.
+type Finished = (IoDone, io::Result<AlignedBuf>);
+
+/// The completion side: the only consumer of the completion queue.
+struct Reaper {
+    shared: Arc<Shared>,
+}
+
+impl Reaper {
+    fn run(&mut self) {
+        let shared = Arc::clone(&self.shared);
+        let mut cqes: Vec<(u64, i32)> = Vec::new();
+        let mut finished: Vec<Finished> = Vec::new();
+        loop {
+            self.run_overflow(&mut finished);
+            for (done, result) in finished.drain(..) {
+                done(result);
             }
-            if errno == libc::EOPNOTSUPP
-                && matches!(slot.op, BackingOp::WriteZeroes { .. })
-                && !slot.punch_hole
-            {
-                slot.punch_hole = true;
-                return self.push_slot(idx);
+            if shared.stopping.load(Ordering::SeqCst) && self.idle() {
+                return;
             }
-            return self.finish(idx, Err(io::Error::from_raw_os_error(errno)));
-        }
-        let total = match &slot.op {
-            BackingOp::Read { buf, .. } | BackingOp::Write { buf, .. } => buf.len(),
-            _ => return self.finish(idx, Ok(())),
-        };
-        let moved = u32::try_from(result).expect("non-negative result fits u32");
-        if moved == 0 {
-            let e = io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "backing device ended inside a request",
+            match shared.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                    ) => {}
+                Err(e) => return self.fail_fatally(&e),
+            }
+            cqes.clear();
+            // SAFETY: this thread is the only user of the completion queue.
+            cqes.extend(
+                unsafe { shared.ring.completion_shared() }.map(|c| (c.user_data(), c.result())),
             );
-            return self.finish(idx, Err(e));
+            let mut st = shared.lock_state();
+            for &(token, result) in &cqes {
+                if token == WAKE_TOKEN {
+                    st.wake_queued = false;
+                } else {
+                    let idx = usize::try_from(token).expect("slot token fits usize");
+                    if let Some(f) = complete(&shared, &mut st, idx, result) {
+                        finished.push(f);
+                    }
+                }
+            }
+            drop(st);
+            // Resubmissions pushed by `complete` (short transfers, EAGAIN).
+            let _ = shared.ring.submit();
+            for (done, result) in finished.drain(..) {
+                done(result);
+            }
         }
-        slot.done_bytes = slot.done_bytes.saturating_add(moved);
-        if usize::try_from(slot.done_bytes).expect("u32 fits usize") < total {
-            return self.push_slot(idx);
-        }
-        self.finish(idx, Ok(()))
     }
 
-    fn finish(&mut self, idx: usize, result: io::Result<()>) {
-        let slot = self.slots[idx].take().expect("finishing an empty slot");
-        self.free.push(idx);
-        let buf = match slot.op {
-            BackingOp::Read { buf, .. } | BackingOp::Write { buf, .. } => buf,
-            _ => AlignedBuf::empty(),
-        };
-        (slot.done)(result.map(|()| buf));
+    fn idle(&self) -> bool {
+        let st = self.shared.lock_state();
+        st.free.len() == st.slots.len() && st.overflow.is_empty()
+    }
+
+    /// Moves overflow jobs into free slots; runs block-device range ops.
+    fn run_overflow(&mut self, finished: &mut Vec<Finished>) {
+        let shared = &self.shared;
+        loop {
+            let mut st = shared.lock_state();
+            let Some((op, done)) = st.overflow.pop_front() else {
+                break;
+            };
+            let inline = shared.file.is_block_device()
+                && matches!(
+                    op,
+                    BackingOp::Discard { .. } | BackingOp::WriteZeroes { .. }
+                );
+            if inline {
+                drop(st);
+                let result = execute_blocking(&shared.file, op);
+                finished.push((done, result));
+                continue;
+            }
+            let Some(idx) = st.free.pop() else {
+                st.overflow.push_front((op, done));
+                break;
+            };
+            st.slots[idx] = Some(Slot {
+                op,
+                done,
+                done_bytes: 0,
+                punch_hole: false,
+            });
+            shared.push_slot(&mut st, idx);
+        }
+        let _ = shared.ring.submit();
     }
 
     /// The ring is unusable: fail everything, leaking buffers the kernel may still touch.
     fn fail_fatally(&mut self, e: &io::Error) {
         tracing::error!("io_uring_enter failed: {e}; failing all backing I/O");
         self.shared.stopping.store(true, Ordering::SeqCst);
-        for slot in self.slots.iter_mut().filter_map(Option::take) {
+        let (slots, queued): (Vec<Slot>, Vec<Job>) = {
+            let mut st = self.shared.lock_state();
+            st.failed = true;
+            (
+                st.slots.iter_mut().filter_map(Option::take).collect(),
+                st.overflow.drain(..).collect(),
+            )
+        };
+        for slot in slots {
             let Slot { op, done, .. } = slot;
             std::mem::forget(op);
             done(Err(io::Error::from_raw_os_error(libc::EIO)));
         }
-        let queued: Vec<Job> = self
-            .shared
-            .queue
-            .lock()
-            .expect("uring queue lock")
-            .drain(..)
-            .collect();
         for (_, done) in queued {
             done(Err(io::Error::from_raw_os_error(libc::EIO)));
         }
     }
+}
+
+/// Handles the completion of slot `idx`: resubmits a short or retryable
+/// transfer, or frees the slot and returns its callback and result.
+fn complete(shared: &Shared, st: &mut RingState, idx: usize, result: i32) -> Option<Finished> {
+    let slot = st.slots[idx]
+        .as_mut()
+        .expect("completion for an empty slot");
+    if result < 0 {
+        let errno = -result;
+        if errno == libc::EAGAIN || errno == libc::EINTR {
+            shared.push_slot(st, idx);
+            return None;
+        }
+        if errno == libc::EOPNOTSUPP
+            && matches!(slot.op, BackingOp::WriteZeroes { .. })
+            && !slot.punch_hole
+        {
+            slot.punch_hole = true;
+            shared.push_slot(st, idx);
+            return None;
+        }
+        return Some(finish(st, idx, Err(io::Error::from_raw_os_error(errno))));
+    }
+    let total = match &slot.op {
+        BackingOp::Read { buf, .. } | BackingOp::Write { buf, .. } => buf.len(),
+        _ => return Some(finish(st, idx, Ok(()))),
+    };
+    let moved = u32::try_from(result).expect("non-negative result fits u32");
+    if moved == 0 {
+        let e = io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "backing device ended inside a request",
+        );
+        return Some(finish(st, idx, Err(e)));
+    }
+    slot.done_bytes = slot.done_bytes.saturating_add(moved);
+    if usize::try_from(slot.done_bytes).expect("u32 fits usize") < total {
+        shared.push_slot(st, idx);
+        return None;
+    }
+    Some(finish(st, idx, Ok(())))
+}
+
+/// Frees slot `idx`; its buffer goes back with the result.
+fn finish(st: &mut RingState, idx: usize, result: io::Result<()>) -> Finished {
+    let slot = st.slots[idx].take().expect("finishing an empty slot");
+    st.free.push(idx);
+    let buf = match slot.op {
+        BackingOp::Read { buf, .. } | BackingOp::Write { buf, .. } => buf,
+        _ => AlignedBuf::empty(),
+    };
+    (slot.done, result.map(|()| buf))
 }
 
 /// Pointer and length of the part of a buffer not yet transferred.
