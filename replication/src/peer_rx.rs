@@ -4,7 +4,8 @@
 //! Owns: submitting peer writes in arrival order without letting a later
 //! epoch overtake an earlier one, RecvAck (protocol B) on arrival, WriteAck
 //! (protocol C) or NegAck when our disk is done, and BarrierAck once every
-//! write of an epoch is done and flushed. Must never: submit a write of epoch
+//! write of an epoch is done and flushed (one flush may cover several
+//! epochs, never a write that was not done when it was issued). Must never: submit a write of epoch
 //! e+1 while a write of epoch e is still on its way to the disk, or submit a
 //! peer write over a block that an earlier peer write or a resync write is
 //! still writing (the disk could complete them in either order).
@@ -181,29 +182,51 @@ impl Peer {
         Ok(())
     }
 
-    /// Flushes the oldest epoch once its barrier arrived and its writes are done.
+    /// Flushes the oldest epochs once their barriers arrived and their
+    /// writes are done: one flush for every such epoch at the front (group
+    /// commit). A flush covers every write completed before it was issued,
+    /// so it makes all of them durable; with one flush per epoch, short
+    /// epochs (protocol A completes writes quickly, so nearly every write
+    /// starts one) made the flushes the receiver's bottleneck. One flush at
+    /// a time; epochs that become ready meanwhile wait for the next one.
     fn rx_maybe_flush(&mut self, out: &mut Vec<Action>) {
-        let Some(front) = self.rx.epochs.front() else {
+        if self.rx.epochs.front().is_none_or(|e| e.flushing) {
             return;
-        };
-        let epoch = front.epoch;
-        let held = self.rx.held.iter().any(|w| w.epoch == epoch);
-        if front.barrier && front.pending == 0 && !front.flushing && !held {
-            self.rx.epochs[0].flushing = true;
+        }
+        let mut last = None;
+        for i in 0..self.rx.epochs.len() {
+            let e = &self.rx.epochs[i];
+            let epoch = e.epoch;
+            let held = self.rx.held.iter().any(|w| w.epoch == epoch);
+            if !(e.barrier && e.pending == 0 && !held) {
+                break;
+            }
+            self.rx.epochs[i].flushing = true;
+            last = Some(epoch);
+        }
+        if let Some(epoch) = last {
             out.push(Action::SubmitPeerFlush { epoch });
         }
     }
 
+    /// The flush issued for the epochs up to `epoch` is done: each of them
+    /// is acknowledged, oldest first.
     pub(super) fn rx_flush_done(&mut self, epoch: u32, out: &mut Vec<Action>) {
-        match self.rx.epochs.front() {
-            Some(front) if front.epoch == epoch && front.flushing => {}
-            _ => return, // from a connection that is gone
+        let covered = self
+            .rx
+            .epochs
+            .iter()
+            .take_while(|e| e.flushing)
+            .position(|e| e.epoch == epoch);
+        let Some(last) = covered else {
+            return; // from a connection that is gone
+        };
+        for e in self.rx.epochs.drain(..=last) {
+            out.push(Action::Send(Packet::BarrierAck {
+                epoch: e.epoch,
+                writes: e.writes,
+            }));
         }
-        let e = self.rx.epochs.pop_front().expect("checked above");
-        out.push(Action::Send(Packet::BarrierAck {
-            epoch,
-            writes: e.writes,
-        }));
         self.rx_release(out);
     }
 }

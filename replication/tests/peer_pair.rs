@@ -481,6 +481,50 @@ fn primary_with_older_data_refuses_to_become_sync_target() {
 }
 
 #[test]
+fn one_flush_acknowledges_every_epoch_that_was_done_when_it_was_issued() {
+    let mut p = pair(Protocol::A, None, None);
+    p.connect();
+    p.nodes[1].hold_peer_flushes = true;
+    p.app_write(0, 1, 1, 0x11); // protocol A: each write completes at once,
+    p.app_write(0, 2, 2, 0x22); // so each one starts a new epoch
+    p.run();
+    // Epoch 1 is closed and done: its flush is issued and held.
+    assert!(matches!(p.nodes[1].held[..], [Io::PeerFlush(1)]));
+    for id in 3..=5 {
+        p.app_write(0, id, id, 0x30 + u8::try_from(id).unwrap());
+    }
+    p.run();
+    // Epochs 2..=4 became ready while the first flush was in flight.
+    assert_eq!(p.nodes[1].held.len(), 1, "one flush at a time");
+    p.nodes[1].release_held();
+    p.run();
+    assert!(
+        matches!(p.nodes[1].held[..], [Io::PeerFlush(4)]),
+        "one flush covers epochs 2..=4: {:?}",
+        p.nodes[1].held
+    );
+    let acks = |p: &Pair| -> Vec<u32> {
+        p.nodes[1]
+            .sent
+            .iter()
+            .filter_map(|pk| match pk {
+                Packet::BarrierAck { epoch, .. } => Some(*epoch),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(acks(&p), vec![1], "epochs 2..=4 are not durable yet");
+    p.nodes[1].release_held();
+    p.run();
+    assert_eq!(
+        acks(&p),
+        vec![1, 2, 3, 4],
+        "each epoch acknowledged in order"
+    );
+    assert_eq!(p.nodes[1].disk, p.nodes[0].disk);
+}
+
+#[test]
 fn peer_does_not_start_the_next_epoch_before_the_previous_one_is_on_disk() {
     let mut p = pair(Protocol::A, None, None);
     p.connect();

@@ -148,6 +148,9 @@ struct State {
     stopping: bool,
     /// Requests admitted and not yet completed upward (all ops).
     in_flight: usize,
+    /// Threads waiting on `drained` (a notify is a futex call even without
+    /// a waiter, and `retire` runs once per request).
+    drain_waiters: usize,
     order: WriteOrder,
     /// Writes held by `order`, waiting for an earlier overlapping write.
     held: HashMap<Seq, write::PendingWrite>,
@@ -243,6 +246,7 @@ impl Pipeline {
                 disk: DiskHealth::Attached,
                 stopping: false,
                 in_flight: 0,
+                drain_waiters: 0,
                 order: WriteOrder::default(),
                 held: HashMap::new(),
                 al_waiting: VecDeque::new(),
@@ -332,7 +336,7 @@ impl Pipeline {
     pub fn quiesce(&self) -> Result<(), PipelineError> {
         let mut st = self.lock_state();
         while st.in_flight > 0 {
-            st = self.drained.wait(st).expect("pipeline state lock");
+            st = self.wait_drained(st);
         }
         drop(st);
         lock_meta(&self.meta)
@@ -389,12 +393,20 @@ impl Pipeline {
             if st.in_flight < self.max_requests {
                 break;
             }
-            st = self.drained.wait(st).expect("pipeline state lock");
+            st = self.wait_drained(st);
         }
         st.in_flight += 1;
         let seq = st.next_seq;
         st.next_seq += 1;
         Ok(seq)
+    }
+
+    /// Waits for the next `retire` (the caller re-checks its condition).
+    fn wait_drained<'a>(&self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        st.drain_waiters += 1;
+        let mut st = self.drained.wait(st).expect("pipeline state lock");
+        st.drain_waiters -= 1;
+        st
     }
 
     /// A request admitted by [`Pipeline::admit`] finished upward.
@@ -404,8 +416,11 @@ impl Pipeline {
             .in_flight
             .checked_sub(1)
             .expect("retiring more requests than admitted");
+        let waiters = st.drain_waiters > 0;
         drop(st);
-        self.drained.notify_all();
+        if waiters {
+            self.drained.notify_all();
+        }
     }
 
     fn submit(&self, writable_session: bool, req: BlockRequest, buf: AlignedBuf, done: Completion) {

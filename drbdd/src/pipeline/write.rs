@@ -408,8 +408,10 @@ impl Pipeline {
             };
             (retry, started)
         };
-        done(outcome);
+        // Retired before the upward completion, as reads and flushes are:
+        // whoever reacts to the completion sees the request gone.
         self.retire();
+        done(outcome);
         for w in retry.into_iter().chain(started) {
             self.start_write(w);
         }

@@ -42,6 +42,8 @@ pub struct Node {
     pub disconnects: Vec<(String, bool)>,
     pub io: VecDeque<Io>,
     pub hold_peer_writes: bool,
+    /// Peer flushes wait in `held` too.
+    pub hold_peer_flushes: bool,
     pub hold_resync_reads: bool,
     pub hold_resync_writes: bool,
     pub held: Vec<Io>,
@@ -107,6 +109,7 @@ impl Node {
             disconnects: Vec::new(),
             io: VecDeque::new(),
             hold_peer_writes: false,
+            hold_peer_flushes: false,
             hold_resync_reads: false,
             hold_resync_writes: false,
             held: Vec::new(),
@@ -182,7 +185,13 @@ impl Node {
                         self.io.push_back(io);
                     }
                 }
-                Action::SubmitPeerFlush { epoch } => self.io.push_back(Io::PeerFlush(epoch)),
+                Action::SubmitPeerFlush { epoch } => {
+                    if self.hold_peer_flushes {
+                        self.held.push(Io::PeerFlush(epoch));
+                    } else {
+                        self.io.push_back(Io::PeerFlush(epoch));
+                    }
+                }
                 Action::ReadForResync {
                     id,
                     offset_bytes,
