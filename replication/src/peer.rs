@@ -155,6 +155,13 @@ impl Peer {
         self.status
     }
 
+    /// Application writes and flushes waiting for room in the write table
+    /// (`max-buffers`); they enter it as earlier entries retire, which
+    /// needs their `LocalWriteDone` among other things.
+    pub fn writes_waiting(&self) -> usize {
+        self.tx_waiting.len()
+    }
+
     /// This peer's out-of-sync bitmap (in memory).
     pub fn bitmap(&self) -> &SyncBitmap {
         &self.bitmap

@@ -237,7 +237,7 @@ pub(super) struct NetReplicator {
     /// message per completion would cost a wake-up of the actor each.
     local_done: Mutex<Vec<WriteId>>,
     /// Set by the actor while a machine needs local completions at once
-    /// (resync waits for them): each one then also wakes the actor.
+    /// (see `update_local_done_eager`): each one then also wakes the actor.
     local_done_eager: AtomicBool,
 }
 
@@ -276,7 +276,9 @@ impl Replicator for NetReplicator {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(token);
-        if self.local_done_eager.load(Ordering::Relaxed) {
+        // SeqCst pairs with the actor's store-then-take: either this sees
+        // the flag, or the actor's take after storing it sees the id.
+        if self.local_done_eager.load(Ordering::SeqCst) {
             let tx = self.tx.lock().expect("replicator sender lock");
             let _ = tx.send(ActorMsg::Peers(PeerMsg::LocalDone));
         }
@@ -500,6 +502,11 @@ impl Actor {
         self.plug_replicator();
         self.announce_disk_change();
         self.take_local_done();
+        self.dispatch_peer_msg(msg);
+        self.update_local_done_eager();
+    }
+
+    fn dispatch_peer_msg(&mut self, msg: PeerMsg) {
         match msg {
             PeerMsg::Tick => self.peers_tick(),
             PeerMsg::Net(m) => self.on_net(m),
@@ -518,6 +525,25 @@ impl Actor {
                 };
                 self.feed(i, event);
             }
+        }
+    }
+
+    /// Local completions must wake the actor while a machine waits for
+    /// them: writes wait for room in a write table (entries retire only
+    /// once their local leg is done; without a wake-up the application
+    /// could stall until the next tick), a resync runs (the source defers
+    /// requests overlapping unfinished local writes), or the peer is not
+    /// established (rare; keeps the rule simple).
+    fn update_local_done_eager(&mut self) {
+        let Some(p) = self.peers.as_ref() else { return };
+        let eager = p
+            .links
+            .iter()
+            .any(|l| l.peer.writes_waiting() > 0 || l.peer.status().repl != ReplState::Established);
+        let was = p.replicator.local_done_eager.swap(eager, Ordering::SeqCst);
+        if eager && !was {
+            // Completions queued before the flag was set woke nobody.
+            self.take_local_done();
         }
     }
 
@@ -560,17 +586,6 @@ impl Actor {
         self.plug_replicator();
         let now = self.now_ms();
         let n = self.peers.as_ref().map_or(0, |p| p.links.len());
-        if let Some(p) = self.peers.as_ref() {
-            // A resync source defers requests overlapping unfinished local
-            // writes: while one runs, local completions wake the actor.
-            let syncing = p
-                .links
-                .iter()
-                .any(|l| l.peer.status().repl != ReplState::Established);
-            p.replicator
-                .local_done_eager
-                .store(syncing, Ordering::Relaxed);
-        }
         for i in 0..n {
             self.maybe_dial(i, now);
             self.feed(i, Event::Tick { now_ms: now });
