@@ -458,14 +458,20 @@ fn render(r: &Results) -> String {
     let s = &r.settings;
     let mut md = format!("# drbdd bench{}\n\n", if s.smoke { " (smoke)" } else { "" });
     if !r.rows.is_empty() {
+        let host_rows = r.rows.iter().any(|row| row.baseline.is_none());
+        let files = if host_rows {
+            format!(
+                "{} MiB backing files on {}",
+                s.size_bytes >> 20,
+                r.work_dir_fs
+            )
+        } else {
+            "VM disks as benches/vm-rows.sh sets them (VM_BENCH_SIZE_MIB, default 256 MiB)".into()
+        };
         md.push_str(&format!(
-            "{} run(s), median shown; {} s per job (+{} s ramp); {} MiB backing files on {}. \
-             Cells: value (ratio to row 1). Latency: lower is better; IOPS/MB/s: higher is better.\n\n",
-            s.runs,
-            s.timing.runtime_s,
-            s.timing.ramp_s,
-            s.size_bytes >> 20,
-            r.work_dir_fs
+            "{} run(s), median shown; {} s per job (+{} s ramp); {files}. \
+             Cells: value (ratio to the row's baseline). Latency: lower is better; IOPS/MB/s: higher is better.\n\n",
+            s.runs, s.timing.runtime_s, s.timing.ramp_s,
         ));
         md.push_str(&report::markdown_table(&r.rows));
         md.push('\n');
