@@ -20,7 +20,10 @@ die() {
 # Per-step watchdog: a hung step shows the daemons' threads and logs long before QEMU's
 # time limit (the die helper prints /tmp/*.log).
 STEP_LIMIT_S=400
-step() { end_step; STEP=$1; T_STEP=$(now_cs); echo "$1 $(( T_STEP + STEP_LIMIT_S * 100 ))" > /tmp/step-deadline; }
+# Memory at every step boundary: one CI run ended in a guest OOM panic after `down`
+# with tiny processes (memory outside them); these lines show where it goes if it recurs.
+mem_info() { info "mem: $(grep -E '^(MemAvailable|Shmem|Unevictable|SUnreclaim):' /proc/meminfo | tr -s ' ' | tr '\n' ' ')/tmp $(du -sk /tmp 2>/dev/null | cut -f1) KiB"; }
+step() { end_step; mem_info; STEP=$1; T_STEP=$(now_cs); echo "$1 $(( T_STEP + STEP_LIMIT_S * 100 ))" > /tmp/step-deadline; }
 watchdog() {
   while sleep 5; do
     read -r name deadline < /tmp/step-deadline 2>/dev/null || continue
