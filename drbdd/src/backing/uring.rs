@@ -319,19 +319,23 @@ impl Reaper {
                 unsafe { shared.ring.completion_shared() }.map(|c| (c.user_data(), c.result())),
             );
             let mut st = shared.lock_state();
+            let mut resubmitted = false;
             for &(token, result) in &cqes {
                 if token == WAKE_TOKEN {
                     st.wake_queued = false;
                 } else {
                     let idx = usize::try_from(token).expect("slot token fits usize");
-                    if let Some(f) = complete(&shared, &mut st, idx, result) {
-                        finished.push(f);
+                    match complete(&shared, &mut st, idx, result) {
+                        Some(f) => finished.push(f),
+                        None => resubmitted = true,
                     }
                 }
             }
             drop(st);
             // Resubmissions pushed by `complete` (short transfers, EAGAIN).
-            let _ = shared.ring.submit();
+            if resubmitted {
+                let _ = shared.ring.submit();
+            }
             for (done, result) in finished.drain(..) {
                 done(result);
             }
@@ -346,6 +350,7 @@ impl Reaper {
     /// Moves overflow jobs into free slots; runs block-device range ops.
     fn run_overflow(&mut self, finished: &mut Vec<Finished>) {
         let shared = &self.shared;
+        let mut pushed = false;
         loop {
             let mut st = shared.lock_state();
             let Some((op, done)) = st.overflow.pop_front() else {
@@ -373,8 +378,11 @@ impl Reaper {
                 punch_hole: false,
             });
             shared.push_slot(&mut st, idx);
+            pushed = true;
         }
-        let _ = shared.ring.submit();
+        if pushed {
+            let _ = shared.ring.submit();
+        }
     }
 
     /// The ring is unusable: fail everything, leaking buffers the kernel may still touch.
