@@ -20,10 +20,10 @@
 //! submitted; that is exactly the block-layer FLUSH contract. Overlapping
 //! writes are serialised by the pipeline, not here.
 //!
-//! Block devices vs. files: DISCARD is `fallocate(PUNCH_HOLE|KEEP_SIZE)` on a
-//! file and the `BLKDISCARD` ioctl on a block device; WRITE_ZEROES is
-//! `fallocate(ZERO_RANGE|KEEP_SIZE)` (falling back to a punched hole) on a file
-//! and `BLKZEROOUT` on a block device.
+//! DISCARD and WRITE_ZEROES both leave zeroes (see `zero_range`): a replica
+//! must read back what its peer reads back, and a bare discard does not
+//! promise that. This must never issue `BLKDISCARD`, which a device may
+//! ignore.
 
 pub mod sync;
 pub mod uring;
@@ -31,7 +31,7 @@ pub mod uring;
 use drbdd_blockio::AlignedBuf;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,9 +51,13 @@ pub enum BackingOp {
     },
     /// `fdatasync` of the backing device.
     Flush,
-    /// Deallocate a range (reads may return zeroes or old data afterwards).
+    /// Deallocate a range where the device can; it reads back as zeroes
+    /// afterwards on every engine and device kind, so that replicas which
+    /// both executed it hold the same bytes (a plain discard may leave old
+    /// data on one node and zeroes on the other).
     Discard { offset_bytes: u64, len_bytes: u64 },
-    /// Make a range read back as zeroes.
+    /// Make a range read back as zeroes (keeping its allocation where the
+    /// device can).
     WriteZeroes { offset_bytes: u64, len_bytes: u64 },
 }
 
@@ -84,6 +88,8 @@ pub struct BackingFile {
     path: PathBuf,
     is_block_device: bool,
     size_bytes: u64,
+    /// Whether zeroing a range costs no data transfer (see [`Self::zeroes_cheaply`]).
+    zeroes_cheaply: bool,
 }
 
 impl BackingFile {
@@ -104,14 +110,25 @@ impl BackingFile {
                     ),
                 )
             })?;
-        let is_block_device = file.metadata()?.file_type().is_block_device();
+        let meta = file.metadata()?;
+        let is_block_device = meta.file_type().is_block_device();
         let size_bytes = crate::metadev::device_size_bytes(&file)?;
+        let zeroes_cheaply = !is_block_device || block_device_zeroes_cheaply(meta.rdev());
         Ok(BackingFile {
             file,
             path: path.to_path_buf(),
             is_block_device,
             size_bytes,
+            zeroes_cheaply,
         })
+    }
+
+    /// Whether DISCARD/WRITE_ZEROES are cheap here: a file (hole punching or
+    /// unwritten extents) or a block device with a WRITE_ZEROES command.
+    /// Elsewhere zeroing writes real zero blocks, so the frontends do not
+    /// advertise discard (mkfs would otherwise zero the whole device).
+    pub fn zeroes_cheaply(&self) -> bool {
+        self.zeroes_cheaply
     }
 
     pub fn path(&self) -> &Path {
@@ -130,7 +147,7 @@ impl BackingFile {
         &self.file
     }
 
-    /// DISCARD on a block device via `BLKDISCARD` (blocking).
+    /// A range ioctl (`BLKZEROOUT`) on a block device (blocking).
     pub(crate) fn blk_range_ioctl(
         &self,
         request: libc::c_ulong,
@@ -138,7 +155,7 @@ impl BackingFile {
         len_bytes: u64,
     ) -> io::Result<()> {
         let range: [u64; 2] = [offset_bytes, len_bytes];
-        // SAFETY: BLKDISCARD/BLKZEROOUT read two u64 (start, length) through the
+        // SAFETY: BLKZEROOUT reads two u64 (start, length) through the
         // pointer, which points at a live array on our stack; the fd stays open.
         let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), request, range.as_ptr()) };
         if rc < 0 {
@@ -148,8 +165,21 @@ impl BackingFile {
     }
 }
 
-/// `_IO(0x12, 119)`: discard a byte range of a block device.
-pub(crate) const BLKDISCARD: libc::c_ulong = 0x1277;
+/// Reads `queue/write_zeroes_max_bytes` of block device `rdev` from sysfs; an
+/// unreadable value counts as "no" (discard is then not advertised, which is
+/// always safe).
+fn block_device_zeroes_cheaply(rdev: u64) -> bool {
+    let path = format!(
+        "/sys/dev/block/{}:{}/queue/write_zeroes_max_bytes",
+        libc::major(rdev),
+        libc::minor(rdev)
+    );
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > 0)
+}
+
 /// `_IO(0x12, 127)`: zero a byte range of a block device.
 pub(crate) const BLKZEROOUT: libc::c_ulong = 0x127f;
 
@@ -345,28 +375,71 @@ pub(crate) fn execute_blocking(file: &BackingFile, op: BackingOp) -> io::Result<
             offset_bytes,
             len_bytes,
         } => {
-            if file.is_block_device {
-                file.blk_range_ioctl(BLKDISCARD, offset_bytes, len_bytes)?;
-            } else {
-                fallocate(file, PUNCH_HOLE_MODE, offset_bytes, len_bytes)?;
-            }
+            zero_range(file, offset_bytes, len_bytes, true)?;
             Ok(AlignedBuf::empty())
         }
         BackingOp::WriteZeroes {
             offset_bytes,
             len_bytes,
         } => {
-            if file.is_block_device {
-                file.blk_range_ioctl(BLKZEROOUT, offset_bytes, len_bytes)?;
-            } else if let Err(e) = fallocate(file, ZERO_RANGE_MODE, offset_bytes, len_bytes) {
-                if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
-                    return Err(e);
-                }
-                fallocate(file, PUNCH_HOLE_MODE, offset_bytes, len_bytes)?;
-            }
+            zero_range(file, offset_bytes, len_bytes, false)?;
             Ok(AlignedBuf::empty())
         }
     }
+}
+
+/// Makes a range read back as zeroes, the cheapest way the device offers.
+/// `unmap`: prefer deallocating (discard) over keeping the blocks allocated.
+///
+/// Block devices: `fallocate(PUNCH_HOLE)` is the kernel's zero-out that may
+/// unmap but never falls back to writing (a discard without guaranteed
+/// zeroes is never issued: BLKDISCARD on a device that ignores it would
+/// leave old data here and zeroes on a peer); `BLKZEROOUT` writes zeroes
+/// where nothing cheaper exists. Files: punch a hole or zero the range,
+/// whichever the file system supports, else write zero blocks.
+fn zero_range(
+    file: &BackingFile,
+    offset_bytes: u64,
+    len_bytes: u64,
+    unmap: bool,
+) -> io::Result<()> {
+    let unsupported = |e: &io::Error| e.raw_os_error() == Some(libc::EOPNOTSUPP);
+    if file.is_block_device {
+        if unmap {
+            match fallocate(file, PUNCH_HOLE_MODE, offset_bytes, len_bytes) {
+                Err(e) if unsupported(&e) => {}
+                other => return other,
+            }
+        }
+        return file.blk_range_ioctl(BLKZEROOUT, offset_bytes, len_bytes);
+    }
+    let modes = if unmap {
+        [PUNCH_HOLE_MODE, ZERO_RANGE_MODE]
+    } else {
+        [ZERO_RANGE_MODE, PUNCH_HOLE_MODE]
+    };
+    for mode in modes {
+        match fallocate(file, mode, offset_bytes, len_bytes) {
+            Err(e) if unsupported(&e) => {}
+            other => return other,
+        }
+    }
+    write_zero_blocks(file, offset_bytes, len_bytes)
+}
+
+/// The last resort of [`zero_range`]: writes zeroes 1 MiB at a time.
+fn write_zero_blocks(file: &BackingFile, offset_bytes: u64, len_bytes: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    const CHUNK: u64 = 1 << 20;
+    let zeroes = AlignedBuf::zeroed(CHUNK.min(len_bytes) as usize);
+    let mut done = 0;
+    while done < len_bytes {
+        let n = (len_bytes - done).min(CHUNK) as usize;
+        file.file
+            .write_all_at(&zeroes.as_slice()[..n], offset_bytes + done)?;
+        done += n as u64;
+    }
+    Ok(())
 }
 
 pub(crate) const PUNCH_HOLE_MODE: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;

@@ -26,11 +26,12 @@
 //! overflow queue (bounded by the pipeline's admission control) and are pushed
 //! by the reaper as slots free up.
 //!
-//! Block-device DISCARD/WRITE_ZEROES have no io_uring opcode on the kernels we
-//! target; they go to the overflow queue as well and the reaper runs those
-//! ioctls inline (rare ops; they stall completions for their duration).
+//! DISCARD/WRITE_ZEROES go to the overflow queue as well and the reaper runs
+//! them inline with `execute_blocking` (block devices have no io_uring opcode
+//! for BLKZEROOUT, and the zeroing fallbacks of `zero_range` are a chain of
+//! calls; rare ops, they stall completions for their duration).
 
-use super::{execute_blocking, BackingFile, BackingOp, IoDone, PUNCH_HOLE_MODE, ZERO_RANGE_MODE};
+use super::{execute_blocking, BackingFile, BackingOp, IoDone};
 use drbdd_blockio::AlignedBuf;
 use io_uring::{opcode, squeue, types, IoUring};
 use std::collections::VecDeque;
@@ -51,8 +52,6 @@ struct Slot {
     done: IoDone,
     /// Bytes of a read/write already transferred (short transfers are resumed).
     done_bytes: u32,
-    /// WRITE_ZEROES fell back to punching a hole (ZERO_RANGE unsupported).
-    punch_hole: bool,
 }
 
 /// Everything guarded by the state lock: the slot table and the submission
@@ -137,11 +136,7 @@ impl UringEngine {
             std::thread::spawn(move || done(Err(io::Error::from_raw_os_error(libc::ESHUTDOWN))));
             return;
         }
-        let for_reaper = self.shared.file.is_block_device()
-            && matches!(
-                op,
-                BackingOp::Discard { .. } | BackingOp::WriteZeroes { .. }
-            );
+        let for_reaper = runs_inline(&op);
         // Ops already waiting keep their turn: a free slot goes to them first
         // (the reaper moves them as soon as it runs).
         let slot = if for_reaper || !st.overflow.is_empty() {
@@ -155,7 +150,6 @@ impl UringEngine {
                     op,
                     done,
                     done_bytes: 0,
-                    punch_hole: false,
                 });
                 self.shared.push_slot(&mut st, idx);
             }
@@ -257,30 +251,20 @@ impl Shared {
             BackingOp::Flush => opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
                 .build(),
-            BackingOp::Discard {
-                offset_bytes,
-                len_bytes,
-            } => opcode::Fallocate::new(fd, *len_bytes)
-                .offset(*offset_bytes)
-                .mode(PUNCH_HOLE_MODE)
-                .build(),
-            BackingOp::WriteZeroes {
-                offset_bytes,
-                len_bytes,
-            } => {
-                let mode = if slot.punch_hole {
-                    PUNCH_HOLE_MODE
-                } else {
-                    ZERO_RANGE_MODE
-                };
-                opcode::Fallocate::new(fd, *len_bytes)
-                    .offset(*offset_bytes)
-                    .mode(mode)
-                    .build()
+            BackingOp::Discard { .. } | BackingOp::WriteZeroes { .. } => {
+                unreachable!("range ops run inline on the reaper (runs_inline)")
             }
         };
         self.push(st, &entry.user_data(token));
     }
+}
+
+/// Whether `op` bypasses the ring and runs on the reaper with blocking calls.
+fn runs_inline(op: &BackingOp) -> bool {
+    matches!(
+        op,
+        BackingOp::Discard { .. } | BackingOp::WriteZeroes { .. }
+    )
 }
 
 /// A callback to run once the state lock is released.
@@ -356,12 +340,7 @@ impl Reaper {
             let Some((op, done)) = st.overflow.pop_front() else {
                 break;
             };
-            let inline = shared.file.is_block_device()
-                && matches!(
-                    op,
-                    BackingOp::Discard { .. } | BackingOp::WriteZeroes { .. }
-                );
-            if inline {
+            if runs_inline(&op) {
                 drop(st);
                 let result = execute_blocking(&shared.file, op);
                 finished.push((done, result));
@@ -375,7 +354,6 @@ impl Reaper {
                 op,
                 done,
                 done_bytes: 0,
-                punch_hole: false,
             });
             shared.push_slot(&mut st, idx);
             pushed = true;
@@ -417,14 +395,6 @@ fn complete(shared: &Shared, st: &mut RingState, idx: usize, result: i32) -> Opt
     if result < 0 {
         let errno = -result;
         if errno == libc::EAGAIN || errno == libc::EINTR {
-            shared.push_slot(st, idx);
-            return None;
-        }
-        if errno == libc::EOPNOTSUPP
-            && matches!(slot.op, BackingOp::WriteZeroes { .. })
-            && !slot.punch_hole
-        {
-            slot.punch_hole = true;
             shared.push_slot(st, idx);
             return None;
         }

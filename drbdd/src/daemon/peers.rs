@@ -42,7 +42,9 @@ use drbdd_replication::handshake::HandshakeConfig;
 use drbdd_replication::peer::{Event, LocalState, Peer, PeerConfig};
 use drbdd_replication::resync::{Progress, RateConfig, SyncBitmap, BLOCK_BYTES};
 use drbdd_replication::state::{ConnState, DiskState, ReplState, Role};
-use drbdd_replication::wire::{DATA_DISCARD, DATA_FUA, DATA_ZEROES, NONCE_BYTES};
+use drbdd_replication::wire::{
+    DATA_DISCARD, DATA_FUA, DATA_ZEROES, FEATURE_DATA_INTEGRITY, NONCE_BYTES,
+};
 use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -347,7 +349,12 @@ fn peer_config(res: &Resource, local: &str, peer: &drbdd_config::Node, local_id:
             local_node_id: local_id,
             peer_node_id: peer.node_id,
             shared_secret: net.shared_secret.as_ref().map(|s| s.as_bytes().to_vec()),
-            features: 0,
+            // data-integrity-alg (only crc32c passes config validation).
+            features: if net.data_integrity_alg.is_some() {
+                FEATURE_DATA_INTEGRITY
+            } else {
+                0
+            },
         },
         protocol: match net.protocol {
             CfgProtocol::A => Protocol::A,

@@ -39,7 +39,7 @@ impl Actor {
                         l.stats.resync_sent_bytes += u64::try_from(payload.len()).unwrap_or(0);
                     }
                     let before = l.wire.len();
-                    packet.encode_into(&mut l.wire);
+                    packet.encode_framed(&mut l.wire, l.peer.frame_crc());
                     l.stats.sent_bytes += u64::try_from(l.wire.len() - before).unwrap_or(0);
                     if l.wire.len() >= WIRE_FLUSH_BYTES {
                         self.flush_link_wire(i);
@@ -135,8 +135,14 @@ impl Actor {
                 flags,
                 data,
             } => {
-                let op = if flags & (DATA_DISCARD | DATA_ZEROES) != 0 {
-                    // Discard as zeroes too: replicas must read back alike.
+                // Both range ops leave zeroes on every engine (see BackingOp),
+                // as on the primary: replicas must read back alike.
+                let op = if flags & DATA_DISCARD != 0 {
+                    BackingOp::Discard {
+                        offset_bytes,
+                        len_bytes: u64::from(len_bytes),
+                    }
+                } else if flags & DATA_ZEROES != 0 {
                     BackingOp::WriteZeroes {
                         offset_bytes,
                         len_bytes: u64::from(len_bytes),

@@ -225,7 +225,9 @@ impl Pipeline {
             logical_block_bytes: LOGICAL_BLOCK_BYTES,
             physical_block_bytes: PHYSICAL_BLOCK_BYTES,
             max_io_bytes: cfg.max_io_bytes,
-            supports_discard: true,
+            // Discard is a zero-out here (replicas must agree), so it is only
+            // offered where zeroing is cheap.
+            supports_discard: backing.file().zeroes_cheaply(),
             supports_write_zeroes: true,
             volatile_cache: cfg.disk_flushes,
         };

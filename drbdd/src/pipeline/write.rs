@@ -321,17 +321,9 @@ impl Pipeline {
         self.backing.submit(
             op,
             Box::new(move |result| {
-                let result = match result {
-                    Ok(buf) => Ok(buf),
-                    // Discard is advisory: a device without it still honours the contract.
-                    Err(e)
-                        if req.op == BlockOp::Discard
-                            && e.raw_os_error() == Some(libc::EOPNOTSUPP) =>
-                    {
-                        Ok(AlignedBuf::empty())
-                    }
-                    Err(e) => Err(me.local_io_failed(&req, &e)),
-                };
+                // No error is advisory, not even a discard's: the peer zeroed
+                // the range, so a local discard that did nothing would diverge.
+                let result = result.map_err(|e| me.local_io_failed(&req, &e));
                 if let Some((r, token)) = notify {
                     r.local_done(token, result.is_ok());
                 }
