@@ -6,6 +6,8 @@
 #   vm-ublk-loop  libublk 0.4.8's own `loop` example serving /dev/vdb as /dev/ublkb0
 #   vm-drbdd      drbdd standalone (no peer), /dev/ublkb0 over /dev/vdb
 #   vm-drbdd-a/b/c  drbdd alpha (/dev/vdb) + beta (/dev/vdc) on loopback, protocol A/B/C
+#   vm-drbdd-c-crc  (only when named in VM_BENCH_TARGETS) protocol C with
+#                   data-integrity-alg = "crc32c": the cost of checksumming replicated data
 #   vm-drbd84-a/b/c in-kernel DRBD 8.4 minors 0 (/dev/vdb) and 1 (/dev/vdc) on loopback
 #                   (drbd-utils' drbdsetup-84, initial sync skipped with
 #                   new-current-uuid --clear-bitmap, as ../shared/vm-anchor does)
@@ -35,6 +37,7 @@ ACCEL=${VM_BENCH_ACCEL:-tcg}
 W=${DRBDD_BENCH_WORK_DIR:-${TMPDIR:-/tmp}}/drbdd-vm-bench
 EXE=${DRBDD_BENCH_EXE:-$REPO/target/release/drbdd-bench}
 ALL_TARGETS="raw loop-dio ublk-loop drbdd drbdd-a drbdd-b drbdd-c drbd84-a drbd84-b drbd84-c"
+EXTRA_TARGETS="drbdd-c-crc"
 TARGETS=${VM_BENCH_TARGETS:-$ALL_TARGETS}
 WORKLOADS="randread-4k-qd1 randwrite-4k-qd1 randread-4k-qd32 randwrite-4k-qd32 write-1m-qd8 read-1m-qd8"
 
@@ -47,6 +50,7 @@ row_name() {
     drbdd-a) echo "5 VM drbdd protocol A, peer on loopback, /dev/ublkb0" ;;
     drbdd-b) echo "5 VM drbdd protocol B, peer on loopback, /dev/ublkb0" ;;
     drbdd-c) echo "5 VM drbdd protocol C, peer on loopback, /dev/ublkb0" ;;
+    drbdd-c-crc) echo "5 VM drbdd protocol C + data-integrity-alg crc32c, /dev/ublkb0" ;;
     drbd84-a) echo "5 VM in-kernel DRBD 8.4 protocol A, loopback" ;;
     drbd84-b) echo "5 VM in-kernel DRBD 8.4 protocol B, loopback" ;;
     drbd84-c) echo "5 VM in-kernel DRBD 8.4 protocol C, loopback" ;;
@@ -61,7 +65,7 @@ skip_all() { # every selected row skipped with one reason; exit 0 (the runner sh
   exit 0
 }
 for t in $TARGETS; do
-  case " $ALL_TARGETS " in *" $t "*) ;; *) echo "vm-rows: unknown target '$t' (known: $ALL_TARGETS)" >&2; exit 2 ;; esac
+  case " $ALL_TARGETS $EXTRA_TARGETS " in *" $t "*) ;; *) echo "vm-rows: unknown target '$t' (known: $ALL_TARGETS $EXTRA_TARGETS)" >&2; exit 2 ;; esac
 done
 
 # shellcheck source=tests/vm/lib.sh

@@ -227,7 +227,9 @@ pub struct Net {
     pub verify_alg: Option<String>,
     /// `csums-alg` for checksum-based resync.
     pub csums_alg: Option<String>,
-    /// `data-integrity-alg` for per-packet checksums.
+    /// `data-integrity-alg`: only "crc32c", which extends the frame CRC over
+    /// the replicated data blocks (unset, as DRBD's default, TCP's checksum
+    /// alone protects them; either peer setting it turns it on).
     pub data_integrity_alg: Option<String>,
     /// `after-sb-0pri`.
     pub after_sb_0pri: AfterSb0Pri,

@@ -74,8 +74,10 @@ pub(crate) fn home_of(key: &str) -> Option<&'static str> {
         .map(|(_, home)| *home)
 }
 
-/// Checksum algorithms drbdd implements (verify-alg, csums-alg, data-integrity-alg).
+/// Checksum algorithms drbdd implements (verify-alg, csums-alg).
 pub(crate) const HASH_ALGS: &[&str] = &["crc32c", "sha256"];
+/// `data-integrity-alg`: the frame CRC-32C extended over replicated data.
+const DATA_INTEGRITY_ALGS: &[&str] = &["crc32c"];
 const AFTER_SB_0PRI: &[&str] = &[
     "disconnect",
     "discard-younger-primary",
@@ -131,7 +133,10 @@ pub(crate) fn apply_net(
             "verify-alg" => net.verify_alg = hash_alg(ctx, key, v).or(net.verify_alg.take()),
             "csums-alg" => net.csums_alg = hash_alg(ctx, key, v).or(net.csums_alg.take()),
             "data-integrity-alg" => {
-                net.data_integrity_alg = hash_alg(ctx, key, v).or(net.data_integrity_alg.take());
+                net.data_integrity_alg = ctx
+                    .choice(key, v, DATA_INTEGRITY_ALGS)
+                    .map(str::to_owned)
+                    .or(net.data_integrity_alg.take());
             }
             "after-sb-0pri" => {
                 if let Some(p) = after_sb_0pri(ctx, v, hosts) {

@@ -317,6 +317,18 @@ fn unsupported_cram_hmac_alg_says_sha256_only() {
 }
 
 #[test]
+fn data_integrity_alg_other_than_crc32c_is_refused() {
+    let text = format!("resource = \"r0\"\n[net]\ndata-integrity-alg = \"sha256\"\n{BASE_NODES}");
+    let e = one(&errors_of(&text), ErrorKind::InvalidValue);
+    assert_eq!(e.line, 3);
+    assert!(
+        e.message.contains("data-integrity-alg") && e.message.contains("allowed: crc32c"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
 fn missing_node_keys_point_at_the_section_header() {
     let text = "resource = \"r0\"\n[on.alice]\nnode-id = 0\n";
     let errors = errors_of(text);

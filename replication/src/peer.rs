@@ -176,6 +176,17 @@ impl Peer {
         self.agreement.as_ref()
     }
 
+    /// What the frame CRC covers on this connection, in both directions: the
+    /// caller encodes the packets of [`Action::Send`] with it. Before the
+    /// handshake agrees, only control packets flow, for which both coverages
+    /// are the same.
+    pub fn frame_crc(&self) -> wire::FrameCrc {
+        match &self.agreement {
+            Some(a) => wire::FrameCrc::negotiated(self.cfg.handshake.features, a.peer_features),
+            None => wire::FrameCrc::WholePayload,
+        }
+    }
+
     /// Resync progress (done/total, rate, ETA), while syncing.
     pub fn progress(&mut self) -> Option<crate::resync::Progress> {
         self.record_progress()
@@ -513,7 +524,7 @@ impl Peer {
     fn decode_packets(&mut self, input: &[u8], out: &mut Vec<Action>) -> usize {
         let mut used = 0;
         loop {
-            match wire::decode(&input[used..]) {
+            match wire::decode_framed(&input[used..], self.frame_crc()) {
                 Ok(None) => break,
                 Ok(Some((packet, n))) => {
                     used += n;

@@ -44,6 +44,39 @@ pub const FEATURE_DISCARD: u64 = 1 << 1;
 pub const FEATURE_ZEROES: u64 = 1 << 2;
 /// Feature bit: the sender understands RLE bitmap chunks.
 pub const FEATURE_RLE_BITMAP: u64 = 1 << 3;
+/// Feature bit: the sender's `data-integrity-alg` is crc32c, so the frame CRC
+/// of `Data` and `ResyncReply` packets must cover their data block too (see
+/// [`FrameCrc`]). Either side announcing it turns it on for the connection.
+pub const FEATURE_DATA_INTEGRITY: u64 = 1 << 4;
+
+/// What the CRC-32C in a frame header covers.
+///
+/// Like DRBD without `data-integrity-alg`, a connection does not checksum the
+/// data blocks it replicates (TCP's own checksum covers them on the wire; the
+/// cost was two passes over every replicated byte). Everything else a packet
+/// carries — offsets, lengths, sequence numbers, bitmaps, generation
+/// identifiers — is always covered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameCrc {
+    /// The whole payload: the handshake, and every packet of a connection
+    /// with [`FEATURE_DATA_INTEGRITY`].
+    WholePayload,
+    /// The payload without the trailing data block of `Data` and
+    /// `ResyncReply` packets (identical to `WholePayload` for the others).
+    SkipDataBlock,
+}
+
+impl FrameCrc {
+    /// The coverage of a connection whose two sides announced `ours` and
+    /// `theirs` in their `Hello`.
+    pub fn negotiated(ours: u64, theirs: u64) -> FrameCrc {
+        if (ours | theirs) & FEATURE_DATA_INTEGRITY != 0 {
+            FrameCrc::WholePayload
+        } else {
+            FrameCrc::SkipDataBlock
+        }
+    }
+}
 
 /// Feature bits 8..=10: the replication protocol (A, B, C) the sender is
 /// configured with; both nodes of a connection must agree.
@@ -249,8 +282,22 @@ impl Packet {
         out
     }
 
-    /// Appends the encoded packet to `out`.
+    /// Appends the encoded packet to `out`, its CRC over the whole payload.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
+        self.encode_framed(out, FrameCrc::WholePayload);
+    }
+
+    /// Bytes at the end of the payload that are a data block (what
+    /// [`FrameCrc::SkipDataBlock`] leaves out of the CRC).
+    fn data_block_bytes(&self) -> usize {
+        match self {
+            Packet::Data { payload, .. } | Packet::ResyncReply { payload, .. } => payload.len(),
+            _ => 0,
+        }
+    }
+
+    /// Appends the encoded packet to `out`, its CRC covering what `crc` says.
+    pub fn encode_framed(&self, out: &mut Vec<u8>, crc: FrameCrc) {
         let start = out.len();
         out.extend_from_slice(&MAGIC.to_be_bytes());
         out.extend_from_slice(&FRAME_VERSION.to_be_bytes());
@@ -265,7 +312,11 @@ impl Packet {
             "{} payload of {len} bytes too large",
             self.name()
         );
-        let crc = crc32c::crc32c(payload);
+        let covered = match crc {
+            FrameCrc::WholePayload => payload,
+            FrameCrc::SkipDataBlock => &payload[..payload.len() - self.data_block_bytes()],
+        };
+        let crc = crc32c::crc32c(covered);
         out[start + 8..start + 12].copy_from_slice(&len.to_be_bytes());
         out[start + 12..start + 16].copy_from_slice(&crc.to_be_bytes());
     }
@@ -412,11 +463,18 @@ impl Packet {
     }
 }
 
-/// Decodes one packet from the front of `buf`.
+/// Decodes one packet from the front of `buf`, its CRC over the whole payload.
 ///
 /// Returns `Ok(Some((packet, consumed)))`, `Ok(None)` if more bytes are needed,
 /// or `Err` if the bytes can never form a valid packet.
 pub fn decode(buf: &[u8]) -> Result<Option<(Packet, usize)>, WireError> {
+    decode_framed(buf, FrameCrc::WholePayload)
+}
+
+/// [`decode`] for a connection whose CRC coverage is `crc`. With
+/// [`FrameCrc::SkipDataBlock`] the payload is parsed before the CRC of its
+/// covered part is checked (the parser is safe on any bytes).
+pub fn decode_framed(buf: &[u8], crc: FrameCrc) -> Result<Option<(Packet, usize)>, WireError> {
     if buf.len() >= 4 {
         let magic = be_u32(&buf[0..4]);
         if magic != MAGIC {
@@ -443,9 +501,16 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Packet, usize)>, WireError> {
         return Ok(None);
     }
     let payload = &buf[HEADER_BYTES..total];
-    let actual = crc32c::crc32c(payload);
-    if actual != expected {
-        return Err(WireError::BadChecksum { expected, actual });
+    let check = |covered: &[u8]| {
+        let actual = crc32c::crc32c(covered);
+        if actual == expected {
+            Ok(())
+        } else {
+            Err(WireError::BadChecksum { expected, actual })
+        }
+    };
+    if crc == FrameCrc::WholePayload {
+        check(payload)?;
     }
     let mut r = Reader {
         buf: payload,
@@ -455,6 +520,9 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Packet, usize)>, WireError> {
     let packet = decode_payload(kind, &mut r)?;
     if r.pos != payload.len() {
         return Err(WireError::TrailingBytes(payload.len() - r.pos, name));
+    }
+    if crc == FrameCrc::SkipDataBlock {
+        check(&payload[..payload.len() - packet.data_block_bytes()])?;
     }
     Ok(Some((packet, total)))
 }

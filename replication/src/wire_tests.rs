@@ -152,6 +152,19 @@ proptest! {
         buf.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
         buf.extend_from_slice(&payload);
         let _ = decode(&buf);
+        // Without data integrity the payload is parsed before its CRC is checked.
+        let _ = decode_framed(&buf, FrameCrc::SkipDataBlock);
+        buf[12..16].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+        let _ = decode_framed(&buf, FrameCrc::SkipDataBlock);
+    }
+
+    #[test]
+    fn every_packet_round_trips_without_data_integrity(packet in arb_packet()) {
+        let mut bytes = Vec::new();
+        packet.encode_framed(&mut bytes, FrameCrc::SkipDataBlock);
+        let (decoded, consumed) = decode_framed(&bytes, FrameCrc::SkipDataBlock).unwrap().unwrap();
+        prop_assert_eq!(consumed, bytes.len());
+        prop_assert_eq!(decoded, packet);
     }
 
     #[test]
@@ -229,5 +242,78 @@ fn resource_name_longer_than_limit_is_rejected() {
             packet: "Hello",
             ..
         })
+    ));
+}
+
+fn data_packet() -> Packet {
+    Packet::Data {
+        seq: 9,
+        epoch: 3,
+        flags: DATA_FUA,
+        offset_bytes: 1 << 20,
+        len_bytes: 4096,
+        payload: (0..4096u32).map(|i| (i % 251) as u8).collect(),
+    }
+}
+
+#[test]
+fn data_integrity_is_on_when_either_side_announces_it() {
+    let on = FEATURE_DATA_INTEGRITY;
+    assert_eq!(FrameCrc::negotiated(0, 0), FrameCrc::SkipDataBlock);
+    assert_eq!(FrameCrc::negotiated(on, 0), FrameCrc::WholePayload);
+    assert_eq!(FrameCrc::negotiated(0, on), FrameCrc::WholePayload);
+    assert_eq!(
+        FrameCrc::negotiated(on | FEATURE_PROTOCOL_C, on),
+        FrameCrc::WholePayload
+    );
+}
+
+#[test]
+fn without_data_integrity_the_crc_skips_only_the_data_block() {
+    let mut buf = Vec::new();
+    data_packet().encode_framed(&mut buf, FrameCrc::SkipDataBlock);
+    let (back, used) = decode_framed(&buf, FrameCrc::SkipDataBlock)
+        .unwrap()
+        .unwrap();
+    assert_eq!((back, used), (data_packet(), buf.len()));
+
+    // A flipped data byte is not caught (TCP's checksum covers it, as in DRBD
+    // without data-integrity-alg), but the same frame fails a whole-payload check.
+    let mut flipped = buf.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    let (back, _) = decode_framed(&flipped, FrameCrc::SkipDataBlock)
+        .unwrap()
+        .unwrap();
+    assert_ne!(back, data_packet());
+    assert!(matches!(
+        decode_framed(&flipped, FrameCrc::WholePayload),
+        Err(WireError::BadChecksum { .. })
+    ));
+
+    // Every field outside the data block stays covered: the offset here.
+    let mut moved = buf.clone();
+    moved[HEADER_BYTES + 16] ^= 0x10;
+    assert!(matches!(
+        decode_framed(&moved, FrameCrc::SkipDataBlock),
+        Err(WireError::BadChecksum { .. })
+    ));
+
+    // Packets without a data block are framed identically in both modes.
+    let mut ack = Vec::new();
+    Packet::WriteAck { seq: 5 }.encode_framed(&mut ack, FrameCrc::SkipDataBlock);
+    assert_eq!(ack, Packet::WriteAck { seq: 5 }.encode());
+}
+
+#[test]
+fn with_data_integrity_a_flipped_data_byte_is_refused() {
+    let mut buf = Vec::new();
+    data_packet().encode_framed(&mut buf, FrameCrc::WholePayload);
+    assert_eq!(buf, data_packet().encode());
+    let last = buf.len() - 1;
+    buf[last] ^= 0x80;
+    assert!(matches!(
+        decode_framed(&buf, FrameCrc::WholePayload),
+        Err(WireError::BadChecksum { .. })
     ));
 }

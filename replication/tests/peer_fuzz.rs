@@ -156,7 +156,9 @@ fn random_packets_from_an_established_peer_never_panic_or_write_out_of_bounds() 
                     .map(|_| u8::try_from(rng.next() % 256).unwrap())
                     .collect()
             } else {
-                random_packet(&mut rng).encode()
+                let mut out = Vec::new();
+                random_packet(&mut rng).encode_framed(&mut out, p.nodes[1].peer.frame_crc());
+                out
             };
             let actions = p.nodes[1].peer.handle(Event::BytesReceived {
                 now_ms: p.now_ms,

@@ -8,7 +8,8 @@
 //! split-brain detection with and without automatic recovery; that an
 //! Outdated node of the same generation as an UpToDate peer becomes UpToDate;
 //! that two Inconsistent nodes stay connected without a resync; and that a
-//! connected Secondary follows a new data generation of its Primary.
+//! connected Secondary follows a new data generation of its Primary; and
+//! that `data-integrity-alg` on either side extends the frame CRC both ways.
 
 mod common;
 
@@ -17,7 +18,7 @@ use drbdd_replication::ack::{PeerOutcome, Protocol};
 use drbdd_replication::generation::{AfterSb0Pri, SbPolicy, SyncDecision};
 use drbdd_replication::peer::Event;
 use drbdd_replication::state::{ConnState, DiskState, ReplState, Role};
-use drbdd_replication::wire::Packet;
+use drbdd_replication::wire::{FrameCrc, Packet, FEATURE_DATA_INTEGRITY};
 
 fn pair(protocol: Protocol, secret_a: Option<&str>, secret_b: Option<&str>) -> Pair {
     let a = Node::new(
@@ -106,6 +107,43 @@ fn protocol_c_write_completes_only_after_peer_write_ack() {
     p.run();
     assert_eq!(p.nodes[0].completed(1), Some(PeerOutcome::Acked));
     assert_eq!(p.nodes[1].block(3), p.nodes[0].block(3));
+}
+
+#[test]
+fn data_integrity_alg_on_either_side_checksums_data_blocks_both_ways() {
+    let mut plain = pair(Protocol::C, None, None);
+    plain.connect();
+    assert_established(&plain);
+    for n in &plain.nodes {
+        assert_eq!(n.peer.frame_crc(), FrameCrc::SkipDataBlock);
+    }
+
+    let mut cfg_b = config(1, 0, None, Protocol::C);
+    cfg_b.handshake.features |= FEATURE_DATA_INTEGRITY;
+    let a = Node::new(
+        config(0, 1, None, Protocol::C),
+        Role::Primary,
+        DiskState::UpToDate,
+        gens(0x10),
+        disk(0),
+    );
+    let b = Node::new(
+        cfg_b,
+        Role::Secondary,
+        DiskState::UpToDate,
+        gens(0x10),
+        disk(0),
+    );
+    let mut p = Pair::new(a, b);
+    p.connect();
+    assert_established(&p);
+    for n in &p.nodes {
+        assert_eq!(n.peer.frame_crc(), FrameCrc::WholePayload);
+    }
+    p.app_write(0, 1, 2, 0x5A);
+    p.run();
+    assert_eq!(p.nodes[0].completed(1), Some(PeerOutcome::Acked));
+    assert_eq!(p.nodes[1].block(2), p.nodes[0].block(2));
 }
 
 #[test]

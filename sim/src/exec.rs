@@ -10,7 +10,7 @@ use drbdd_metadata::MetaError;
 use drbdd_replication::ack::PeerOutcome;
 use drbdd_replication::peer::{Action, Event, GiUpdate};
 use drbdd_replication::state::{ConnState, DiskState};
-use drbdd_replication::wire::{DATA_DISCARD, DATA_FUA, DATA_ZEROES};
+use drbdd_replication::wire::{FrameCrc, DATA_DISCARD, DATA_FUA, DATA_ZEROES};
 
 use crate::disk::{decode_blocks, encode_block, BLOCK_BYTES};
 use crate::node::slot_of;
@@ -69,8 +69,12 @@ impl World {
         let slot = slot_of(n, r);
         match action {
             Action::Send(p) => {
+                let crc = self.nodes[n]
+                    .peers
+                    .get(&r)
+                    .map_or(FrameCrc::WholePayload, |peer| peer.frame_crc());
                 let mut bytes = Vec::new();
-                p.encode_into(&mut bytes);
+                p.encode_framed(&mut bytes, crc);
                 self.send(n, r, bytes);
             }
             Action::CompleteWrite { id, outcome } => self.leg_done(n, r, id, outcome),

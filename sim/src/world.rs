@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use drbdd_replication::ack::Protocol;
 use drbdd_replication::peer::Event;
 use drbdd_replication::state::ConnState;
+use drbdd_replication::wire::FrameCrc;
 
 use crate::model::Model;
 use crate::node::Node;
@@ -398,7 +399,11 @@ impl World {
         self.max_sent_delivered = self.max_sent_delivered.max(sent);
         self.mix(sent);
         if self.cfg.trace {
-            if let Ok(Some((p, _))) = drbdd_replication::wire::decode(bytes) {
+            let crc = self.nodes[to]
+                .peers
+                .get(&from)
+                .map_or(FrameCrc::WholePayload, |peer| peer.frame_crc());
+            if let Ok(Some((p, _))) = drbdd_replication::wire::decode_framed(bytes, crc) {
                 let what = match &p {
                     drbdd_replication::wire::Packet::Data {
                         seq,

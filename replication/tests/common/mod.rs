@@ -149,7 +149,7 @@ impl Node {
             match action {
                 Action::Send(p) => {
                     if link_up {
-                        p.encode_into(wire_out);
+                        p.encode_framed(wire_out, self.peer.frame_crc());
                     }
                     self.sent.push(p);
                 }
