@@ -6,6 +6,8 @@
 //! talks to. Must never: know about replication, metadata or a transport.
 //! A frontend parses its wire format into a [`BlockRequest`], submits it to a
 //! [`BlockSession`], and replies when the completion callback runs (on any thread).
+//! A frontend that owns an io_uring may instead ask for a [`DirectRead`] and
+//! read the backing device itself (no thread hop), reporting back through it.
 
 mod buf;
 pub mod mem;
@@ -13,6 +15,7 @@ pub mod mem;
 pub use buf::AlignedBuf;
 
 use std::fmt::Debug;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 /// Logical block size every drbdd device reports, in bytes.
@@ -140,4 +143,141 @@ pub trait BlockSession: Send + Sync + Debug {
     /// `done` runs exactly once, possibly on another thread, possibly before
     /// `submit` returns.
     fn submit(&self, req: BlockRequest, buf: AlignedBuf, done: Completion);
+
+    /// Offers to let the frontend serve the read `req` itself from the local
+    /// backing device: `Some` when the target admitted it (the request then
+    /// counts as in flight in the target until [`DirectRead::finish`]), `None`
+    /// when the frontend must [`submit`](Self::submit) it as usual (not a
+    /// read, no local disk, refused, or the target has no direct path; a
+    /// refusal is then reported by `submit`).
+    ///
+    /// Contract for the frontend, on receiving `Some(dr)`:
+    /// * read `req.len_bytes` bytes from [`DirectRead::fd`] at
+    ///   [`DirectRead::offset_bytes`] into its buffer, looping over short reads;
+    ///   keep `dr` (it keeps the fd open) until the last read has completed;
+    /// * then call [`DirectRead::finish`] once, with the bytes read or the
+    ///   errno of the first failure, and complete the request with what it
+    ///   returns: the target applies its error policy exactly as for a
+    ///   submitted read (e.g. detaching a failed disk) and hands back the
+    ///   error to report;
+    /// * dropping `dr` without finishing (the frontend is torn down) tells the
+    ///   target the request was abandoned (`ECANCELED`, not a disk error); the
+    ///   frontend must then never touch the request's buffer again unless the
+    ///   read had completed.
+    ///
+    /// The default: no direct path.
+    fn direct_read(&self, req: &BlockRequest) -> Option<DirectRead> {
+        let _ = req;
+        None
+    }
+}
+
+/// Keeps the file a [`DirectRead`] reads from open.
+pub type FdHandle = Arc<dyn AsRawFd + Send + Sync>;
+
+/// Runs once with the outcome of a direct read: the bytes read, or a
+/// positive errno. Returns the result to complete the request with.
+pub type DirectFinish = Box<dyn FnOnce(Result<u32, i32>) -> Result<(), BlockError> + Send>;
+
+/// A read the frontend executes itself; see [`BlockSession::direct_read`].
+/// Its finish callback runs exactly once: through [`DirectRead::finish`], or
+/// with `Err(ECANCELED)` when it is dropped unfinished.
+pub struct DirectRead {
+    fd: FdHandle,
+    offset_bytes: u64,
+    finish: Option<DirectFinish>,
+}
+
+impl Debug for DirectRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectRead")
+            .field("fd", &self.fd.as_raw_fd())
+            .field("offset_bytes", &self.offset_bytes)
+            .field("finished", &self.finish.is_none())
+            .finish()
+    }
+}
+
+impl DirectRead {
+    /// A direct read of the file behind `fd` (opened with O_DIRECT by the
+    /// target) at `offset_bytes`; `finish` retires it in the target.
+    pub fn new(fd: FdHandle, offset_bytes: u64, finish: DirectFinish) -> Self {
+        DirectRead {
+            fd,
+            offset_bytes,
+            finish: Some(finish),
+        }
+    }
+
+    /// The descriptor to read from; open as long as `self` lives.
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// The handle that keeps [`DirectRead::fd`] open (for wrappers).
+    pub fn fd_handle(&self) -> &FdHandle {
+        &self.fd
+    }
+
+    /// Where the request's data starts in that file.
+    pub fn offset_bytes(&self) -> u64 {
+        self.offset_bytes
+    }
+
+    /// Reports the outcome (bytes read, or a positive errno) and returns
+    /// what to complete the request with.
+    pub fn finish(mut self, outcome: Result<u32, i32>) -> Result<(), BlockError> {
+        let finish = self.finish.take().expect("a direct read finishes once");
+        finish(outcome)
+    }
+}
+
+impl Drop for DirectRead {
+    fn drop(&mut self) {
+        if let Some(finish) = self.finish.take() {
+            let _ = finish(Err(libc::ECANCELED));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn recording(log: &Arc<Mutex<Vec<Result<u32, i32>>>>) -> DirectRead {
+        let log = Arc::clone(log);
+        let fd: FdHandle = Arc::new(std::io::stdin());
+        DirectRead::new(
+            fd,
+            4096,
+            Box::new(move |outcome| {
+                log.lock().unwrap().push(outcome);
+                outcome.map(|_| ()).map_err(|_| BlockError::Io)
+            }),
+        )
+    }
+
+    #[test]
+    fn a_direct_read_finishes_exactly_once_and_a_dropped_one_is_cancelled() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let dr = recording(&log);
+        assert_eq!(dr.offset_bytes(), 4096);
+        assert_eq!(dr.finish(Ok(512)), Ok(()));
+        drop(recording(&log));
+        assert_eq!(*log.lock().unwrap(), vec![Ok(512), Err(libc::ECANCELED)]);
+    }
+
+    #[test]
+    fn sessions_have_no_direct_path_unless_they_offer_one() {
+        let target = mem::MemTarget::new(1 << 20);
+        let s = target.open("t", true).unwrap();
+        let read = BlockRequest {
+            op: BlockOp::Read,
+            offset_bytes: 0,
+            len_bytes: 512,
+            fua: false,
+        };
+        assert!(s.direct_read(&read).is_none());
+    }
 }

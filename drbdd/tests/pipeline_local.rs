@@ -2,14 +2,18 @@
 //! O_DIRECT files under /tmp: requests go through a `BlockSession`, data is
 //! checked by reading the backing file, metadata effects (activity log,
 //! bitmaps, crash flags) are checked on a recording `PipelineMeta` double.
-//! Every data test runs on both engines (io_uring and sync).
+//! Every data test runs on both engines (io_uring and sync). Direct reads
+//! (the ublk frontend reading the backing fd on its own ring) are emulated
+//! with a plain `pread` on the fd the pipeline hands out.
 
 use drbdd::backing::EngineKind;
 use drbdd::pipeline::{
     recover_after_crash, AlError, OnIoError, Pipeline, PipelineConfig, PipelineEvent, PipelineMeta,
     AL_EXTENT_BYTES,
 };
-use drbdd_blockio::{AlignedBuf, BlockError, BlockOp, BlockRequest, BlockSession, BlockTarget};
+use drbdd_blockio::{
+    AlignedBuf, BlockError, BlockOp, BlockRequest, BlockSession, BlockTarget, DirectRead,
+};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -1057,4 +1061,137 @@ fn write_completes_only_after_every_leg_including_peers() {
         vec![2],
         "lost peer's slot marks the write"
     );
+}
+
+/// What a frontend does with a [`DirectRead`]: one `pread` of the fd into an
+/// O_DIRECT-aligned buffer. Returns the outcome to finish with and the data.
+fn pread_direct(dr: &DirectRead, len: u32) -> (Result<u32, i32>, AlignedBuf) {
+    let mut buf = AlignedBuf::zeroed(usize::try_from(len).expect("len"));
+    let offset = libc::off_t::try_from(dr.offset_bytes()).expect("offset");
+    // SAFETY: `buf` is a live, writable allocation of `buf.len()` bytes for
+    // the whole call; `dr` keeps the fd open.
+    let n = unsafe { libc::pread(dr.fd(), buf.as_mut_ptr().cast(), buf.len(), offset) };
+    let outcome = u32::try_from(n).map_err(|_| {
+        std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    });
+    (outcome, buf)
+}
+
+#[test]
+fn direct_read_returns_written_bytes_and_is_in_flight_until_finished() {
+    for engine in engines() {
+        let fx = fixture(engine, |_, _| {});
+        let s = fx.pipeline.open("ublk /dev/ublkb0", true).expect("open");
+        let data = pattern(7, 8192);
+        write(&s, 1 << 20, &data).expect("write");
+        let dr = s
+            .direct_read(&req(BlockOp::Read, 1 << 20, 8192))
+            .expect("a Primary with a healthy disk reads directly");
+        assert_eq!(dr.offset_bytes(), 1 << 20, "data area starts at 0");
+        assert_eq!(fx.pipeline.in_flight(), 1, "admitted like a submitted read");
+        let (outcome, buf) = pread_direct(&dr, 8192);
+        assert_eq!(outcome, Ok(8192));
+        assert_eq!(buf.as_slice(), data.as_slice(), "{engine:?}");
+        assert_eq!(dr.finish(outcome), Ok(()));
+        assert_eq!(fx.pipeline.in_flight(), 0, "finish retires the read");
+        assert!(!fx.pipeline.disk_failed());
+    }
+}
+
+#[test]
+fn direct_read_is_refused_unless_a_primary_reads_a_healthy_disk() {
+    let fx = fixture(EngineKind::UringOrSync, |_, _| {});
+    let s = fx.pipeline.open("t", true).expect("open");
+    let read_4k = req(BlockOp::Read, 0, 4096);
+    assert!(s.direct_read(&req(BlockOp::Write, 0, 4096)).is_none());
+    assert!(s
+        .direct_read(&req(BlockOp::Read, DATA_BYTES, 4096))
+        .is_none());
+    fx.pipeline.set_role_allows_io(false);
+    assert!(s.direct_read(&read_4k).is_none(), "Secondary");
+    fx.pipeline.set_role_allows_io(true);
+    fx.pipeline.faults().set_fail_reads(true);
+    assert!(
+        s.direct_read(&read_4k).is_none(),
+        "injected read faults take the engine path"
+    );
+    fx.pipeline.faults().set_fail_reads(false);
+    assert_eq!(fx.pipeline.in_flight(), 0, "refusals admit nothing");
+    fx.pipeline.shutdown().expect("shutdown");
+    assert!(s.direct_read(&read_4k).is_none(), "stopping");
+}
+
+#[test]
+fn shutdown_waits_for_an_unfinished_direct_read() {
+    let fx = fixture(EngineKind::UringOrSync, |_, _| {});
+    let s = fx.pipeline.open("t", true).expect("open");
+    let dr = s.direct_read(&req(BlockOp::Read, 0, 4096)).expect("direct");
+    let pipeline = Arc::clone(&fx.pipeline);
+    let (tx, rx) = mpsc::channel();
+    let stopper = std::thread::spawn(move || {
+        let r = pipeline.shutdown();
+        tx.send(()).expect("test alive");
+        r
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "shutdown returned with a direct read in flight"
+    );
+    let (outcome, _) = pread_direct(&dr, 4096);
+    assert_eq!(dr.finish(outcome), Ok(()));
+    rx.recv_timeout(WAIT).expect("shutdown drains after finish");
+    stopper.join().expect("join").expect("shutdown ok");
+}
+
+#[test]
+fn dropping_an_unfinished_direct_read_retires_it_without_failing_the_disk() {
+    let fx = fixture(EngineKind::UringOrSync, |_, _| {});
+    let s = fx.pipeline.open("t", true).expect("open");
+    let dr = s.direct_read(&req(BlockOp::Read, 0, 4096)).expect("direct");
+    assert_eq!(fx.pipeline.in_flight(), 1);
+    drop(dr);
+    assert_eq!(fx.pipeline.in_flight(), 0);
+    assert!(!fx.pipeline.disk_failed());
+    assert!(fx.events.lock().expect("events").is_empty());
+}
+
+#[test]
+fn failed_direct_read_follows_on_io_error_like_a_submitted_read() {
+    let fx = fixture(EngineKind::UringOrSync, |c, _| {
+        c.on_io_error = OnIoError::Detach
+    });
+    let s = fx.pipeline.open("t", true).expect("open");
+    let dr = s
+        .direct_read(&req(BlockOp::Read, 4096, 4096))
+        .expect("direct");
+    assert_eq!(dr.finish(Err(libc::EIO)), Err(BlockError::Io));
+    assert!(fx.pipeline.disk_failed());
+    assert_eq!(fx.pipeline.in_flight(), 0);
+    assert!(
+        s.direct_read(&req(BlockOp::Read, 0, 4096)).is_none(),
+        "a detached disk is not read directly"
+    );
+    let ev = fx.events.lock().expect("events").clone();
+    assert!(
+        matches!(
+            ev.as_slice(),
+            [PipelineEvent::DiskFailed {
+                policy: OnIoError::Detach,
+                op: BlockOp::Read,
+                offset_bytes: 4096,
+                ..
+            }]
+        ),
+        "{ev:?}"
+    );
+    let pass_on = fixture(EngineKind::UringOrSync, |c, _| {
+        c.on_io_error = OnIoError::PassOn
+    });
+    let s = pass_on.pipeline.open("t", true).expect("open");
+    let dr = s.direct_read(&req(BlockOp::Read, 0, 4096)).expect("direct");
+    assert_eq!(dr.finish(Ok(512)), Err(BlockError::Io), "short read");
+    assert!(!pass_on.pipeline.disk_failed(), "pass_on keeps the disk");
+    assert!(s.direct_read(&req(BlockOp::Read, 0, 4096)).is_some());
 }

@@ -3,7 +3,9 @@
 //! positional system calls.
 //!
 //! Owns: the one O_DIRECT file descriptor of a resource's backing device and
-//! the engine that executes [`BackingOp`]s on it. Must never: validate block
+//! the engine that executes [`BackingOp`]s on it (the descriptor is also lent,
+//! through [`Backing::file_handle`], to reads a frontend executes on its own
+//! io_uring; see the pipeline's direct reads). Must never: validate block
 //! requests against the exported device size (the pipeline does that before an
 //! op gets here), reorder anything on purpose, or know about metadata, the
 //! activity log or peers.
@@ -165,6 +167,12 @@ impl BackingFile {
     }
 }
 
+impl AsRawFd for BackingFile {
+    fn as_raw_fd(&self) -> std::os::unix::io::RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
 /// Reads `queue/write_zeroes_max_bytes` of block device `rdev` from sysfs; an
 /// unreadable value counts as "no" (discard is then not advertised, which is
 /// always safe).
@@ -223,6 +231,11 @@ impl FaultInjection {
     /// Ops parked by `set_hold_writes`.
     pub fn held_count(&self) -> usize {
         self.parked.lock().expect("parked ops lock").len()
+    }
+
+    /// Whether reads are set to fail (direct reads then take the engine path).
+    pub fn fails_reads(&self) -> bool {
+        self.fail_reads.load(Ordering::SeqCst)
     }
 
     fn should_fail(&self, op: &BackingOp) -> bool {
@@ -330,6 +343,12 @@ impl Backing {
         &self.file
     }
 
+    /// The shared handle of the backing file (keeps the fd open for readers
+    /// outside the engine, see the pipeline's direct reads).
+    pub fn file_handle(&self) -> &Arc<BackingFile> {
+        &self.file
+    }
+
     /// The fault-injection hook (tests).
     pub fn faults(&self) -> &Arc<FaultInjection> {
         &self.faults
@@ -430,11 +449,13 @@ fn zero_range(
 /// The last resort of [`zero_range`]: writes zeroes 1 MiB at a time.
 fn write_zero_blocks(file: &BackingFile, offset_bytes: u64, len_bytes: u64) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
-    const CHUNK: u64 = 1 << 20;
-    let zeroes = AlignedBuf::zeroed(CHUNK.min(len_bytes) as usize);
+    const CHUNK: usize = 1 << 20;
+    // Both fit: at most CHUNK.
+    let chunk_of = |left: u64| usize::try_from(left).map_or(CHUNK, |l| l.min(CHUNK));
+    let zeroes = AlignedBuf::zeroed(chunk_of(len_bytes));
     let mut done = 0;
     while done < len_bytes {
-        let n = (len_bytes - done).min(CHUNK) as usize;
+        let n = chunk_of(len_bytes - done);
         file.file
             .write_all_at(&zeroes.as_slice()[..n], offset_bytes + done)?;
         done += n as u64;

@@ -19,7 +19,8 @@ use crate::pipeline::{
     self, AlError, OnIoError, Pipeline, PipelineConfig, PipelineEvent, PipelineMeta,
 };
 use drbdd_blockio::{
-    AlignedBuf, BlockError, BlockOp, BlockRequest, BlockSession, BlockTarget, Completion, Geometry,
+    AlignedBuf, BlockError, BlockOp, BlockRequest, BlockSession, BlockTarget, Completion,
+    DirectRead, Geometry,
 };
 use drbdd_config::{Node, Resource};
 use drbdd_metadata::{MetaError, MetaStore};
@@ -640,6 +641,29 @@ impl BlockSession for TrackedSession {
                 done(result);
             }),
         );
+    }
+
+    /// The pipeline's direct read, counted like a submitted read when it
+    /// finishes (the wrapper's finish runs exactly once, like the inner one).
+    fn direct_read(&self, req: &BlockRequest) -> Option<DirectRead> {
+        let inner = self.inner.as_ref()?.direct_read(req)?;
+        let counters = Arc::clone(&self.counters);
+        counters.upper_pending.fetch_add(1, Ordering::Relaxed);
+        let (fd, offset_bytes) = (Arc::clone(inner.fd_handle()), inner.offset_bytes());
+        Some(DirectRead::new(
+            fd,
+            offset_bytes,
+            Box::new(move |outcome| {
+                let result = inner.finish(outcome);
+                if let (Ok(()), Ok(n)) = (&result, outcome) {
+                    counters
+                        .read_bytes
+                        .fetch_add(u64::from(n), Ordering::Relaxed);
+                }
+                counters.upper_pending.fetch_sub(1, Ordering::Relaxed);
+                result
+            }),
+        ))
     }
 }
 

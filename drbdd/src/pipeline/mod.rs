@@ -11,6 +11,14 @@
 //! the engine thread. Both take the short `state` lock; metadata work happens
 //! under the metadata lock only (never both at once, state first if ever).
 //!
+//! Direct reads: a frontend with its own io_uring (ublk) may read the backing
+//! device itself ([`BlockSession::direct_read`]); the pipeline admits the read
+//! like any other (role, disk health, stopping), counts it in flight until the
+//! frontend finishes it, and applies the on-io-error policy to its failure.
+//! Such a read never waits for the in-flight bound: only the frontend's thread
+//! can retire it, so waiting there could wait for itself; the frontend's tag
+//! count bounds it instead.
+//!
 //! Replication: a write carries a set of [`Leg`]s, always [`Leg::LocalDisk`];
 //! a [`Replicator`] (plugged in with [`Pipeline::set_replicator`]) adds a
 //! [`Leg::Peer`] per peer its protocol waits for, before the local write is
@@ -29,8 +37,8 @@ pub use write::{Leg, LegHandle, LegOutcome, PeerFlushDone, ReplicatedWrite, Repl
 
 use crate::backing::{Backing, BackingOp, EngineKind, FaultInjection};
 use drbdd_blockio::{
-    AlignedBuf, BlockError, BlockOp, BlockRequest, BlockSession, BlockTarget, Completion, Geometry,
-    LOGICAL_BLOCK_BYTES, PHYSICAL_BLOCK_BYTES,
+    AlignedBuf, BlockError, BlockOp, BlockRequest, BlockSession, BlockTarget, Completion,
+    DirectRead, FdHandle, Geometry, LOGICAL_BLOCK_BYTES, PHYSICAL_BLOCK_BYTES,
 };
 use order::{Seq, WriteOrder};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -146,8 +154,10 @@ struct State {
     next_seq: Seq,
     disk: DiskHealth,
     stopping: bool,
-    /// Requests admitted and not yet completed upward (all ops).
+    /// Requests admitted and not yet completed upward (all ops, direct reads too).
     in_flight: usize,
+    /// The part of `in_flight` that is direct reads (not held to the bound).
+    direct_reads: usize,
     /// Threads waiting on `drained` (a notify is a futex call even without
     /// a waiter, and `retire` runs once per request).
     drain_waiters: usize,
@@ -248,6 +258,7 @@ impl Pipeline {
                 disk: DiskHealth::Attached,
                 stopping: false,
                 in_flight: 0,
+                direct_reads: 0,
                 drain_waiters: 0,
                 order: WriteOrder::default(),
                 held: HashMap::new(),
@@ -392,7 +403,7 @@ impl Pipeline {
             if st.disk == DiskHealth::Failed {
                 return Err(BlockError::Io);
             }
-            if st.in_flight < self.max_requests {
+            if st.in_flight - st.direct_reads < self.max_requests {
                 break;
             }
             st = self.wait_drained(st);
@@ -401,6 +412,63 @@ impl Pipeline {
         let seq = st.next_seq;
         st.next_seq += 1;
         Ok(seq)
+    }
+
+    /// Admission of a direct read: like [`Pipeline::admit`] but never waits
+    /// (see the module doc); `None` when the read must take the submit path,
+    /// which reports the refusal.
+    fn admit_direct(&self, req: &BlockRequest) -> Option<()> {
+        if req.op != BlockOp::Read || self.backing.faults().fails_reads() {
+            return None;
+        }
+        req.validate(self.geometry.size_bytes, self.geometry.max_io_bytes)
+            .ok()?;
+        let mut st = self.lock_state();
+        if st.stopping || !st.role_allows_io || st.disk == DiskHealth::Failed {
+            return None;
+        }
+        st.in_flight += 1;
+        st.direct_reads += 1;
+        Some(())
+    }
+
+    /// Serves [`BlockSession::direct_read`]: the frontend reads the backing
+    /// file itself; the returned handle keeps it open.
+    fn direct_read(&self, req: &BlockRequest) -> Option<DirectRead> {
+        self.admit_direct(req)?;
+        let (me, req) = (self.arc(), *req);
+        let fd: FdHandle = Arc::clone(self.backing.file_handle()) as FdHandle;
+        Some(DirectRead::new(
+            fd,
+            req.offset_bytes,
+            Box::new(move |outcome| {
+                let result = match outcome {
+                    Ok(n) if n == req.len_bytes => Ok(()),
+                    Ok(n) => {
+                        let short = format!("short read: {n} of {} bytes", req.len_bytes);
+                        Err(me.local_io_failed(&req, &std::io::Error::other(short)))
+                    }
+                    // Abandoned by the frontend (torn down): not a disk error.
+                    Err(libc::ECANCELED) => Err(BlockError::ShuttingDown),
+                    Err(errno) => {
+                        let e = std::io::Error::from_raw_os_error(errno);
+                        Err(me.local_io_failed(&req, &e))
+                    }
+                };
+                me.retire_direct();
+                result
+            }),
+        ))
+    }
+
+    /// A direct read admitted by [`Pipeline::admit_direct`] finished.
+    fn retire_direct(&self) {
+        let mut st = self.lock_state();
+        st.direct_reads = st
+            .direct_reads
+            .checked_sub(1)
+            .expect("retiring more direct reads than admitted");
+        self.retire_locked(st);
     }
 
     /// Waits for the next `retire` (the caller re-checks its condition).
@@ -413,7 +481,10 @@ impl Pipeline {
 
     /// A request admitted by [`Pipeline::admit`] finished upward.
     fn retire(&self) {
-        let mut st = self.lock_state();
+        self.retire_locked(self.lock_state());
+    }
+
+    fn retire_locked(&self, mut st: MutexGuard<'_, State>) {
         st.in_flight = st
             .in_flight
             .checked_sub(1)
@@ -624,6 +695,10 @@ struct PipelineSession {
 impl BlockSession for PipelineSession {
     fn submit(&self, req: BlockRequest, buf: AlignedBuf, done: Completion) {
         self.pipeline.submit(self.writable, req, buf, done);
+    }
+
+    fn direct_read(&self, req: &BlockRequest) -> Option<DirectRead> {
+        self.pipeline.direct_read(req)
     }
 }
 
