@@ -1,6 +1,7 @@
 //! Serves a file or block device as `/dev/ublkb<minor>` through the drbdd ublk
 //! frontend, with a simple O_DIRECT, thread-pool `BlockTarget` (completions run
-//! on pool threads, as in the daemon). Used by the VM test (tests/vm/run.sh)
+//! on pool threads, as in the daemon); reads are offered as direct reads (the
+//! queue thread reads the file on its own io_uring) unless `--no-direct-reads`. Used by the VM test (tests/vm/run.sh)
 //! until the daemon wires the ublk frontend in.
 //!
 //! Runs in the foreground; SIGTERM/SIGINT stop and delete the device. After a
@@ -9,7 +10,8 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use drbdd_blockio::{
-    AlignedBuf, BlockError, BlockOp, BlockRequest, BlockSession, BlockTarget, Completion, Geometry,
+    AlignedBuf, BlockError, BlockOp, BlockRequest, BlockSession, BlockTarget, Completion,
+    DirectRead, FdHandle, Geometry,
 };
 use drbdd_ublk::{UblkConfig, UblkDevice};
 use std::fs::{File, OpenOptions};
@@ -51,6 +53,9 @@ struct Args {
     /// Delay every write by this much (simulates waiting for a peer's ack).
     #[arg(long, default_value_t = 0)]
     write_delay_ms: u64,
+    /// Send reads through the worker pool too (no direct reads).
+    #[arg(long)]
+    no_direct_reads: bool,
 }
 
 type Job = (BlockRequest, AlignedBuf, Completion);
@@ -60,16 +65,24 @@ type Job = (BlockRequest, AlignedBuf, Completion);
 struct FileTarget {
     geometry: Geometry,
     jobs: Mutex<Sender<Job>>,
+    /// The file direct reads use; `None` with `--no-direct-reads`.
+    direct: Option<Arc<File>>,
 }
 
 #[derive(Debug)]
 struct FileSession {
     geometry: Geometry,
     jobs: Sender<Job>,
+    direct: Option<Arc<File>>,
 }
 
 impl FileTarget {
-    fn open(path: &PathBuf, workers: usize, write_delay: Duration) -> Result<Self> {
+    fn open(
+        path: &PathBuf,
+        workers: usize,
+        write_delay: Duration,
+        direct_reads: bool,
+    ) -> Result<Self> {
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -99,6 +112,7 @@ impl FileTarget {
         Ok(FileTarget {
             geometry,
             jobs: Mutex::new(tx),
+            direct: direct_reads.then_some(file),
         })
     }
 }
@@ -181,6 +195,7 @@ impl BlockTarget for FileTarget {
         Ok(Arc::new(FileSession {
             geometry: self.geometry,
             jobs,
+            direct: self.direct.clone(),
         }))
     }
 }
@@ -194,6 +209,30 @@ impl BlockSession for FileSession {
             let (_, _, done) = returned.0;
             done(Err(BlockError::ShuttingDown));
         }
+    }
+
+    fn direct_read(&self, req: &BlockRequest) -> Option<DirectRead> {
+        let file = self.direct.as_ref()?;
+        if req.op != BlockOp::Read
+            || req
+                .validate(self.geometry.size_bytes, self.geometry.max_io_bytes)
+                .is_err()
+        {
+            return None;
+        }
+        let (fd, len) = (Arc::clone(file) as FdHandle, req.len_bytes);
+        Some(DirectRead::new(
+            fd,
+            req.offset_bytes,
+            Box::new(move |outcome| match outcome {
+                Ok(n) if n == len => Ok(()),
+                Err(libc::ECANCELED) => Err(BlockError::ShuttingDown),
+                other => {
+                    eprintln!("ublk-serve: direct read of {len} bytes failed: {other:?}");
+                    Err(BlockError::Io)
+                }
+            }),
+        ))
     }
 }
 
@@ -239,6 +278,7 @@ fn main() -> Result<()> {
         &file,
         args.workers,
         Duration::from_millis(args.write_delay_ms),
+        !args.no_direct_reads,
     )?;
     let config = UblkConfig {
         queues: args.queues,

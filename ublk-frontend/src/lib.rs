@@ -12,10 +12,13 @@
 //! one thread per hardware queue. Every tag of a queue is an async task on that
 //! queue's local executor; a request is submitted to the target and the task sleeps
 //! until the completion callback (any thread) wakes it through the queue's eventfd
-//! doorbell, which is polled from the queue's own io_uring.
+//! doorbell, which is polled from the queue's own io_uring. A read the target
+//! offers as a direct read is instead issued on that same io_uring by the task
+//! itself (no thread hop).
 
 mod admin;
 mod device;
+mod direct;
 mod error;
 mod ops;
 mod params;

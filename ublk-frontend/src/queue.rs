@@ -4,7 +4,8 @@
 //! keeps an io_uring poll armed on the queue's eventfd. Must never: wait for the
 //! target synchronously (every tag is its own task), or outlive its `UblkQueue`
 //! with an io_uring operation that points into freed memory (the doorbell poll
-//! carries no buffer).
+//! carries no buffer; a direct read's tag buffer is leaked, not freed, when its
+//! task is dropped mid-read, see `direct.rs`).
 
 use crate::ops::IoDesc;
 use crate::wake::{serve_request, Doorbell, RequestContext};

@@ -3,8 +3,9 @@
 //! that wakes the queue thread out of its io_uring wait.
 //!
 //! Owns: [`Doorbell`], [`Slot`], and [`serve_request`] (one request from ublk
-//! descriptor to commit result). Must never: block the queue thread while the
-//! target works on a request, or lose a wakeup.
+//! descriptor to commit result; a read the target offers as a direct read is
+//! served on the queue's ring instead, see `direct.rs`). Must never: block the
+//! queue thread while the target works on a request, or lose a wakeup.
 //!
 //! Wakeup protocol: the callback stores the outcome, wakes the task's waker
 //! (which queues the task on the queue's executor) and only then rings the
@@ -12,6 +13,7 @@
 //! reap it runs the executor until nothing is runnable, so a task woken before a
 //! doorbell ring that the queue thread already drained still runs in that pass.
 
+use crate::direct::{serve_direct_read, RingSubmit};
 use crate::ops::{commit_result, decode, IoDesc};
 use drbdd_blockio::{AlignedBuf, BlockError, BlockOp, BlockSession};
 use rustix::event::{eventfd, EventfdFlags};
@@ -129,6 +131,8 @@ pub(crate) struct RequestContext {
     pub(crate) session: Arc<dyn BlockSession>,
     pub(crate) size_bytes: u64,
     pub(crate) max_io_bytes: u32,
+    /// Where direct reads are submitted: the queue's io_uring.
+    pub(crate) ring: RingSubmit,
 }
 
 /// Serves one ublk request: decodes it, lends the tag's buffer `tag_buf` to
@@ -153,11 +157,20 @@ pub(crate) async fn serve_request(
         Err(e) => return (commit_result_err(&e), tag_buf),
     };
     let len = usize::try_from(req.len_bytes).unwrap_or(usize::MAX);
-    let (data, kept) = match req.op {
-        BlockOp::Read | BlockOp::Write if len > cap => {
-            let e = BlockError::InvalidArgument("request larger than the tag buffer");
-            return (commit_result_err(&e), tag_buf);
+    if matches!(req.op, BlockOp::Read | BlockOp::Write) && len > cap {
+        let e = BlockError::InvalidArgument("request larger than the tag buffer");
+        return (commit_result_err(&e), tag_buf);
+    }
+    if req.op == BlockOp::Read {
+        if let Some(dr) = ctx.session.direct_read(&req) {
+            match serve_direct_read(ctx.ring, &req, dr, tag_buf).await {
+                Ok(done) => return done,
+                // Abandoned before the kernel read anything: the usual path.
+                Err(buf) => tag_buf = buf,
+            }
         }
+    }
+    let (data, kept) = match req.op {
         BlockOp::Read | BlockOp::Write => {
             tag_buf.set_len(len);
             (tag_buf, None)
@@ -236,6 +249,7 @@ mod tests {
             session,
             size_bytes: 1 << 20,
             max_io_bytes: 64 << 10,
+            ring: crate::direct::ublk_ring,
         }
     }
 
