@@ -8,7 +8,7 @@
 //! target for each request (`set_len` to the request's length, back to the
 //! capacity for the next one) instead of allocating and copying per request.
 
-use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::alloc::{alloc, alloc_zeroed, dealloc, Layout};
 use std::fmt;
 use std::ptr::NonNull;
 
@@ -70,9 +70,21 @@ impl AlignedBuf {
 
     /// An aligned copy of `data`.
     pub fn from_slice(data: &[u8]) -> Self {
-        let mut buf = Self::zeroed(data.len());
-        buf.as_mut_slice().copy_from_slice(data);
-        buf
+        if data.is_empty() {
+            return Self::empty();
+        }
+        let layout = Self::layout(data.len());
+        // SAFETY: layout has non-zero size and a valid power-of-two alignment.
+        let raw = unsafe { alloc(layout) };
+        let ptr = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        // SAFETY: `ptr` is a fresh allocation of `data.len()` bytes that cannot
+        // overlap `data`; the copy initialises every byte before anyone reads.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), ptr.as_ptr(), data.len()) };
+        AlignedBuf {
+            ptr,
+            len: data.len(),
+            cap: data.len(),
+        }
     }
 
     pub fn empty() -> Self {

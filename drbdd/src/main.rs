@@ -45,6 +45,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let node_name = args.node.unwrap_or_else(drbdd_config::local_hostname);
+    process::tune_allocator();
     // Must run while the process has one thread (ublk: see daemon/ublk.rs).
     if actor::enter_namespace_if_needed(&args.config_dir, &node_name) {
         tracing::info!("serving ublk devices: running in a private mount namespace");

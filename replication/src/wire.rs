@@ -463,6 +463,30 @@ impl Packet {
     }
 }
 
+/// How long the frame at the front of `buf` is, from its header alone (for a
+/// transport that reads whole frames; [`decode`] still checks everything).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameSize {
+    /// Fewer than [`HEADER_BYTES`] bytes.
+    Incomplete,
+    /// Header plus payload bytes.
+    Bytes(usize),
+    /// Not a frame (bad magic or an oversized length): decoding will refuse it.
+    Invalid,
+}
+
+/// The size of the frame starting at `buf[0]`.
+pub fn frame_size(buf: &[u8]) -> FrameSize {
+    if buf.len() < HEADER_BYTES {
+        return FrameSize::Incomplete;
+    }
+    let len = be_u32(&buf[8..12]);
+    if be_u32(&buf[0..4]) != MAGIC || len > MAX_PAYLOAD_BYTES {
+        return FrameSize::Invalid;
+    }
+    usize::try_from(len).map_or(FrameSize::Invalid, |n| FrameSize::Bytes(HEADER_BYTES + n))
+}
+
 /// Decodes one packet from the front of `buf`, its CRC over the whole payload.
 ///
 /// Returns `Ok(Some((packet, consumed)))`, `Ok(None)` if more bytes are needed,

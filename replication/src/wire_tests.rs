@@ -317,3 +317,23 @@ fn with_data_integrity_a_flipped_data_byte_is_refused() {
         Err(WireError::BadChecksum { .. })
     ));
 }
+
+#[test]
+fn frame_size_reads_the_length_from_the_header_alone() {
+    let bytes = data_packet().encode();
+    assert_eq!(
+        frame_size(&bytes[..HEADER_BYTES - 1]),
+        FrameSize::Incomplete
+    );
+    assert_eq!(
+        frame_size(&bytes[..HEADER_BYTES]),
+        FrameSize::Bytes(bytes.len())
+    );
+    assert_eq!(frame_size(&bytes), FrameSize::Bytes(bytes.len()));
+    let mut bad = bytes.clone();
+    bad[0] ^= 1;
+    assert_eq!(frame_size(&bad), FrameSize::Invalid);
+    let mut huge = bytes;
+    huge[8..12].copy_from_slice(&(MAX_PAYLOAD_BYTES + 1).to_be_bytes());
+    assert_eq!(frame_size(&huge), FrameSize::Invalid);
+}

@@ -18,7 +18,14 @@
 //! A dialer first sends an 8-byte preamble (magic, version, from and to node
 //! id) so a listener serving several peers on one address knows which peer
 //! is calling; anything else is closed without reaching the actor.
+//!
+//! Received bytes reach the actor cut at frame boundaries (`frames`), so a
+//! frame is never gathered from pieces by copying; that reads the length
+//! field of the frame header and nothing else.
 
+mod frames;
+
+use frames::FrameReader;
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -38,7 +45,7 @@ const PREAMBLE_TIMEOUT_MS: u64 = 5_000;
 const MAX_PENDING_ADMITS: usize = 32;
 /// How often the accept loop checks for shutdown.
 const ACCEPT_POLL_MS: u64 = 50;
-/// Largest read from a socket at once.
+/// Largest read from a socket at once (a larger frame is read to its end).
 const READ_CHUNK_BYTES: usize = 256 * 1024;
 /// Most bytes the writer takes off its queue for one round of `writev`.
 const WRITE_BATCH_BYTES: usize = 1 << 20;
@@ -452,25 +459,29 @@ impl Drop for Conn {
     }
 }
 
-fn read_loop(mut stream: TcpStream, node_id: u8, conn_id: u64, sink: &NetSink, credit: &RxCredit) {
-    let mut buf = vec![0u8; READ_CHUNK_BYTES];
+fn read_loop(stream: TcpStream, node_id: u8, conn_id: u64, sink: &NetSink, credit: &RxCredit) {
+    let mut frames = FrameReader::new(READ_CHUNK_BYTES);
     let reason = loop {
-        match stream.read(&mut buf) {
+        let buf = frames.buf_for_read();
+        match rustix::io::read(&stream, rustix::buffer::spare_capacity(buf)) {
             Ok(0) => break "connection closed by peer".to_owned(),
-            Ok(n) => {
-                if !credit.reserve(n) {
+            Ok(_) => {
+                let Some(bytes) = frames.take_frames() else {
+                    continue;
+                };
+                if !credit.reserve(bytes.len()) {
                     return;
                 }
                 let delivered = sink(NetMsg::Bytes {
                     node_id,
                     conn_id,
-                    bytes: buf[..n].to_vec(),
+                    bytes,
                 });
                 if !delivered {
                     return;
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(rustix::io::Errno::INTR) => {}
             Err(e) => break format!("receive failed: {e}"),
         }
     };
