@@ -299,24 +299,59 @@ impl Packet {
     /// Appends the encoded packet to `out`, its CRC covering what `crc` says.
     pub fn encode_framed(&self, out: &mut Vec<u8>, crc: FrameCrc) {
         let start = out.len();
-        out.extend_from_slice(&MAGIC.to_be_bytes());
-        out.extend_from_slice(&FRAME_VERSION.to_be_bytes());
-        out.extend_from_slice(&self.type_code().to_be_bytes());
-        out.extend_from_slice(&[0u8; 8]); // length + crc, patched below
-        let payload_start = out.len();
+        push_header(out, self.type_code());
         self.encode_payload(out);
-        let payload = &out[payload_start..];
-        let len = u32::try_from(payload.len()).expect("payload length fits u32");
+        let payload_len = out.len() - start - HEADER_BYTES;
+        let covered_end = match crc {
+            FrameCrc::WholePayload => out.len(),
+            FrameCrc::SkipDataBlock => out.len() - self.data_block_bytes(),
+        };
+        let crc = crc32c::crc32c(&out[start + HEADER_BYTES..covered_end]);
+        self.patch_header(out, start, payload_len, crc);
+    }
+
+    /// Like [`Packet::encode_framed`], but a data block of at least
+    /// `min_bytes` (of `Data` or `ResyncReply`) is not copied: `out` gets
+    /// everything before it and the block is returned, to be sent right
+    /// after those bytes (the frame is their concatenation).
+    pub fn encode_framed_split(
+        mut self,
+        out: &mut Vec<u8>,
+        crc: FrameCrc,
+        min_bytes: usize,
+    ) -> Option<Vec<u8>> {
+        let block = match &mut self {
+            Packet::Data { payload, .. } | Packet::ResyncReply { payload, .. }
+                if payload.len() >= min_bytes =>
+            {
+                std::mem::take(payload)
+            }
+            _ => {
+                self.encode_framed(out, crc);
+                return None;
+            }
+        };
+        let start = out.len();
+        push_header(out, self.type_code());
+        self.encode_data_fields(&mut Writer(out), block.len());
+        let fields = &out[start + HEADER_BYTES..];
+        let payload_len = fields.len() + block.len();
+        let mut sum = crc32c::crc32c(fields);
+        if crc == FrameCrc::WholePayload {
+            sum = crc32c::crc32c_append(sum, &block);
+        }
+        self.patch_header(out, start, payload_len, sum);
+        Some(block)
+    }
+
+    /// Fills in the length and CRC of the frame header at `out[start..]`.
+    fn patch_header(&self, out: &mut [u8], start: usize, payload_len: usize, crc: u32) {
+        let len = u32::try_from(payload_len).expect("payload length fits u32");
         assert!(
             len <= MAX_PAYLOAD_BYTES,
             "{} payload of {len} bytes too large",
             self.name()
         );
-        let covered = match crc {
-            FrameCrc::WholePayload => payload,
-            FrameCrc::SkipDataBlock => &payload[..payload.len() - self.data_block_bytes()],
-        };
-        let crc = crc32c::crc32c(covered);
         out[start + 8..start + 12].copy_from_slice(&len.to_be_bytes());
         out[start + 12..start + 16].copy_from_slice(&crc.to_be_bytes());
     }
@@ -402,26 +437,8 @@ impl Packet {
     /// The bulk packets: data, bitmap and resync payloads.
     fn encode_bulk(&self, w: &mut Writer<'_>) {
         match self {
-            Packet::Data {
-                seq,
-                epoch,
-                flags,
-                offset_bytes,
-                len_bytes,
-                payload,
-            } => {
-                assert!(*len_bytes <= MAX_DATA_BYTES, "data packet too long");
-                let no_payload = flags & (DATA_DISCARD | DATA_ZEROES) != 0;
-                let want = if no_payload { 0 } else { *len_bytes };
-                assert!(
-                    u32::try_from(payload.len()) == Ok(want),
-                    "data payload length mismatch"
-                );
-                w.u64(*seq);
-                w.u32(*epoch);
-                w.u32(*flags);
-                w.u64(*offset_bytes);
-                w.u32(*len_bytes);
+            Packet::Data { payload, .. } | Packet::ResyncReply { payload, .. } => {
+                self.encode_data_fields(w, payload.len());
                 w.bytes(payload);
             }
             Packet::BitmapChunk {
@@ -448,17 +465,44 @@ impl Packet {
                 w.u64(*offset_bytes);
                 w.u32(*len_bytes);
             }
-            Packet::ResyncReply {
-                id,
+            _ => unreachable!("not a bulk packet: {}", self.name()),
+        }
+    }
+
+    /// The fields of `Data` / `ResyncReply` before a data block of
+    /// `data_len` bytes (which the caller writes or sends separately).
+    fn encode_data_fields(&self, w: &mut Writer<'_>, data_len: usize) {
+        match self {
+            Packet::Data {
+                seq,
+                epoch,
+                flags,
                 offset_bytes,
-                payload,
+                len_bytes,
+                ..
             } => {
+                assert!(*len_bytes <= MAX_DATA_BYTES, "data packet too long");
+                let no_payload = flags & (DATA_DISCARD | DATA_ZEROES) != 0;
+                let want = if no_payload { 0 } else { *len_bytes };
+                assert!(
+                    u32::try_from(data_len) == Ok(want),
+                    "data payload length mismatch"
+                );
+                w.u64(*seq);
+                w.u32(*epoch);
+                w.u32(*flags);
+                w.u64(*offset_bytes);
+                w.u32(*len_bytes);
+            }
+            Packet::ResyncReply {
+                id, offset_bytes, ..
+            } => {
+                assert!(data_len <= MAX_DATA_BYTES as usize, "resync reply too long");
                 w.u64(*id);
                 w.u64(*offset_bytes);
-                w.u32(u32::try_from(payload.len()).expect("bounded"));
-                w.bytes(payload);
+                w.u32(u32::try_from(data_len).expect("bounded"));
             }
-            _ => unreachable!("not a bulk packet: {}", self.name()),
+            _ => unreachable!("no data block: {}", self.name()),
         }
     }
 }
@@ -760,6 +804,14 @@ fn decode_disk(r: &mut Reader<'_>) -> Result<DiskState, WireError> {
 
 fn be_u32(b: &[u8]) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// Appends a frame header whose length and CRC are patched in later.
+fn push_header(out: &mut Vec<u8>, type_code: u16) {
+    out.extend_from_slice(&MAGIC.to_be_bytes());
+    out.extend_from_slice(&FRAME_VERSION.to_be_bytes());
+    out.extend_from_slice(&type_code.to_be_bytes());
+    out.extend_from_slice(&[0u8; 8]);
 }
 
 struct Writer<'a>(&'a mut Vec<u8>);

@@ -337,3 +337,32 @@ fn frame_size_reads_the_length_from_the_header_alone() {
     huge[8..12].copy_from_slice(&(MAX_PAYLOAD_BYTES + 1).to_be_bytes());
     assert_eq!(frame_size(&huge), FrameSize::Invalid);
 }
+
+#[test]
+fn a_split_frame_is_the_same_bytes_as_a_whole_one() {
+    let reply = Packet::ResyncReply {
+        id: 4,
+        offset_bytes: 8192,
+        payload: vec![7; 65_536],
+    };
+    for packet in [data_packet(), reply, Packet::WriteAck { seq: 3 }] {
+        for crc in [FrameCrc::WholePayload, FrameCrc::SkipDataBlock] {
+            let mut whole = Vec::new();
+            packet.encode_framed(&mut whole, crc);
+            let mut head = vec![0xEE]; // bytes already queued stay in front
+            let block = packet.clone().encode_framed_split(&mut head, crc, 4096);
+            assert_eq!(block.is_some(), packet.data_block_bytes() >= 4096);
+            head.extend_from_slice(&block.unwrap_or_default());
+            assert_eq!(&head[1..], &whole[..], "{} {crc:?}", packet.name());
+            // Below the threshold nothing is split off.
+            let mut small = Vec::new();
+            assert_eq!(
+                packet
+                    .clone()
+                    .encode_framed_split(&mut small, crc, usize::MAX),
+                None
+            );
+            assert_eq!(small, whole);
+        }
+    }
+}

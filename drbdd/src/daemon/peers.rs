@@ -67,6 +67,9 @@ const MAX_RESYNC_REQUEST_BYTES: u32 = 128 * 1024;
 /// A link's buffered packets go to its connection once they reach this
 /// size, even in the middle of an actor batch.
 const WIRE_FLUSH_BYTES: usize = 512 * 1024;
+/// Data blocks from this size on are not copied into a link's buffer but
+/// handed to the connection as their own buffer (see `Conn::send_bufs`).
+const WIRE_SPLIT_BYTES: usize = 32 * 1024;
 
 /// Messages for the peers part of the actor.
 #[derive(Debug)]

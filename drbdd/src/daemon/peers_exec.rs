@@ -8,7 +8,7 @@
 //! noted at `primary_lost_peer` and `tell_peers_disk`.
 
 use super::super::Actor;
-use super::{local_state, IoDone, PeerMsg, WIRE_FLUSH_BYTES};
+use super::{local_state, IoDone, PeerMsg, WIRE_FLUSH_BYTES, WIRE_SPLIT_BYTES};
 use crate::backing::BackingOp;
 use crate::daemon::actor::ActorMsg;
 use crate::pipeline::LegOutcome;
@@ -39,9 +39,20 @@ impl Actor {
                         l.stats.resync_sent_bytes += u64::try_from(payload.len()).unwrap_or(0);
                     }
                     let before = l.wire.len();
-                    packet.encode_framed(&mut l.wire, l.peer.frame_crc());
-                    l.stats.sent_bytes += u64::try_from(l.wire.len() - before).unwrap_or(0);
-                    if l.wire.len() >= WIRE_FLUSH_BYTES {
+                    let crc = l.peer.frame_crc();
+                    // A large data block goes to the socket as its own buffer
+                    // right behind its frame head (no copy into `wire`).
+                    let block = packet.encode_framed_split(&mut l.wire, crc, WIRE_SPLIT_BYTES);
+                    let block_len = block.as_ref().map_or(0, Vec::len);
+                    l.stats.sent_bytes +=
+                        u64::try_from(l.wire.len() - before + block_len).unwrap_or(0);
+                    if let Some(block) = block {
+                        let head = std::mem::take(&mut l.wire);
+                        if let Some(c) = &l.conn {
+                            // A failed send shows up as NetMsg::Closed from the writer.
+                            let _ = c.send_bufs(vec![head, block]);
+                        }
+                    } else if l.wire.len() >= WIRE_FLUSH_BYTES {
                         self.flush_link_wire(i);
                     }
                 }
