@@ -21,21 +21,10 @@ use drbdd_replication::state::{ConnState, DiskState, ReplState, Role};
 use drbdd_replication::wire::{FrameCrc, Packet, FEATURE_DATA_INTEGRITY};
 
 fn pair(protocol: Protocol, secret_a: Option<&str>, secret_b: Option<&str>) -> Pair {
-    let a = Node::new(
+    primary_secondary(
         config(0, 1, secret_a, protocol),
-        Role::Primary,
-        DiskState::UpToDate,
-        gens(0x10),
-        disk(0),
-    );
-    let b = Node::new(
         config(1, 0, secret_b, protocol),
-        Role::Secondary,
-        DiskState::UpToDate,
-        gens(0x10),
-        disk(0),
-    );
-    Pair::new(a, b)
+    )
 }
 
 fn assert_established(p: &Pair) {
@@ -120,21 +109,7 @@ fn data_integrity_alg_on_either_side_checksums_data_blocks_both_ways() {
 
     let mut cfg_b = config(1, 0, None, Protocol::C);
     cfg_b.handshake.features |= FEATURE_DATA_INTEGRITY;
-    let a = Node::new(
-        config(0, 1, None, Protocol::C),
-        Role::Primary,
-        DiskState::UpToDate,
-        gens(0x10),
-        disk(0),
-    );
-    let b = Node::new(
-        cfg_b,
-        Role::Secondary,
-        DiskState::UpToDate,
-        gens(0x10),
-        disk(0),
-    );
-    let mut p = Pair::new(a, b);
+    let mut p = primary_secondary(config(0, 1, None, Protocol::C), cfg_b);
     p.connect();
     assert_established(&p);
     for n in &p.nodes {

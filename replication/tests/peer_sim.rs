@@ -117,21 +117,7 @@ fn run_seed(seed: u64, cov: &mut Coverage) {
             c_min_rate_kib: 100,
         };
     }
-    let a = Node::new(
-        cfg_a,
-        Role::Primary,
-        DiskState::UpToDate,
-        gens(0x10),
-        disk(0),
-    );
-    let b = Node::new(
-        cfg_b,
-        Role::Secondary,
-        DiskState::UpToDate,
-        gens(0x10),
-        disk(0),
-    );
-    let mut p = Pair::new(a, b);
+    let mut p = primary_secondary(cfg_a, cfg_b);
     p.connect();
     let mut next_id = 1;
     for _ in 0..150 {

@@ -409,6 +409,26 @@ impl Pair {
 }
 
 /// Generations of a node that has had data generation `current` for a while.
+/// A connected-to-be pair: `a` Primary, `b` Secondary, both UpToDate in
+/// generation 0x10 with zeroed disks.
+pub fn primary_secondary(cfg_a: PeerConfig, cfg_b: PeerConfig) -> Pair {
+    let a = Node::new(
+        cfg_a,
+        Role::Primary,
+        DiskState::UpToDate,
+        gens(0x10),
+        disk(0),
+    );
+    let b = Node::new(
+        cfg_b,
+        Role::Secondary,
+        DiskState::UpToDate,
+        gens(0x10),
+        disk(0),
+    );
+    Pair::new(a, b)
+}
+
 pub fn gens(current: u64) -> Generations {
     Generations {
         current,
