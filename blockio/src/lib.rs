@@ -7,7 +7,8 @@
 //! A frontend parses its wire format into a [`BlockRequest`], submits it to a
 //! [`BlockSession`], and replies when the completion callback runs (on any thread).
 //! A frontend that owns an io_uring may instead ask for a [`DirectRead`] and
-//! read the backing device itself (no thread hop), reporting back through it.
+//! read the backing device itself (no thread hop), reporting back through it;
+//! likewise a [`DirectWrite`] lets it write the local copy of a write itself.
 
 mod buf;
 pub mod mem;
@@ -170,6 +171,34 @@ pub trait BlockSession: Send + Sync + Debug {
         let _ = req;
         None
     }
+
+    /// Offers to let the frontend write the local copy of the write `req`
+    /// (`BlockOp::Write` only) itself, `data` being its payload: `Some` when
+    /// the target took the write through everything that precedes the local
+    /// disk write (ordering, activity log, replication: `data` is copied for
+    /// the peers before this returns) without having to wait for anything;
+    /// `None` when the frontend must [`submit`](Self::submit) it as usual.
+    ///
+    /// Contract for the frontend, on receiving `Some(dw)`:
+    /// * write `data` to [`DirectWrite::fd`] at [`DirectWrite::offset_bytes`]
+    ///   (with `RWF_DSYNC` when [`DirectWrite::dsync`]), looping over short
+    ///   writes; keep `dw` (it keeps the fd open) and `data` untouched until
+    ///   the last write has completed;
+    /// * then call [`DirectWrite::finish`] once with the bytes written or the
+    ///   errno of the first failure, and the request's completion: that runs
+    ///   exactly once when every leg of the write (local and peers) is done,
+    ///   possibly inside `finish`, possibly later on another thread, with an
+    ///   empty buffer on success (the target never owned the frontend's);
+    /// * dropping `dw` without finishing (the frontend is torn down) tells
+    ///   the target the outcome of the local write is unknown (`ECANCELED`):
+    ///   the frontend must then never reuse `data`'s memory (leak it) unless
+    ///   the write had completed.
+    ///
+    /// The default: no direct path.
+    fn direct_write(&self, req: &BlockRequest, data: &[u8]) -> Option<DirectWrite> {
+        let _ = (req, data);
+        None
+    }
 }
 
 /// Keeps the file a [`DirectRead`] reads from open.
@@ -240,6 +269,82 @@ impl Drop for DirectRead {
     }
 }
 
+/// Runs once with the outcome of a direct write (bytes written, or a
+/// positive errno) and the request's completion; see
+/// [`BlockSession::direct_write`].
+pub type DirectWriteFinish = Box<dyn FnOnce(Result<u32, i32>, Completion) + Send>;
+
+/// The local disk write of a write request, executed by the frontend; see
+/// [`BlockSession::direct_write`]. Its finish callback runs exactly once:
+/// through [`DirectWrite::finish`], or with `Err(ECANCELED)` and a completion
+/// that does nothing when it is dropped unfinished.
+pub struct DirectWrite {
+    fd: FdHandle,
+    offset_bytes: u64,
+    dsync: bool,
+    finish: Option<DirectWriteFinish>,
+}
+
+impl Debug for DirectWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectWrite")
+            .field("fd", &self.fd.as_raw_fd())
+            .field("offset_bytes", &self.offset_bytes)
+            .field("dsync", &self.dsync)
+            .field("finished", &self.finish.is_none())
+            .finish()
+    }
+}
+
+impl DirectWrite {
+    /// A direct write to the file behind `fd` (opened with O_DIRECT by the
+    /// target) at `offset_bytes`; `dsync`: durable before it completes (FUA);
+    /// `finish` retires it in the target.
+    pub fn new(fd: FdHandle, offset_bytes: u64, dsync: bool, finish: DirectWriteFinish) -> Self {
+        DirectWrite {
+            fd,
+            offset_bytes,
+            dsync,
+            finish: Some(finish),
+        }
+    }
+
+    /// The descriptor to write to; open as long as `self` lives.
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// The handle that keeps [`DirectWrite::fd`] open (for wrappers).
+    pub fn fd_handle(&self) -> &FdHandle {
+        &self.fd
+    }
+
+    /// Where the request's data goes in that file.
+    pub fn offset_bytes(&self) -> u64 {
+        self.offset_bytes
+    }
+
+    /// Whether the write must be durable when it completes (`RWF_DSYNC`).
+    pub fn dsync(&self) -> bool {
+        self.dsync
+    }
+
+    /// Reports the outcome (bytes written, or a positive errno); `done`
+    /// completes the request once all of its legs are done.
+    pub fn finish(mut self, outcome: Result<u32, i32>, done: Completion) {
+        let finish = self.finish.take().expect("a direct write finishes once");
+        finish(outcome, done);
+    }
+}
+
+impl Drop for DirectWrite {
+    fn drop(&mut self) {
+        if let Some(finish) = self.finish.take() {
+            finish(Err(libc::ECANCELED), Box::new(|_| {}));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,5 +384,29 @@ mod tests {
             fua: false,
         };
         assert!(s.direct_read(&read).is_none());
+        let write = BlockRequest {
+            op: BlockOp::Write,
+            ..read
+        };
+        assert!(s.direct_write(&write, &[0; 512]).is_none());
+    }
+
+    #[test]
+    fn a_dropped_direct_write_is_finished_as_cancelled() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let l = Arc::clone(&log);
+        let fd: FdHandle = Arc::new(std::io::stdin());
+        let dw = DirectWrite::new(
+            fd,
+            0,
+            true,
+            Box::new(move |outcome, done| {
+                l.lock().unwrap().push(outcome);
+                done(Ok(AlignedBuf::empty()));
+            }),
+        );
+        assert!(dw.dsync());
+        drop(dw);
+        assert_eq!(*log.lock().unwrap(), vec![Err(libc::ECANCELED)]);
     }
 }

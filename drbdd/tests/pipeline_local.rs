@@ -4,7 +4,8 @@
 //! bitmaps, crash flags) are checked on a recording `PipelineMeta` double.
 //! Every data test runs on both engines (io_uring and sync). Direct reads
 //! (the ublk frontend reading the backing fd on its own ring) are emulated
-//! with a plain `pread` on the fd the pipeline hands out.
+//! with a plain `pread` on the fd the pipeline hands out, direct writes
+//! (the local leg of a write issued by the frontend) with a plain `pwrite`.
 
 use drbdd::backing::EngineKind;
 use drbdd::pipeline::{
@@ -13,6 +14,7 @@ use drbdd::pipeline::{
 };
 use drbdd_blockio::{
     AlignedBuf, BlockError, BlockOp, BlockRequest, BlockSession, BlockTarget, DirectRead,
+    DirectWrite,
 };
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -99,6 +101,23 @@ impl PipelineMeta for RecordingMeta {
         }
         self.max_active = self.max_active.max(self.active.len());
         Ok(())
+    }
+
+    fn al_activate_cached(&mut self, extents: &[u64]) -> bool {
+        let new_active = extents
+            .iter()
+            .filter(|e| !self.active.contains_key(e))
+            .count();
+        let cached = !self.fail_al
+            && extents.iter().all(|e| self.logged.contains(e))
+            && self.active.len() + new_active <= self.al_capacity;
+        if cached {
+            for e in extents {
+                *self.active.entry(*e).or_insert(0) += 1;
+            }
+            self.max_active = self.max_active.max(self.active.len());
+        }
+        cached
     }
 
     fn al_release(&mut self, extents: &[u64]) {
@@ -1194,4 +1213,331 @@ fn failed_direct_read_follows_on_io_error_like_a_submitted_read() {
     assert_eq!(dr.finish(Ok(512)), Err(BlockError::Io), "short read");
     assert!(!pass_on.pipeline.disk_failed(), "pass_on keeps the disk");
     assert!(s.direct_read(&req(BlockOp::Read, 0, 4096)).is_some());
+}
+
+/// What a frontend does with a [`DirectWrite`]: one `pwrite` of `data` to
+/// the fd. Returns the outcome to finish with.
+fn pwrite_direct(dw: &DirectWrite, data: &AlignedBuf) -> Result<u32, i32> {
+    let offset = libc::off_t::try_from(dw.offset_bytes()).expect("offset");
+    // SAFETY: `data` is a live allocation of `data.len()` bytes for the whole
+    // call; `dw` keeps the fd open.
+    let n = unsafe { libc::pwrite(dw.fd(), data.as_ptr().cast(), data.len(), offset) };
+    u32::try_from(n).map_err(|_| {
+        std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    })
+}
+
+/// Finishes `dw` with `outcome`; the receiver gets the request's completion.
+fn finish_direct(dw: DirectWrite, outcome: Result<u32, i32>) -> mpsc::Receiver<Outcome> {
+    let (tx, rx) = mpsc::channel();
+    dw.finish(
+        outcome,
+        Box::new(move |r| tx.send(r).expect("test receiver alive")),
+    );
+    rx
+}
+
+/// A fixture whose AL already holds extent 0 (a submitted write logged it),
+/// so writes there may go direct; every peer connected (no bits set yet).
+fn direct_fixture(engine: EngineKind, on_io_error: OnIoError) -> (Fixture, Arc<dyn BlockSession>) {
+    let fx = fixture(engine, |c, _| c.on_io_error = on_io_error);
+    fx.pipeline.set_peer_slots_disconnected(vec![]);
+    let s = fx.pipeline.open("ublk /dev/ublkb0", true).expect("open");
+    write(&s, 0, &pattern(0, 4096)).expect("logs extent 0");
+    (fx, s)
+}
+
+#[test]
+fn direct_write_lands_on_disk_and_completes_when_finished() {
+    for engine in engines() {
+        let (fx, s) = direct_fixture(engine, OnIoError::Detach);
+        fx.pipeline.set_peer_slots_disconnected(vec![2]);
+        let data = pattern(9, 8192);
+        let mut fua = req(BlockOp::Write, 1 << 20, 8192);
+        fua.fua = true;
+        let dw = s
+            .direct_write(&fua, data.as_slice())
+            .expect("an active extent with nothing in flight goes direct");
+        assert_eq!(dw.offset_bytes(), 1 << 20, "data area starts at 0");
+        assert!(dw.dsync(), "FUA with disk-flushes: RWF_DSYNC");
+        assert_eq!(
+            fx.pipeline.in_flight(),
+            1,
+            "admitted like a submitted write"
+        );
+        let outcome = pwrite_direct(&dw, &data);
+        assert_eq!(outcome, Ok(8192));
+        let done = finish_direct(dw, outcome);
+        let buf = done.try_recv().expect("standalone: done inside finish");
+        assert_eq!(
+            buf.expect("ok").len(),
+            0,
+            "the pipeline never owned the data"
+        );
+        assert_eq!(fx.pipeline.in_flight(), 0);
+        assert_eq!(
+            file_bytes(&fx.path, 1 << 20, 8192),
+            data.as_slice(),
+            "{engine:?}"
+        );
+        assert_eq!(read(&s, 1 << 20, 8192), data.as_slice());
+        let m = fx.meta.lock().expect("meta");
+        assert_eq!(
+            m.bits[&2].iter().copied().collect::<Vec<_>>(),
+            vec![256, 257],
+            "disconnected peer slot marks the direct write"
+        );
+        assert!(m.active.is_empty(), "AL extent released");
+    }
+}
+
+#[test]
+fn direct_write_is_refused_unless_nothing_has_to_wait() {
+    let (fx, s) = direct_fixture(EngineKind::UringOrSync, OnIoError::Detach);
+    let d4k = pattern(3, 4096);
+    let write_4k = req(BlockOp::Write, 4096, 4096);
+    for op in [
+        BlockOp::Read,
+        BlockOp::Flush,
+        BlockOp::Discard,
+        BlockOp::WriteZeroes,
+    ] {
+        assert!(
+            s.direct_write(&req(op, 4096, 4096), d4k.as_slice())
+                .is_none(),
+            "{op:?}"
+        );
+    }
+    assert!(
+        s.direct_write(&write_4k, &d4k.as_slice()[..512]).is_none(),
+        "length mismatch"
+    );
+    assert!(
+        s.direct_write(&req(BlockOp::Write, DATA_BYTES, 4096), d4k.as_slice())
+            .is_none(),
+        "out of range"
+    );
+    let other_extent = req(BlockOp::Write, 3 * AL_EXTENT_BYTES, 4096);
+    assert!(
+        s.direct_write(&other_extent, d4k.as_slice()).is_none(),
+        "an extent not yet in the AL needs a transaction"
+    );
+    assert_eq!(fx.pipeline.in_flight(), 0, "refusals admit nothing");
+    // The refused write's range is free: a submitted write there completes.
+    write(&s, 3 * AL_EXTENT_BYTES, &d4k).expect("submit path");
+    assert!(
+        s.direct_write(&other_extent, d4k.as_slice())
+            .is_some_and(|dw| {
+                let outcome = pwrite_direct(&dw, &d4k);
+                finish_direct(dw, outcome).try_recv().is_ok()
+            }),
+        "logged now"
+    );
+    let first = s.direct_write(&write_4k, d4k.as_slice()).expect("direct");
+    let overlapping = req(BlockOp::Write, 0, 8192);
+    assert!(
+        s.direct_write(&overlapping, pattern(4, 8192).as_slice())
+            .is_none(),
+        "an overlapping write in flight"
+    );
+    assert!(
+        s.direct_write(&req(BlockOp::Write, 8192, 4096), d4k.as_slice())
+            .is_some_and(|dw| {
+                let outcome = pwrite_direct(&dw, &d4k);
+                finish_direct(dw, outcome).try_recv().is_ok()
+            }),
+        "a disjoint one goes direct"
+    );
+    let outcome = pwrite_direct(&first, &d4k);
+    finish_direct(first, outcome)
+        .try_recv()
+        .expect("done")
+        .expect("ok");
+    let ro = fx.pipeline.open("ro", false).expect("open read-only");
+    assert!(
+        ro.direct_write(&write_4k, d4k.as_slice()).is_none(),
+        "read-only session"
+    );
+    fx.pipeline.faults().set_hold_writes(true);
+    assert!(
+        s.direct_write(&write_4k, d4k.as_slice()).is_none(),
+        "write faults take the engine"
+    );
+    fx.pipeline.faults().set_hold_writes(false);
+    fx.pipeline.set_role_allows_io(false);
+    assert!(
+        s.direct_write(&write_4k, d4k.as_slice()).is_none(),
+        "Secondary"
+    );
+    fx.pipeline.set_role_allows_io(true);
+    assert_eq!(fx.pipeline.in_flight(), 0);
+    fx.pipeline.shutdown().expect("shutdown");
+    assert!(
+        s.direct_write(&write_4k, d4k.as_slice()).is_none(),
+        "stopping"
+    );
+}
+
+#[test]
+fn a_write_overlapping_a_direct_write_waits_for_it() {
+    let (fx, s) = direct_fixture(EngineKind::UringOrSync, OnIoError::Detach);
+    let (old, new) = (pattern(5, 4096), pattern(6, 4096));
+    let dw = s
+        .direct_write(&req(BlockOp::Write, 4096, 4096), old.as_slice())
+        .expect("direct");
+    let later = submit(&s, req(BlockOp::Write, 4096, 4096), new.clone());
+    assert!(
+        later.recv_timeout(Duration::from_millis(200)).is_err(),
+        "held behind the direct write"
+    );
+    let outcome = pwrite_direct(&dw, &old);
+    finish_direct(dw, outcome)
+        .try_recv()
+        .expect("done")
+        .expect("ok");
+    later
+        .recv_timeout(WAIT)
+        .expect("starts after it")
+        .expect("ok");
+    assert_eq!(
+        file_bytes(&fx.path, 4096, 4096),
+        new.as_slice(),
+        "submission order"
+    );
+}
+
+#[test]
+fn shutdown_waits_for_an_unfinished_direct_write() {
+    let (fx, s) = direct_fixture(EngineKind::UringOrSync, OnIoError::Detach);
+    let data = pattern(8, 4096);
+    let dw = s
+        .direct_write(&req(BlockOp::Write, 4096, 4096), data.as_slice())
+        .expect("direct");
+    let pipeline = Arc::clone(&fx.pipeline);
+    let (tx, rx) = mpsc::channel();
+    let stopper = std::thread::spawn(move || {
+        let r = pipeline.shutdown();
+        tx.send(()).expect("test alive");
+        r
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "shutdown returned with a direct write in flight"
+    );
+    let outcome = pwrite_direct(&dw, &data);
+    finish_direct(dw, outcome)
+        .try_recv()
+        .expect("done")
+        .expect("ok");
+    rx.recv_timeout(WAIT).expect("shutdown drains after finish");
+    stopper.join().expect("join").expect("shutdown ok");
+    assert_eq!(file_bytes(&fx.path, 4096, 4096), data.as_slice());
+}
+
+#[test]
+fn failed_direct_write_follows_on_io_error_like_a_submitted_write() {
+    let (fx, s) = direct_fixture(EngineKind::UringOrSync, OnIoError::Detach);
+    let data = pattern(2, 4096);
+    let dw = s
+        .direct_write(&req(BlockOp::Write, 4096, 4096), data.as_slice())
+        .expect("direct");
+    let done = finish_direct(dw, Err(libc::EIO));
+    assert_eq!(done.try_recv().expect("done").err(), Some(BlockError::Io));
+    assert!(fx.pipeline.disk_failed());
+    assert_eq!(fx.pipeline.in_flight(), 0);
+    assert!(
+        s.direct_write(&req(BlockOp::Write, 0, 4096), data.as_slice())
+            .is_none(),
+        "a detached disk is not written directly"
+    );
+    let ev = fx.events.lock().expect("events").clone();
+    assert!(
+        matches!(
+            ev.as_slice(),
+            [PipelineEvent::DiskFailed {
+                policy: OnIoError::Detach,
+                op: BlockOp::Write,
+                offset_bytes: 4096,
+                ..
+            }]
+        ),
+        "{ev:?}"
+    );
+    let (pass_on, s) = direct_fixture(EngineKind::UringOrSync, OnIoError::PassOn);
+    let dw = s
+        .direct_write(&req(BlockOp::Write, 4096, 4096), data.as_slice())
+        .expect("direct");
+    let done = finish_direct(dw, Ok(512));
+    assert_eq!(
+        done.try_recv().expect("done").err(),
+        Some(BlockError::Io),
+        "short write"
+    );
+    let dw = s
+        .direct_write(&req(BlockOp::Write, 4096, 4096), data.as_slice())
+        .expect("pass_on keeps the disk");
+    let done = finish_direct(dw, Err(libc::ENOSPC));
+    assert_eq!(
+        done.try_recv().expect("done").err(),
+        Some(BlockError::NoSpace)
+    );
+    assert!(!pass_on.pipeline.disk_failed());
+}
+
+#[test]
+fn an_abandoned_direct_write_marks_its_range_out_of_sync_without_failing_the_disk() {
+    let (fx, s) = direct_fixture(EngineKind::UringOrSync, OnIoError::Detach);
+    let dw = s
+        .direct_write(
+            &req(BlockOp::Write, 8192, 4096),
+            pattern(1, 4096).as_slice(),
+        )
+        .expect("direct");
+    assert_eq!(fx.pipeline.in_flight(), 1);
+    drop(dw);
+    assert_eq!(fx.pipeline.in_flight(), 0);
+    assert!(!fx.pipeline.disk_failed());
+    assert!(fx.events.lock().expect("events").is_empty());
+    let m = fx.meta.lock().expect("meta");
+    for slot in [0, 2] {
+        assert_eq!(
+            m.bits[&slot].iter().copied().collect::<Vec<_>>(),
+            vec![2],
+            "unknown outcome: slot {slot} resyncs the range"
+        );
+    }
+    assert!(m.active.is_empty(), "AL extent released");
+}
+
+#[test]
+fn direct_write_still_replicates_and_completes_after_its_peer_leg() {
+    use drbdd::pipeline::{Leg, LegOutcome};
+    let (fx, s) = direct_fixture(EngineKind::UringOrSync, OnIoError::Detach);
+    let repl = Arc::new(ParkingReplicator::default());
+    fx.pipeline
+        .set_replicator(Some(repl.clone() as Arc<dyn drbdd::pipeline::Replicator>));
+    let data = pattern(11, 4096);
+    let dw = s
+        .direct_write(&req(BlockOp::Write, 4096, 4096), data.as_slice())
+        .expect("direct");
+    let mut legs = std::mem::take(&mut *repl.legs.lock().expect("legs"));
+    assert_eq!(legs.len(), 1, "peer leg created before the local write");
+    assert_eq!(legs[0].1, data.as_slice(), "replicator copied the data");
+    assert_eq!(legs[0].2.leg(), Leg::Peer(1));
+    let outcome = pwrite_direct(&dw, &data);
+    let done = finish_direct(dw, outcome);
+    assert!(
+        done.recv_timeout(Duration::from_millis(200)).is_err(),
+        "waits for the peer leg"
+    );
+    assert_eq!(fx.pipeline.in_flight(), 1);
+    let (_, _, leg) = legs.pop().expect("leg");
+    std::thread::spawn(move || leg.complete(LegOutcome::Done))
+        .join()
+        .expect("peer ack thread");
+    assert_eq!(done.recv_timeout(WAIT).expect("done").expect("ok").len(), 0);
+    assert_eq!(fx.pipeline.in_flight(), 0);
+    assert_eq!(file_bytes(&fx.path, 4096, 4096), data.as_slice());
 }

@@ -634,6 +634,22 @@ impl<D: MetaDevice> MetaStore<D> {
         })
     }
 
+    /// Like [`MetaStore::al_activate`], but only when that needs no metadata
+    /// I/O: every extent already in the log and the log already marked in
+    /// use. `false` (nothing changed) otherwise.
+    pub fn al_activate_cached(&mut self, extents: &[u64]) -> bool {
+        if self.sb.flags.al_clean {
+            return false;
+        }
+        match self.al.plan(extents) {
+            Some(plan) if plan.assign.is_empty() => {
+                self.al.commit(&plan, 0);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// In-flight writes to these extents completed.
     pub fn al_release(&mut self, extents: &[u64]) {
         self.al.release(extents);

@@ -512,3 +512,31 @@ fn failed_superblock_write_reports_io_error_and_keeps_memory_unchanged() {
     s.update_superblock(|sb| sb.current_uuid = 9).unwrap();
     assert_eq!(reboot(s).superblock().current_uuid, 9);
 }
+
+#[test]
+fn cached_activation_needs_no_metadata_io_and_refuses_otherwise() {
+    let mut s = create(1, 2);
+    assert!(
+        !s.al_activate_cached(&[0]),
+        "a clean AL must be marked in use first"
+    );
+    s.al_activate(&[0]).unwrap();
+    assert!(!s.al_activate_cached(&[1]), "extent 1 needs a transaction");
+    let writes = s.device().write_count();
+    assert!(s.al_activate_cached(&[0]), "extent 0 is in the log");
+    assert_eq!(s.device().write_count(), writes, "no metadata write");
+    s.al_release(&[0]);
+    s.al_release(&[0]);
+    s.al_activate(&[1]).unwrap();
+    s.al_activate(&[2]).unwrap(); // evicts the idle extent 0
+    assert!(!s.al_activate_cached(&[0]), "evicted: needs a transaction");
+    s.al_release(&[1]);
+    s.al_release(&[2]);
+    assert!(s.al_activate_cached(&[1, 2]));
+    assert!(
+        matches!(s.al_activate(&[3]), Err(MetaError::AlFull { .. })),
+        "cached activations hold their extents like normal ones"
+    );
+    s.al_release(&[1, 2]);
+    s.al_activate(&[3]).unwrap();
+}

@@ -238,6 +238,12 @@ impl FaultInjection {
         self.fail_reads.load(Ordering::SeqCst)
     }
 
+    /// Whether writes are set to fail or be held (direct writes then take
+    /// the engine path).
+    pub fn acts_on_writes(&self) -> bool {
+        self.fail_writes.load(Ordering::SeqCst) || self.hold_writes.load(Ordering::SeqCst)
+    }
+
     fn should_fail(&self, op: &BackingOp) -> bool {
         match op {
             BackingOp::Read { .. } => self.fail_reads.load(Ordering::SeqCst),

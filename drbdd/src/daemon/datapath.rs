@@ -20,7 +20,7 @@ use crate::pipeline::{
 };
 use drbdd_blockio::{
     AlignedBuf, BlockError, BlockOp, BlockRequest, BlockSession, BlockTarget, Completion,
-    DirectRead, Geometry,
+    DirectRead, DirectWrite, Geometry,
 };
 use drbdd_config::{Node, Resource};
 use drbdd_metadata::{MetaError, MetaStore};
@@ -72,6 +72,9 @@ impl PipelineMeta for CountedStore {
             Err(MetaError::AlFull { .. }) => Err(AlError::Full),
             Err(e) => Err(AlError::Failed(e.to_string())),
         }
+    }
+    fn al_activate_cached(&mut self, extents: &[u64]) -> bool {
+        PipelineMeta::al_activate_cached(&mut self.store, extents)
     }
     fn al_release(&mut self, extents: &[u64]) {
         PipelineMeta::al_release(&mut self.store, extents);
@@ -662,6 +665,34 @@ impl BlockSession for TrackedSession {
                 }
                 counters.upper_pending.fetch_sub(1, Ordering::Relaxed);
                 result
+            }),
+        ))
+    }
+
+    /// The pipeline's direct write, counted like a submitted write when the
+    /// request completes (the completion handed to `finish` is wrapped).
+    fn direct_write(&self, req: &BlockRequest, data: &[u8]) -> Option<DirectWrite> {
+        let inner = self.inner.as_ref()?.direct_write(req, data)?;
+        let counters = Arc::clone(&self.counters);
+        counters.upper_pending.fetch_add(1, Ordering::Relaxed);
+        let len = u64::from(req.len_bytes);
+        let fd = Arc::clone(inner.fd_handle());
+        let (offset_bytes, dsync) = (inner.offset_bytes(), inner.dsync());
+        Some(DirectWrite::new(
+            fd,
+            offset_bytes,
+            dsync,
+            Box::new(move |outcome, done| {
+                inner.finish(
+                    outcome,
+                    Box::new(move |result| {
+                        if result.is_ok() {
+                            counters.written_bytes.fetch_add(len, Ordering::Relaxed);
+                        }
+                        counters.upper_pending.fetch_sub(1, Ordering::Relaxed);
+                        done(result);
+                    }),
+                );
             }),
         ))
     }

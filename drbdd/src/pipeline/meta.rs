@@ -36,6 +36,13 @@ pub trait PipelineMeta: Send + Debug {
     /// Makes `extents` active; writes (and flushes when md-flushes is on) a
     /// crash-safe AL transaction first when any was not yet in the log.
     fn al_activate(&mut self, extents: &[u64]) -> Result<(), AlError>;
+    /// Like `al_activate`, but only when that needs no metadata I/O (every
+    /// extent already active); `false`, changing nothing, otherwise. The
+    /// default never activates (direct writes then take the submit path).
+    fn al_activate_cached(&mut self, extents: &[u64]) -> bool {
+        let _ = extents;
+        false
+    }
     /// The writes that activated `extents` completed.
     fn al_release(&mut self, extents: &[u64]);
     /// Extents in the on-disk log (what a crash may have left half-written).

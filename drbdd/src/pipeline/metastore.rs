@@ -21,6 +21,10 @@ where
         }
     }
 
+    fn al_activate_cached(&mut self, extents: &[u64]) -> bool {
+        MetaStore::al_activate_cached(self, extents)
+    }
+
     fn al_release(&mut self, extents: &[u64]) {
         MetaStore::al_release(self, extents);
     }

@@ -19,6 +19,16 @@
 //! can retire it, so waiting there could wait for itself; the frontend's tag
 //! count bounds it instead.
 //!
+//! Direct writes ([`BlockSession::direct_write`]): the frontend writes the
+//! local copy of a write itself. The pipeline does everything before the
+//! local disk write as for a submitted write (ordering, AL, bitmaps, peer
+//! legs) but only when none of it has to wait: an overlapping write in flight
+//! or held, or an extent not yet in the activity log, sends the write down the
+//! submit path instead. The local leg finishes when the frontend reports the
+//! disk write; the write completes upward after its last leg as always. Like
+//! direct reads they are counted in flight but not held to the bound (the
+//! frontend's thread retires their local leg).
+//!
 //! Replication: a write carries a set of [`Leg`]s, always [`Leg::LocalDisk`];
 //! a [`Replicator`] (plugged in with [`Pipeline::set_replicator`]) adds a
 //! [`Leg::Peer`] per peer its protocol waits for, before the local write is
@@ -38,7 +48,7 @@ pub use write::{Leg, LegHandle, LegOutcome, PeerFlushDone, ReplicatedWrite, Repl
 use crate::backing::{Backing, BackingOp, EngineKind, FaultInjection};
 use drbdd_blockio::{
     AlignedBuf, BlockError, BlockOp, BlockRequest, BlockSession, BlockTarget, Completion,
-    DirectRead, FdHandle, Geometry, LOGICAL_BLOCK_BYTES, PHYSICAL_BLOCK_BYTES,
+    DirectRead, DirectWrite, FdHandle, Geometry, LOGICAL_BLOCK_BYTES, PHYSICAL_BLOCK_BYTES,
 };
 use order::{Seq, WriteOrder};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -156,8 +166,9 @@ struct State {
     stopping: bool,
     /// Requests admitted and not yet completed upward (all ops, direct reads too).
     in_flight: usize,
-    /// The part of `in_flight` that is direct reads (not held to the bound).
-    direct_reads: usize,
+    /// The part of `in_flight` that is direct reads and writes (not held to
+    /// the bound).
+    direct: usize,
     /// Threads waiting on `drained` (a notify is a futex call even without
     /// a waiter, and `retire` runs once per request).
     drain_waiters: usize,
@@ -258,7 +269,7 @@ impl Pipeline {
                 disk: DiskHealth::Attached,
                 stopping: false,
                 in_flight: 0,
-                direct_reads: 0,
+                direct: 0,
                 drain_waiters: 0,
                 order: WriteOrder::default(),
                 held: HashMap::new(),
@@ -403,7 +414,7 @@ impl Pipeline {
             if st.disk == DiskHealth::Failed {
                 return Err(BlockError::Io);
             }
-            if st.in_flight - st.direct_reads < self.max_requests {
+            if st.in_flight - st.direct < self.max_requests {
                 break;
             }
             st = self.wait_drained(st);
@@ -424,12 +435,35 @@ impl Pipeline {
         req.validate(self.geometry.size_bytes, self.geometry.max_io_bytes)
             .ok()?;
         let mut st = self.lock_state();
-        if st.stopping || !st.role_allows_io || st.disk == DiskHealth::Failed {
+        if !self.direct_allowed(&st) {
             return None;
         }
         st.in_flight += 1;
-        st.direct_reads += 1;
+        st.direct += 1;
         Some(())
+    }
+
+    /// Whether a direct read or write may be admitted now (otherwise the
+    /// submit path reports the refusal, or waits).
+    fn direct_allowed(&self, st: &State) -> bool {
+        !st.stopping && st.role_allows_io && st.disk == DiskHealth::Attached
+    }
+
+    /// Serves [`BlockSession::direct_write`] for a session (`writable`):
+    /// plain writes of the right length only, and not while fault injection
+    /// acts on writes (it lives in the engine, which a direct write bypasses).
+    fn direct_write(&self, writable: bool, req: &BlockRequest, data: &[u8]) -> Option<DirectWrite> {
+        let len_ok = usize::try_from(req.len_bytes).is_ok_and(|len| len == data.len());
+        if req.op != BlockOp::Write
+            || !writable
+            || !len_ok
+            || self.backing.faults().acts_on_writes()
+        {
+            return None;
+        }
+        req.validate(self.geometry.size_bytes, self.geometry.max_io_bytes)
+            .ok()?;
+        self.start_direct_write(req, data)
     }
 
     /// Serves [`BlockSession::direct_read`]: the frontend reads the backing
@@ -463,11 +497,18 @@ impl Pipeline {
 
     /// A direct read admitted by [`Pipeline::admit_direct`] finished.
     fn retire_direct(&self) {
+        self.retire_request(true);
+    }
+
+    /// A request finished upward; `direct`: a direct read or write.
+    fn retire_request(&self, direct: bool) {
         let mut st = self.lock_state();
-        st.direct_reads = st
-            .direct_reads
-            .checked_sub(1)
-            .expect("retiring more direct reads than admitted");
+        if direct {
+            st.direct = st
+                .direct
+                .checked_sub(1)
+                .expect("retiring more direct requests than admitted");
+        }
         self.retire_locked(st);
     }
 
@@ -699,6 +740,10 @@ impl BlockSession for PipelineSession {
 
     fn direct_read(&self, req: &BlockRequest) -> Option<DirectRead> {
         self.pipeline.direct_read(req)
+    }
+
+    fn direct_write(&self, req: &BlockRequest, data: &[u8]) -> Option<DirectWrite> {
+        self.pipeline.direct_write(self.writable, req, data)
     }
 }
 

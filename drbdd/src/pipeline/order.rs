@@ -47,6 +47,14 @@ impl WriteOrder {
         }
     }
 
+    /// Registers write `seq` only if it may start now (no earlier write in
+    /// flight or held overlaps it); `false` registers nothing.
+    pub(crate) fn try_admit_now(&mut self, seq: Seq, range: Range<u64>) -> bool {
+        let blocked = self.admitted.values().any(|r| overlaps(r, &range))
+            || self.held.iter().any(|(_, r)| overlaps(r, &range));
+        !blocked && self.try_admit(seq, range)
+    }
+
     /// Write `seq` finished; returns the held writes that may start now, oldest first.
     pub(crate) fn complete(&mut self, seq: Seq) -> Vec<Seq> {
         let removed = self.admitted.remove(&seq);

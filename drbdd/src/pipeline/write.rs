@@ -1,10 +1,13 @@
 //! The write path (write, discard, write-zeroes): ordering, activity log,
 //! peer bitmaps, then the legs that must all finish before completion.
 //!
-//! Owns: a write from admission to its upward completion. Must never: submit
-//! the data before `al_activate` returned (the AL transaction is durable by
-//! then), complete upward while a leg is pending, or release AL extents of a
-//! write that never activated them.
+//! Owns: a write from admission to its upward completion, and the local
+//! leg's completion ([`LocalLeg`]) whoever writes the disk: the backing engine,
+//! or the frontend of a direct write (same ordering, AL, bitmaps and peer legs,
+//! handed out only when none of them has to wait). Must never: submit the data
+//! before `al_activate` returned (the AL transaction is durable by then),
+//! complete upward while a leg is pending, or release AL extents of a write
+//! that never activated them.
 //!
 //! Invariant asserted at completion: a write completes upward exactly once,
 //! after its last leg. Today the only leg is the local disk; replication adds
@@ -15,7 +18,9 @@ use super::meta::{al_extents_of, AlError};
 use super::order::Seq;
 use super::{lock_meta, Pipeline, PipelineEvent};
 use crate::backing::BackingOp;
-use drbdd_blockio::{AlignedBuf, BlockError, BlockOp, BlockRequest, Completion};
+use drbdd_blockio::{
+    AlignedBuf, BlockError, BlockOp, BlockRequest, Completion, DirectWrite, FdHandle,
+};
 use std::sync::{Arc, Mutex};
 
 /// A part of a write that must finish before the write completes upward.
@@ -40,6 +45,8 @@ struct WriteInFlight {
     seq: Seq,
     req: BlockRequest,
     extents: Vec<u64>,
+    /// The frontend writes the local disk (a direct write).
+    direct: bool,
     legs: Mutex<Legs>,
 }
 
@@ -192,6 +199,83 @@ struct Legs {
     done: Option<Completion>,
 }
 
+/// The local disk leg of a started write, finished by whoever wrote the
+/// disk: the engine's completion, or the frontend of a direct write.
+struct LocalLeg {
+    pipeline: Arc<Pipeline>,
+    write: Arc<WriteInFlight>,
+    /// The replicator to tell ([`Replicator::local_done`]) and its token.
+    notify: Option<(Arc<dyn Replicator>, u64)>,
+}
+
+impl LocalLeg {
+    /// The disk write finished: the on-io-error policy for a failure, the
+    /// replicator told, then the leg done.
+    fn done(self, result: std::io::Result<AlignedBuf>) {
+        let req = self.write.req;
+        // No error is advisory, not even a discard's: the peer zeroed the
+        // range, so a local discard that did nothing would diverge.
+        let result = result.map_err(|e| self.pipeline.local_io_failed(&req, &e));
+        self.notify_replicator(result.is_ok());
+        self.pipeline.leg_done(&self.write, Leg::LocalDisk, result);
+    }
+
+    fn notify_replicator(&self, ok: bool) {
+        if let Some((r, token)) = &self.notify {
+            r.local_done(*token, ok);
+        }
+    }
+
+    /// A direct write's disk write finished (bytes written or errno);
+    /// `done` completes the request once every leg is done.
+    fn finish_direct(self, outcome: Result<u32, i32>, done: Completion) {
+        let prev = self
+            .write
+            .legs
+            .lock()
+            .expect("write legs lock")
+            .done
+            .replace(done);
+        assert!(
+            prev.is_none(),
+            "direct write {} finished twice",
+            self.write.seq
+        );
+        let len = self.write.req.len_bytes;
+        match outcome {
+            Ok(n) if n == len => self.done(Ok(AlignedBuf::empty())),
+            Ok(n) => self.done(Err(std::io::Error::other(format!(
+                "short write: {n} of {len} bytes"
+            )))),
+            Err(libc::ECANCELED) => self.cancelled(),
+            Err(errno) => self.done(Err(std::io::Error::from_raw_os_error(errno))),
+        }
+    }
+
+    /// The frontend abandoned a direct write (torn down): whether the data
+    /// reached the disk is unknown, and the request is never acknowledged.
+    /// Not a disk error (no on-io-error policy); the range is marked out of
+    /// sync for every peer so a resync makes the replicas agree on whatever
+    /// the local disk holds.
+    fn cancelled(self) {
+        let req = self.write.req;
+        {
+            let mut meta = lock_meta(&self.pipeline.meta);
+            for slot in meta.peer_slots_in_use() {
+                meta.mark_out_of_sync(slot, req.offset_bytes, u64::from(req.len_bytes));
+            }
+        }
+        tracing::warn!(
+            seq = self.write.seq,
+            offset_bytes = req.offset_bytes,
+            "direct write abandoned; range marked out of sync"
+        );
+        self.notify_replicator(false);
+        self.pipeline
+            .leg_done(&self.write, Leg::LocalDisk, Err(BlockError::ShuttingDown));
+    }
+}
+
 impl Pipeline {
     /// Ordering first: a write overlapping an earlier in-flight or held write waits.
     ///
@@ -252,11 +336,11 @@ impl Pipeline {
                          raise al-extents"
                     );
                     self.emit(PipelineEvent::MetadataFailed { error });
-                    return self.finish_write(w.seq, &[], Err(BlockError::Io), w.done);
+                    return self.finish_write(w.seq, &[], false, Err(BlockError::Io), w.done);
                 }
                 Err(AlError::Failed(error)) => {
                     self.emit(PipelineEvent::MetadataFailed { error });
-                    return self.finish_write(w.seq, &[], Err(BlockError::Io), w.done);
+                    return self.finish_write(w.seq, &[], false, Err(BlockError::Io), w.done);
                 }
             }
         }
@@ -270,17 +354,11 @@ impl Pipeline {
             buf,
             done,
         } = w;
-        let inflight = Arc::new(WriteInFlight {
-            seq,
-            req,
-            extents,
-            legs: Mutex::new(Legs {
-                pending: vec![Leg::LocalDisk],
-                error: None,
-                buf: None,
-                done: Some(done),
-            }),
-        });
+        let data = match req.op {
+            BlockOp::Write => buf.as_slice(),
+            _ => &[],
+        };
+        let local = self.start_peer_legs(seq, req, extents, Some(done), data);
         let op = match req.op {
             BlockOp::Write => BackingOp::Write {
                 offset_bytes: req.offset_bytes,
@@ -299,13 +377,38 @@ impl Pipeline {
                 unreachable!("only content-changing ops take the write path")
             }
         };
+        self.backing
+            .submit(op, Box::new(move |result| local.done(result)));
+    }
+
+    /// Creates the in-flight write of an activated write (legs: the local
+    /// disk) and offers it to the replicator, which adds its peer legs and
+    /// copies `data`. Returns the local leg, for whoever writes the disk.
+    /// `done`: the upward completion, or `None` until the local leg finishes
+    /// (direct writes learn it then).
+    fn start_peer_legs(
+        &self,
+        seq: Seq,
+        req: BlockRequest,
+        extents: Vec<u64>,
+        done: Option<Completion>,
+        data: &[u8],
+    ) -> LocalLeg {
+        let inflight = Arc::new(WriteInFlight {
+            seq,
+            req,
+            extents,
+            direct: done.is_none(),
+            legs: Mutex::new(Legs {
+                pending: vec![Leg::LocalDisk],
+                error: None,
+                buf: None,
+                done,
+            }),
+        });
         let replicator = self.replicator.lock().expect("replicator lock").clone();
         let mut local_done_token = None;
         if let Some(r) = &replicator {
-            let data = match &op {
-                BackingOp::Write { buf, .. } => buf.as_slice(),
-                _ => &[],
-            };
             let mut rw = ReplicatedWrite {
                 req,
                 data,
@@ -316,20 +419,71 @@ impl Pipeline {
             r.replicate(&mut rw);
             local_done_token = rw.local_done_token;
         }
-        let notify = replicator.zip(local_done_token);
-        let me = self.arc();
-        self.backing.submit(
-            op,
-            Box::new(move |result| {
-                // No error is advisory, not even a discard's: the peer zeroed
-                // the range, so a local discard that did nothing would diverge.
-                let result = result.map_err(|e| me.local_io_failed(&req, &e));
-                if let Some((r, token)) = notify {
-                    r.local_done(token, result.is_ok());
+        LocalLeg {
+            pipeline: self.arc(),
+            write: inflight,
+            notify: replicator.zip(local_done_token),
+        }
+    }
+
+    /// Serves [`BlockSession::direct_write`](drbdd_blockio::BlockSession::direct_write):
+    /// takes the write through ordering, activity log, bitmaps and
+    /// replication exactly as [`Pipeline::submit_write`] does, but only when
+    /// none of that has to wait (no overlapping write in flight or held, the
+    /// AL extents already active); the frontend then writes the disk itself.
+    pub(super) fn start_direct_write(
+        &self,
+        req: &BlockRequest,
+        data: &[u8],
+    ) -> Option<DirectWrite> {
+        let end = req.offset_bytes + u64::from(req.len_bytes);
+        let (seq, slots) = {
+            let mut st = self.lock_state();
+            if !self.direct_allowed(&st) {
+                return None;
+            }
+            let seq = st.next_seq;
+            if !st.order.try_admit_now(seq, req.offset_bytes..end) {
+                return None;
+            }
+            st.next_seq += 1;
+            st.in_flight += 1;
+            st.direct += 1;
+            (seq, st.disconnected_slots.clone())
+        };
+        let extents = al_extents_of(req.offset_bytes, u64::from(req.len_bytes));
+        let activated = {
+            let mut meta = lock_meta(&self.meta);
+            let activated = meta.al_activate_cached(&extents);
+            if activated {
+                for &slot in &slots {
+                    meta.mark_out_of_sync(slot, req.offset_bytes, u64::from(req.len_bytes));
                 }
-                me.leg_done(&inflight, Leg::LocalDisk, result);
-            }),
-        );
+            }
+            activated
+        };
+        if !activated {
+            // Would need an AL transaction (or room): undo the admission;
+            // writes that queued behind this one in the meantime start.
+            self.finish_write(
+                seq,
+                &[],
+                true,
+                Err(BlockError::ShuttingDown),
+                Box::new(|_| {}),
+            );
+            return None;
+        }
+        self.lock_state().al_holders += 1;
+        let local = self.start_peer_legs(seq, *req, extents, None, data);
+        let fd: FdHandle = Arc::clone(self.backing.file_handle()) as FdHandle;
+        let dsync = req.fua && self.cfg.disk_flushes;
+        Some(DirectWrite::new(
+            fd,
+            req.offset_bytes,
+            dsync,
+            Box::new(move |outcome, done| local.finish_direct(outcome, done)),
+        ))
     }
 
     /// One leg of a write finished; the last one completes the write.
@@ -366,16 +520,18 @@ impl Pipeline {
             }
         };
         if let Some((done, outcome)) = finished {
-            self.finish_write(w.seq, &w.extents, outcome, done);
+            self.finish_write(w.seq, &w.extents, w.direct, outcome, done);
         }
     }
 
     /// Releases AL extents and the write's range, completes upward, then
-    /// starts writes that waited for this one or for AL room.
+    /// starts writes that waited for this one or for AL room. `direct`: a
+    /// direct write (counted apart from the in-flight bound).
     fn finish_write(
         &self,
         seq: Seq,
         extents: &[u64],
+        direct: bool,
         outcome: Result<AlignedBuf, BlockError>,
         done: Completion,
     ) {
@@ -402,7 +558,7 @@ impl Pipeline {
         };
         // Retired before the upward completion, as reads and flushes are:
         // whoever reacts to the completion sees the request gone.
-        self.retire();
+        self.retire_request(direct);
         done(outcome);
         for w in retry.into_iter().chain(started) {
             self.start_write(w);
