@@ -1,7 +1,10 @@
 //! Serves a file or block device as `/dev/ublkb<minor>` through the drbdd ublk
 //! frontend, with a simple O_DIRECT, thread-pool `BlockTarget` (completions run
 //! on pool threads, as in the daemon); reads are offered as direct reads (the
-//! queue thread reads the file on its own io_uring) unless `--no-direct-reads`. Used by the VM test (tests/vm/run.sh)
+//! queue thread reads the file on its own io_uring) unless `--no-direct-reads`,
+//! writes as direct writes unless `--no-direct-writes` (with `--write-delay-ms`
+//! their completion then comes from another thread, as a peer's ack would).
+//! Used by the VM test (tests/vm/run.sh)
 //! until the daemon wires the ublk frontend in.
 //!
 //! Runs in the foreground; SIGTERM/SIGINT stop and delete the device. After a
@@ -11,7 +14,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use drbdd_blockio::{
     AlignedBuf, BlockError, BlockOp, BlockRequest, BlockSession, BlockTarget, Completion,
-    DirectRead, FdHandle, Geometry,
+    DirectRead, DirectWrite, FdHandle, Geometry,
 };
 use drbdd_ublk::{UblkConfig, UblkDevice};
 use std::fs::{File, OpenOptions};
@@ -56,6 +59,9 @@ struct Args {
     /// Send reads through the worker pool too (no direct reads).
     #[arg(long)]
     no_direct_reads: bool,
+    /// Send writes through the worker pool too (no direct writes).
+    #[arg(long)]
+    no_direct_writes: bool,
 }
 
 type Job = (BlockRequest, AlignedBuf, Completion);
@@ -67,6 +73,9 @@ struct FileTarget {
     jobs: Mutex<Sender<Job>>,
     /// The file direct reads use; `None` with `--no-direct-reads`.
     direct: Option<Arc<File>>,
+    /// The file direct writes use; `None` with `--no-direct-writes`.
+    direct_writes: Option<Arc<File>>,
+    write_delay: Duration,
 }
 
 #[derive(Debug)]
@@ -74,6 +83,8 @@ struct FileSession {
     geometry: Geometry,
     jobs: Sender<Job>,
     direct: Option<Arc<File>>,
+    direct_writes: Option<Arc<File>>,
+    write_delay: Duration,
 }
 
 impl FileTarget {
@@ -81,7 +92,7 @@ impl FileTarget {
         path: &PathBuf,
         workers: usize,
         write_delay: Duration,
-        direct_reads: bool,
+        (direct_reads, direct_writes): (bool, bool),
     ) -> Result<Self> {
         let mut file = OpenOptions::new()
             .read(true)
@@ -112,7 +123,9 @@ impl FileTarget {
         Ok(FileTarget {
             geometry,
             jobs: Mutex::new(tx),
-            direct: direct_reads.then_some(file),
+            direct: direct_reads.then(|| Arc::clone(&file)),
+            direct_writes: direct_writes.then_some(file),
+            write_delay,
         })
     }
 }
@@ -196,6 +209,8 @@ impl BlockTarget for FileTarget {
             geometry: self.geometry,
             jobs,
             direct: self.direct.clone(),
+            direct_writes: self.direct_writes.clone(),
+            write_delay: self.write_delay,
         }))
     }
 }
@@ -231,6 +246,47 @@ impl BlockSession for FileSession {
                     eprintln!("ublk-serve: direct read of {len} bytes failed: {other:?}");
                     Err(BlockError::Io)
                 }
+            }),
+        ))
+    }
+
+    fn direct_write(&self, req: &BlockRequest, data: &[u8]) -> Option<DirectWrite> {
+        let file = self.direct_writes.as_ref()?;
+        let len_ok = usize::try_from(req.len_bytes).is_ok_and(|l| l == data.len());
+        if req.op != BlockOp::Write
+            || !len_ok
+            || req
+                .validate(self.geometry.size_bytes, self.geometry.max_io_bytes)
+                .is_err()
+        {
+            return None;
+        }
+        let (fd, len, delay) = (
+            Arc::clone(file) as FdHandle,
+            req.len_bytes,
+            self.write_delay,
+        );
+        Some(DirectWrite::new(
+            fd,
+            req.offset_bytes,
+            req.fua,
+            Box::new(move |outcome, done| {
+                let result = match outcome {
+                    Ok(n) if n == len => Ok(AlignedBuf::empty()),
+                    Err(libc::ECANCELED) => Err(BlockError::ShuttingDown),
+                    other => {
+                        eprintln!("ublk-serve: direct write of {len} bytes failed: {other:?}");
+                        Err(BlockError::Io)
+                    }
+                };
+                if delay.is_zero() {
+                    return done(result);
+                }
+                // Like a peer's ack: the completion comes later, elsewhere.
+                std::thread::spawn(move || {
+                    std::thread::sleep(delay);
+                    done(result);
+                });
             }),
         ))
     }
@@ -278,7 +334,7 @@ fn main() -> Result<()> {
         &file,
         args.workers,
         Duration::from_millis(args.write_delay_ms),
-        !args.no_direct_reads,
+        (!args.no_direct_reads, !args.no_direct_writes),
     )?;
     let config = UblkConfig {
         queues: args.queues,

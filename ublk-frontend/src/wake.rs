@@ -13,7 +13,7 @@
 //! reap it runs the executor until nothing is runnable, so a task woken before a
 //! doorbell ring that the queue thread already drained still runs in that pass.
 
-use crate::direct::{serve_direct_read, RingSubmit};
+use crate::direct::{serve_direct_read, serve_direct_write, RingSubmit};
 use crate::ops::{commit_result, decode, IoDesc};
 use drbdd_blockio::{AlignedBuf, BlockError, BlockOp, BlockSession};
 use rustix::event::{eventfd, EventfdFlags};
@@ -168,6 +168,12 @@ pub(crate) async fn serve_request(
                 // Abandoned before the kernel read anything: the usual path.
                 Err(buf) => tag_buf = buf,
             }
+        }
+    }
+    if req.op == BlockOp::Write {
+        tag_buf.set_len(len);
+        if let Some(dw) = ctx.session.direct_write(&req, tag_buf.as_slice()) {
+            return serve_direct_write(ctx.ring, doorbell, &req, dw, tag_buf).await;
         }
     }
     let (data, kept) = match req.op {
