@@ -10,7 +10,10 @@ use replication_common::{peer_of, Cluster, Proxy, ResOpts};
 
 /// Two nodes, alice reaches bob only through the proxy.
 fn cluster_behind_proxy() -> (Cluster, Proxy) {
-    let mut opts = ResOpts::default();
+    cluster_behind_proxy_with(ResOpts::default())
+}
+
+fn cluster_behind_proxy_with(mut opts: ResOpts) -> (Cluster, Proxy) {
     let probe = Cluster::new(2, &opts);
     let proxy = Proxy::start(probe.nodes[1].port);
     opts.peer_addr_override = vec![None, Some(format!("127.0.0.1:{}", proxy.port))];
@@ -119,7 +122,12 @@ fn corrupted_stream_is_detected_and_the_connection_recovers() {
     if !replication_common::have_tool("corrupted_stream", "qemu-io") {
         return;
     }
-    let (c, proxy) = cluster_behind_proxy();
+    // As in DRBD, the data blocks themselves are checked only with
+    // data-integrity-alg (the corruption lands in one); headers always are.
+    let (c, proxy) = cluster_behind_proxy_with(ResOpts {
+        net_extra: "data-integrity-alg = \"crc32c\"\n".into(),
+        ..ResOpts::default()
+    });
     c.wait_peer(0, "bob", "Established", "Inconsistent");
     c.ctl_ok(0, &["primary", "r0", "--force"]);
     c.wait_peer(0, "bob", "Established", "UpToDate");
