@@ -281,6 +281,11 @@ impl ActivityLog {
                 None => {}
             }
         }
+        if new.is_empty() {
+            // Every extent is active already (the common case): no slot to
+            // choose, so no scan and sort of all `al-extents` slots per write.
+            return Some(plan);
+        }
         let mut candidates: Vec<usize> = (0..self.slots.len())
             .filter(|&s| self.in_flight[s] == 0 && !plan.bump.contains(&s))
             .collect();
