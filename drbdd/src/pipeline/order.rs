@@ -29,11 +29,15 @@ impl WriteOrder {
     /// Registers write `seq`; returns true when it may start now, false when
     /// it is held until [`WriteOrder::complete`] admits it.
     pub(crate) fn try_admit(&mut self, seq: Seq, range: Range<u64>) -> bool {
+        // Held writes are in submission order, so the newest known write is
+        // the last admitted or the last held one: O(log n), not a scan.
+        let newest = self
+            .admitted
+            .keys()
+            .next_back()
+            .max(self.held.back().map(|(s, _)| s));
         assert!(
-            self.admitted
-                .keys()
-                .chain(self.held.iter().map(|(s, _)| s))
-                .all(|&s| s < seq),
+            newest.is_none_or(|&s| s < seq),
             "write sequence numbers must increase"
         );
         let blocked = self.admitted.values().any(|r| overlaps(r, &range))
