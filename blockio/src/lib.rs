@@ -208,19 +208,45 @@ pub type FdHandle = Arc<dyn AsRawFd + Send + Sync>;
 /// positive errno. Returns the result to complete the request with.
 pub type DirectFinish = Box<dyn FnOnce(Result<u32, i32>) -> Result<(), BlockError> + Send>;
 
+/// A target that retires its direct reads itself, so that a read costs no
+/// allocation (the frontend's queue thread runs this for every read).
+pub trait DirectReadRetire: Send + Sync {
+    /// The descriptor direct reads go to; open as long as `self` lives.
+    fn read_fd(&self) -> RawFd;
+
+    /// Retires the direct read `req` (bytes read, or a positive errno) and
+    /// returns what to complete the request with; see [`DirectFinish`].
+    fn retire_read(&self, req: &BlockRequest, outcome: Result<u32, i32>) -> Result<(), BlockError>;
+}
+
+/// Counts finished direct reads for a wrapper of the target (statistics),
+/// without a closure per read; see [`DirectRead::tallied`].
+pub trait DirectReadTally: Send + Sync {
+    /// A direct read finished: `outcome` as the frontend reported it,
+    /// `result` what the request completes with.
+    fn read_finished(&self, outcome: Result<u32, i32>, result: &Result<(), BlockError>);
+}
+
+/// How a [`DirectRead`] is retired, and what keeps its fd open.
+enum ReadFinish {
+    Boxed(FdHandle, DirectFinish),
+    Target(Arc<dyn DirectReadRetire>, BlockRequest),
+}
+
 /// A read the frontend executes itself; see [`BlockSession::direct_read`].
 /// Its finish callback runs exactly once: through [`DirectRead::finish`], or
 /// with `Err(ECANCELED)` when it is dropped unfinished.
 pub struct DirectRead {
-    fd: FdHandle,
+    fd: RawFd,
     offset_bytes: u64,
-    finish: Option<DirectFinish>,
+    finish: Option<ReadFinish>,
+    tally: Option<Arc<dyn DirectReadTally>>,
 }
 
 impl Debug for DirectRead {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DirectRead")
-            .field("fd", &self.fd.as_raw_fd())
+            .field("fd", &self.fd)
             .field("offset_bytes", &self.offset_bytes)
             .field("finished", &self.finish.is_none())
             .finish()
@@ -232,20 +258,39 @@ impl DirectRead {
     /// target) at `offset_bytes`; `finish` retires it in the target.
     pub fn new(fd: FdHandle, offset_bytes: u64, finish: DirectFinish) -> Self {
         DirectRead {
-            fd,
+            fd: fd.as_raw_fd(),
             offset_bytes,
-            finish: Some(finish),
+            finish: Some(ReadFinish::Boxed(fd, finish)),
+            tally: None,
         }
+    }
+
+    /// The direct read `req` of `target`'s fd at `offset_bytes`, retired by
+    /// [`DirectReadRetire::retire_read`] (no allocation).
+    pub fn retired_by(
+        target: Arc<dyn DirectReadRetire>,
+        req: BlockRequest,
+        offset_bytes: u64,
+    ) -> Self {
+        DirectRead {
+            fd: target.read_fd(),
+            offset_bytes,
+            finish: Some(ReadFinish::Target(target, req)),
+            tally: None,
+        }
+    }
+
+    /// The same read, also reported to `tally` when it finishes (after the
+    /// target retired it; a dropped read too). One tally per read.
+    pub fn tallied(mut self, tally: Arc<dyn DirectReadTally>) -> Self {
+        assert!(self.tally.is_none(), "a direct read has one tally");
+        self.tally = Some(tally);
+        self
     }
 
     /// The descriptor to read from; open as long as `self` lives.
     pub fn fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-
-    /// The handle that keeps [`DirectRead::fd`] open (for wrappers).
-    pub fn fd_handle(&self) -> &FdHandle {
-        &self.fd
+        self.fd
     }
 
     /// Where the request's data starts in that file.
@@ -256,15 +301,25 @@ impl DirectRead {
     /// Reports the outcome (bytes read, or a positive errno) and returns
     /// what to complete the request with.
     pub fn finish(mut self, outcome: Result<u32, i32>) -> Result<(), BlockError> {
-        let finish = self.finish.take().expect("a direct read finishes once");
-        finish(outcome)
+        self.finish_once(outcome)
+    }
+
+    fn finish_once(&mut self, outcome: Result<u32, i32>) -> Result<(), BlockError> {
+        let result = match self.finish.take().expect("a direct read finishes once") {
+            ReadFinish::Boxed(_fd, finish) => finish(outcome),
+            ReadFinish::Target(target, req) => target.retire_read(&req, outcome),
+        };
+        if let Some(tally) = self.tally.take() {
+            tally.read_finished(outcome, &result);
+        }
+        result
     }
 }
 
 impl Drop for DirectRead {
     fn drop(&mut self) {
-        if let Some(finish) = self.finish.take() {
-            let _ = finish(Err(libc::ECANCELED));
+        if self.finish.is_some() {
+            let _ = self.finish_once(Err(libc::ECANCELED));
         }
     }
 }
@@ -371,6 +426,59 @@ mod tests {
         assert_eq!(dr.finish(Ok(512)), Ok(()));
         drop(recording(&log));
         assert_eq!(*log.lock().unwrap(), vec![Ok(512), Err(libc::ECANCELED)]);
+    }
+
+    /// A target retiring its reads itself, and a tally: both record.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl DirectReadRetire for Recorder {
+        fn read_fd(&self) -> RawFd {
+            0
+        }
+
+        fn retire_read(
+            &self,
+            req: &BlockRequest,
+            outcome: Result<u32, i32>,
+        ) -> Result<(), BlockError> {
+            let line = format!("retire {} {outcome:?}", req.len_bytes);
+            self.0.lock().unwrap().push(line);
+            outcome.map(|_| ()).map_err(|_| BlockError::Io)
+        }
+    }
+
+    impl DirectReadTally for Recorder {
+        fn read_finished(&self, outcome: Result<u32, i32>, result: &Result<(), BlockError>) {
+            let line = format!("tally {outcome:?} {}", result.is_ok());
+            self.0.lock().unwrap().push(line);
+        }
+    }
+
+    #[test]
+    fn a_target_retired_read_is_retired_then_tallied_once_even_when_dropped() {
+        let rec = Arc::new(Recorder::default());
+        let req = BlockRequest {
+            op: BlockOp::Read,
+            offset_bytes: 8192,
+            len_bytes: 4096,
+            fua: false,
+        };
+        let retire: Arc<dyn DirectReadRetire> = Arc::clone(&rec) as Arc<dyn DirectReadRetire>;
+        let tally: Arc<dyn DirectReadTally> = Arc::clone(&rec) as Arc<dyn DirectReadTally>;
+        let dr = DirectRead::retired_by(Arc::clone(&retire), req, 8192).tallied(Arc::clone(&tally));
+        assert_eq!((dr.fd(), dr.offset_bytes()), (0, 8192));
+        assert_eq!(dr.finish(Ok(4096)), Ok(()));
+        drop(DirectRead::retired_by(retire, req, 8192).tallied(tally));
+        assert_eq!(
+            *rec.0.lock().unwrap(),
+            vec![
+                "retire 4096 Ok(4096)",
+                "tally Ok(4096) true",
+                "retire 4096 Err(125)",
+                "tally Err(125) false",
+            ]
+        );
     }
 
     #[test]

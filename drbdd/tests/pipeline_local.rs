@@ -1541,3 +1541,46 @@ fn direct_write_still_replicates_and_completes_after_its_peer_leg() {
     assert_eq!(fx.pipeline.in_flight(), 0);
     assert_eq!(file_bytes(&fx.path, 4096, 4096), data.as_slice());
 }
+
+/// Per-request CPU of the direct paths (ublk's queue thread runs this for
+/// every read and write): `DIRECT_COST_READS` direct reads, then
+/// `DIRECT_COST_WRITES` direct writes, each admitted and finished without
+/// the disk I/O itself. Run under `valgrind --tool=callgrind` with two counts;
+/// the difference divided by the extra requests is the cost of one.
+#[test]
+#[ignore = "a measurement, run by hand under callgrind"]
+fn measure_direct_request_cost() {
+    let count = |var: &str| -> u32 {
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000)
+    };
+    let (reads, writes) = (count("DIRECT_COST_READS"), count("DIRECT_COST_WRITES"));
+    // The sync engine: valgrind does not run io_uring (and the direct
+    // paths do not use the engine).
+    let (fx, s) = direct_fixture(EngineKind::Sync, OnIoError::Detach);
+    let read_4k = req(BlockOp::Read, 4096, 4096);
+    for _ in 0..reads {
+        let dr = s.direct_read(&read_4k).expect("direct read");
+        assert_eq!(dr.finish(Ok(4096)), Ok(()));
+    }
+    let data = pattern(1, 4096);
+    let done = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let write_4k = req(BlockOp::Write, 4096, 4096);
+    for _ in 0..writes {
+        let dw = s
+            .direct_write(&write_4k, data.as_slice())
+            .expect("direct write");
+        let d = Arc::clone(&done);
+        dw.finish(
+            Ok(4096),
+            Box::new(move |r| {
+                assert!(r.is_ok());
+                d.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }),
+        );
+    }
+    assert_eq!(done.load(std::sync::atomic::Ordering::Relaxed), writes);
+    assert_eq!(fx.pipeline.in_flight(), 0);
+}

@@ -136,7 +136,7 @@ impl UblkDevice {
             session,
             size_bytes: params.size_bytes,
             max_io_bytes: params.max_io_bytes,
-            ring: crate::direct::ublk_ring,
+            ring: crate::direct::UBLK_RING,
         };
         let stop_requested = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::sync_channel(2);

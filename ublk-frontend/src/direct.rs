@@ -23,19 +23,36 @@ use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 
-/// Submits one SQE on the queue's ring and resolves to its CQE result
-/// (negative errno on failure); `-ECANCELED` when it could not be queued.
-pub(crate) type RingSubmit = fn(squeue::Entry) -> Pin<Box<dyn Future<Output = i32>>>;
+/// Where SQEs go: submits one and resolves to its CQE result (negative
+/// errno on failure); `-ECANCELED` when it could not be queued.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RingSubmit {
+    /// libublk's per-queue ring, awaited in place (no boxed future per SQE:
+    /// this runs for every direct read and write on the queue thread).
+    Ublk,
+    /// Another ring (tests).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Other(fn(squeue::Entry) -> Pin<Box<dyn Future<Output = i32>>>),
+}
 
-/// The production [`RingSubmit`]: libublk's per-queue ring. Completions are
-/// routed by libublk's per-thread slab key in `user_data`; the `Target` bit
-/// marks the CQE as ours rather than a ublk command's.
-pub(crate) fn ublk_ring(sqe: squeue::Entry) -> Pin<Box<dyn Future<Output = i32>>> {
-    Box::pin(async move {
-        libublk::uring_async::ublk_submit_sqe_async(sqe, libublk::UblkUringData::Target as u64)
+/// The production [`RingSubmit`].
+pub(crate) const UBLK_RING: RingSubmit = RingSubmit::Ublk;
+
+impl RingSubmit {
+    /// Submits `sqe` and resolves to its CQE result. On libublk's ring,
+    /// completions are routed by its per-thread slab key in `user_data`; the
+    /// `Target` bit marks the CQE as ours rather than a ublk command's.
+    async fn submit(self, sqe: squeue::Entry) -> i32 {
+        match self {
+            RingSubmit::Ublk => libublk::uring_async::ublk_submit_sqe_async(
+                sqe,
+                libublk::UblkUringData::Target as u64,
+            )
             .await
-            .unwrap_or(-libc::ECANCELED)
-    })
+            .unwrap_or(-libc::ECANCELED),
+            RingSubmit::Other(submit) => submit(sqe).await,
+        }
+    }
 }
 
 /// Retries of a read the kernel answered with EAGAIN/EINTR, at most.
@@ -156,7 +173,7 @@ pub(crate) async fn transfer_at(
                     .build()
             }
         };
-        let res = ring(sqe).await;
+        let res = ring.submit(sqe).await;
         match u32::try_from(res) {
             // Nothing moved (end of file): report the short count.
             Ok(0) => break Ok(done),
@@ -311,7 +328,7 @@ mod tests {
         let tag_ptr = tag.as_ptr();
         let req = read_req(8192, 8192);
         let out = smol::block_on(serve_direct_read(
-            test_ring,
+            RingSubmit::Other(test_ring),
             &req,
             direct(&f, 8192, &log),
             tag,
@@ -328,7 +345,12 @@ mod tests {
     fn a_short_read_is_continued_until_the_request_is_full() {
         let f = backing();
         let buf = AlignedBuf::with_capacity(4096, 4096);
-        let (outcome, buf) = smol::block_on(read_at(short_then_real, f.file.as_raw_fd(), 0, buf));
+        let (outcome, buf) = smol::block_on(read_at(
+            RingSubmit::Other(short_then_real),
+            f.file.as_raw_fd(),
+            0,
+            buf,
+        ));
         assert_eq!(outcome, Ok(4096));
         let want: Vec<u8> = (0..4096u32).map(sector_byte).collect();
         assert_eq!(buf.as_slice(), &want[..]);
@@ -339,7 +361,8 @@ mod tests {
         let f = backing();
         let buf = AlignedBuf::with_capacity(8192, 8192);
         let fd = f.file.as_raw_fd();
-        let (outcome, _) = smol::block_on(read_at(test_ring, fd, 65536 - 4096, buf));
+        let (outcome, _) =
+            smol::block_on(read_at(RingSubmit::Other(test_ring), fd, 65536 - 4096, buf));
         assert_eq!(outcome, Ok(4096));
     }
 
@@ -350,7 +373,7 @@ mod tests {
         let tag = AlignedBuf::with_capacity(4096, 4096);
         let req = read_req(0, 4096);
         let out = smol::block_on(serve_direct_read(
-            failing_ring,
+            RingSubmit::Other(failing_ring),
             &req,
             direct(&f, 0, &log),
             tag,
@@ -368,7 +391,7 @@ mod tests {
         let tag = AlignedBuf::with_capacity(4096, 4096);
         let req = read_req(0, 4096);
         let out = smol::block_on(serve_direct_read(
-            unqueued_ring,
+            RingSubmit::Other(unqueued_ring),
             &req,
             direct(&f, 0, &log),
             tag,
@@ -396,7 +419,12 @@ mod tests {
 
     fn on_disk(f: &File, offset: usize, len: usize) -> Vec<u8> {
         let buf = AlignedBuf::zeroed(65536);
-        let (outcome, buf) = smol::block_on(read_at(test_ring, f.file.as_raw_fd(), 0, buf));
+        let (outcome, buf) = smol::block_on(read_at(
+            RingSubmit::Other(test_ring),
+            f.file.as_raw_fd(),
+            0,
+            buf,
+        ));
         assert_eq!(outcome, Ok(65536));
         buf.as_slice()[offset..offset + len].to_vec()
     }
@@ -443,7 +471,13 @@ mod tests {
             let tag_ptr = tag.as_ptr();
             let req = write_req(4096, 8192, fua);
             let dw = direct_w(&f, 4096, fua, elsewhere, &log);
-            let (res, buf) = smol::block_on(serve_direct_write(test_ring, &bell, &req, dw, tag));
+            let (res, buf) = smol::block_on(serve_direct_write(
+                RingSubmit::Other(test_ring),
+                &bell,
+                &req,
+                dw,
+                tag,
+            ));
             assert_eq!(res, 8192, "elsewhere: {elsewhere}");
             assert_eq!(buf.as_ptr(), tag_ptr, "the tag buffer is kept");
             assert_eq!(*log.lock().unwrap(), vec![Ok(8192)]);
@@ -459,7 +493,7 @@ mod tests {
         let buf = filled(4096, 0x5c);
         let dir = Dir::Write { dsync: false };
         let (outcome, _) = smol::block_on(transfer_at(
-            short_then_real,
+            RingSubmit::Other(short_then_real),
             dir,
             f.file.as_raw_fd(),
             0,
@@ -477,7 +511,7 @@ mod tests {
         let req = write_req(0, 4096, false);
         let dw = direct_w(&f, 0, false, false, &log);
         let (res, buf) = smol::block_on(serve_direct_write(
-            failing_ring,
+            RingSubmit::Other(failing_ring),
             &bell,
             &req,
             dw,
@@ -496,7 +530,7 @@ mod tests {
         let req = write_req(0, 4096, false);
         let dw = direct_w(&f, 0, false, false, &log);
         let (res, _) = smol::block_on(serve_direct_write(
-            unqueued_ring,
+            RingSubmit::Other(unqueued_ring),
             &bell,
             &req,
             dw,

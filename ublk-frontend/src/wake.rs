@@ -255,7 +255,7 @@ mod tests {
             session,
             size_bytes: 1 << 20,
             max_io_bytes: 64 << 10,
-            ring: crate::direct::ublk_ring,
+            ring: crate::direct::UBLK_RING,
         }
     }
 

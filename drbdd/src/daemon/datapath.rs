@@ -20,7 +20,7 @@ use crate::pipeline::{
 };
 use drbdd_blockio::{
     AlignedBuf, BlockError, BlockOp, BlockRequest, BlockSession, BlockTarget, Completion,
-    DirectRead, DirectWrite, Geometry,
+    DirectRead, DirectReadTally, DirectWrite, Geometry,
 };
 use drbdd_config::{Node, Resource};
 use drbdd_metadata::{MetaError, MetaStore};
@@ -647,26 +647,14 @@ impl BlockSession for TrackedSession {
     }
 
     /// The pipeline's direct read, counted like a submitted read when it
-    /// finishes (the wrapper's finish runs exactly once, like the inner one).
+    /// finishes (the tally runs exactly once, after the pipeline's finish;
+    /// no closure per read: this runs on the ublk queue thread).
     fn direct_read(&self, req: &BlockRequest) -> Option<DirectRead> {
         let inner = self.inner.as_ref()?.direct_read(req)?;
-        let counters = Arc::clone(&self.counters);
-        counters.upper_pending.fetch_add(1, Ordering::Relaxed);
-        let (fd, offset_bytes) = (Arc::clone(inner.fd_handle()), inner.offset_bytes());
-        Some(DirectRead::new(
-            fd,
-            offset_bytes,
-            Box::new(move |outcome| {
-                let result = inner.finish(outcome);
-                if let (Ok(()), Ok(n)) = (&result, outcome) {
-                    counters
-                        .read_bytes
-                        .fetch_add(u64::from(n), Ordering::Relaxed);
-                }
-                counters.upper_pending.fetch_sub(1, Ordering::Relaxed);
-                result
-            }),
-        ))
+        self.counters.upper_pending.fetch_add(1, Ordering::Relaxed);
+        let tally: Arc<dyn DirectReadTally> =
+            Arc::clone(&self.counters) as Arc<dyn DirectReadTally>;
+        Some(inner.tallied(tally))
     }
 
     /// The pipeline's direct write, counted like a submitted write when the
@@ -695,6 +683,15 @@ impl BlockSession for TrackedSession {
                 );
             }),
         ))
+    }
+}
+
+impl DirectReadTally for Counters {
+    fn read_finished(&self, outcome: Result<u32, i32>, result: &Result<(), BlockError>) {
+        if let (Ok(()), Ok(n)) = (result, outcome) {
+            self.read_bytes.fetch_add(u64::from(n), Ordering::Relaxed);
+        }
+        self.upper_pending.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -48,11 +48,13 @@ pub use write::{Leg, LegHandle, LegOutcome, PeerFlushDone, ReplicatedWrite, Repl
 use crate::backing::{Backing, BackingOp, EngineKind, FaultInjection};
 use drbdd_blockio::{
     AlignedBuf, BlockError, BlockOp, BlockRequest, BlockSession, BlockTarget, Completion,
-    DirectRead, DirectWrite, FdHandle, Geometry, LOGICAL_BLOCK_BYTES, PHYSICAL_BLOCK_BYTES,
+    DirectRead, DirectReadRetire, DirectWrite, Geometry, LOGICAL_BLOCK_BYTES, PHYSICAL_BLOCK_BYTES,
 };
 use order::{Seq, WriteOrder};
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
 /// What to do when the backing device fails an I/O (DRBD's `on-io-error`).
@@ -164,14 +166,11 @@ struct State {
     next_seq: Seq,
     disk: DiskHealth,
     stopping: bool,
-    /// Requests admitted and not yet completed upward (all ops, direct reads too).
+    /// Requests admitted and not yet completed upward (all ops but direct
+    /// reads, which `Pipeline::direct_reads` counts without the lock).
     in_flight: usize,
-    /// The part of `in_flight` that is direct reads and writes (not held to
-    /// the bound).
+    /// The part of `in_flight` that is direct writes (not held to the bound).
     direct: usize,
-    /// Threads waiting on `drained` (a notify is a futex call even without
-    /// a waiter, and `retire` runs once per request).
-    drain_waiters: usize,
     order: WriteOrder,
     /// Writes held by `order`, waiting for an earlier overlapping write.
     held: HashMap<Seq, write::PendingWrite>,
@@ -200,8 +199,20 @@ pub struct Pipeline {
     backing: Backing,
     meta: Arc<Mutex<dyn PipelineMeta>>,
     state: Mutex<State>,
-    /// Signalled when `in_flight` drops.
+    /// Signalled when `in_flight` or `direct_reads` drops.
     drained: Condvar,
+    /// Threads waiting on `drained` (a notify is a futex call even without
+    /// a waiter, and `retire` runs once per request). Changed under the
+    /// state lock; read without it by `retire_direct_read`.
+    drain_waiters: AtomicUsize,
+    /// Direct reads admitted and not finished: counted apart from `State`
+    /// so that a direct read takes no lock (the ublk queue thread admits and
+    /// retires every read; under QEMU/TCG each lock costs).
+    direct_reads: AtomicUsize,
+    /// Whether a direct read may be admitted now ([`Pipeline::direct_allowed`]
+    /// of the state), kept by whoever changes role, disk or stopping under
+    /// the state lock.
+    direct_reads_allowed: AtomicBool,
     events: Mutex<Option<EventSink>>,
     replicator: Mutex<Option<Arc<dyn Replicator>>>,
     max_requests: usize,
@@ -270,7 +281,6 @@ impl Pipeline {
                 stopping: false,
                 in_flight: 0,
                 direct: 0,
-                drain_waiters: 0,
                 order: WriteOrder::default(),
                 held: HashMap::new(),
                 al_waiting: VecDeque::new(),
@@ -279,6 +289,9 @@ impl Pipeline {
                 disconnected_slots,
             }),
             drained: Condvar::new(),
+            drain_waiters: AtomicUsize::new(0),
+            direct_reads: AtomicUsize::new(0),
+            direct_reads_allowed: AtomicBool::new(false),
             events: Mutex::new(None),
             replicator: Mutex::new(None),
             max_requests,
@@ -288,7 +301,9 @@ impl Pipeline {
 
     /// Whether this node may take I/O (Primary). Opens are refused otherwise.
     pub fn set_role_allows_io(&self, allows: bool) {
-        self.lock_state().role_allows_io = allows;
+        let mut st = self.lock_state();
+        st.role_allows_io = allows;
+        self.update_direct_reads_allowed(&st);
     }
 
     /// Who holds the device open ("client" strings given to `open`), oldest first.
@@ -352,15 +367,25 @@ impl Pipeline {
 
     /// Requests admitted and not yet completed.
     pub fn in_flight(&self) -> usize {
-        self.lock_state().in_flight
+        let st = self.lock_state();
+        st.in_flight + self.direct_reads.load(Ordering::SeqCst)
     }
 
     /// Waits until every admitted request completed, then persists bitmap and
     /// superblock. Callers stop new I/O first (close sessions, or shutdown).
     pub fn quiesce(&self) -> Result<(), PipelineError> {
         let mut st = self.lock_state();
-        while st.in_flight > 0 {
-            st = self.wait_drained(st);
+        loop {
+            // Counted as a waiter before looking at `direct_reads` (see
+            // `retire_direct_read`): a direct read retired concurrently is
+            // either seen here or notifies.
+            self.drain_waiters.fetch_add(1, Ordering::SeqCst);
+            let busy = st.in_flight > 0 || self.direct_reads.load(Ordering::SeqCst) > 0;
+            if !busy {
+                self.drain_waiters.fetch_sub(1, Ordering::SeqCst);
+                break;
+            }
+            st = self.wait_counted(st);
         }
         drop(st);
         lock_meta(&self.meta)
@@ -371,7 +396,11 @@ impl Pipeline {
     /// Refuses new requests (ShuttingDown), drains in-flight ones, persists
     /// metadata and stops the engine. Idempotent.
     pub fn shutdown(&self) -> Result<(), PipelineError> {
-        self.lock_state().stopping = true;
+        {
+            let mut st = self.lock_state();
+            st.stopping = true;
+            self.update_direct_reads_allowed(&st);
+        }
         let result = self.quiesce();
         self.backing.shutdown();
         result
@@ -426,21 +455,31 @@ impl Pipeline {
     }
 
     /// Admission of a direct read: like [`Pipeline::admit`] but never waits
-    /// (see the module doc); `None` when the read must take the submit path,
-    /// which reports the refusal.
+    /// (see the module doc) and takes no lock; `None` when the read must
+    /// take the submit path, which reports the refusal.
+    ///
+    /// Counted first, checked second (both SeqCst): `shutdown` clears
+    /// `direct_reads_allowed` before `quiesce` reads `direct_reads`, so a
+    /// read that saw it still set is counted by then and waited for.
     fn admit_direct(&self, req: &BlockRequest) -> Option<()> {
         if req.op != BlockOp::Read || self.backing.faults().fails_reads() {
             return None;
         }
         req.validate(self.geometry.size_bytes, self.geometry.max_io_bytes)
             .ok()?;
-        let mut st = self.lock_state();
-        if !self.direct_allowed(&st) {
+        self.direct_reads.fetch_add(1, Ordering::SeqCst);
+        if !self.direct_reads_allowed.load(Ordering::SeqCst) {
+            self.retire_direct_read();
             return None;
         }
-        st.in_flight += 1;
-        st.direct += 1;
         Some(())
+    }
+
+    /// Mirrors [`Pipeline::direct_allowed`] into `direct_reads_allowed`;
+    /// called with the state lock held after role, disk or stopping changed.
+    fn update_direct_reads_allowed(&self, st: &State) {
+        self.direct_reads_allowed
+            .store(self.direct_allowed(st), Ordering::SeqCst);
     }
 
     /// Whether a direct read or write may be admitted now (otherwise the
@@ -467,56 +506,50 @@ impl Pipeline {
     }
 
     /// Serves [`BlockSession::direct_read`]: the frontend reads the backing
-    /// file itself; the returned handle keeps it open.
-    fn direct_read(&self, req: &BlockRequest) -> Option<DirectRead> {
+    /// file itself; the returned handle (holding `self`) keeps it open and
+    /// retires the read through [`DirectReadRetire`]: no allocation, no lock.
+    fn direct_read(self: &Arc<Self>, req: &BlockRequest) -> Option<DirectRead> {
         self.admit_direct(req)?;
-        let (me, req) = (self.arc(), *req);
-        let fd: FdHandle = Arc::clone(self.backing.file_handle()) as FdHandle;
-        Some(DirectRead::new(
-            fd,
-            req.offset_bytes,
-            Box::new(move |outcome| {
-                let result = match outcome {
-                    Ok(n) if n == req.len_bytes => Ok(()),
-                    Ok(n) => {
-                        let short = format!("short read: {n} of {} bytes", req.len_bytes);
-                        Err(me.local_io_failed(&req, &std::io::Error::other(short)))
-                    }
-                    // Abandoned by the frontend (torn down): not a disk error.
-                    Err(libc::ECANCELED) => Err(BlockError::ShuttingDown),
-                    Err(errno) => {
-                        let e = std::io::Error::from_raw_os_error(errno);
-                        Err(me.local_io_failed(&req, &e))
-                    }
-                };
-                me.retire_direct();
-                result
-            }),
-        ))
+        let me: Arc<dyn DirectReadRetire> = Arc::clone(self) as Arc<dyn DirectReadRetire>;
+        Some(DirectRead::retired_by(me, *req, req.offset_bytes))
     }
 
-    /// A direct read admitted by [`Pipeline::admit_direct`] finished.
-    fn retire_direct(&self) {
-        self.retire_request(true);
+    /// A direct read admitted by [`Pipeline::admit_direct`] finished:
+    /// uncounted (SeqCst), then the drain waiters told if there are any (a
+    /// waiter counts itself under the lock before it looks at
+    /// `direct_reads`, so either it sees this decrement or this sees it).
+    fn retire_direct_read(&self) {
+        let prev = self.direct_reads.fetch_sub(1, Ordering::SeqCst);
+        assert!(prev > 0, "retiring more direct reads than admitted");
+        if self.drain_waiters.load(Ordering::SeqCst) > 0 {
+            // Taking the lock orders this notify after the waiter's wait.
+            drop(self.lock_state());
+            self.drained.notify_all();
+        }
     }
 
-    /// A request finished upward; `direct`: a direct read or write.
-    fn retire_request(&self, direct: bool) {
-        let mut st = self.lock_state();
+    /// A write finished upward; `direct`: a direct write. Drops `st`.
+    fn retire_write_locked(&self, mut st: MutexGuard<'_, State>, direct: bool) {
         if direct {
             st.direct = st
                 .direct
                 .checked_sub(1)
-                .expect("retiring more direct requests than admitted");
+                .expect("retiring more direct writes than admitted");
         }
         self.retire_locked(st);
     }
 
     /// Waits for the next `retire` (the caller re-checks its condition).
-    fn wait_drained<'a>(&self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        st.drain_waiters += 1;
-        let mut st = self.drained.wait(st).expect("pipeline state lock");
-        st.drain_waiters -= 1;
+    fn wait_drained<'a>(&self, st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        self.drain_waiters.fetch_add(1, Ordering::SeqCst);
+        self.wait_counted(st)
+    }
+
+    /// Waits for the next `retire`; the caller already counted itself in
+    /// `drain_waiters` (under the lock `st`), this uncounts it.
+    fn wait_counted<'a>(&self, st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        let st = self.drained.wait(st).expect("pipeline state lock");
+        self.drain_waiters.fetch_sub(1, Ordering::SeqCst);
         st
     }
 
@@ -530,7 +563,7 @@ impl Pipeline {
             .in_flight
             .checked_sub(1)
             .expect("retiring more requests than admitted");
-        let waiters = st.drain_waiters > 0;
+        let waiters = self.drain_waiters.load(Ordering::SeqCst) > 0;
         drop(st);
         if waiters {
             self.drained.notify_all();
@@ -649,6 +682,7 @@ impl Pipeline {
                     let mut st = self.lock_state();
                     let first = st.disk == DiskHealth::Attached;
                     st.disk = DiskHealth::Failed;
+                    self.update_direct_reads_allowed(&st);
                     first
                 };
                 if first {
@@ -696,6 +730,32 @@ fn lock_meta<'a>(
     meta: &'a Mutex<dyn PipelineMeta + 'static>,
 ) -> MutexGuard<'a, dyn PipelineMeta + 'static> {
     meta.lock().expect("metadata lock poisoned")
+}
+
+impl DirectReadRetire for Pipeline {
+    fn read_fd(&self) -> RawFd {
+        self.backing.file_handle().as_raw_fd()
+    }
+
+    /// The direct read `req` finished: the on-io-error policy for a failure
+    /// (as for a submitted read), then retired.
+    fn retire_read(&self, req: &BlockRequest, outcome: Result<u32, i32>) -> Result<(), BlockError> {
+        let result = match outcome {
+            Ok(n) if n == req.len_bytes => Ok(()),
+            Ok(n) => {
+                let short = format!("short read: {n} of {} bytes", req.len_bytes);
+                Err(self.local_io_failed(req, &std::io::Error::other(short)))
+            }
+            // Abandoned by the frontend (torn down): not a disk error.
+            Err(libc::ECANCELED) => Err(BlockError::ShuttingDown),
+            Err(errno) => {
+                let e = std::io::Error::from_raw_os_error(errno);
+                Err(self.local_io_failed(req, &e))
+            }
+        };
+        self.retire_direct_read();
+        result
+    }
 }
 
 impl BlockTarget for Pipeline {

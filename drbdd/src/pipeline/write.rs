@@ -554,11 +554,12 @@ impl Pipeline {
             } else {
                 st.al_waiting.drain(..).collect()
             };
+            // Retired before the upward completion, as reads and flushes
+            // are (whoever reacts to the completion sees the request gone),
+            // under the same lock (one lock less per write).
+            self.retire_write_locked(st, direct);
             (retry, started)
         };
-        // Retired before the upward completion, as reads and flushes are:
-        // whoever reacts to the completion sees the request gone.
-        self.retire_request(direct);
         done(outcome);
         for w in retry.into_iter().chain(started) {
             self.start_write(w);
