@@ -1142,26 +1142,46 @@ fn direct_read_is_refused_unless_a_primary_reads_a_healthy_disk() {
     assert!(s.direct_read(&read_4k).is_none(), "stopping");
 }
 
+/// `Pipeline::shutdown` on another thread, checked to still be waiting for
+/// an unfinished request, then to finish once that request is done.
+struct StoppingPipeline {
+    done: mpsc::Receiver<()>,
+    stopper: std::thread::JoinHandle<Result<(), drbdd::pipeline::PipelineError>>,
+}
+
+impl StoppingPipeline {
+    fn start(pipeline: &Arc<Pipeline>, pending: &str) -> Self {
+        let pipeline = Arc::clone(pipeline);
+        let (tx, done) = mpsc::channel();
+        let stopper = std::thread::spawn(move || {
+            let r = pipeline.shutdown();
+            tx.send(()).expect("test alive");
+            r
+        });
+        assert!(
+            done.recv_timeout(Duration::from_millis(300)).is_err(),
+            "shutdown returned with {pending} in flight"
+        );
+        StoppingPipeline { done, stopper }
+    }
+
+    fn finished(self) {
+        self.done
+            .recv_timeout(WAIT)
+            .expect("shutdown drains after finish");
+        self.stopper.join().expect("join").expect("shutdown ok");
+    }
+}
+
 #[test]
 fn shutdown_waits_for_an_unfinished_direct_read() {
     let fx = fixture(EngineKind::UringOrSync, |_, _| {});
     let s = fx.pipeline.open("t", true).expect("open");
     let dr = s.direct_read(&req(BlockOp::Read, 0, 4096)).expect("direct");
-    let pipeline = Arc::clone(&fx.pipeline);
-    let (tx, rx) = mpsc::channel();
-    let stopper = std::thread::spawn(move || {
-        let r = pipeline.shutdown();
-        tx.send(()).expect("test alive");
-        r
-    });
-    assert!(
-        rx.recv_timeout(Duration::from_millis(300)).is_err(),
-        "shutdown returned with a direct read in flight"
-    );
+    let stopping = StoppingPipeline::start(&fx.pipeline, "a direct read");
     let (outcome, _) = pread_direct(&dr, 4096);
     assert_eq!(dr.finish(outcome), Ok(()));
-    rx.recv_timeout(WAIT).expect("shutdown drains after finish");
-    stopper.join().expect("join").expect("shutdown ok");
+    stopping.finished();
 }
 
 #[test]
@@ -1415,24 +1435,13 @@ fn shutdown_waits_for_an_unfinished_direct_write() {
     let dw = s
         .direct_write(&req(BlockOp::Write, 4096, 4096), data.as_slice())
         .expect("direct");
-    let pipeline = Arc::clone(&fx.pipeline);
-    let (tx, rx) = mpsc::channel();
-    let stopper = std::thread::spawn(move || {
-        let r = pipeline.shutdown();
-        tx.send(()).expect("test alive");
-        r
-    });
-    assert!(
-        rx.recv_timeout(Duration::from_millis(300)).is_err(),
-        "shutdown returned with a direct write in flight"
-    );
+    let stopping = StoppingPipeline::start(&fx.pipeline, "a direct write");
     let outcome = pwrite_direct(&dw, &data);
     finish_direct(dw, outcome)
         .try_recv()
         .expect("done")
         .expect("ok");
-    rx.recv_timeout(WAIT).expect("shutdown drains after finish");
-    stopper.join().expect("join").expect("shutdown ok");
+    stopping.finished();
     assert_eq!(file_bytes(&fx.path, 4096, 4096), data.as_slice());
 }
 
