@@ -355,21 +355,7 @@ fn missing_ping_ack_drops_the_connection() {
 fn writes_beyond_max_buffers_wait_and_are_replicated_in_order() {
     let mut cfg_a = config(0, 1, None, Protocol::C);
     cfg_a.max_buffers = 2;
-    let a = Node::new(
-        cfg_a,
-        Role::Primary,
-        DiskState::UpToDate,
-        gens(0x10),
-        disk(0),
-    );
-    let b = Node::new(
-        config(1, 0, None, Protocol::C),
-        Role::Secondary,
-        DiskState::UpToDate,
-        gens(0x10),
-        disk(0),
-    );
-    let mut p = Pair::new(a, b);
+    let mut p = primary_secondary(cfg_a, config(1, 0, None, Protocol::C));
     p.connect();
     p.nodes[1].hold_peer_writes = true;
     for id in 1..=4u64 {

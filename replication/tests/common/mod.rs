@@ -408,7 +408,6 @@ impl Pair {
     }
 }
 
-/// Generations of a node that has had data generation `current` for a while.
 /// A connected-to-be pair: `a` Primary, `b` Secondary, both UpToDate in
 /// generation 0x10 with zeroed disks.
 pub fn primary_secondary(cfg_a: PeerConfig, cfg_b: PeerConfig) -> Pair {
@@ -429,6 +428,7 @@ pub fn primary_secondary(cfg_a: PeerConfig, cfg_b: PeerConfig) -> Pair {
     Pair::new(a, b)
 }
 
+/// Generations of a node that has had data generation `current` for a while.
 pub fn gens(current: u64) -> Generations {
     Generations {
         current,
