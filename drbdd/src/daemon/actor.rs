@@ -17,17 +17,22 @@ use drbdd_config::{Node, Resource};
 use drbdd_replication::resource::{Action, Command, PeerState, Refusal, ResourceCore};
 use drbdd_replication::state::{ConnState, DiskState, ReplState, Role};
 use std::path::Path;
-use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 #[path = "datapath.rs"]
 mod datapath;
+#[path = "mailbox.rs"]
+mod mailbox;
 #[path = "peers.rs"]
 mod peers;
 #[path = "ublk.rs"]
 mod ublk;
 use datapath::{lock_meta, DataPath, SharedMeta};
+pub use mailbox::ActorTx;
+use mailbox::{Mailbox, Next};
 pub use peers::PeerMsg;
 pub use ublk::{enter_namespace_if_needed, reclaim_devices};
 
@@ -93,7 +98,7 @@ pub enum ActorMsg {
 /// The daemon's handle on a running actor.
 #[derive(Debug)]
 pub struct ResourceHandle {
-    tx: Sender<ActorMsg>,
+    tx: ActorTx,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -106,7 +111,12 @@ impl ResourceHandle {
         events: Arc<EventBus>,
         run_dir: &Path,
     ) -> Result<Self, AdminError> {
-        let (tx, rx) = channel();
+        let (tx, mailbox) = mailbox::mailbox().map_err(|e| {
+            (
+                ErrorKind::Failed,
+                format!("cannot create the resource's event fd: {e}"),
+            )
+        })?;
         let mut actor = Actor::new(res, node_name, events, run_dir, tx.clone())?;
         if actor.local_node().disk.is_some() {
             actor.attach()?;
@@ -120,7 +130,7 @@ impl ResourceHandle {
         let name = format!("drbdd-res-{}", actor.core.name);
         let thread = std::thread::Builder::new()
             .name(name)
-            .spawn(move || actor.run(rx))
+            .spawn(move || actor.run(mailbox))
             .map_err(|e| {
                 (
                     ErrorKind::Failed,
@@ -134,7 +144,7 @@ impl ResourceHandle {
     }
 
     /// A sender for other producers (pipeline event sink, frontends, peers).
-    pub fn sender(&self) -> Sender<ActorMsg> {
+    pub fn sender(&self) -> ActorTx {
         self.tx.clone()
     }
 
@@ -211,7 +221,7 @@ impl Actor {
         node_name: &str,
         events: Arc<EventBus>,
         run_dir: &Path,
-        tx: Sender<ActorMsg>,
+        tx: ActorTx,
     ) -> Result<Self, AdminError> {
         res.local_node(node_name)
             .map_err(|e| (ErrorKind::Failed, e.to_string()))?;
@@ -239,28 +249,53 @@ impl Actor {
             .expect("checked in Actor::new; reconfigure keeps the node")
     }
 
-    /// Takes messages in batches of at most [`BATCH_MSGS_MAX`]: everything
-    /// queued when the actor wakes up is handled before the packets the
-    /// batch produced go to the connections, so one `send` per connection
-    /// carries all of them (`flush_wire` in `peers_exec.rs`). Packets of one
-    /// connection keep their order: they share one buffer.
-    fn run(mut self, rx: Receiver<ActorMsg>) {
-        while let Ok(first) = rx.recv() {
-            let mut next = Some(first);
+    /// The actor's loop. Messages are taken in batches of at most
+    /// [`BATCH_MSGS_MAX`]: everything queued when the actor wakes up is
+    /// handled before the packets the batch produced go to the connections,
+    /// so one `send` per connection carries all of them (`flush_wire` in
+    /// `peers_exec.rs`). Packets of one connection keep their order: they
+    /// share one buffer. Then the actor polls its peer sockets — sleeping
+    /// there, with the mailbox's doorbell in the set, when nothing is
+    /// queued — and serves what is ready (see `poll_peers`).
+    ///
+    /// While a connection is congested no new message is taken: the actor
+    /// only drains sockets (reading too, so two congested peers still make
+    /// progress) until the connection takes bytes again or fails.
+    fn run(mut self, mut mailbox: Mailbox) {
+        loop {
             let mut handled = 0;
-            while let Some(msg) = next.take() {
-                if self.handle_publishing(msg) {
-                    self.flush_wire();
-                    return;
-                }
-                handled += 1;
-                if handled < BATCH_MSGS_MAX {
-                    next = rx.try_recv().ok();
+            while handled < BATCH_MSGS_MAX && !self.peers_congested() {
+                match mailbox.next() {
+                    Next::Msg(msg) => {
+                        if self.handle_publishing(msg) {
+                            self.flush_wire();
+                            return;
+                        }
+                        handled += 1;
+                    }
+                    Next::Empty => break,
+                    Next::Closed => {
+                        self.flush_wire();
+                        self.persist_on_stop();
+                        return;
+                    }
                 }
             }
             self.flush_wire();
+            if handled == BATCH_MSGS_MAX {
+                // More may be queued: look at the sockets without sleeping.
+                self.publishing_peer_changes(|a| a.poll_peers(None, Duration::ZERO));
+            } else if self.peers_congested() {
+                // Sleep on the sockets only: messages wait.
+                self.publishing_peer_changes(|a| a.poll_peers(None, IDLE_WAIT));
+            } else if mailbox.park() {
+                let doorbell = Some(mailbox.doorbell_fd());
+                self.publishing_peer_changes(|a| a.poll_peers(doorbell, IDLE_WAIT));
+                mailbox.unpark();
+            } else {
+                self.publishing_peer_changes(|a| a.poll_peers(None, Duration::ZERO));
+            }
         }
-        self.persist_on_stop();
     }
 
     /// Handles one message and publishes the events2 lines of what changed;
@@ -273,19 +308,8 @@ impl Actor {
     /// snapshots are built only when one of those changed.
     fn handle_publishing(&mut self, msg: ActorMsg) -> bool {
         if matches!(msg, ActorMsg::Peers(_)) {
-            let key = EventKey::of(&self.core);
-            let stop = self.handle(msg);
+            let stop = self.publishing_peer_changes(|a| a.handle(msg));
             debug_assert!(!stop, "peer messages never stop the actor");
-            if EventKey::of(&self.core) == key {
-                return stop;
-            }
-            // Something visible changed: publish against the snapshot of
-            // the state before, rebuilt from the key (the objects the
-            // events2 lines show hold nothing else).
-            let after = self.status();
-            let mut before = after.clone();
-            key.restore(&mut before);
-            self.publish_lines(render::events_change(&before, &after));
             return stop;
         }
         let before = self.status();
@@ -297,6 +321,23 @@ impl Actor {
         }
         self.publish_lines(render::events_change(&before, &after));
         false
+    }
+
+    /// Runs `step` (a peer message, socket I/O, the tick) and publishes the
+    /// events2 lines of what it changed.
+    fn publishing_peer_changes<R>(&mut self, step: impl FnOnce(&mut Self) -> R) -> R {
+        let key = EventKey::of(&self.core);
+        let r = step(self);
+        if EventKey::of(&self.core) != key {
+            // Something visible changed: publish against the snapshot of
+            // the state before, rebuilt from the key (the objects the
+            // events2 lines show hold nothing else).
+            let after = self.status();
+            let mut before = after.clone();
+            key.restore(&mut before);
+            self.publish_lines(render::events_change(&before, &after));
+        }
+        r
     }
 
     /// Handles one message; true when the actor must end.
@@ -532,6 +573,8 @@ impl Actor {
 /// Messages handled at most before the actor sends the packets they
 /// produced (bounds the latency one batch adds to its first packet).
 const BATCH_MSGS_MAX: usize = 64;
+/// Longest sleep of an idle actor; with peers the next tick comes first.
+const IDLE_WAIT: Duration = Duration::from_secs(1);
 
 /// What the events2 objects (`render::events_change` without statistics)
 /// show of a resource that a peer message can change: role, disk, and per

@@ -12,7 +12,7 @@
 //! role forbids it (the pipeline gates opens and requests), or hold the
 //! metadata lock while waiting for the pipeline.
 
-use super::{refusal, Actor, ActorMsg, AdminError};
+use super::{refusal, Actor, ActorMsg, ActorTx, AdminError};
 use crate::control::proto::{DeviceStats, ErrorKind};
 use crate::metadev::FileMetaDevice;
 use crate::pipeline::{
@@ -30,7 +30,7 @@ use drbdd_replication::state::Role;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Sender, SyncSender};
+use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 /// How long a daemon stop waits for in-flight requests to drain.
@@ -177,7 +177,7 @@ struct Counters {
 #[derive(Debug)]
 pub(super) struct DataPath {
     resource: String,
-    tx: Sender<ActorMsg>,
+    tx: ActorTx,
     counters: Arc<Counters>,
     exports: Arc<Exports>,
     servers: Vec<NbdServerHandle>,
@@ -192,7 +192,7 @@ impl DataPath {
         res: &Resource,
         node_name: &str,
         run_dir: &Path,
-        tx: Sender<ActorMsg>,
+        tx: ActorTx,
     ) -> Result<Self, AdminError> {
         let mut dp = DataPath {
             resource: res.name.clone(),
@@ -579,7 +579,7 @@ struct TrackedTarget {
     /// `None` for the node's own ublk device: its session is not a client
     /// that holds the device open (a mount of it is, and the demote check
     /// looks at that), but its I/O still counts in `status --statistics`.
-    tx: Option<Sender<ActorMsg>>,
+    tx: Option<ActorTx>,
     counters: Arc<Counters>,
 }
 
@@ -611,7 +611,7 @@ struct TrackedSession {
     /// forgets the session before the actor hears of the close).
     inner: Option<Arc<dyn BlockSession>>,
     client: String,
-    tx: Option<Sender<ActorMsg>>,
+    tx: Option<ActorTx>,
     counters: Arc<Counters>,
 }
 

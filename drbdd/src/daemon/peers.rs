@@ -25,11 +25,12 @@
 //! connected Secondary follows it and announces its own new tuple the same
 //! way); a second connection claiming a peer that is Connected is refused.
 
+use super::mailbox::ActorTx;
 use super::{Actor, ActorMsg};
 use crate::backing::{Backing, EngineKind};
 use crate::control::proto::{PeerStatus as PeerStatusView, ResyncProgress};
 use crate::metadev::FileMetaDevice;
-use crate::net::{self, Conn, ConnOpts, Listener, NetMsg, NetSink};
+use crate::net::{self, Conn, ConnOpts, Listener, NetMsg, NetSink, Received};
 use crate::pipeline::{
     LegHandle, LegOutcome, PeerFlushDone, Pipeline, ReplicatedWrite, Replicator,
 };
@@ -47,8 +48,8 @@ use drbdd_replication::wire::{
 };
 use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,6 +58,12 @@ mod exec;
 
 /// How often the machines get `Event::Tick`.
 const TICK_MS: u64 = 100;
+/// Bytes of one `max-buffers` unit (DRBD counts 4 KiB pages).
+const MAX_BUFFER_BYTES: usize = 4096;
+/// Queued send bytes per connection at least and at most, whatever
+/// max-buffers says.
+const SEND_QUEUE_MIN_BYTES: usize = 1 << 20;
+const SEND_QUEUE_MAX_BYTES: usize = 64 << 20;
 /// Backing I/O in flight at most for peer and resync I/O.
 const PEER_IO_QUEUE_DEPTH: u32 = 128;
 /// Largest write or resync request.
@@ -74,23 +81,17 @@ const WIRE_SPLIT_BYTES: usize = 32 * 1024;
 /// Messages for the peers part of the actor.
 #[derive(Debug)]
 pub enum PeerMsg {
+    /// A dialed or accepted socket.
     Net(NetMsg),
-    Tick,
     /// An application write offered by the pipeline, with one leg per peer.
     Write(LocalWrite),
     /// Local disk legs finished while the replicator asks for prompt
     /// handling (see [`NetReplicator::local_done`]); the ids are in its queue.
     LocalDone,
     /// An application flush; call `done` when every peer has it.
-    Flush {
-        id: WriteId,
-        done: FlushDone,
-    },
+    Flush { id: WriteId, done: FlushDone },
     /// A disk I/O this module submitted finished.
-    Io {
-        node_id: u8,
-        done: IoDone,
-    },
+    Io { node_id: u8, done: IoDone },
 }
 
 /// An application write to replicate.
@@ -178,8 +179,10 @@ pub(super) struct Peers {
     epoch: Instant,
     _listener: Option<Listener>,
     disk: Option<Backing>,
-    tx: Sender<ActorMsg>,
+    tx: ActorTx,
     sink: NetSink,
+    /// When the machines get their next `Event::Tick`.
+    next_tick: Instant,
     next_conn_id: u64,
     legs: HashMap<(u8, WriteId), LegHandle>,
     /// Writes the machines have and whose local leg has not finished.
@@ -195,7 +198,6 @@ pub(super) struct Peers {
     bitmap_dirty: bool,
     /// The local disk state the machines were last told about.
     announced_disk: DiskState,
-    stop_ticker: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Peers {
@@ -209,9 +211,8 @@ impl std::fmt::Debug for Peers {
 
 impl Drop for Peers {
     fn drop(&mut self) {
-        self.stop_ticker.store(true, Ordering::SeqCst);
-        for l in &self.links {
-            if let Some(c) = &l.conn {
+        for l in &mut self.links {
+            if let Some(c) = l.conn.take() {
                 c.close();
             }
         }
@@ -232,7 +233,7 @@ impl Drop for Peers {
 /// Gives each application write one leg per configured peer.
 #[derive(Debug)]
 pub(super) struct NetReplicator {
-    tx: Mutex<Sender<ActorMsg>>,
+    tx: ActorTx,
     next_id: AtomicU64,
     node_ids: Vec<u8>,
     /// Writes whose local leg finished, for the machines' `LocalWriteDone`.
@@ -269,9 +270,8 @@ impl Replicator for NetReplicator {
             data,
             legs,
         };
-        let tx = self.tx.lock().expect("replicator sender lock");
         // If the actor is gone the legs drop and the write fails upward.
-        let _ = tx.send(ActorMsg::Peers(PeerMsg::Write(msg)));
+        let _ = self.tx.send(ActorMsg::Peers(PeerMsg::Write(msg)));
     }
 
     fn local_done(&self, token: u64, _ok: bool) {
@@ -284,15 +284,13 @@ impl Replicator for NetReplicator {
         // SeqCst pairs with the actor's store-then-take: either this sees
         // the flag, or the actor's take after storing it sees the id.
         if self.local_done_eager.load(Ordering::SeqCst) {
-            let tx = self.tx.lock().expect("replicator sender lock");
-            let _ = tx.send(ActorMsg::Peers(PeerMsg::LocalDone));
+            let _ = self.tx.send(ActorMsg::Peers(PeerMsg::LocalDone));
         }
     }
 
     fn flush(&self, done: PeerFlushDone) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let tx = self.tx.lock().expect("replicator sender lock");
-        if let Err(e) = tx.send(ActorMsg::Peers(PeerMsg::Flush {
+        if let Err(e) = self.tx.send(ActorMsg::Peers(PeerMsg::Flush {
             id,
             done: FlushDone(Some(done)),
         })) {
@@ -386,7 +384,7 @@ fn peer_config(res: &Resource, local: &str, peer: &drbdd_config::Node, local_id:
 impl Actor {
     /// Creates the peer machines, the listener and the tick thread. Needs
     /// the metadata (attached disk); without it the resource has no peers.
-    pub(super) fn start_peers(&mut self, tx: Sender<ActorMsg>) -> Result<(), String> {
+    pub(super) fn start_peers(&mut self, tx: ActorTx) -> Result<(), String> {
         let Some(size_bytes) = self.with_store(|s| s.superblock().data_size_bytes) else {
             return Err("replication needs an attached disk".into());
         };
@@ -410,9 +408,10 @@ impl Actor {
                 slot: p.slot,
                 addr: node.address,
                 opts: ConnOpts {
-                    queue_len: usize::try_from(net.max_buffers)
-                        .unwrap_or(1024)
-                        .clamp(64, 8192),
+                    queue_bytes: usize::try_from(net.max_buffers)
+                        .unwrap_or(usize::MAX)
+                        .saturating_mul(MAX_BUFFER_BYTES)
+                        .clamp(SEND_QUEUE_MIN_BYTES, SEND_QUEUE_MAX_BYTES),
                     sndbuf_bytes: net.sndbuf_size_bytes,
                     send_timeout_ms: u64::from(net.timeout_ms) * u64::from(net.ko_count.max(1)),
                 },
@@ -428,14 +427,9 @@ impl Actor {
                 stats: LinkStats::default(),
             });
         }
-        let tx_sink = Mutex::new(tx.clone());
-        let sink: NetSink = Arc::new(move |m| {
-            tx_sink
-                .lock()
-                .expect("net sink lock")
-                .send(ActorMsg::Peers(PeerMsg::Net(m)))
-                .is_ok()
-        });
+        let tx_sink = tx.clone();
+        let sink: NetSink =
+            Arc::new(move |m| tx_sink.send(ActorMsg::Peers(PeerMsg::Net(m))).is_ok());
         let allowed: Vec<u8> = links
             .iter()
             .filter(|l| !l.dials)
@@ -450,8 +444,6 @@ impl Actor {
             ),
             None => None,
         };
-        let stop_ticker = Arc::new(AtomicBool::new(false));
-        start_ticker(tx.clone(), Arc::clone(&stop_ticker));
         let node_ids = links.iter().map(|l| l.node_id).collect();
         self.peers = Some(Peers {
             links,
@@ -460,7 +452,7 @@ impl Actor {
             _listener: Some(listener),
             disk,
             replicator: Arc::new(NetReplicator {
-                tx: Mutex::new(tx.clone()),
+                tx: tx.clone(),
                 next_id: AtomicU64::new(1),
                 node_ids,
                 local_done: Mutex::new(Vec::new()),
@@ -470,13 +462,13 @@ impl Actor {
             early_local_done: HashSet::new(),
             tx,
             sink,
+            next_tick: Instant::now() + Duration::from_millis(TICK_MS),
             next_conn_id: 1,
             legs: HashMap::new(),
             flushes: HashMap::new(),
             plugged: None,
             bitmap_dirty: false,
             announced_disk: self.core.disk,
-            stop_ticker,
         });
         self.plug_replicator();
         Ok(())
@@ -503,6 +495,15 @@ impl Actor {
 
     /// Handles one [`PeerMsg`].
     pub(super) fn on_peer_msg(&mut self, msg: PeerMsg) {
+        self.peer_step(|a| a.dispatch_peer_msg(msg));
+    }
+
+    /// Runs `step` (a message, received frames, the tick) between the
+    /// bookkeeping every peer event needs: the replicator plugged into the
+    /// current pipeline, disk-state changes announced, local completions
+    /// fed first (a write or ack reaches the machines after every local
+    /// completion that happened before it), and the eager flag updated.
+    fn peer_step(&mut self, step: impl FnOnce(&mut Self)) {
         if self.peers.is_none() {
             return;
         }
@@ -512,13 +513,12 @@ impl Actor {
         self.plug_replicator();
         self.announce_disk_change();
         self.take_local_done();
-        self.dispatch_peer_msg(msg);
+        step(self);
         self.update_local_done_eager();
     }
 
     fn dispatch_peer_msg(&mut self, msg: PeerMsg) {
         match msg {
-            PeerMsg::Tick => self.peers_tick(),
             PeerMsg::Net(m) => self.on_net(m),
             PeerMsg::Write(w) => self.on_local_write(w),
             PeerMsg::Flush { id, done } => self.on_local_flush(id, done),
@@ -702,48 +702,136 @@ impl Actor {
                     }
                 }
             }
-            NetMsg::Bytes {
-                node_id,
-                conn_id,
-                bytes,
-            } => {
-                let Some(i) = self.link_index(node_id) else {
-                    return;
-                };
-                let l = self.link_mut(i);
-                if l.conn.as_ref().map(|c| c.conn_id) != Some(conn_id) {
-                    return;
-                }
-                l.stats.received_bytes += u64::try_from(bytes.len()).unwrap_or(0);
-                if let Some(c) = &l.conn {
-                    c.consumed(bytes.len());
-                }
-                self.feed(
-                    i,
-                    Event::BytesReceived {
-                        now_ms: now,
-                        bytes: &bytes,
-                    },
-                );
+        }
+    }
+
+    /// A connection ended (EOF, error, send failure or timeout).
+    fn connection_lost(&mut self, i: usize, reason: &str) {
+        let now = self.now_ms();
+        tracing::info!(resource = %self.core.name, peer = self.link(i).node_id, "connection lost: {reason}");
+        self.drop_conn(i);
+        let l = self.link_mut(i);
+        l.next_dial_ms = now + l.connect_int_ms;
+        self.peer_step(|a| a.feed(i, Event::ConnectionLost { now_ms: now }));
+    }
+
+    /// A connection cannot take more bytes now: the actor takes no new
+    /// messages until it can (see [`Conn::congested`]).
+    pub(super) fn peers_congested(&self) -> bool {
+        self.peers.as_ref().is_some_and(|p| {
+            p.links
+                .iter()
+                .any(|l| l.conn.as_ref().is_some_and(Conn::congested))
+        })
+    }
+
+    /// Sleeps in `poll` on `doorbell` (the mailbox, when given) and the
+    /// peer sockets for at most `wait` (capped at the next tick), then
+    /// serves the sockets that are ready: reads feed the machines, queued
+    /// sends go out, ended connections are reported. Runs the tick when it
+    /// is due.
+    pub(super) fn poll_peers(&mut self, doorbell: Option<BorrowedFd<'_>>, wait: Duration) {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let now = Instant::now();
+        let wait = match self.peers.as_ref() {
+            Some(p) => wait.min(p.next_tick.saturating_duration_since(now)),
+            None => wait,
+        };
+        let mut ready: Vec<(usize, PollFlags)> = Vec::new();
+        {
+            let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(4);
+            let mut links: Vec<usize> = Vec::with_capacity(4);
+            if let Some(fd) = doorbell {
+                fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
             }
-            NetMsg::Closed {
-                node_id,
-                conn_id,
-                reason,
-            } => {
-                let Some(i) = self.link_index(node_id) else {
-                    return;
-                };
-                if self.link(i).conn.as_ref().map(|c| c.conn_id) != Some(conn_id) {
-                    return;
+            let first_link = fds.len();
+            if let Some(p) = self.peers.as_ref() {
+                for (i, l) in p.links.iter().enumerate() {
+                    if let Some(c) = &l.conn {
+                        let mut flags = PollFlags::IN;
+                        if c.wants_write() {
+                            flags |= PollFlags::OUT;
+                        }
+                        fds.push(PollFd::from_borrowed_fd(c.fd(), flags));
+                        links.push(i);
+                    }
                 }
-                tracing::info!(resource = %self.core.name, peer = node_id, "connection lost: {reason}");
-                self.drop_conn(i);
-                let l = self.link_mut(i);
-                l.next_dial_ms = now + l.connect_int_ms;
-                self.feed(i, Event::ConnectionLost { now_ms: now });
+            }
+            let timeout = Timespec {
+                tv_sec: i64::try_from(wait.as_secs()).unwrap_or(i64::MAX),
+                tv_nsec: i64::from(wait.subsec_nanos()),
+            };
+            match poll(&mut fds, Some(&timeout)) {
+                Ok(0) | Err(rustix::io::Errno::INTR) => {}
+                Ok(_) => {
+                    for (k, fd) in fds[first_link..].iter().enumerate() {
+                        let rev = fd.revents();
+                        if !rev.is_empty() {
+                            ready.push((links[k], rev));
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(resource = %self.core.name, error = %e, "poll failed");
+                    std::thread::sleep(wait);
+                }
             }
         }
+        for (i, rev) in ready {
+            self.serve_conn(i, rev);
+        }
+        self.tick_if_due();
+    }
+
+    /// One round of I/O on link `i`'s connection after `poll` said `rev`.
+    fn serve_conn(&mut self, i: usize, rev: rustix::event::PollFlags) {
+        use rustix::event::PollFlags;
+        if rev.contains(PollFlags::OUT) {
+            if let Some(c) = self.link_mut(i).conn.as_mut() {
+                c.write_queued();
+            }
+        }
+        if rev.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR) {
+            let now = self.now_ms();
+            let l = self.link_mut(i);
+            let Some(c) = l.conn.as_mut() else { return };
+            match c.receive() {
+                Received::Frames(bytes) => {
+                    l.stats.received_bytes += u64::try_from(bytes.len()).unwrap_or(0);
+                    self.peer_step(|a| {
+                        a.feed(
+                            i,
+                            Event::BytesReceived {
+                                now_ms: now,
+                                bytes: &bytes,
+                            },
+                        );
+                    });
+                }
+                Received::Nothing => {}
+                Received::Closed(reason) => return self.connection_lost(i, &reason),
+            }
+        }
+        if let Some(reason) = self.link_mut(i).conn.as_mut().and_then(Conn::failure) {
+            self.connection_lost(i, &reason);
+        }
+    }
+
+    /// The 100 ms tick, when due; also catches sends that timed out.
+    fn tick_if_due(&mut self) {
+        let Some(p) = self.peers.as_mut() else { return };
+        let now = Instant::now();
+        if now < p.next_tick {
+            return;
+        }
+        p.next_tick = (p.next_tick + Duration::from_millis(TICK_MS)).max(now);
+        let n = p.links.len();
+        for i in 0..n {
+            if let Some(reason) = self.link_mut(i).conn.as_mut().and_then(Conn::failure) {
+                self.connection_lost(i, &reason);
+            }
+        }
+        self.peer_step(Self::peers_tick);
     }
 
     fn link(&self, i: usize) -> &Link {
@@ -774,9 +862,8 @@ impl Actor {
         let p = self.peers.as_mut().expect("peers started");
         let conn_id = p.next_conn_id;
         p.next_conn_id += 1;
-        let sink = Arc::clone(&p.sink);
         let l = &mut p.links[i];
-        match Conn::start(l.node_id, conn_id, stream, l.opts, sink) {
+        match Conn::start(conn_id, stream, l.opts) {
             Ok(c) => {
                 l.wire.clear();
                 l.conn = Some(c);
@@ -1000,21 +1087,5 @@ fn local_state(
         max_io_bytes: MAX_IO_BYTES,
         generations,
         promoted_at_ms: promoted,
-    }
-}
-
-fn start_ticker(tx: Sender<ActorMsg>, stop: Arc<AtomicBool>) {
-    let spawned = std::thread::Builder::new()
-        .name("drbdd-tick".into())
-        .spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(TICK_MS));
-                if tx.send(ActorMsg::Peers(PeerMsg::Tick)).is_err() {
-                    return;
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the peer tick thread");
     }
 }

@@ -48,8 +48,8 @@ impl Actor {
                         u64::try_from(l.wire.len() - before + block_len).unwrap_or(0);
                     if let Some(block) = block {
                         let head = std::mem::take(&mut l.wire);
-                        if let Some(c) = &l.conn {
-                            // A failed send shows up as NetMsg::Closed from the writer.
+                        if let Some(c) = &mut l.conn {
+                            // A failed send is reported by `Conn::failure` (poll loop).
                             let _ = c.send_bufs(vec![head, block]);
                         }
                     } else if l.wire.len() >= WIRE_FLUSH_BYTES {
@@ -65,17 +65,18 @@ impl Actor {
         }
     }
 
-    /// Hands link `i`'s encoded packets to its connection (blocks while the
-    /// connection's send queue is full: back-pressure). Without a
-    /// connection they are dropped, as a send to a closed one would be.
+    /// Hands link `i`'s encoded packets to its connection (never blocks;
+    /// a congested connection holds the actor's mailbox instead, see
+    /// `Actor::run`). Without a connection they are dropped, as a send to a
+    /// closed one would be.
     pub(super) fn flush_link_wire(&mut self, i: usize) {
         let l = self.link_mut(i);
         if l.wire.is_empty() {
             return;
         }
         let wire = std::mem::take(&mut l.wire);
-        if let Some(c) = &l.conn {
-            // A failed send shows up as NetMsg::Closed from the writer.
+        if let Some(c) = &mut l.conn {
+            // A failed send is reported by `Conn::failure` (poll loop).
             let _ = c.send(wire);
         }
     }

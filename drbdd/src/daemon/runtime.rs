@@ -6,14 +6,14 @@
 //! more than one request). Must never: touch metadata or state directly (the
 //! actors do).
 
-use super::actor::{ActorMsg, AdminCmd, AdminError, AdminResult, ResourceHandle};
+use super::actor::{ActorMsg, ActorTx, AdminCmd, AdminError, AdminResult, ResourceHandle};
 use super::events::EventBus;
 use crate::control::proto::{Command, ErrorKind, Request, ResourceStatus, Response};
 use crate::control::render;
 use crate::control::server::{Dispatch, Responder};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::mpsc::{sync_channel, RecvTimeoutError, Sender, SyncSender};
+use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -114,7 +114,7 @@ impl Daemon {
     /// The actor's sender, taken under the map lock; the lock is released
     /// before waiting for the actor, so one slow resource (draining I/O on
     /// demote, say) does not stall requests for the others.
-    fn sender(&self, name: &str) -> Result<Sender<ActorMsg>, AdminError> {
+    fn sender(&self, name: &str) -> Result<ActorTx, AdminError> {
         let map = self.lock();
         map.get(name)
             .map(ResourceHandle::sender)
@@ -147,7 +147,7 @@ impl Daemon {
     }
 
     fn statuses(&self, name: Option<&str>) -> Result<Vec<ResourceStatus>, AdminError> {
-        let senders: Vec<Sender<ActorMsg>> = match name {
+        let senders: Vec<ActorTx> = match name {
             Some(n) => vec![self.sender(n)?],
             None => self.lock().values().map(ResourceHandle::sender).collect(),
         };
@@ -222,7 +222,7 @@ impl Daemon {
 }
 
 /// Sends one request to an actor and waits for its answer (`None`: the actor is gone).
-fn ask<T>(tx: &Sender<ActorMsg>, make: impl FnOnce(SyncSender<T>) -> ActorMsg) -> Option<T> {
+fn ask<T>(tx: &ActorTx, make: impl FnOnce(SyncSender<T>) -> ActorMsg) -> Option<T> {
     let (reply, rx) = sync_channel(1);
     tx.send(make(reply)).ok()?;
     rx.recv().ok()

@@ -1,17 +1,17 @@
 //! The TCP transport of peer connections: one listener per resource on the
-//! local node's address, outgoing dials, and one reader plus one writer
-//! thread per established connection.
+//! local node's address, outgoing dials, and the nonblocking connection
+//! the resource actor drives from its poll loop.
 //!
-//! Owns: sockets and their threads. Byte streams go to the resource actor as
-//! [`NetMsg`]s through a [`NetSink`]; the actor hands bytes to send to
-//! [`Conn::send`], which writes them at once when nothing is queued and the
-//! socket takes them without blocking, queues them for the writer thread
-//! otherwise, and blocks when the connection's bounded send queue is full
-//! (back-pressure towards the replication core, like a full socket buffer
-//! in DRBD). Must never: reorder bytes of one connection, block in `send`
-//! on the socket itself (only on a full queue), interpret replication packets (the sans-IO
-//! core in `drbdd-replication` does), or decide when to connect (the actor
-//! does, with connect-int as the retry interval).
+//! Owns: sockets, the accept and dial threads, and per connection its
+//! receive buffer and send queue ([`Conn`]). Dials and accepted sockets
+//! reach the actor as [`NetMsg`]s through a [`NetSink`]; after that the
+//! actor reads and writes the socket itself when `poll` says so, so a
+//! received packet costs no thread hand-over. Must never: reorder bytes of
+//! one connection, block the actor (sends that the socket does not take
+//! are queued; past a limit the connection reports itself congested),
+//! interpret replication packets (the sans-IO core in `drbdd-replication`
+//! does), or decide when to connect (the actor does, with connect-int as
+//! the retry interval).
 //!
 //! Who dials: for each pair of nodes the one with the lower node id dials,
 //! the other one listens. That avoids two crossing connections for one peer.
@@ -47,65 +47,8 @@ const MAX_PENDING_ADMITS: usize = 32;
 const ACCEPT_POLL_MS: u64 = 50;
 /// Largest read from a socket at once (a larger frame is read to its end).
 const READ_CHUNK_BYTES: usize = 256 * 1024;
-/// Most bytes the writer takes off its queue for one round of `writev`.
-const WRITE_BATCH_BYTES: usize = 1 << 20;
-/// Most queued batches in one `writev` (below the kernel's IOV_MAX of 1024).
+/// Most queued buffers in one `sendmsg` (below the kernel's IOV_MAX of 1024).
 const WRITE_BATCH_BUFS: usize = 256;
-/// Most received bytes on their way to the actor per connection; the reader
-/// stops reading beyond this (TCP flow control then slows the peer).
-const RX_PENDING_MAX_BYTES: usize = 16 << 20;
-
-/// Received bytes handed to the actor and not yet consumed.
-#[derive(Debug, Default)]
-struct RxCredit {
-    pending: std::sync::Mutex<RxPending>,
-    consumed: std::sync::Condvar,
-    closed: AtomicBool,
-}
-
-#[derive(Debug, Default)]
-struct RxPending {
-    bytes: usize,
-    /// The reader waits for credit (a release must wake it).
-    reader_waiting: bool,
-}
-
-impl RxCredit {
-    fn lock(&self) -> std::sync::MutexGuard<'_, RxPending> {
-        self.pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Waits until `n` more bytes fit; false once the connection closed.
-    fn reserve(&self, n: usize) -> bool {
-        let mut pending = self.lock();
-        while pending.bytes > 0 && pending.bytes + n > RX_PENDING_MAX_BYTES {
-            if self.closed.load(Ordering::SeqCst) {
-                return false;
-            }
-            pending.reader_waiting = true;
-            pending = self
-                .consumed
-                .wait_timeout(pending, Duration::from_millis(100))
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .0;
-            pending.reader_waiting = false;
-        }
-        pending.bytes += n;
-        true
-    }
-
-    fn release(&self, n: usize) {
-        let mut pending = self.lock();
-        pending.bytes = pending.bytes.saturating_sub(n);
-        // A notify costs a futex call even without a waiter; the reader
-        // sets the flag under the lock before it waits.
-        if pending.reader_waiting {
-            self.consumed.notify_all();
-        }
-    }
-}
 
 /// What the transport reports to the resource actor.
 #[derive(Debug)]
@@ -116,18 +59,6 @@ pub enum NetMsg {
     Dialed {
         node_id: u8,
         result: Result<TcpStream, String>,
-    },
-    /// Bytes read from connection `conn_id` of `node_id`.
-    Bytes {
-        node_id: u8,
-        conn_id: u64,
-        bytes: Vec<u8>,
-    },
-    /// Connection `conn_id` of `node_id` ended (EOF, reset, send error).
-    Closed {
-        node_id: u8,
-        conn_id: u64,
-        reason: String,
     },
 }
 
@@ -289,302 +220,288 @@ pub fn dial(addr: SocketAddr, from_node_id: u8, to_node_id: u8, timeout_ms: u64,
 /// Socket settings of one connection.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnOpts {
-    /// Send-queue length in batches (from max-buffers).
-    pub queue_len: usize,
+    /// Bytes queued for sending beyond which the connection is congested
+    /// (from max-buffers; see [`Conn::congested`]).
+    pub queue_bytes: usize,
     /// SO_SNDBUF; 0 leaves the kernel's auto-tuning.
     pub sndbuf_bytes: u32,
-    /// A send blocked this long fails the connection (timeout × ko-count).
+    /// Queued bytes that make no progress this long fail the connection
+    /// (timeout × ko-count).
     pub send_timeout_ms: u64,
 }
 
-/// An established connection: a bounded send queue drained by a writer
-/// thread, and a reader thread feeding the actor.
+/// What one [`Conn::receive`] got.
+#[derive(Debug)]
+pub enum Received {
+    /// Complete frames, in order.
+    Frames(Vec<u8>),
+    /// Nothing complete yet; wait for the socket to be readable again.
+    Nothing,
+    /// The connection ended (EOF or an error), with the reason.
+    Closed(String),
+}
+
+/// An established connection, driven by the resource actor's poll loop:
+/// no threads of its own.
 ///
-/// Sending: while nothing is queued or being written, [`Conn::send`] writes
-/// the batch on the caller's thread without blocking (`MSG_DONTWAIT`); what
-/// the socket does not take at once goes to the queue, in order, and the
-/// writer thread sends it with blocking writes (and the send timeout). That
-/// saves a thread wake-up and a context switch per batch in the common case
-/// of a socket buffer with room; the order of bytes is the order of `send`
-/// calls either way.
+/// Sending: [`Conn::send_bufs`] writes at once without blocking when
+/// nothing is queued; what the socket does not take is queued, in order,
+/// and written by [`Conn::write_queued`] when `poll` reports the socket
+/// writable ([`Conn::wants_write`]). Bytes of one connection go out in the
+/// order of the `send` calls either way. Back-pressure: past
+/// [`ConnOpts::queue_bytes`] queued the connection is
+/// [`congested`](Conn::congested) and the actor stops taking new work until
+/// the peer reads (it keeps reading its own sockets, so two congested
+/// peers cannot wait on each other).
+///
+/// Receiving: [`Conn::receive`] does one read and returns the frames
+/// completed so far (cut at frame boundaries by `frames`).
 #[derive(Debug)]
 pub struct Conn {
     pub conn_id: u64,
     stream: TcpStream,
-    tx: Arc<TxQueue>,
-    queue_len: usize,
-    rx_credit: Arc<RxCredit>,
-}
-
-/// The send side shared by [`Conn::send`] and the writer thread.
-#[derive(Debug, Default)]
-struct TxQueue {
-    state: std::sync::Mutex<TxState>,
-    /// The writer waits here for bytes (or the end).
-    work: std::sync::Condvar,
-    /// Senders wait here for room in the queue.
-    room: std::sync::Condvar,
-}
-
-#[derive(Debug, Default)]
-struct TxState {
-    /// Batches not yet handed to the socket, oldest first.
-    bufs: VecDeque<Vec<u8>>,
-    /// Bytes of `bufs[0]` already sent (a direct send the socket took in part).
+    frames: FrameReader,
+    /// Buffers not yet handed to the socket, oldest first.
+    queued: VecDeque<Vec<u8>>,
+    /// Bytes of `queued[0]` already sent.
     front_sent: usize,
-    /// The writer is writing batches it took off the queue.
-    writer_busy: bool,
-    writer_waiting: bool,
-    senders_waiting: usize,
-    /// The `Conn` was dropped: write what is queued, then shut down.
-    closing: bool,
-    /// A direct send failed; the writer reports it and ends.
+    queued_bytes: usize,
+    queue_limit_bytes: usize,
+    send_timeout: Duration,
+    /// Since when queued bytes made no progress.
+    stalled_since: Option<std::time::Instant>,
+    /// A send failed: the reason, reported by [`Conn::failure`].
     failed: Option<String>,
-    /// The writer ended; sends fail.
-    writer_gone: bool,
-}
-
-impl TxQueue {
-    fn lock(&self) -> std::sync::MutexGuard<'_, TxState> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
 }
 
 impl Conn {
-    /// Starts the reader and writer threads of `stream`.
-    pub fn start(
-        node_id: u8,
-        conn_id: u64,
-        stream: TcpStream,
-        opts: ConnOpts,
-        sink: NetSink,
-    ) -> io::Result<Conn> {
+    /// Sets `stream` up (nonblocking, no delay, buffer size).
+    pub fn start(conn_id: u64, stream: TcpStream, opts: ConnOpts) -> io::Result<Conn> {
         stream.set_nodelay(true)?;
         if opts.sndbuf_bytes > 0 {
             let bytes = usize::try_from(opts.sndbuf_bytes).unwrap_or(usize::MAX);
             rustix::net::sockopt::set_socket_send_buffer_size(&stream, bytes)?;
         }
-        stream.set_write_timeout(Some(Duration::from_millis(opts.send_timeout_ms.max(1))))?;
-        let tx = Arc::new(TxQueue::default());
-        let reader = stream.try_clone()?;
-        let writer = stream.try_clone()?;
-        let sink_r = Arc::clone(&sink);
-        let rx_credit = Arc::new(RxCredit::default());
-        let credit = Arc::clone(&rx_credit);
-        std::thread::Builder::new()
-            .name(format!("drbdd-rx-{node_id}"))
-            .spawn(move || read_loop(reader, node_id, conn_id, &sink_r, &credit))?;
-        let tx_w = Arc::clone(&tx);
-        std::thread::Builder::new()
-            .name(format!("drbdd-tx-{node_id}"))
-            .spawn(move || write_loop(writer, &tx_w, node_id, conn_id, &sink))?;
+        stream.set_nonblocking(true)?;
         Ok(Conn {
             conn_id,
             stream,
-            tx,
-            queue_len: opts.queue_len.max(1),
-            rx_credit,
+            frames: FrameReader::new(READ_CHUNK_BYTES),
+            queued: VecDeque::new(),
+            front_sent: 0,
+            queued_bytes: 0,
+            queue_limit_bytes: opts.queue_bytes.max(1),
+            send_timeout: Duration::from_millis(opts.send_timeout_ms.max(1)),
+            stalled_since: None,
+            failed: None,
         })
     }
 
-    /// Sends `bytes` after everything sent before; blocks while the queue
-    /// is full (back-pressure). False when the connection failed.
-    pub fn send(&self, bytes: Vec<u8>) -> bool {
+    /// The socket, for the actor's `poll` set.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.stream.as_fd()
+    }
+
+    /// Sends `bytes` after everything sent before. False when the
+    /// connection failed (see [`Conn::failure`]).
+    pub fn send(&mut self, bytes: Vec<u8>) -> bool {
         self.send_bufs(vec![bytes])
     }
 
     /// Sends `bufs` in order, after everything sent before, as one vectored
     /// write when the socket takes them at once (a frame head and its data
-    /// block go out together without being copied into one buffer).
-    pub fn send_bufs(&self, bufs: Vec<Vec<u8>>) -> bool {
-        let mut st = self.tx.lock();
-        loop {
-            if st.writer_gone || st.failed.is_some() {
-                return false;
-            }
-            if st.bufs.len() < self.queue_len {
-                break;
-            }
-            st.senders_waiting += 1;
-            st = self
-                .tx
-                .room
-                .wait(st)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            st.senders_waiting -= 1;
+    /// block go out together without being copied into one buffer). Never
+    /// blocks.
+    pub fn send_bufs(&mut self, bufs: Vec<Vec<u8>>) -> bool {
+        if self.failed.is_some() {
+            return false;
         }
-        let mut first = 0;
-        if st.bufs.is_empty() && !st.writer_busy {
+        let (mut first, mut off) = (0, 0);
+        if self.queued.is_empty() {
             // Nothing is ahead of these bytes: hand them to the socket here.
-            let sent = match self.send_now(&bufs) {
-                Ok(n) => consumed_bufs(&bufs, n),
+            match send_nonblocking(&self.stream, &bufs, 0) {
+                Ok(n) => (first, off) = consumed_bufs(&bufs, n),
                 Err(e) => {
-                    st.failed = Some(format!("send failed: {e}"));
-                    self.tx.work.notify_one();
+                    self.failed = Some(format!("send failed: {e}"));
                     return false;
                 }
-            };
-            if sent.0 == bufs.len() {
+            }
+            if first == bufs.len() {
                 return true;
             }
-            (first, st.front_sent) = sent;
+            self.front_sent = off;
+            self.stalled_since = Some(std::time::Instant::now());
         }
-        st.bufs.extend(bufs.into_iter().skip(first));
-        if st.writer_waiting {
-            self.tx.work.notify_one();
+        for b in bufs.into_iter().skip(first) {
+            self.queued_bytes += b.len();
+            self.queued.push_back(b);
         }
+        self.queued_bytes -= off;
         true
     }
 
-    /// Non-blocking vectored sends until the socket is full or all is sent;
-    /// returns the bytes sent.
-    fn send_now(&self, bufs: &[Vec<u8>]) -> rustix::io::Result<usize> {
-        let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
-        let total: usize = bufs.iter().map(Vec::len).sum();
-        let mut sent = 0;
-        while sent < total {
-            let (i, off) = consumed_bufs(bufs, sent);
-            let mut iov = Vec::with_capacity(bufs.len() - i);
-            iov.push(io::IoSlice::new(&bufs[i][off..]));
-            iov.extend(bufs[i + 1..].iter().map(|b| io::IoSlice::new(b)));
-            let mut control = rustix::net::SendAncillaryBuffer::default();
-            match rustix::net::sendmsg(&self.stream, &iov, &mut control, flags) {
-                Ok(n) => sent += n,
-                Err(rustix::io::Errno::INTR) => {}
-                Err(rustix::io::Errno::AGAIN) => break,
-                Err(e) => return Err(e),
+    /// Bytes are queued: poll for writability and call
+    /// [`Conn::write_queued`].
+    pub fn wants_write(&self) -> bool {
+        !self.queued.is_empty() && self.failed.is_none()
+    }
+
+    /// More is queued than the connection's limit: take no new work for it.
+    pub fn congested(&self) -> bool {
+        self.queued_bytes >= self.queue_limit_bytes && self.failed.is_none()
+    }
+
+    /// Writes queued bytes until the socket is full or the queue empty.
+    pub fn write_queued(&mut self) {
+        while !self.queued.is_empty() && self.failed.is_none() {
+            let batch: Vec<&[u8]> = self
+                .queued
+                .iter()
+                .take(WRITE_BATCH_BUFS)
+                .map(Vec::as_slice)
+                .collect();
+            let batch_bytes = batch.iter().map(|b| b.len()).sum::<usize>() - self.front_sent;
+            let n = match send_nonblocking(&self.stream, &batch, self.front_sent) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.failed = Some(format!("send failed: {e}"));
+                    return;
+                }
+            };
+            let (done, off) = consumed_bufs(&batch, self.front_sent + n);
+            drop(batch);
+            self.queued.drain(..done);
+            self.front_sent = off;
+            self.queued_bytes -= n;
+            if n > 0 {
+                self.stalled_since = (!self.queued.is_empty()).then(std::time::Instant::now);
+            }
+            if n < batch_bytes {
+                return; // the socket is full
             }
         }
-        Ok(sent)
     }
 
-    /// The actor consumed `n` received bytes (lets the reader go on).
-    pub fn consumed(&self, n: usize) {
-        self.rx_credit.release(n);
+    /// Why the connection failed on the send side, if it did; queued bytes
+    /// that made no progress for the send timeout count as failed.
+    pub fn failure(&mut self) -> Option<String> {
+        if self.failed.is_none() {
+            if let Some(since) = self.stalled_since {
+                if since.elapsed() >= self.send_timeout {
+                    self.failed = Some(format!(
+                        "send timed out: {} bytes queued, none taken for {} ms",
+                        self.queued_bytes,
+                        self.send_timeout.as_millis()
+                    ));
+                }
+            }
+        }
+        self.failed.clone()
     }
 
-    /// Closes both directions; the threads end and report `Closed`.
-    pub fn close(&self) {
-        self.rx_credit.closed.store(true, Ordering::SeqCst);
+    /// One read from the socket; the frames it completed.
+    pub fn receive(&mut self) -> Received {
+        let buf = self.frames.buf_for_read();
+        match rustix::io::read(&self.stream, rustix::buffer::spare_capacity(buf)) {
+            Ok(0) => Received::Closed("connection closed by peer".to_owned()),
+            Ok(_) => match self.frames.take_frames() {
+                Some(bytes) => Received::Frames(bytes),
+                None => Received::Nothing,
+            },
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => Received::Nothing,
+            Err(e) => Received::Closed(format!("receive failed: {e}")),
+        }
+    }
+
+    /// Closes both directions at once; queued bytes are dropped.
+    pub fn close(mut self) {
+        self.queued.clear();
+        self.front_sent = 0;
+        self.queued_bytes = 0;
         let _ = self.stream.shutdown(Shutdown::Both);
     }
 }
 
 impl Drop for Conn {
+    /// Queued bytes (a refusal, a last ack) still go out, as a socket's
+    /// close does with its buffer: what the socket does not take at once is
+    /// written by a short-lived thread (blocking, within the send
+    /// timeout), then the connection is shut down.
     fn drop(&mut self) {
-        // The writer closes the socket after flushing its queue; the reader
-        // must not wait for credit nobody will return.
-        self.tx.lock().closing = true;
-        self.tx.work.notify_one();
-        self.rx_credit.closed.store(true, Ordering::SeqCst);
-        self.rx_credit.consumed.notify_all();
+        self.write_queued();
+        if self.queued.is_empty() || self.failed.is_some() {
+            let _ = self.stream.shutdown(Shutdown::Both);
+            return;
+        }
+        let Ok(stream) = self.stream.try_clone() else {
+            let _ = self.stream.shutdown(Shutdown::Both);
+            return;
+        };
+        let queued: Vec<Vec<u8>> = std::mem::take(&mut self.queued).into();
+        let skip = self.front_sent;
+        let timeout = self.send_timeout;
+        let spawned = std::thread::Builder::new()
+            .name("drbdd-linger".into())
+            .spawn(move || {
+                let flushed = stream
+                    .set_nonblocking(false)
+                    .and_then(|()| stream.set_write_timeout(Some(timeout)))
+                    .and_then(|()| write_all_bufs(&stream, &queued, skip));
+                if let Err(e) = flushed {
+                    tracing::debug!(error = %e, "could not send the last packets of a closed connection");
+                }
+                let _ = stream.shutdown(Shutdown::Both);
+            });
+        if spawned.is_err() {
+            let _ = self.stream.shutdown(Shutdown::Both);
+        }
     }
 }
 
-fn read_loop(stream: TcpStream, node_id: u8, conn_id: u64, sink: &NetSink, credit: &RxCredit) {
-    let mut frames = FrameReader::new(READ_CHUNK_BYTES);
-    let reason = loop {
-        let buf = frames.buf_for_read();
-        match rustix::io::read(&stream, rustix::buffer::spare_capacity(buf)) {
-            Ok(0) => break "connection closed by peer".to_owned(),
-            Ok(_) => {
-                let Some(bytes) = frames.take_frames() else {
-                    continue;
-                };
-                if !credit.reserve(bytes.len()) {
-                    return;
-                }
-                let delivered = sink(NetMsg::Bytes {
-                    node_id,
-                    conn_id,
-                    bytes,
-                });
-                if !delivered {
-                    return;
-                }
-            }
+/// Non-blocking vectored sends of `bufs` (the first `skip` bytes of
+/// `bufs[0]` already sent) until the socket is full or all is sent;
+/// returns the bytes sent now.
+fn send_nonblocking<B: AsRef<[u8]>>(
+    stream: &TcpStream,
+    bufs: &[B],
+    skip: usize,
+) -> rustix::io::Result<usize> {
+    let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
+    let total: usize = bufs.iter().map(|b| b.as_ref().len()).sum::<usize>() - skip;
+    let mut sent = 0;
+    while sent < total {
+        let (i, off) = consumed_bufs(bufs, skip + sent);
+        let mut iov = Vec::with_capacity(bufs.len() - i);
+        iov.push(io::IoSlice::new(&bufs[i].as_ref()[off..]));
+        iov.extend(bufs[i + 1..].iter().map(|b| io::IoSlice::new(b.as_ref())));
+        let mut control = rustix::net::SendAncillaryBuffer::default();
+        match rustix::net::sendmsg(stream, &iov, &mut control, flags) {
+            Ok(n) => sent += n,
             Err(rustix::io::Errno::INTR) => {}
-            Err(e) => break format!("receive failed: {e}"),
+            Err(rustix::io::Errno::AGAIN) => break,
+            Err(e) => return Err(e),
         }
-    };
-    sink(NetMsg::Closed {
-        node_id,
-        conn_id,
-        reason,
-    });
-}
-
-fn write_loop(stream: TcpStream, tx: &TxQueue, node_id: u8, conn_id: u64, sink: &NetSink) {
-    let mut st = tx.lock();
-    let failure = loop {
-        if let Some(reason) = st.failed.take() {
-            break Some(reason);
-        }
-        if st.bufs.is_empty() {
-            if st.closing {
-                // The actor dropped the connection: everything queued is
-                // written; close.
-                break None;
-            }
-            st.writer_waiting = true;
-            st = tx
-                .work
-                .wait(st)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            st.writer_waiting = false;
-            continue;
-        }
-        let mut batch = Vec::new();
-        let mut batch_bytes = 0;
-        while batch.len() < WRITE_BATCH_BUFS && batch_bytes < WRITE_BATCH_BYTES {
-            let Some(b) = st.bufs.pop_front() else { break };
-            batch_bytes += b.len();
-            batch.push(b);
-        }
-        let skip = std::mem::take(&mut st.front_sent);
-        st.writer_busy = true;
-        if st.senders_waiting > 0 {
-            tx.room.notify_all();
-        }
-        drop(st);
-        let result = write_all_bufs(&stream, &batch, skip);
-        st = tx.lock();
-        st.writer_busy = false;
-        if let Err(e) = result {
-            st.failed = Some(format!("send failed: {e}"));
-        }
-    };
-    st.writer_gone = true;
-    st.bufs.clear();
-    tx.room.notify_all();
-    drop(st);
-    let _ = stream.shutdown(Shutdown::Both);
-    if let Some(reason) = failure {
-        sink(NetMsg::Closed {
-            node_id,
-            conn_id,
-            reason,
-        });
     }
+    Ok(sent)
 }
 
 /// Where `n` bytes into the concatenation of `bufs` fall: the index of the
 /// first buffer not completely covered and the bytes of it covered
 /// (`(bufs.len(), 0)` when all are).
-fn consumed_bufs(bufs: &[Vec<u8>], mut n: usize) -> (usize, usize) {
+fn consumed_bufs<B: AsRef<[u8]>>(bufs: &[B], mut n: usize) -> (usize, usize) {
     for (i, b) in bufs.iter().enumerate() {
-        if n < b.len() {
+        let len = b.as_ref().len();
+        if n < len {
             return (i, n);
         }
-        n -= b.len();
+        n -= len;
     }
     (bufs.len(), 0)
 }
 
 /// Writes `bufs` in order, skipping the first `skip` bytes of `bufs[0]`,
-/// with as few `writev` calls as the socket allows.
+/// with as few `writev` calls as the socket allows (blocking socket).
 fn write_all_bufs(mut stream: &TcpStream, bufs: &[Vec<u8>], skip: usize) -> io::Result<()> {
     let mut i = 0;
     let mut off = skip;
@@ -629,21 +546,36 @@ mod tests {
         assert_eq!(decode_preamble(b"GET / HT"), None);
     }
 
-    #[test]
-    fn sends_arrive_in_order_whether_written_directly_queued_or_in_pieces() {
+    fn pair(opts: ConnOpts) -> (Conn, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (mut server, _) = l.accept().unwrap();
-        let sink: NetSink = Arc::new(|_| true);
-        let opts = ConnOpts {
-            queue_len: 4,
-            sndbuf_bytes: 64 * 1024,
-            send_timeout_ms: 10_000,
+        let (server, _) = l.accept().unwrap();
+        (Conn::start(1, client, opts).unwrap(), server)
+    }
+
+    /// Waits until `conn`'s socket is writable (or 10 s passed).
+    fn wait_writable(conn: &Conn) {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let mut fds = [PollFd::from_borrowed_fd(conn.fd(), PollFlags::OUT)];
+        let t = Timespec {
+            tv_sec: 10,
+            tv_nsec: 0,
         };
-        let conn = Conn::start(1, 1, client, opts, sink).unwrap();
+        let _ = poll(&mut fds, Some(&t));
+    }
+
+    #[test]
+    fn sends_arrive_in_order_whether_written_directly_queued_or_in_pieces() {
+        let opts = ConnOpts {
+            queue_bytes: 4 << 20,
+            sndbuf_bytes: 64 * 1024,
+            send_timeout_ms: 60_000,
+        };
+        let (mut conn, mut server) = pair(opts);
         // 32 MiB cannot sit in the socket buffers: while the reader waits,
-        // later batches queue up behind a partly sent one and the sender
-        // blocks on the full queue.
+        // later batches queue up behind a partly sent one, the connection
+        // becomes congested, and the sender drives the queue on writability
+        // (as the actor's poll loop does).
         let batches = 512u32;
         let batch_bytes = 64 * 1024;
         let reader = std::thread::spawn(move || {
@@ -658,7 +590,13 @@ mod tests {
                 );
             }
         });
+        let mut was_congested = false;
         for i in 0..batches {
+            while conn.congested() {
+                was_congested = true;
+                wait_writable(&conn);
+                conn.write_queued();
+            }
             let mut b: Vec<u8> = i.to_le_bytes().repeat(batch_bytes / 4);
             if i % 3 == 1 {
                 // A batch in pieces (as a frame head and its data block go).
@@ -668,7 +606,72 @@ mod tests {
                 assert!(conn.send(b));
             }
         }
+        while conn.wants_write() {
+            wait_writable(&conn);
+            conn.write_queued();
+        }
+        assert_eq!(conn.failure(), None);
         reader.join().unwrap();
+        assert!(was_congested, "the test never filled the queue");
+    }
+
+    #[test]
+    fn a_dropped_connection_still_delivers_what_it_queued_then_closes() {
+        let opts = ConnOpts {
+            queue_bytes: 64 << 20,
+            sndbuf_bytes: 64 * 1024,
+            send_timeout_ms: 60_000,
+        };
+        let (mut conn, mut server) = pair(opts);
+        let total = 8 << 20;
+        let data: Vec<u8> = (0..251u8).cycle().take(total).collect();
+        assert!(conn.send(data.clone()));
+        assert!(
+            conn.wants_write(),
+            "8 MiB should not fit the socket at once"
+        );
+        drop(conn);
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).unwrap();
+        assert_eq!(got.len(), total);
+        assert!(got == data, "lingering bytes arrived altered");
+    }
+
+    #[test]
+    fn receive_reports_frames_then_the_close_and_close_drops_the_queue() {
+        use drbdd_replication::wire::{FrameCrc, Packet};
+        let opts = ConnOpts {
+            queue_bytes: 1 << 20,
+            sndbuf_bytes: 0,
+            send_timeout_ms: 60_000,
+        };
+        let (mut conn, mut server) = pair(opts);
+        assert!(matches!(conn.receive(), Received::Nothing));
+        let mut frames = Vec::new();
+        Packet::Ping.encode_framed(&mut frames, FrameCrc::SkipDataBlock);
+        Packet::PingAck.encode_framed(&mut frames, FrameCrc::SkipDataBlock);
+        server.write_all(&frames).unwrap();
+        let mut got = Vec::new();
+        while got.len() < frames.len() {
+            match conn.receive() {
+                Received::Frames(b) => got.extend(b),
+                Received::Nothing => std::thread::sleep(Duration::from_millis(5)),
+                Received::Closed(why) => panic!("closed early: {why}"),
+            }
+        }
+        assert_eq!(got, frames);
+        drop(server);
+        loop {
+            match conn.receive() {
+                Received::Closed(why) => {
+                    assert!(why.contains("closed by peer"), "{why}");
+                    break;
+                }
+                Received::Nothing => std::thread::sleep(Duration::from_millis(5)),
+                Received::Frames(b) => panic!("unexpected bytes {b:?}"),
+            }
+        }
+        conn.close();
     }
 
     #[test]
@@ -691,7 +694,6 @@ mod tests {
                     got_incoming = true;
                 }
                 NetMsg::Dialed { result, .. } => assert!(result.is_ok()),
-                other => panic!("unexpected {other:?}"),
             }
         }
         assert!(got_incoming);
