@@ -81,6 +81,11 @@ pub enum EngineKind {
     UringOrSync,
     /// Only the synchronous engine (tests, kernels without io_uring).
     Sync,
+    /// io_uring whose completions the opening thread reaps itself
+    /// ([`Backing::completion_fd`], [`Backing::reap`]); falls back to
+    /// [`EngineKind::Sync`] like `UringOrSync`. Only the opening thread may
+    /// submit, reap and shut down.
+    PolledUringOrSync,
 }
 
 /// The opened backing device, shared by the engine threads.
@@ -278,8 +283,13 @@ impl Backing {
             EngineKind::Sync => {
                 IoEngine::Sync(sync::SyncEngine::start(Arc::clone(&file), queue_depth)?)
             }
-            EngineKind::UringOrSync => {
-                match uring::UringEngine::start(Arc::clone(&file), queue_depth) {
+            EngineKind::UringOrSync | EngineKind::PolledUringOrSync => {
+                let ring = if kind == EngineKind::PolledUringOrSync {
+                    uring::UringEngine::start_polled(Arc::clone(&file), queue_depth)
+                } else {
+                    uring::UringEngine::start(Arc::clone(&file), queue_depth)
+                };
+                match ring {
                     Ok(e) => IoEngine::Uring(e),
                     Err(e) => {
                         tracing::warn!(
@@ -334,6 +344,25 @@ impl Backing {
         match &self.engine {
             IoEngine::Uring(e) => e.submit(op, done),
             IoEngine::Sync(e) => e.submit(op, done),
+        }
+    }
+
+    /// A polled engine's fd, readable when [`Backing::reap`] has work;
+    /// None when completions run on engine threads.
+    pub fn completion_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        match &self.engine {
+            IoEngine::Uring(e) => e.completion_fd(),
+            IoEngine::Sync(_) => None,
+        }
+    }
+
+    /// Runs the completions of a polled engine on this thread (see
+    /// [`EngineKind::PolledUringOrSync`]); nothing for other engines.
+    pub fn reap(&self) {
+        if let IoEngine::Uring(e) = &self.engine {
+            if e.completion_fd().is_some() {
+                e.reap();
+            }
         }
     }
 

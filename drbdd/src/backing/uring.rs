@@ -89,17 +89,74 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-/// io_uring engine handle; completions are reaped on its thread.
+/// io_uring engine handle; completions are reaped on its thread, or, in
+/// polled mode, by its owner ([`UringEngine::reap`]).
 #[derive(Debug)]
 pub struct UringEngine {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Completions are reaped by the owner thread, which polls
+    /// [`UringEngine::completion_fd`]; no reaper thread.
+    polled: bool,
 }
 
 impl UringEngine {
     /// Sets up a ring for `queue_depth` ops in flight and starts its reaper.
     /// Fails (so the caller can fall back) when io_uring is unavailable.
     pub fn start(file: Arc<BackingFile>, queue_depth: u32) -> io::Result<Self> {
+        let shared = Self::ring(file, queue_depth)?;
+        let reaper = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("drbdd-uring".into())
+            .spawn(move || Reaper::new(&reaper).run())?;
+        Ok(UringEngine {
+            shared,
+            thread: Mutex::new(Some(thread)),
+            polled: false,
+        })
+    }
+
+    /// Sets up a ring whose completions the calling thread reaps itself:
+    /// it polls [`UringEngine::completion_fd`] for readability and then
+    /// calls [`UringEngine::reap`], which runs the callbacks on it. Only
+    /// that thread may submit, reap or shut down.
+    ///
+    /// Why: the kernel completes an io_uring read or write as task work of
+    /// the *submitting* thread, which it interrupts for that, and only then
+    /// posts the completion. With a reaper thread a completion therefore
+    /// wakes two threads (the submitter, to run the task work, then the
+    /// reaper) and a third when the callback hands the result back to the
+    /// submitter, as the resource actor's peer writes did. Reaped by the
+    /// submitter, it wakes one.
+    pub fn start_polled(file: Arc<BackingFile>, queue_depth: u32) -> io::Result<Self> {
+        Ok(UringEngine {
+            shared: Self::ring(file, queue_depth)?,
+            thread: Mutex::new(None),
+            polled: true,
+        })
+    }
+
+    /// The ring fd (polled mode): readable when completions wait for
+    /// [`UringEngine::reap`]. None for an engine with a reaper thread.
+    pub fn completion_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.polled.then(|| {
+            // SAFETY: the ring fd stays open as long as `self.shared.ring`,
+            // which outlives the returned borrow of `self`.
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(self.shared.ring.as_raw_fd()) }
+        })
+    }
+
+    /// Polled mode: handles every completion that is there (and queued
+    /// ops that got a slot), running their callbacks on the calling thread,
+    /// without waiting.
+    pub fn reap(&self) {
+        debug_assert!(self.polled, "reap is for polled engines");
+        if self.polled {
+            Reaper::new(&self.shared).round(false);
+        }
+    }
+
+    fn ring(file: Arc<BackingFile>, queue_depth: u32) -> io::Result<Arc<Shared>> {
         let queue_depth = queue_depth.max(1);
         // One extra entry for the wake-up NOP.
         let entries = queue_depth.saturating_add(1).next_power_of_two();
@@ -117,14 +174,7 @@ impl UringEngine {
             }),
             stopping: AtomicBool::new(false),
         });
-        let reaper = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("drbdd-uring".into())
-            .spawn(move || Reaper { shared: reaper }.run())?;
-        Ok(UringEngine {
-            shared,
-            thread: Mutex::new(Some(thread)),
-        })
+        Ok(shared)
     }
 
     /// Pushes `op` into the ring (or the overflow queue when all slots are
@@ -167,13 +217,19 @@ impl UringEngine {
         let _ = self.shared.ring.submit();
     }
 
-    /// Lets queued and in-flight ops finish, then stops the reaper.
+    /// Lets queued and in-flight ops finish, then stops the reaper (in
+    /// polled mode: reaps on the calling thread until nothing is left).
     pub fn shutdown(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         {
             let mut st = self.shared.lock_state();
             self.shared.push_wake(&mut st);
             let _ = self.shared.ring.submit();
+        }
+        if self.polled {
+            let mut reaper = Reaper::new(&self.shared);
+            while reaper.round(true) {}
+            return;
         }
         let handle = self.thread.lock().expect("uring thread lock").take();
         if let Some(h) = handle {
@@ -273,21 +329,44 @@ type Finished = (IoDone, io::Result<AlignedBuf>);
 /// The completion side: the only consumer of the completion queue.
 struct Reaper {
     shared: Arc<Shared>,
+    /// Reused between rounds (no allocation per completion).
+    cqes: Vec<(u64, i32)>,
+    finished: Vec<Finished>,
+}
+
+impl Reaper {
+    fn new(shared: &Arc<Shared>) -> Self {
+        Reaper {
+            shared: Arc::clone(shared),
+            cqes: Vec::new(),
+            finished: Vec::new(),
+        }
+    }
+
+    /// Runs the callbacks collected in `finished`.
+    fn run_finished(&mut self) {
+        for (done, result) in self.finished.drain(..) {
+            done(result);
+        }
+    }
 }
 
 impl Reaper {
     fn run(&mut self) {
+        while self.round(true) {}
+    }
+
+    /// One round: queued ops into free slots, then the completions that
+    /// are there (`wait`: at least one, sleeping for it), callbacks run
+    /// here. False once the engine is stopping and idle, or the ring failed.
+    fn round(&mut self, wait: bool) -> bool {
         let shared = Arc::clone(&self.shared);
-        let mut cqes: Vec<(u64, i32)> = Vec::new();
-        let mut finished: Vec<Finished> = Vec::new();
-        loop {
-            self.run_overflow(&mut finished);
-            for (done, result) in finished.drain(..) {
-                done(result);
-            }
-            if shared.stopping.load(Ordering::SeqCst) && self.idle() {
-                return;
-            }
+        self.run_overflow();
+        self.run_finished();
+        if shared.stopping.load(Ordering::SeqCst) && self.idle() {
+            return false;
+        }
+        if wait {
             match shared.ring.submit_and_wait(1) {
                 Ok(_) => {}
                 Err(e)
@@ -295,35 +374,45 @@ impl Reaper {
                         e.raw_os_error(),
                         Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
                     ) => {}
-                Err(e) => return self.fail_fatally(&e),
-            }
-            cqes.clear();
-            // SAFETY: this thread is the only user of the completion queue.
-            cqes.extend(
-                unsafe { shared.ring.completion_shared() }.map(|c| (c.user_data(), c.result())),
-            );
-            let mut st = shared.lock_state();
-            let mut resubmitted = false;
-            for &(token, result) in &cqes {
-                if token == WAKE_TOKEN {
-                    st.wake_queued = false;
-                } else {
-                    let idx = usize::try_from(token).expect("slot token fits usize");
-                    match complete(&shared, &mut st, idx, result) {
-                        Some(f) => finished.push(f),
-                        None => resubmitted = true,
-                    }
+                Err(e) => {
+                    self.fail_fatally(&e);
+                    return false;
                 }
             }
-            drop(st);
-            // Resubmissions pushed by `complete` (short transfers, EAGAIN).
-            if resubmitted {
-                let _ = shared.ring.submit();
-            }
-            for (done, result) in finished.drain(..) {
-                done(result);
+        }
+        self.cqes.clear();
+        // SAFETY: this thread is the only user of the completion queue
+        // (the reaper thread, or in polled mode the owner thread).
+        self.cqes.extend(
+            unsafe { shared.ring.completion_shared() }.map(|c| (c.user_data(), c.result())),
+        );
+        if self.cqes.is_empty() {
+            return true;
+        }
+        let mut st = shared.lock_state();
+        let mut resubmitted = false;
+        for &(token, result) in &self.cqes {
+            if token == WAKE_TOKEN {
+                st.wake_queued = false;
+            } else {
+                let idx = usize::try_from(token).expect("slot token fits usize");
+                match complete(&shared, &mut st, idx, result) {
+                    Some(f) => self.finished.push(f),
+                    None => resubmitted = true,
+                }
             }
         }
+        drop(st);
+        // Resubmissions pushed by `complete` (short transfers, EAGAIN).
+        if resubmitted {
+            let _ = shared.ring.submit();
+        }
+        self.run_finished();
+        // Slots freed by these completions go to queued ops now, not a
+        // round later (in polled mode there may be no later completion).
+        self.run_overflow();
+        self.run_finished();
+        true
     }
 
     fn idle(&self) -> bool {
@@ -331,9 +420,11 @@ impl Reaper {
         st.free.len() == st.slots.len() && st.overflow.is_empty()
     }
 
-    /// Moves overflow jobs into free slots; runs block-device range ops.
-    fn run_overflow(&mut self, finished: &mut Vec<Finished>) {
+    /// Moves overflow jobs into free slots; runs block-device range ops
+    /// (their callbacks wait in `finished`).
+    fn run_overflow(&mut self) {
         let shared = &self.shared;
+        let finished = &mut self.finished;
         let mut pushed = false;
         loop {
             let mut st = shared.lock_state();

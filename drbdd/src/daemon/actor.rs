@@ -289,9 +289,9 @@ impl Actor {
                 // Sleep on the sockets only: messages wait.
                 self.publishing_peer_changes(|a| a.poll_peers(None, IDLE_WAIT));
             } else if mailbox.park() {
-                let doorbell = Some(mailbox.doorbell_fd());
-                self.publishing_peer_changes(|a| a.poll_peers(doorbell, IDLE_WAIT));
-                mailbox.unpark();
+                // `poll_peers` sleeps with the doorbell in its set and unparks.
+                let parked = Some(&mailbox);
+                self.publishing_peer_changes(|a| a.poll_peers(parked, IDLE_WAIT));
             } else {
                 self.publishing_peer_changes(|a| a.poll_peers(None, Duration::ZERO));
             }

@@ -135,7 +135,7 @@ impl Mailbox {
 
     /// After `poll` returned: no sender needs to ring any more, and a
     /// doorbell that rang is reset.
-    pub(super) fn unpark(&mut self) {
+    pub(super) fn unpark(&self) {
         self.bell.parked.store(false, Ordering::SeqCst);
         let mut b = [0u8; 8];
         // Nonblocking: EAGAIN when it did not ring.

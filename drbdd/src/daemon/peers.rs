@@ -25,7 +25,7 @@
 //! connected Secondary follows it and announces its own new tuple the same
 //! way); a second connection claiming a peer that is Connected is refused.
 
-use super::mailbox::ActorTx;
+use super::mailbox::{ActorTx, Mailbox};
 use super::{Actor, ActorMsg};
 use crate::backing::{Backing, EngineKind};
 use crate::control::proto::{PeerStatus as PeerStatusView, ResyncProgress};
@@ -48,7 +48,6 @@ use drbdd_replication::wire::{
 };
 use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -439,7 +438,9 @@ impl Actor {
             .map_err(|e| e.to_string())?;
         let disk = match &local.disk {
             Some(path) => Some(
-                Backing::open(path, EngineKind::UringOrSync, PEER_IO_QUEUE_DEPTH)
+                // Reaped by the actor in its poll loop (one wake-up per
+                // completion instead of three; see `UringEngine::start_polled`).
+                Backing::open(path, EngineKind::PolledUringOrSync, PEER_IO_QUEUE_DEPTH)
                     .map_err(|e| e.to_string())?,
             ),
             None => None,
@@ -725,12 +726,14 @@ impl Actor {
         })
     }
 
-    /// Sleeps in `poll` on `doorbell` (the mailbox, when given) and the
-    /// peer sockets for at most `wait` (capped at the next tick), then
-    /// serves the sockets that are ready: reads feed the machines, queued
-    /// sends go out, ended connections are reported. Runs the tick when it
-    /// is due.
-    pub(super) fn poll_peers(&mut self, doorbell: Option<BorrowedFd<'_>>, wait: Duration) {
+    /// Sleeps in `poll` for at most `wait` (capped at the next tick) on
+    /// the peer sockets, the peer disk's completion ring and, when given,
+    /// the doorbell of `mailbox` (which the caller parked; it is unparked
+    /// here as soon as `poll` returns). Then serves what is ready: disk
+    /// completions are reaped (their results queue in the mailbox), reads
+    /// feed the machines, queued sends go out, ended connections are
+    /// reported. Runs the tick when it is due.
+    pub(super) fn poll_peers(&mut self, mailbox: Option<&Mailbox>, wait: Duration) {
         use rustix::event::{poll, PollFd, PollFlags, Timespec};
         let now = Instant::now();
         let wait = match self.peers.as_ref() {
@@ -738,12 +741,22 @@ impl Actor {
             None => wait,
         };
         let mut ready: Vec<(usize, PollFlags)> = Vec::new();
+        let mut disk_ready = false;
         {
             let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(4);
             let mut links: Vec<usize> = Vec::with_capacity(4);
-            if let Some(fd) = doorbell {
-                fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
+            if let Some(mb) = mailbox {
+                fds.push(PollFd::from_borrowed_fd(mb.doorbell_fd(), PollFlags::IN));
             }
+            let disk_fd = self
+                .peers
+                .as_ref()
+                .and_then(|p| p.disk.as_ref())
+                .and_then(Backing::completion_fd);
+            let disk_at = disk_fd.map(|fd| {
+                fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
+                fds.len() - 1
+            });
             let first_link = fds.len();
             if let Some(p) = self.peers.as_ref() {
                 for (i, l) in p.links.iter().enumerate() {
@@ -761,9 +774,16 @@ impl Actor {
                 tv_sec: i64::try_from(wait.as_secs()).unwrap_or(i64::MAX),
                 tv_nsec: i64::from(wait.subsec_nanos()),
             };
-            match poll(&mut fds, Some(&timeout)) {
+            let polled = poll(&mut fds, Some(&timeout));
+            if let Some(mb) = mailbox {
+                // Before anything below sends to the mailbox: a parked
+                // mailbox would ring its doorbell for nothing.
+                mb.unpark();
+            }
+            match polled {
                 Ok(0) | Err(rustix::io::Errno::INTR) => {}
                 Ok(_) => {
+                    disk_ready = disk_at.is_some_and(|k| !fds[k].revents().is_empty());
                     for (k, fd) in fds[first_link..].iter().enumerate() {
                         let rev = fd.revents();
                         if !rev.is_empty() {
@@ -775,6 +795,12 @@ impl Actor {
                     tracing::error!(resource = %self.core.name, error = %e, "poll failed");
                     std::thread::sleep(wait);
                 }
+            }
+        }
+        if disk_ready {
+            // Completion callbacks queue their results in the mailbox.
+            if let Some(d) = self.peers.as_ref().and_then(|p| p.disk.as_ref()) {
+                d.reap();
             }
         }
         for (i, rev) in ready {
