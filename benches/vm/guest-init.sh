@@ -28,6 +28,7 @@ wait_for() { # wait_for SECS CMD...: polls CMD every 0.2 s
 for m in loop virtio_blk ublk_drv lru_cache libcrc32c drbd; do insmod /lib/$m.ko || echo "VMB-ERR boot insmod $m"; done
 for d in vda vdb vdc; do [ -b /dev/$d ] || echo "VMB-ERR boot no /dev/$d"; done
 info "kernel $(uname -r), $(nproc) cpus, $(grep MemTotal /proc/meminfo | tr -s ' ')"
+info "clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource 2>/dev/null || echo unknown)"
 
 # --- drbdd ------------------------------------------------------------------------------
 ctl() { n=$1; shift; drbdctl --run-dir /run/drbdd-$n --config-dir /etc/drbdd-$CUR --node $n "$@"; }
