@@ -34,7 +34,7 @@ fn arb_data() -> impl Strategy<Value = Packet> {
                 flags,
                 offset_bytes,
                 len_bytes,
-                payload,
+                payload: payload.into(),
             }
         })
 }
@@ -122,7 +122,7 @@ fn arb_packet() -> impl Strategy<Value = Packet> {
             .prop_map(|(id, offset_bytes, payload)| Packet::ResyncReply {
                 id,
                 offset_bytes,
-                payload
+                payload: payload.into()
             }),
         any::<u64>().prop_map(|id| Packet::ResyncNegReply { id }),
         any::<u64>().prop_map(|uuid| Packet::SyncUuid { uuid }),
@@ -252,7 +252,10 @@ fn data_packet() -> Packet {
         flags: DATA_FUA,
         offset_bytes: 1 << 20,
         len_bytes: 4096,
-        payload: (0..4096u32).map(|i| (i % 251) as u8).collect(),
+        payload: (0..4096u32)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>()
+            .into(),
     }
 }
 
@@ -343,7 +346,7 @@ fn a_split_frame_is_the_same_bytes_as_a_whole_one() {
     let reply = Packet::ResyncReply {
         id: 4,
         offset_bytes: 8192,
-        payload: vec![7; 65_536],
+        payload: vec![7; 65_536].into(),
     };
     for packet in [data_packet(), reply, Packet::WriteAck { seq: 3 }] {
         for crc in [FrameCrc::WholePayload, FrameCrc::SkipDataBlock] {

@@ -43,7 +43,7 @@ use drbdd_replication::peer::{Event, LocalState, Peer, PeerConfig};
 use drbdd_replication::resync::{Progress, RateConfig, SyncBitmap, BLOCK_BYTES};
 use drbdd_replication::state::{ConnState, DiskState, ReplState, Role};
 use drbdd_replication::wire::{
-    DATA_DISCARD, DATA_FUA, DATA_ZEROES, FEATURE_DATA_INTEGRITY, NONCE_BYTES,
+    Received, DATA_DISCARD, DATA_FUA, DATA_ZEROES, FEATURE_DATA_INTEGRITY, NONCE_BYTES,
 };
 use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, TcpStream};
@@ -710,21 +710,7 @@ impl Actor {
                 let Some(i) = self.link_index(node_id) else {
                     return;
                 };
-                let l = self.link_mut(i);
-                if l.conn.as_ref().map(|c| c.conn_id) != Some(conn_id) {
-                    return;
-                }
-                l.stats.received_bytes += u64::try_from(bytes.len()).unwrap_or(0);
-                if let Some(c) = &l.conn {
-                    c.consumed(bytes.len());
-                }
-                self.feed(
-                    i,
-                    Event::BytesReceived {
-                        now_ms: now,
-                        bytes: &bytes,
-                    },
-                );
+                self.feed_received(i, conn_id, now, bytes.into());
             }
             NetMsg::Closed {
                 node_id,
@@ -742,6 +728,39 @@ impl Actor {
                 let l = self.link_mut(i);
                 l.next_dial_ms = now + l.connect_int_ms;
                 self.feed(i, Event::ConnectionLost { now_ms: now });
+            }
+        }
+    }
+
+    /// Bytes received on connection `conn_id` of peer `i` (stale ones of an
+    /// earlier connection are dropped): counted, credited back to the
+    /// reader, and fed to the peer machine — a frame received as head +
+    /// block with its block buffer handed on as it is.
+    fn feed_received(&mut self, i: usize, conn_id: u64, now: u64, received: Received) {
+        let l = self.link_mut(i);
+        if l.conn.as_ref().map(|c| c.conn_id) != Some(conn_id) {
+            return;
+        }
+        let n = received.len();
+        l.stats.received_bytes += u64::try_from(n).unwrap_or(0);
+        if let Some(c) = &l.conn {
+            c.consumed(n);
+        }
+        match received {
+            Received::Frames(bytes) => {
+                let event = Event::BytesReceived {
+                    now_ms: now,
+                    bytes: &bytes,
+                };
+                self.feed(i, event);
+            }
+            Received::Block { head, block } => {
+                let event = Event::FrameReceived {
+                    now_ms: now,
+                    head: &head,
+                    block,
+                };
+                self.feed(i, event);
             }
         }
     }
