@@ -950,7 +950,8 @@ impl Reader<'_> {
     }
     /// The data block of `len` bytes that ends the payload: the separate
     /// block of a split frame (handed on as it is, no copy) once every
-    /// field before it is read, else a copy out of the frame.
+    /// field before it is read, else a copy out of the frame (into an
+    /// `AlignedBuf` from [`MIN_SPLIT_BLOCK_BYTES`] on).
     fn data_block(&mut self, len: u32) -> Result<Payload, WireError> {
         let len = usize::try_from(len).unwrap_or(usize::MAX);
         if self.remaining() == 0 {
@@ -967,7 +968,13 @@ impl Reader<'_> {
                 return Ok(Payload::Aligned(block));
             }
         }
-        Ok(Payload::Bytes(self.take(len)?.to_vec()))
+        // A block that is not small goes straight to the aligned memory its
+        // disk write needs (one copy instead of two).
+        let bytes = self.take(len)?;
+        if len >= MIN_SPLIT_BLOCK_BYTES {
+            return Ok(Payload::Aligned(AlignedBuf::from_slice(bytes)));
+        }
+        Ok(Payload::Bytes(bytes.to_vec()))
     }
     fn string(&mut self, max: usize) -> Result<String, WireError> {
         let len = usize::from(self.u16()?);

@@ -42,11 +42,12 @@ pub const MAX_BLOCK_HEAD_BYTES: usize = HEADER_BYTES + DATA_FIELDS_BYTES;
 /// The data block of a `Data` or `ResyncReply` packet.
 #[derive(Clone)]
 pub enum Payload {
-    /// Plain heap memory: what a sender builds, and a block decoded from
-    /// inside a run of frames (a copy).
+    /// Plain heap memory: what a sender builds, and a small block (below
+    /// [`MIN_SPLIT_BLOCK_BYTES`]) decoded from inside a run of frames.
     Bytes(Vec<u8>),
-    /// An aligned buffer the block was received into (no copy since the
-    /// socket), ready for an O_DIRECT write.
+    /// An aligned buffer, ready for an O_DIRECT write: the block was
+    /// received into it (no copy since the socket), or, arriving inside a
+    /// run of frames, copied into it once by the decoder.
     Aligned(AlignedBuf),
 }
 
