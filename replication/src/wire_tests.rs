@@ -386,7 +386,7 @@ fn sized_data(len: usize, flags: u32) -> Packet {
             Payload::default()
         } else {
             (0..len)
-                .map(|i| (i % 253) as u8)
+                .map(|i| u8::try_from(i % 253).unwrap())
                 .collect::<Vec<u8>>()
                 .into()
         },

@@ -693,7 +693,7 @@ mod tests {
                 id,
                 offset_bytes: 4096,
                 payload: (0..len)
-                    .map(|i| (i % 251) as u8)
+                    .map(|i| u8::try_from(i % 251).unwrap())
                     .collect::<Vec<u8>>()
                     .into(),
             }),
