@@ -288,6 +288,7 @@ impl FrameReader {
     /// ends where a pending large frame ends (when that frame needs more
     /// than the buffer holds) or one chunk further. (Every frame stays in
     /// the byte runs of `take_frames`; blocks apart need `read_from`.)
+    #[allow(dead_code)] // once read_loop calls read_from, only the tests use it
     pub(crate) fn buf_for_read(&mut self) -> &mut Vec<u8> {
         self.reserve_for_chunk();
         &mut self.buf
