@@ -710,7 +710,7 @@ impl Actor {
                 let Some(i) = self.link_index(node_id) else {
                     return;
                 };
-                self.feed_received(i, conn_id, now, bytes.into());
+                self.feed_received(i, conn_id, now, bytes);
             }
             NetMsg::Closed {
                 node_id,
@@ -736,7 +736,10 @@ impl Actor {
     /// earlier connection are dropped): counted, credited back to the
     /// reader, and fed to the peer machine — a frame received as head +
     /// block with its block buffer handed on as it is.
-    fn feed_received(&mut self, i: usize, conn_id: u64, now: u64, received: Received) {
+    /// (`Vec<u8>` or `Received`: the same code serves `NetMsg::Bytes`
+    /// before and after its reader delivers blocks apart.)
+    fn feed_received(&mut self, i: usize, conn_id: u64, now: u64, received: impl Into<Received>) {
+        let received = received.into();
         let l = self.link_mut(i);
         if l.conn.as_ref().map(|c| c.conn_id) != Some(conn_id) {
             return;
