@@ -184,7 +184,7 @@ impl AckTracker {
             flags,
             offset_bytes,
             len_bytes,
-            payload,
+            payload: payload.into(),
         }));
         if leg_done {
             out.push(AckAction::CompleteWrite {

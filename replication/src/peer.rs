@@ -222,6 +222,11 @@ impl Peer {
                 sync_uuid,
             } => self.on_connected(now_ms, nonce, sync_uuid, &mut out),
             Event::BytesReceived { now_ms, bytes } => self.on_bytes(now_ms, bytes, &mut out),
+            Event::FrameReceived {
+                now_ms,
+                head,
+                block,
+            } => self.on_split_frame(now_ms, head, block, &mut out),
             Event::Tick { now_ms } => self.on_tick(now_ms, &mut out),
             Event::ConnectionLost { now_ms } => {
                 self.now_ms = now_ms;
@@ -516,6 +521,35 @@ impl Peer {
                 self.rx_buf = b;
             }
             None => self.rx_buf.extend_from_slice(&bytes[used..]),
+        }
+    }
+
+    /// One frame received as head + data block. The block stays in its
+    /// buffer up to the disk write; only when earlier bytes are still
+    /// waiting (a partial frame, or a handshake that has not started) do
+    /// the frame's bytes join them as a copy, to keep the stream in order.
+    fn on_split_frame(
+        &mut self,
+        now_ms: u64,
+        head: &[u8],
+        block: drbdd_blockio::AlignedBuf,
+        out: &mut Vec<Action>,
+    ) {
+        if self.pending_connect.is_some() || !self.rx_buf.is_empty() {
+            let mut bytes = Vec::with_capacity(head.len() + block.len());
+            bytes.extend_from_slice(head);
+            bytes.extend_from_slice(block.as_slice());
+            self.on_bytes(now_ms, &bytes, out);
+            return;
+        }
+        self.now_ms = now_ms;
+        self.last_rx_ms = now_ms;
+        if self.handshake.is_none() && !self.established() {
+            return; // stale bytes from a connection we already dropped
+        }
+        match wire::decode_split(head, block, self.frame_crc()) {
+            Ok(packet) => self.on_packet(packet, out),
+            Err(e) => self.protocol_error(format!("undecodable packet: {e}"), out),
         }
     }
 

@@ -10,7 +10,8 @@ use crate::generation::{Generations, GiView, SbPolicy};
 use crate::handshake::HandshakeConfig;
 use crate::resync::RateConfig;
 use crate::state::{ConnState, DiskState, ReplState, Role};
-use crate::wire::{Packet, NONCE_BYTES};
+use crate::wire::{Packet, Payload, NONCE_BYTES};
+use drbdd_blockio::AlignedBuf;
 
 /// Static settings of one connection.
 #[derive(Debug, Clone)]
@@ -54,6 +55,16 @@ pub enum Event<'a> {
     BytesReceived {
         now_ms: u64,
         bytes: &'a [u8],
+    },
+    /// One frame received as `head` (the frame up to its data block, see
+    /// `wire::block_range`) and `block`, its data block read straight into
+    /// an aligned buffer: the packet's `SubmitPeerWrite` /
+    /// `SubmitResyncWrite` carries that very buffer. Follows earlier
+    /// `BytesReceived` in stream order like any bytes.
+    FrameReceived {
+        now_ms: u64,
+        head: &'a [u8],
+        block: AlignedBuf,
     },
     Tick {
         now_ms: u64,
@@ -213,7 +224,9 @@ pub enum Action {
         offset_bytes: u64,
         len_bytes: u32,
         flags: u32,
-        data: Vec<u8>,
+        /// `Payload::Aligned` when the block was received apart from its
+        /// frame: write it as it is.
+        data: Payload,
     },
     /// Flush the local disk (end of a peer epoch); report `PeerFlushDone`.
     SubmitPeerFlush {
@@ -229,7 +242,8 @@ pub enum Action {
     SubmitResyncWrite {
         id: u64,
         offset_bytes: u64,
-        data: Vec<u8>,
+        /// As for `SubmitPeerWrite`.
+        data: Payload,
     },
     UpdateGenerations(GiUpdate),
     /// The local disk state changes because of this connection (sync target).

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, VecDeque};
 use super::{Action, Peer};
 use crate::ack::Protocol;
 use crate::state::ReplState;
-use crate::wire::Packet;
+use crate::wire::{Packet, Payload};
 
 /// A replicated write as received.
 #[derive(Debug, Clone)]
@@ -25,7 +25,7 @@ pub(super) struct PeerWrite {
     pub(super) flags: u32,
     pub(super) offset_bytes: u64,
     pub(super) len_bytes: u32,
-    pub(super) data: Vec<u8>,
+    pub(super) data: Payload,
 }
 
 #[derive(Debug, Clone)]

@@ -17,7 +17,9 @@ use crate::resync::{
     Progress, ProgressMeter, RateController, ReplyVerdict, ResyncPlanner, BLOCK_BYTES, RATE_STEP_MS,
 };
 use crate::state::{DiskState, ReplState, Role};
-use crate::wire::{Packet, STATE_START_SYNC_SOURCE, STATE_START_SYNC_TARGET, STATE_SYNC_PAUSED};
+use crate::wire::{
+    Packet, Payload, STATE_START_SYNC_SOURCE, STATE_START_SYNC_TARGET, STATE_SYNC_PAUSED,
+};
 
 /// Most RLE runs per bitmap chunk we send (keeps chunks far below the
 /// payload limit: at most 10 bytes per run).
@@ -556,7 +558,7 @@ impl Peer {
         &mut self,
         id: u64,
         offset: u64,
-        data: Vec<u8>,
+        data: Payload,
         out: &mut Vec<Action>,
     ) -> Result<(), String> {
         if !matches!(
@@ -721,7 +723,7 @@ impl Peer {
                 out.push(Action::Send(Packet::ResyncReply {
                     id,
                     offset_bytes,
-                    payload: data,
+                    payload: data.into(),
                 }));
             }
             _ => out.push(Action::Send(Packet::ResyncNegReply { id })),

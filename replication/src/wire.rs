@@ -7,7 +7,15 @@
 //! know what a packet means — the handshake and peer state machines decide that.
 
 use crate::state::{DiskState, Role};
+use drbdd_blockio::AlignedBuf;
 use thiserror::Error;
+
+#[path = "wire_block.rs"]
+mod block;
+pub use block::{
+    block_range, decode_split, BlockRange, Payload, Received, MAX_BLOCK_HEAD_BYTES,
+    MIN_SPLIT_BLOCK_BYTES,
+};
 
 /// First four bytes of every packet: ASCII "dRBr".
 pub const MAGIC: u32 = 0x6452_4272;
@@ -177,7 +185,7 @@ pub enum Packet {
         flags: u32,
         offset_bytes: u64,
         len_bytes: u32,
-        payload: Vec<u8>,
+        payload: Payload,
     },
     /// Protocol B: the peer received the write.
     RecvAck {
@@ -218,7 +226,7 @@ pub enum Packet {
     ResyncReply {
         id: u64,
         offset_bytes: u64,
-        payload: Vec<u8>,
+        payload: Payload,
     },
     /// The source could not read the range.
     ResyncNegReply {
@@ -313,7 +321,9 @@ impl Packet {
     /// Like [`Packet::encode_framed`], but a data block of at least
     /// `min_bytes` (of `Data` or `ResyncReply`) is not copied: `out` gets
     /// everything before it and the block is returned, to be sent right
-    /// after those bytes (the frame is their concatenation).
+    /// after those bytes (the frame is their concatenation). A block held
+    /// as [`Payload::Bytes`] (what a sender builds) comes back as that very
+    /// `Vec`; one received into an `AlignedBuf` is copied out.
     pub fn encode_framed_split(
         mut self,
         out: &mut Vec<u8>,
@@ -324,7 +334,7 @@ impl Packet {
             Packet::Data { payload, .. } | Packet::ResyncReply { payload, .. }
                 if payload.len() >= min_bytes =>
             {
-                std::mem::take(payload)
+                std::mem::take(payload).into_vec()
             }
             _ => {
                 self.encode_framed(out, crc);
@@ -439,7 +449,7 @@ impl Packet {
         match self {
             Packet::Data { payload, .. } | Packet::ResyncReply { payload, .. } => {
                 self.encode_data_fields(w, payload.len());
-                w.bytes(payload);
+                w.bytes(payload.as_slice());
             }
             Packet::BitmapChunk {
                 start_bit,
@@ -543,6 +553,28 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Packet, usize)>, WireError> {
 /// [`FrameCrc::SkipDataBlock`] the payload is parsed before the CRC of its
 /// covered part is checked (the parser is safe on any bytes).
 pub fn decode_framed(buf: &[u8], crc: FrameCrc) -> Result<Option<(Packet, usize)>, WireError> {
+    let Some(header) = decode_header(buf)? else {
+        return Ok(None);
+    };
+    let total = HEADER_BYTES + header.payload_bytes;
+    if buf.len() < total {
+        return Ok(None);
+    }
+    let packet = decode_body(&header, &buf[HEADER_BYTES..total], None, crc)?;
+    Ok(Some((packet, total)))
+}
+
+/// The checked fields of a frame header.
+struct Header {
+    kind: u16,
+    name: &'static str,
+    payload_bytes: usize,
+    crc: u32,
+}
+
+/// The header at the front of `buf`; `None` while fewer than
+/// [`HEADER_BYTES`] bytes are there (bad magic is refused from 4 bytes on).
+fn decode_header(buf: &[u8]) -> Result<Option<Header>, WireError> {
     if buf.len() >= 4 {
         let magic = be_u32(&buf[0..4]);
         if magic != MAGIC {
@@ -562,37 +594,60 @@ pub fn decode_framed(buf: &[u8], crc: FrameCrc) -> Result<Option<(Packet, usize)
     if len > MAX_PAYLOAD_BYTES {
         return Err(WireError::PayloadTooLarge(len));
     }
-    let expected = be_u32(&buf[12..16]);
-    let len = usize::try_from(len).map_err(|_| WireError::PayloadTooLarge(len))?;
-    let total = HEADER_BYTES + len;
-    if buf.len() < total {
-        return Ok(None);
-    }
-    let payload = &buf[HEADER_BYTES..total];
-    let check = |covered: &[u8]| {
-        let actual = crc32c::crc32c(covered);
-        if actual == expected {
+    let payload_bytes = usize::try_from(len).map_err(|_| WireError::PayloadTooLarge(len))?;
+    Ok(Some(Header {
+        kind,
+        name,
+        payload_bytes,
+        crc: be_u32(&buf[12..16]),
+    }))
+}
+
+/// Decodes a payload: `fields` from the frame, then, when the frame was
+/// received split ([`decode_split`]), its data block `block`. The caller
+/// checked that the two add up to the header's payload length.
+fn decode_body(
+    header: &Header,
+    fields: &[u8],
+    block: Option<AlignedBuf>,
+    crc: FrameCrc,
+) -> Result<Packet, WireError> {
+    let split = block.is_some();
+    let check = |covered: &[u8], block: Option<&AlignedBuf>| {
+        let mut actual = crc32c::crc32c(covered);
+        if let Some(b) = block {
+            actual = crc32c::crc32c_append(actual, b.as_slice());
+        }
+        if actual == header.crc {
             Ok(())
         } else {
-            Err(WireError::BadChecksum { expected, actual })
+            Err(WireError::BadChecksum {
+                expected: header.crc,
+                actual,
+            })
         }
     };
     if crc == FrameCrc::WholePayload {
-        check(payload)?;
+        check(fields, block.as_ref())?;
     }
     let mut r = Reader {
-        buf: payload,
+        buf: fields,
         pos: 0,
-        packet: name,
+        packet: header.name,
+        block,
     };
-    let packet = decode_payload(kind, &mut r)?;
-    if r.pos != payload.len() {
-        return Err(WireError::TrailingBytes(payload.len() - r.pos, name));
+    let packet = decode_payload(header.kind, &mut r)?;
+    let left = (fields.len() - r.pos) + r.block.as_ref().map_or(0, AlignedBuf::len);
+    if left != 0 {
+        return Err(WireError::TrailingBytes(left, header.name));
     }
     if crc == FrameCrc::SkipDataBlock {
-        check(&payload[..payload.len() - packet.data_block_bytes()])?;
+        // A split frame's block was all of its data block (or it would
+        // have been left over above): the fields are what the CRC covers.
+        let inline_block = if split { 0 } else { packet.data_block_bytes() };
+        check(&fields[..fields.len() - inline_block], None)?;
     }
-    Ok(Some((packet, total)))
+    Ok(packet)
 }
 
 fn decode_payload(kind: u16, r: &mut Reader<'_>) -> Result<Packet, WireError> {
@@ -651,7 +706,7 @@ fn decode_payload(kind: u16, r: &mut Reader<'_>) -> Result<Packet, WireError> {
             Packet::ResyncReply {
                 id,
                 offset_bytes,
-                payload: r.vec(len)?,
+                payload: r.data_block(len)?,
             }
         }
         18 => Packet::ResyncNegReply { id: r.u64()? },
@@ -681,9 +736,9 @@ fn decode_data(r: &mut Reader<'_>) -> Result<Packet, WireError> {
     check_range(r, offset_bytes, len_bytes)?;
     let no_payload = flags & (DATA_DISCARD | DATA_ZEROES) != 0;
     let payload = if no_payload {
-        Vec::new()
+        Payload::default()
     } else {
-        r.vec(len_bytes)?
+        r.data_block(len_bytes)?
     };
     Ok(Packet::Data {
         seq,
@@ -851,6 +906,8 @@ struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
     packet: &'static str,
+    /// The data block of a frame received split: it follows `buf`.
+    block: Option<AlignedBuf>,
 }
 
 impl Reader<'_> {
@@ -891,9 +948,33 @@ impl Reader<'_> {
     fn u64(&mut self) -> Result<u64, WireError> {
         Ok(u64::from_be_bytes(self.array()?))
     }
-    fn vec(&mut self, len: u32) -> Result<Vec<u8>, WireError> {
+    /// The data block of `len` bytes that ends the payload: the separate
+    /// block of a split frame (handed on as it is, no copy) once every
+    /// field before it is read, else a copy out of the frame (into an
+    /// `AlignedBuf` from [`MIN_SPLIT_BLOCK_BYTES`] on).
+    fn data_block(&mut self, len: u32) -> Result<Payload, WireError> {
         let len = usize::try_from(len).unwrap_or(usize::MAX);
-        Ok(self.take(len)?.to_vec())
+        if self.remaining() == 0 {
+            if let Some(block) = self.block.take() {
+                if block.len() < len {
+                    return Err(WireError::Truncated {
+                        packet: self.packet,
+                        needed: len - block.len(),
+                    });
+                }
+                if block.len() > len {
+                    return Err(WireError::TrailingBytes(block.len() - len, self.packet));
+                }
+                return Ok(Payload::Aligned(block));
+            }
+        }
+        // A block that is not small goes straight to the aligned memory its
+        // disk write needs (one copy instead of two).
+        let bytes = self.take(len)?;
+        if len >= MIN_SPLIT_BLOCK_BYTES {
+            return Ok(Payload::Aligned(AlignedBuf::from_slice(bytes)));
+        }
+        Ok(Payload::Bytes(bytes.to_vec()))
     }
     fn string(&mut self, max: usize) -> Result<String, WireError> {
         let len = usize::from(self.u16()?);

@@ -1,5 +1,8 @@
 //! Proves the codec never panics on arbitrary bytes, round-trips every packet
-//! kind, and rejects corrupted or oversized frames with a reason.
+//! kind, and rejects corrupted or oversized frames with a reason; and that a
+//! frame received as head + block (`block_range`, `decode_split`) decodes to
+//! the same packet, or the same error, as the frame whole, its block buffer
+//! handed on without a copy.
 
 use super::*;
 use proptest::prelude::*;
@@ -34,7 +37,7 @@ fn arb_data() -> impl Strategy<Value = Packet> {
                 flags,
                 offset_bytes,
                 len_bytes,
-                payload,
+                payload: payload.into(),
             }
         })
 }
@@ -122,7 +125,7 @@ fn arb_packet() -> impl Strategy<Value = Packet> {
             .prop_map(|(id, offset_bytes, payload)| Packet::ResyncReply {
                 id,
                 offset_bytes,
-                payload
+                payload: payload.into()
             }),
         any::<u64>().prop_map(|id| Packet::ResyncNegReply { id }),
         any::<u64>().prop_map(|uuid| Packet::SyncUuid { uuid }),
@@ -252,7 +255,10 @@ fn data_packet() -> Packet {
         flags: DATA_FUA,
         offset_bytes: 1 << 20,
         len_bytes: 4096,
-        payload: (0..4096u32).map(|i| (i % 251) as u8).collect(),
+        payload: (0..4096u32)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>()
+            .into(),
     }
 }
 
@@ -343,7 +349,7 @@ fn a_split_frame_is_the_same_bytes_as_a_whole_one() {
     let reply = Packet::ResyncReply {
         id: 4,
         offset_bytes: 8192,
-        payload: vec![7; 65_536],
+        payload: vec![7; 65_536].into(),
     };
     for packet in [data_packet(), reply, Packet::WriteAck { seq: 3 }] {
         for crc in [FrameCrc::WholePayload, FrameCrc::SkipDataBlock] {
@@ -363,6 +369,262 @@ fn a_split_frame_is_the_same_bytes_as_a_whole_one() {
                 None
             );
             assert_eq!(small, whole);
+        }
+    }
+}
+
+// ---- frames received as head + block (wire_block) ----
+
+fn sized_data(len: usize, flags: u32) -> Packet {
+    Packet::Data {
+        seq: 3,
+        epoch: 4,
+        flags,
+        offset_bytes: 8192,
+        len_bytes: u32::try_from(len).unwrap(),
+        payload: if flags & (DATA_DISCARD | DATA_ZEROES) != 0 {
+            Payload::default()
+        } else {
+            (0..len)
+                .map(|i| u8::try_from(i % 253).unwrap())
+                .collect::<Vec<u8>>()
+                .into()
+        },
+    }
+}
+
+fn resync_reply(len: usize) -> Packet {
+    Packet::ResyncReply {
+        id: 9,
+        offset_bytes: 4096,
+        payload: vec![0x5a; len].into(),
+    }
+}
+
+/// Splits an encoded frame where `block_range` says, as a transport would.
+fn split(frame: &[u8]) -> (Vec<u8>, AlignedBuf) {
+    let BlockRange::Block { start, len } = block_range(frame) else {
+        panic!("{:?}", block_range(frame));
+    };
+    assert_eq!(start + len, frame.len(), "the block ends the frame");
+    (
+        frame[..start].to_vec(),
+        AlignedBuf::from_slice(&frame[start..]),
+    )
+}
+
+#[test]
+fn block_range_of_every_frame_shape() {
+    for crc in [FrameCrc::WholePayload, FrameCrc::SkipDataBlock] {
+        for (packet, start) in [
+            (sized_data(4096, 0), MAX_BLOCK_HEAD_BYTES),
+            (
+                sized_data(1 << 20, DATA_FUA | DATA_FLUSH),
+                MAX_BLOCK_HEAD_BYTES,
+            ),
+            (sized_data(0, 0), MAX_BLOCK_HEAD_BYTES),
+            (resync_reply(65_536), HEADER_BYTES + 20),
+            (resync_reply(0), HEADER_BYTES + 20),
+        ] {
+            let mut frame = Vec::new();
+            packet.encode_framed(&mut frame, crc);
+            let len = frame.len() - start;
+            assert_eq!(block_range(&frame), BlockRange::Block { start, len });
+            // A prefix tells as soon as the head is there, not before.
+            assert_eq!(
+                block_range(&frame[..start]),
+                BlockRange::Block { start, len }
+            );
+            assert_eq!(
+                block_range(&frame[..start - 1]),
+                BlockRange::NeedHead(start)
+            );
+            assert_eq!(
+                block_range(&frame[..HEADER_BYTES]),
+                BlockRange::NeedHead(start)
+            );
+            assert_eq!(block_range(&frame[..3]), BlockRange::NeedHead(HEADER_BYTES));
+        }
+        for packet in [
+            sized_data(4096, DATA_DISCARD),
+            sized_data(1 << 20, DATA_ZEROES),
+            Packet::Ping,
+            Packet::WriteAck { seq: 1 },
+            Packet::ResyncRequest {
+                id: 1,
+                offset_bytes: 0,
+                len_bytes: 4096,
+            },
+        ] {
+            let mut frame = Vec::new();
+            packet.encode_framed(&mut frame, crc);
+            assert_eq!(block_range(&frame), BlockRange::Whole, "{}", packet.name());
+        }
+    }
+}
+
+#[test]
+fn a_split_frame_decodes_to_the_same_packet_with_its_block_buffer() {
+    for crc in [FrameCrc::WholePayload, FrameCrc::SkipDataBlock] {
+        for packet in [
+            sized_data(4096, DATA_FUA),
+            sized_data(1 << 20, 0),
+            resync_reply(8192),
+        ] {
+            let mut frame = Vec::new();
+            packet.encode_framed(&mut frame, crc);
+            let (head, block) = split(&frame);
+            let ptr = block.as_ptr();
+            let got = decode_split(&head, block, crc).unwrap();
+            assert_eq!(got, packet);
+            let (Packet::Data { payload, .. } | Packet::ResyncReply { payload, .. }) = got else {
+                panic!("a data packet");
+            };
+            assert_eq!(payload.into_aligned().as_ptr(), ptr, "no copy on the way");
+        }
+    }
+}
+
+#[test]
+fn a_sent_block_comes_back_as_the_very_vec_it_was_built_from() {
+    let payload = vec![7u8; 65_536];
+    let ptr = payload.as_ptr();
+    let packet = Packet::Data {
+        seq: 1,
+        epoch: 1,
+        flags: 0,
+        offset_bytes: 0,
+        len_bytes: 65_536,
+        payload: payload.into(),
+    };
+    let mut head = Vec::new();
+    let block = packet
+        .encode_framed_split(&mut head, FrameCrc::WholePayload, 4096)
+        .unwrap();
+    assert_eq!(block.as_ptr(), ptr);
+}
+
+#[test]
+fn a_corrupted_block_of_a_split_frame_fails_the_whole_payload_crc_only() {
+    for crc in [FrameCrc::WholePayload, FrameCrc::SkipDataBlock] {
+        let mut frame = Vec::new();
+        sized_data(65_536, 0).encode_framed(&mut frame, crc);
+        let last = frame.len() - 1;
+        frame[last] ^= 0x80;
+        let (head, block) = split(&frame);
+        let split_result = decode_split(&head, block, crc).map(|_| ());
+        let whole_result = decode_framed(&frame, crc).map(|_| ());
+        assert_eq!(split_result, whole_result, "{crc:?}: as the frame whole");
+        assert_eq!(
+            split_result.is_err(),
+            crc == FrameCrc::WholePayload,
+            "{crc:?}: {split_result:?}"
+        );
+    }
+    // A corrupted field is caught either way.
+    let mut frame = Vec::new();
+    sized_data(65_536, 0).encode_framed(&mut frame, FrameCrc::SkipDataBlock);
+    frame[HEADER_BYTES] ^= 1;
+    let (head, block) = split(&frame);
+    assert!(matches!(
+        decode_split(&head, block, FrameCrc::SkipDataBlock),
+        Err(WireError::BadChecksum { .. })
+    ));
+}
+
+#[test]
+fn lying_or_oversized_lengths_are_not_split_and_the_decoder_refuses_them() {
+    let mut frame = Vec::new();
+    sized_data(8192, 0).encode_framed(&mut frame, FrameCrc::WholePayload);
+    let set_u32 =
+        |f: &mut Vec<u8>, at: usize, v: u32| f[at..at + 4].copy_from_slice(&v.to_be_bytes());
+    // The data length field says more than the frame holds.
+    let mut lying = frame.clone();
+    set_u32(&mut lying, HEADER_BYTES + 24, 8193);
+    assert_eq!(block_range(&lying), BlockRange::Whole);
+    let err = decode_framed(&lying, FrameCrc::SkipDataBlock).unwrap_err();
+    assert!(
+        matches!(err, WireError::Truncated { needed: 1, .. }),
+        "{err}"
+    );
+    // A data length beyond the limit, with a header length to match.
+    let mut huge = frame.clone();
+    set_u32(&mut huge, HEADER_BYTES + 24, MAX_DATA_BYTES + 1);
+    set_u32(&mut huge, 8, MAX_DATA_BYTES + 1 + 28);
+    assert_eq!(block_range(&huge), BlockRange::Whole);
+    huge.resize(HEADER_BYTES + MAX_DATA_BYTES as usize + 1 + 28, 0);
+    let err = decode_framed(&huge, FrameCrc::SkipDataBlock).unwrap_err();
+    assert!(err.to_string().contains("exceeds"), "{err}");
+    // A header length beyond the payload limit.
+    let mut oversized = frame.clone();
+    set_u32(&mut oversized, 8, MAX_PAYLOAD_BYTES + 1);
+    assert_eq!(block_range(&oversized), BlockRange::Whole);
+    assert_eq!(
+        decode_framed(&oversized, FrameCrc::SkipDataBlock).unwrap_err(),
+        WireError::PayloadTooLarge(MAX_PAYLOAD_BYTES + 1)
+    );
+    // A header length shorter than the fixed fields.
+    let mut short = frame.clone();
+    set_u32(&mut short, 8, 10);
+    assert_eq!(block_range(&short), BlockRange::Whole);
+    // A split whose parts do not add up to the header's length.
+    let (head, _) = split(&frame);
+    let err = decode_split(
+        &head,
+        AlignedBuf::from_slice(&[0; 100]),
+        FrameCrc::SkipDataBlock,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("header says 8220"), "{err}");
+    // A head cut short of the header.
+    assert!(matches!(
+        decode_split(
+            &head[..10],
+            AlignedBuf::from_slice(&[0; 8192]),
+            FrameCrc::SkipDataBlock
+        ),
+        Err(WireError::Truncated { .. })
+    ));
+    // A frame of another type handed over as head + block.
+    let mut ping = Vec::new();
+    Packet::Ping.encode_framed(&mut ping, FrameCrc::WholePayload);
+    let err = decode_split(&ping, AlignedBuf::empty(), FrameCrc::WholePayload);
+    assert!(err.is_ok(), "an empty block is no block: {err:?}");
+    set_u32(&mut ping, 8, 4);
+    assert_eq!(
+        decode_split(
+            &ping,
+            AlignedBuf::from_slice(&[0; 4]),
+            FrameCrc::SkipDataBlock
+        )
+        .unwrap_err(),
+        WireError::TrailingBytes(4, "Ping")
+    );
+}
+
+proptest! {
+    #[test]
+    fn split_decoding_equals_whole_decoding(
+        len in 0usize..20_000,
+        resync in any::<bool>(),
+        whole in any::<bool>(),
+        flip in any::<Option<prop::sample::Index>>(),
+    ) {
+        let crc = if whole { FrameCrc::WholePayload } else { FrameCrc::SkipDataBlock };
+        let packet = if resync { resync_reply(len) } else { sized_data(len, 0) };
+        let mut frame = Vec::new();
+        packet.encode_framed(&mut frame, crc);
+        if let Some(i) = flip {
+            let i = i.index(frame.len());
+            frame[i] ^= 0x10;
+        }
+        let whole_result = decode_framed(&frame, crc).map(|r| r.map(|(p, _)| p));
+        if let BlockRange::Block { start, len } = block_range(&frame) {
+            if start + len == frame.len() {
+                let block = AlignedBuf::from_slice(&frame[start..]);
+                let split_result = decode_split(&frame[..start], block, crc).map(Some);
+                prop_assert_eq!(split_result, whole_result);
+            }
         }
     }
 }

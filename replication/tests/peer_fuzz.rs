@@ -42,9 +42,9 @@ fn random_packet(rng: &mut Rng) -> Packet {
             offset_bytes: (v % 80) * 4096,
             len_bytes: len,
             payload: if v % 16 >= 4 {
-                Vec::new()
+                Vec::new().into()
             } else {
-                vec![1; usize::try_from(len).unwrap()]
+                vec![1; usize::try_from(len).unwrap()].into()
             },
         },
         1 => Packet::RecvAck { seq: small },
@@ -71,7 +71,7 @@ fn random_packet(rng: &mut Rng) -> Packet {
         8 => Packet::ResyncReply {
             id: small % 5,
             offset_bytes: (v % 80) * 4096,
-            payload: vec![2; usize::try_from(len).unwrap()],
+            payload: vec![2; usize::try_from(len).unwrap()].into(),
         },
         9 => Packet::SyncUuid { uuid: v },
         10 => Packet::ResyncFinished,

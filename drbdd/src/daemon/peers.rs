@@ -30,7 +30,7 @@ use super::{Actor, ActorMsg};
 use crate::backing::{Backing, EngineKind};
 use crate::control::proto::{PeerStatus as PeerStatusView, ResyncProgress};
 use crate::metadev::FileMetaDevice;
-use crate::net::{self, Conn, ConnOpts, Listener, NetMsg, NetSink, Received};
+use crate::net::{self, Conn, ConnOpts, Listener, NetMsg, NetSink, Receive};
 use crate::pipeline::{
     LegHandle, LegOutcome, PeerFlushDone, Pipeline, ReplicatedWrite, Replicator,
 };
@@ -44,7 +44,7 @@ use drbdd_replication::peer::{Event, LocalState, Peer, PeerConfig};
 use drbdd_replication::resync::{Progress, RateConfig, SyncBitmap, BLOCK_BYTES};
 use drbdd_replication::state::{ConnState, DiskState, ReplState, Role};
 use drbdd_replication::wire::{
-    DATA_DISCARD, DATA_FUA, DATA_ZEROES, FEATURE_DATA_INTEGRITY, NONCE_BYTES,
+    Received, DATA_DISCARD, DATA_FUA, DATA_ZEROES, FEATURE_DATA_INTEGRITY, NONCE_BYTES,
 };
 use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, TcpStream};
@@ -822,20 +822,13 @@ impl Actor {
             let l = self.link_mut(i);
             let Some(c) = l.conn.as_mut() else { return };
             match c.receive() {
-                Received::Frames(bytes) => {
-                    l.stats.received_bytes += u64::try_from(bytes.len()).unwrap_or(0);
-                    self.peer_step(|a| {
-                        a.feed(
-                            i,
-                            Event::BytesReceived {
-                                now_ms: now,
-                                bytes: &bytes,
-                            },
-                        );
-                    });
-                }
-                Received::Nothing => {}
-                Received::Closed(reason) => return self.connection_lost(i, &reason),
+                Receive::Got(units) => self.peer_step(|a| {
+                    for unit in units {
+                        a.feed_received(i, now, unit);
+                    }
+                }),
+                Receive::Nothing => {}
+                Receive::Closed(reason) => return self.connection_lost(i, &reason),
             }
         }
         if let Some(reason) = self.link_mut(i).conn.as_mut().and_then(Conn::failure) {
@@ -858,6 +851,37 @@ impl Actor {
             }
         }
         self.peer_step(Self::peers_tick);
+    }
+
+    /// Bytes received on connection `conn_id` of peer `i` (stale ones of an
+    /// earlier connection are dropped): counted, credited back to the
+    /// reader, and fed to the peer machine — a frame received as head +
+    /// block with its block buffer handed on as it is.
+    /// (`Vec<u8>` or `Received`: the same code serves `NetMsg::Bytes`
+    /// before and after its reader delivers blocks apart.)
+    /// Feeds what one read of link `i`'s connection completed to its
+    /// machine: runs of whole frames, or a frame whose data block was read
+    /// straight into an aligned buffer (no copy before the peer write).
+    fn feed_received(&mut self, i: usize, now: u64, received: Received) {
+        let n = received.len();
+        self.link_mut(i).stats.received_bytes += u64::try_from(n).unwrap_or(0);
+        match received {
+            Received::Frames(bytes) => {
+                let event = Event::BytesReceived {
+                    now_ms: now,
+                    bytes: &bytes,
+                };
+                self.feed(i, event);
+            }
+            Received::Block { head, block } => {
+                let event = Event::FrameReceived {
+                    now_ms: now,
+                    head: &head,
+                    block,
+                };
+                self.feed(i, event);
+            }
+        }
     }
 
     fn link(&self, i: usize) -> &Link {

@@ -160,9 +160,12 @@ impl Actor {
                         len_bytes: u64::from(len_bytes),
                     }
                 } else {
+                    // A block received apart from its frame is written from
+                    // the buffer the socket read it into; a small one that
+                    // came inside a run of frames is copied here.
                     BackingOp::Write {
                         offset_bytes,
-                        buf: AlignedBuf::from_slice(&data),
+                        buf: data.into_aligned(),
                         fua: flags & DATA_FUA != 0,
                     }
                 };
@@ -198,9 +201,10 @@ impl Actor {
             } => {
                 self.link_mut(i).stats.resync_received_bytes +=
                     u64::try_from(data.len()).unwrap_or(0);
+                // As for peer writes: no copy of a block received apart.
                 let op = BackingOp::Write {
                     offset_bytes,
-                    buf: AlignedBuf::from_slice(&data),
+                    buf: data.into_aligned(),
                     fua: false,
                 };
                 self.submit_io(node_id, op, move |_| IoDone::ResyncWrite { id });

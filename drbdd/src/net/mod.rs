@@ -25,7 +25,8 @@
 
 mod frames;
 
-use frames::FrameReader;
+use drbdd_replication::wire::Received;
+use frames::{FrameReader, ReadOutcome};
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -232,9 +233,10 @@ pub struct ConnOpts {
 
 /// What one [`Conn::receive`] got.
 #[derive(Debug)]
-pub enum Received {
-    /// Complete frames, in order.
-    Frames(Vec<u8>),
+pub enum Receive {
+    /// Complete units, in order: runs of whole frames, or a frame whose
+    /// data block was read straight into an aligned buffer.
+    Got(Vec<Received>),
     /// Nothing complete yet; wait for the socket to be readable again.
     Nothing,
     /// The connection ended (EOF or an error), with the reason.
@@ -400,17 +402,20 @@ impl Conn {
         self.failed.clone()
     }
 
-    /// One read from the socket; the frames it completed.
-    pub fn receive(&mut self) -> Received {
-        let buf = self.frames.buf_for_read();
-        match rustix::io::read(&self.stream, rustix::buffer::spare_capacity(buf)) {
-            Ok(0) => Received::Closed("connection closed by peer".to_owned()),
-            Ok(_) => match self.frames.take_frames() {
-                Some(bytes) => Received::Frames(bytes),
-                None => Received::Nothing,
-            },
-            Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => Received::Nothing,
-            Err(e) => Received::Closed(format!("receive failed: {e}")),
+    /// One read from the socket; the units it completed.
+    pub fn receive(&mut self) -> Receive {
+        match self.frames.read_from(&self.stream) {
+            Ok(ReadOutcome::Eof) => Receive::Closed("connection closed by peer".to_owned()),
+            Ok(ReadOutcome::Read(_)) => {
+                let units = self.frames.take_received();
+                if units.is_empty() {
+                    Receive::Nothing
+                } else {
+                    Receive::Got(units)
+                }
+            }
+            Ok(ReadOutcome::WouldBlock) => Receive::Nothing,
+            Err(e) => Receive::Closed(format!("receive failed: {e}")),
         }
     }
 
@@ -646,7 +651,7 @@ mod tests {
             send_timeout_ms: 60_000,
         };
         let (mut conn, mut server) = pair(opts);
-        assert!(matches!(conn.receive(), Received::Nothing));
+        assert!(matches!(conn.receive(), Receive::Nothing));
         let mut frames = Vec::new();
         Packet::Ping.encode_framed(&mut frames, FrameCrc::SkipDataBlock);
         Packet::PingAck.encode_framed(&mut frames, FrameCrc::SkipDataBlock);
@@ -654,21 +659,28 @@ mod tests {
         let mut got = Vec::new();
         while got.len() < frames.len() {
             match conn.receive() {
-                Received::Frames(b) => got.extend(b),
-                Received::Nothing => std::thread::sleep(Duration::from_millis(5)),
-                Received::Closed(why) => panic!("closed early: {why}"),
+                Receive::Got(units) => {
+                    for u in units {
+                        match u {
+                            Received::Frames(b) => got.extend(b),
+                            Received::Block { .. } => panic!("no data blocks were sent"),
+                        }
+                    }
+                }
+                Receive::Nothing => std::thread::sleep(Duration::from_millis(5)),
+                Receive::Closed(why) => panic!("closed early: {why}"),
             }
         }
         assert_eq!(got, frames);
         drop(server);
         loop {
             match conn.receive() {
-                Received::Closed(why) => {
+                Receive::Closed(why) => {
                     assert!(why.contains("closed by peer"), "{why}");
                     break;
                 }
-                Received::Nothing => std::thread::sleep(Duration::from_millis(5)),
-                Received::Frames(b) => panic!("unexpected bytes {b:?}"),
+                Receive::Nothing => std::thread::sleep(Duration::from_millis(5)),
+                Receive::Got(u) => panic!("unexpected bytes {u:?}"),
             }
         }
         conn.close();

@@ -176,7 +176,7 @@ impl Node {
                     let data = if flags & (DATA_DISCARD | DATA_ZEROES) != 0 {
                         vec![0; usize::try_from(len_bytes).unwrap()]
                     } else {
-                        data
+                        data.into_vec()
                     };
                     let io = Io::PeerWrite(seq, offset_bytes, data);
                     if self.hold_peer_writes {
@@ -212,7 +212,7 @@ impl Node {
                     offset_bytes,
                     data,
                 } => {
-                    let io = Io::ResyncWrite(id, offset_bytes, data);
+                    let io = Io::ResyncWrite(id, offset_bytes, data.into_vec());
                     if self.hold_resync_writes {
                         self.held.push(io);
                     } else {
