@@ -20,7 +20,10 @@
 #      DRBDD_BENCH_WORK_DIR; VM_BENCH_SIZE_MIB (fio size per disk, default 256: the VM has
 #      its own disks, the host rows' size does not apply), VM_BENCH_TARGETS (space separated
 #      subset of the targets above without the vm- prefix), VM_BENCH_ACCEL (tcg; kvm where
-#      it works), VM_BENCH_KEEP=1 keeps the work dir (default $WORK_DIR/drbdd-vm-bench).
+#      it works), VM_BENCH_KEEP=1 keeps the work dir (default $WORK_DIR/drbdd-vm-bench),
+#      VM_BENCH_PERF="TARGET:WORKLOAD ..." profiles those jobs with perf in the guest
+#      (flat cpu-clock profile of the whole guest; results/perf-TARGET-WORKLOAD.txt in the
+#      work dir, which keeps results/ for that reason).
 # Every row is skipped with the reason (never silently missing) when qemu, the kernel
 # package, drbd-utils or a build is unavailable. Exit 0 whenever it printed rows.
 set -euo pipefail
@@ -117,6 +120,12 @@ done
 cp "${DRBDD_BINS[@]}" root/bin/
 cp "$UBLK_LOOP" root/bin/ublk-loop
 vm_copy_with_libs root "$(command -v fio)" "$(command -v losetup)" "$DRBDSETUP84" "$(command -v drbdmeta)"
+# VM_BENCH_PERF="TARGET:WORKLOAD ...": profile those jobs with perf (cpu-clock, whole guest).
+PERF_JOBS=${VM_BENCH_PERF:-}
+if [ -n "$PERF_JOBS" ]; then
+  if command -v perf >/dev/null; then vm_copy_with_libs root "$(command -v perf)"
+  else echo "vm-rows: VM_BENCH_PERF set but perf is not installed (apt-get install linux-perf); no profiles" >&2; PERF_JOBS=""; fi
+fi
 SIZE_BYTES=$((SIZE_MIB * 1024 * 1024))
 for w in $WORKLOADS; do
   "$EXE" fio-args --workload "$w" --filename @DEV@ --size-bytes "$SIZE_BYTES" --output @OUT@ \
@@ -130,6 +139,7 @@ TARGETS="$TARGETS"
 WORKLOADS="$WORKLOADS"
 JOB_LIMIT_S=$JOB_LIMIT_S
 SYNC_LIMIT_S=600
+PERF_JOBS="$PERF_JOBS"
 EOF
 cp "$HERE/vm/guest-init.sh" root/init && chmod +x root/init
 (cd root && find . | cpio -o -H newc --quiet | gzip -1) > initramfs.gz
@@ -159,6 +169,7 @@ echo "vm-rows: VM wall time $(( $(date +%s) - T0 )) s (qemu exit $qemu_rc, limit
 tr -d '\r' < console.log | grep -aoE 'VMB(-INFO|-ERR|:) .*' | sed 's/^/vm-rows: /' >&2 || true
 rm -rf results && mkdir results
 tar -xf results.img -C results 2>/dev/null || true
+for f in results/perf-*.txt; do [ -f "$f" ] && echo "vm-rows: profile $W/$f" >&2; done
 
 # 5. One JSON line per row: runs with at least one workload measured.
 done_marker=$(tr -d '\r' < console.log | grep -ac 'VMB: DONE' || true)
@@ -183,3 +194,4 @@ for t in $TARGETS; do
   fi
 done
 [ "${VM_BENCH_KEEP:-0}" = 1 ] || rm -f disk-b.img disk-c.img results.img
+true

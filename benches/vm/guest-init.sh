@@ -146,9 +146,23 @@ teardown() {
 run_job() { # run_job RUN TARGET WORKLOAD
   out=/res/run$1-$2-$3.json
   sed -e "s#@DEV@#$DEV#g" -e "s#@OUT@#$out#g" /fio/$3.args > /tmp/job.args
+  perf_pid=""
+  case " ${PERF_JOBS:-} " in *" $2:$3 "*)
+    echo 0 > /proc/sys/kernel/kptr_restrict; echo -1 > /proc/sys/kernel/perf_event_paranoid
+    perf record -e cpu-clock -F 997 -a -o /tmp/perf.data > /tmp/perf.log 2>&1 &
+    perf_pid=$! ;;
+  esac
   # shellcheck disable=SC2046
   timeout -s KILL "$JOB_LIMIT_S" fio $(cat /tmp/job.args) > /tmp/fio.log 2>&1 \
     || { err "fio $3 failed: $(tail -3 /tmp/fio.log | tr '\n' ' ')"; rm -f "$out"; }
+  if [ -n "$perf_pid" ]; then
+    kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null
+    perf report -i /tmp/perf.data --stdio --no-children --sort comm,dso,sym --percent-limit 0.3 \
+      > "/res/perf-$2-$3.txt" 2>&1 || err "perf report for $2 $3 failed"
+    perf report -i /tmp/perf.data --stdio --no-children --sort comm --percent-limit 0.3 \
+      >> "/res/perf-$2-$3.txt" 2>&1
+    rm -f /tmp/perf.data
+  fi
 }
 
 for r in $(seq 1 "$RUNS"); do
