@@ -8,6 +8,8 @@
 #   vm-drbdd-a/b/c  drbdd alpha (/dev/vdb) + beta (/dev/vdc) on loopback, protocol A/B/C
 #   vm-drbdd-c-crc  (only when named in VM_BENCH_TARGETS) protocol C with
 #                   data-integrity-alg = "crc32c": the cost of checksumming replicated data
+#   vm-drbdd-c-reaper (only when named) protocol C with DRBDD_PEER_IO_ENGINE=reaper: peer
+#                   disk I/O completions reaped by a thread instead of the resource actor
 #   vm-drbd84-a/b/c in-kernel DRBD 8.4 minors 0 (/dev/vdb) and 1 (/dev/vdc) on loopback
 #                   (drbd-utils' drbdsetup-84, initial sync skipped with
 #                   new-current-uuid --clear-bitmap, as ../shared/vm-anchor does)
@@ -22,8 +24,8 @@
 #      subset of the targets above without the vm- prefix), VM_BENCH_ACCEL (tcg; kvm where
 #      it works), VM_BENCH_KEEP=1 keeps the work dir (default $WORK_DIR/drbdd-vm-bench),
 #      VM_BENCH_PERF="TARGET:WORKLOAD ..." profiles those jobs with perf in the guest
-#      (flat cpu-clock profile of the whole guest; results/perf-TARGET-WORKLOAD.txt in the
-#      work dir, which keeps results/ for that reason).
+#      (flat cpu-clock profile of the whole guest, copied to VM_BENCH_PERF_DIR, default
+#      /tmp/drbdd-vm-perf, as perf-TARGET-WORKLOAD.txt).
 # Every row is skipped with the reason (never silently missing) when qemu, the kernel
 # package, drbd-utils or a build is unavailable. Exit 0 whenever it printed rows.
 set -euo pipefail
@@ -40,7 +42,7 @@ ACCEL=${VM_BENCH_ACCEL:-tcg}
 W=${DRBDD_BENCH_WORK_DIR:-${TMPDIR:-/tmp}}/drbdd-vm-bench
 EXE=${DRBDD_BENCH_EXE:-$REPO/target/release/drbdd-bench}
 ALL_TARGETS="raw loop-dio ublk-loop drbdd drbdd-a drbdd-b drbdd-c drbd84-a drbd84-b drbd84-c"
-EXTRA_TARGETS="drbdd-c-crc"
+EXTRA_TARGETS="drbdd-c-crc drbdd-c-reaper"
 TARGETS=${VM_BENCH_TARGETS:-$ALL_TARGETS}
 WORKLOADS="randread-4k-qd1 randwrite-4k-qd1 randread-4k-qd32 randwrite-4k-qd32 write-1m-qd8 read-1m-qd8"
 
@@ -54,6 +56,7 @@ row_name() {
     drbdd-b) echo "5 VM drbdd protocol B, peer on loopback, /dev/ublkb0" ;;
     drbdd-c) echo "5 VM drbdd protocol C, peer on loopback, /dev/ublkb0" ;;
     drbdd-c-crc) echo "5 VM drbdd protocol C + data-integrity-alg crc32c, /dev/ublkb0" ;;
+    drbdd-c-reaper) echo "5 VM drbdd protocol C, peer disk I/O reaped by a thread, /dev/ublkb0" ;;
     drbd84-a) echo "5 VM in-kernel DRBD 8.4 protocol A, loopback" ;;
     drbd84-b) echo "5 VM in-kernel DRBD 8.4 protocol B, loopback" ;;
     drbd84-c) echo "5 VM in-kernel DRBD 8.4 protocol C, loopback" ;;
@@ -169,7 +172,11 @@ echo "vm-rows: VM wall time $(( $(date +%s) - T0 )) s (qemu exit $qemu_rc, limit
 tr -d '\r' < console.log | grep -aoE 'VMB(-INFO|-ERR|:) .*' | sed 's/^/vm-rows: /' >&2 || true
 rm -rf results && mkdir results
 tar -xf results.img -C results 2>/dev/null || true
-for f in results/perf-*.txt; do [ -f "$f" ] && echo "vm-rows: profile $W/$f" >&2; done
+PERF_OUT=${VM_BENCH_PERF_DIR:-${TMPDIR:-/tmp}/drbdd-vm-perf}
+for f in results/perf-*; do
+  [ -f "$f" ] || continue
+  mkdir -p "$PERF_OUT" && cp "$f" "$PERF_OUT/" && echo "vm-rows: profile $PERF_OUT/$(basename "$f")" >&2
+done
 
 # 5. One JSON line per row: runs with at least one workload measured.
 done_marker=$(tr -d '\r' < console.log | grep -ac 'VMB: DONE' || true)

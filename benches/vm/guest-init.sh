@@ -124,6 +124,8 @@ setup() { # setup TARGET -> DEV
     drbdd-b) drbdd_setup B 2 ;;
     drbdd-c) drbdd_setup C 2 ;;
     drbdd-c-crc) drbdd_setup C 2 'data-integrity-alg = "crc32c"' ;;
+    drbdd-c-reaper) export DRBDD_PEER_IO_ENGINE=reaper; drbdd_setup C 2; rc=$?
+      unset DRBDD_PEER_IO_ENGINE; return $rc ;;
     drbd84-a) drbd84_setup A ;;
     drbd84-b) drbd84_setup B ;;
     drbd84-c) drbd84_setup C ;;
@@ -157,6 +159,8 @@ run_job() { # run_job RUN TARGET WORKLOAD
     || { err "fio $3 failed: $(tail -3 /tmp/fio.log | tr '\n' ' ')"; rm -f "$out"; }
   if [ -n "$perf_pid" ]; then
     kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null
+    [ -s /tmp/perf.data ] || err "perf record for $2 $3 failed: $(tail -3 /tmp/perf.log | tr '\n' ' ')"
+    cp /tmp/perf.log "/res/perf-$2-$3.log"
     perf report -i /tmp/perf.data --stdio --no-children --sort comm,dso,sym --percent-limit 0.3 \
       > "/res/perf-$2-$3.txt" 2>&1 || err "perf report for $2 $3 failed"
     perf report -i /tmp/perf.data --stdio --no-children --sort comm --percent-limit 0.3 \

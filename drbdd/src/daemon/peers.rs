@@ -438,9 +438,7 @@ impl Actor {
             .map_err(|e| e.to_string())?;
         let disk = match &local.disk {
             Some(path) => Some(
-                // Reaped by the actor in its poll loop (one wake-up per
-                // completion instead of three; see `UringEngine::start_polled`).
-                Backing::open(path, EngineKind::PolledUringOrSync, PEER_IO_QUEUE_DEPTH)
+                Backing::open(path, peer_io_engine(), PEER_IO_QUEUE_DEPTH)
                     .map_err(|e| e.to_string())?,
             ),
             None => None,
@@ -1097,6 +1095,25 @@ impl Actor {
                 rate_kib_per_s: g.rate_bytes_per_s / 1024,
                 eta_s: g.eta_s,
             });
+        }
+    }
+}
+
+/// The engine of the actor's own disk I/O: io_uring reaped by the actor
+/// in its poll loop (one wake-up per completion instead of three; see
+/// `UringEngine::start_polled`). `DRBDD_PEER_IO_ENGINE=reaper` (a reaper
+/// thread, as the pipeline uses) or `=sync` exist to measure the
+/// difference (benches/vm-rows.sh target `drbdd-c-reaper`).
+fn peer_io_engine() -> EngineKind {
+    match std::env::var("DRBDD_PEER_IO_ENGINE").as_deref() {
+        Err(_) | Ok("" | "polled") => EngineKind::PolledUringOrSync,
+        Ok("reaper") => EngineKind::UringOrSync,
+        Ok("sync") => EngineKind::Sync,
+        Ok(other) => {
+            tracing::warn!(
+                "DRBDD_PEER_IO_ENGINE={other} is not one of polled, reaper, sync; using polled"
+            );
+            EngineKind::PolledUringOrSync
         }
     }
 }
