@@ -233,6 +233,7 @@ pub struct FioSide {
     pub bw_bytes_per_s: f64,
     pub clat_p50_ns: f64,
     pub clat_p99_ns: f64,
+    /// fio's `total_ios`: I/Os completed after the ramp (the ramp's are not counted).
     pub ios_completed: u64,
 }
 
@@ -318,6 +319,22 @@ pub fn run_job(
     scratch: &Path,
     tag: &str,
 ) -> anyhow::Result<BTreeMap<Metric, f64>> {
+    let side = run_job_side(w, target, timing, scratch, tag)?;
+    Ok(w.metrics()
+        .iter()
+        .map(|m| (*m, m.value_from(&side)))
+        .collect())
+}
+
+/// Runs one fio job and returns its side of fio's result (metrics and the
+/// I/O count). `scratch` holds the JSON output.
+pub fn run_job_side(
+    w: Workload,
+    target: &FioTarget,
+    timing: JobTiming,
+    scratch: &Path,
+    tag: &str,
+) -> anyhow::Result<FioSide> {
     use anyhow::Context;
     let output = scratch.join(format!("{tag}-{}.json", w.id()));
     let args = fio_args(w, target, timing, &output);
@@ -326,12 +343,8 @@ pub fn run_job(
     crate::sys::run_checked_within(Command::new("fio").args(&args), bound)?;
     let text = std::fs::read_to_string(&output)
         .with_context(|| format!("reading fio output {}", output.display()))?;
-    let side = parse_fio_json(&text, w.direction())
-        .with_context(|| format!("parsing fio output {}", output.display()))?;
-    Ok(w.metrics()
-        .iter()
-        .map(|m| (*m, m.value_from(&side)))
-        .collect())
+    parse_fio_json(&text, w.direction())
+        .with_context(|| format!("parsing fio output {}", output.display()))
 }
 
 #[cfg(test)]
@@ -348,6 +361,7 @@ mod tests {
         assert_eq!(w.clat_p99_ns, 119296.0);
         assert!((w.iops - 12156.843157).abs() < 1e-6);
         assert_eq!(w.bw_bytes_per_s, 49794429.0);
+        assert_eq!(w.ios_completed, 12169);
         let m = Workload::RandWriteQd1.metrics();
         assert!((m[0].value_from(&w) - 51.968).abs() < 1e-9);
         assert!((m[1].value_from(&w) - 119.296).abs() < 1e-9);

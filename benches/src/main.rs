@@ -9,6 +9,7 @@ use drbdd_benches::drbdd::DrbddOptions;
 use drbdd_benches::fio::{self, FioTarget, JobTiming, Metric, Workload};
 use drbdd_benches::report::{self, RowReport};
 use drbdd_benches::resync::{self, ResyncReport};
+use drbdd_benches::switches::{self, JobSwitches, Node, RunSwitches, SwitchReport};
 use drbdd_benches::targets::{self, RowId, RunningRow, SetupEnv};
 use drbdd_benches::{sys, vm};
 use serde::Serialize;
@@ -345,11 +346,11 @@ fn fio_rows(s: &Settings, env: &SetupEnv) -> Vec<RowReport> {
             .collect();
     }
     let mut reports: Vec<RowReport> = Vec::new();
-    let mut running: Vec<(RunningRow, Vec<BTreeMap<Metric, f64>>)> = Vec::new();
+    let mut running: Vec<(RunningRow, RowRuns)> = Vec::new();
     for row in selected {
         eprintln!("setting up row {}", row.id());
         match targets::set_up(row, env) {
-            Ok(r) => running.push((r, Vec::new())),
+            Ok(r) => running.push((r, RowRuns::default())),
             Err(why) => reports.push(skip(row, why)),
         }
     }
@@ -363,7 +364,10 @@ fn fio_rows(s: &Settings, env: &SetupEnv) -> Vec<RowReport> {
             }
             eprintln!("run {run}/{}: {}", s.runs, r.row.id());
             match run_row(r, s.timing, &scratch, run) {
-                Ok(m) => runs.push(m),
+                Ok((m, sw)) => {
+                    runs.metrics.push(m);
+                    runs.switches.extend(sw);
+                }
                 Err(e) => {
                     failed.insert(r.row.id(), format!("fio failed: {e:#}"));
                 }
@@ -372,10 +376,14 @@ fn fio_rows(s: &Settings, env: &SetupEnv) -> Vec<RowReport> {
     }
     for (r, runs) in running {
         let id = r.row;
+        let is_drbdd = r.drbdd.daemons().is_some();
         drop(r);
         match failed.remove(id.id()) {
             Some(why) => reports.push(skip(id, why)),
-            None => reports.push(RowReport::measured(id.id(), id.name(), runs)),
+            None => reports.push(
+                RowReport::measured(id.id(), id.name(), runs.metrics)
+                    .with_thread_switches(is_drbdd.then(|| SwitchReport::from_runs(runs.switches))),
+            ),
         }
     }
     let order = |id: &str| {
@@ -393,18 +401,69 @@ fn skip(row: RowId, why: String) -> RowReport {
     RowReport::skipped(row.id(), row.name(), why)
 }
 
+/// What one row collected over the runs.
+#[derive(Debug, Default)]
+struct RowRuns {
+    metrics: Vec<BTreeMap<Metric, f64>>,
+    /// One entry per run of a drbdd row; none for other rows.
+    switches: Vec<RunSwitches>,
+}
+
+/// One run of every workload on a row; for drbdd rows also the daemons'
+/// thread switches around each job.
 fn run_row(
     r: &RunningRow,
     timing: JobTiming,
     scratch: &Path,
     run: u32,
-) -> Result<BTreeMap<Metric, f64>> {
+) -> Result<(BTreeMap<Metric, f64>, Option<RunSwitches>)> {
     let mut all = BTreeMap::new();
+    let daemons = r.drbdd.daemons();
+    let mut switches = daemons.as_ref().map(|_| RunSwitches::default());
     for w in Workload::ALL {
         let tag = format!("run{run}-{}", r.row.id());
-        all.extend(fio::run_job(w, &r.target, timing, scratch, &tag)?);
+        let job = || fio::run_job_side(w, &r.target, timing, scratch, &tag);
+        let side = match (&daemons, switches.as_mut()) {
+            (Some(daemons), Some(sw)) => {
+                let (side, counts) = count_switches(daemons, timing, job);
+                let side = side?;
+                match counts {
+                    Ok(nodes) => {
+                        let ios = side.ios_completed;
+                        sw.jobs.insert(w.id(), JobSwitches { ios, nodes });
+                    }
+                    Err(why) => sw.errors.push(why),
+                }
+                side
+            }
+            _ => job()?,
+        };
+        all.extend(w.metrics().iter().map(|m| (*m, m.value_from(&side))));
     }
-    Ok(all)
+    Ok((all, switches))
+}
+
+/// Runs `job` with the thread switches of `daemons` counted around it; a
+/// daemon without a pid makes the counts an error, not zeros.
+fn count_switches<R>(
+    daemons: &[(Node, Option<u32>)],
+    timing: JobTiming,
+    job: impl FnOnce() -> R,
+) -> (R, Result<BTreeMap<Node, switches::NodeJob>, String>) {
+    let pids: Option<Vec<(Node, u32)>> = daemons
+        .iter()
+        .map(|(node, pid)| pid.map(|p| (*node, p)))
+        .collect();
+    match pids {
+        Some(pids) => {
+            let ramp = std::time::Duration::from_secs(u64::from(timing.ramp_s));
+            switches::around_job(&pids, ramp, job)
+        }
+        None => (
+            job(),
+            Err("a drbdd daemon of the row is not running".into()),
+        ),
+    }
 }
 
 fn vm_rows(args: &RunArgs, s: &Settings, env: &SetupEnv) -> Vec<RowReport> {
@@ -480,6 +539,11 @@ fn render(r: &Results) -> String {
                 "VM rows (5): ratios to `5 VM raw virtio disk` of the same boot; \
                  the VM runs under QEMU, so compare VM rows with each other, not with rows 1-4.\n\n",
             );
+        }
+        let sw = switches::markdown(&r.rows);
+        if !sw.is_empty() {
+            md.push_str(&sw);
+            md.push('\n');
         }
     }
     if !r.vs_drbd84.is_empty() {

@@ -5,6 +5,7 @@
 //! anything or compare a number against a threshold (no timed assertions).
 
 use crate::fio::Metric;
+use crate::switches::SwitchReport;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -28,6 +29,9 @@ pub struct RowReport {
     pub baseline: Option<String>,
     /// `median / baseline median` per metric.
     pub ratio_to_baseline: BTreeMap<String, f64>,
+    /// Thread switches per I/O of the row's drbdd daemons; only drbdd rows have it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thread_switches: Option<SwitchReport>,
 }
 
 impl RowReport {
@@ -41,12 +45,19 @@ impl RowReport {
             median: BTreeMap::new(),
             baseline: None,
             ratio_to_baseline: BTreeMap::new(),
+            thread_switches: None,
         }
     }
 
     /// The same row with its ratios taken against row `baseline_id`.
     pub fn with_baseline(mut self, baseline_id: Option<String>) -> RowReport {
         self.baseline = baseline_id;
+        self
+    }
+
+    /// The same row with the thread-switch results of its drbdd daemons.
+    pub fn with_thread_switches(mut self, s: Option<SwitchReport>) -> RowReport {
+        self.thread_switches = s;
         self
     }
 
@@ -71,6 +82,7 @@ impl RowReport {
             median,
             baseline: None,
             ratio_to_baseline: BTreeMap::new(),
+            thread_switches: None,
         }
     }
 }

@@ -7,6 +7,7 @@
 
 use crate::drbdd::{DrbddOptions, DrbddPair, DrbddStandalone};
 use crate::fio::FioTarget;
+use crate::switches::Node;
 use crate::sys::{self, ChildGuard};
 use std::path::PathBuf;
 use std::process::Command;
@@ -101,6 +102,21 @@ pub enum DrbddKeep {
     None,
     Standalone(Box<DrbddStandalone>),
     Pair(Box<DrbddPair>),
+}
+
+impl DrbddKeep {
+    /// The row's drbdd daemons with their pids (None: not running), primary
+    /// first; None for rows without drbdd (they get no thread-switch counts).
+    pub fn daemons(&self) -> Option<Vec<(Node, Option<u32>)>> {
+        match self {
+            DrbddKeep::None => None,
+            DrbddKeep::Standalone(s) => Some(vec![(Node::Primary, s.node.pid())]),
+            DrbddKeep::Pair(p) => Some(vec![
+                (Node::Primary, p.alice.pid()),
+                (Node::Peer, p.bob.pid()),
+            ]),
+        }
+    }
 }
 
 /// The raw backing file that rows 1 and 2 share.

@@ -2,7 +2,8 @@
 //! bench end to end against stand-in `drbdd`/`drbdctl` scripts
 //! (tests/fake-drbdd/, qemu-nbd behind the NBD socket), so the orchestration —
 //! resource files, create-md/up/primary, waiting for sockets and for sync,
-//! disconnect/connect, teardown — is tested before the real daemon exists.
+//! disconnect/connect, teardown, counting the daemons' thread switches — is
+//! tested before the real daemon exists.
 //! Skips with a printed reason when fio, qemu-nbd or python3 is missing.
 
 use std::path::Path;
@@ -57,6 +58,21 @@ fn drbdd_rows_and_resync_run_against_stand_in_daemon() {
         );
         let iops = row["median"]["randwrite_4k_qd32_iops"].as_f64().unwrap();
         assert!(iops > 0.0, "{row}");
+        // The stand-in daemon's thread switches were counted (near 0 per I/O:
+        // it does not serve the I/O), per node; nothing was left unreadable.
+        let sw = &row["thread_switches"];
+        let nodes: &[&str] = if row["id"] == "drbdd" {
+            &["primary"]
+        } else {
+            &["primary", "peer"]
+        };
+        for node in nodes {
+            for w in ["randread_4k_qd1", "randwrite_4k_qd1", "randwrite_4k_qd32"] {
+                let v = sw["median_per_io"][format!("{w}_{node}")].as_f64();
+                assert!(v.is_some_and(|v| v >= 0.0), "{w}_{node} in {sw}");
+            }
+        }
+        assert!(sw["unavailable"].is_null(), "{sw}");
     }
 
     let resync = &json["resync"];

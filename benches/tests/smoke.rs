@@ -57,6 +57,10 @@ fn smoke_run_of_raw_and_qemu_nbd_rows_produces_table_and_json_with_numbers() {
         "read_1m_mb_per_s",
     ];
     for row in rows {
+        assert!(
+            row.get("thread_switches").is_none(),
+            "rows without drbdd have no thread-switch entry: {row}"
+        );
         if let Some(why) = row["skipped"].as_str() {
             assert_eq!(row["id"], "qemu-nbd", "only qemu-nbd may be missing: {why}");
             assert!(why.contains("not installed"), "{why}");
