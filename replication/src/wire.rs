@@ -17,6 +17,11 @@ pub use block::{
     MIN_SPLIT_BLOCK_BYTES,
 };
 
+/// Data blocks decoded out of a run of frames from this size on are copied
+/// straight into aligned memory (one copy before the O_DIRECT write, not
+/// two).
+const ALIGNED_DECODE_MIN_BYTES: usize = 4096;
+
 /// First four bytes of every packet: ASCII "dRBr".
 pub const MAGIC: u32 = 0x6452_4272;
 /// Version of the framing (header layout). Protocol semantics are negotiated
@@ -951,7 +956,7 @@ impl Reader<'_> {
     /// The data block of `len` bytes that ends the payload: the separate
     /// block of a split frame (handed on as it is, no copy) once every
     /// field before it is read, else a copy out of the frame (into an
-    /// `AlignedBuf` from [`MIN_SPLIT_BLOCK_BYTES`] on).
+    /// `AlignedBuf` from one page on, the memory its disk write needs).
     fn data_block(&mut self, len: u32) -> Result<Payload, WireError> {
         let len = usize::try_from(len).unwrap_or(usize::MAX);
         if self.remaining() == 0 {
@@ -971,7 +976,7 @@ impl Reader<'_> {
         // A block that is not small goes straight to the aligned memory its
         // disk write needs (one copy instead of two).
         let bytes = self.take(len)?;
-        if len >= MIN_SPLIT_BLOCK_BYTES {
+        if len >= ALIGNED_DECODE_MIN_BYTES {
             return Ok(Payload::Aligned(AlignedBuf::from_slice(bytes)));
         }
         Ok(Payload::Bytes(bytes.to_vec()))

@@ -121,25 +121,31 @@ impl Mailbox {
         match self.rx.try_recv() {
             Ok(m) => {
                 self.held = Some(m);
-                self.unpark();
+                self.unpark(false);
                 false
             }
             // A closed channel never rings: do not sleep on it.
             Err(TryRecvError::Disconnected) => {
-                self.unpark();
+                self.unpark(false);
                 false
             }
             Err(TryRecvError::Empty) => true,
         }
     }
 
-    /// After `poll` returned: no sender needs to ring any more, and a
-    /// doorbell that rang is reset.
-    pub(super) fn unpark(&self) {
+    /// After `poll` returned: no sender needs to ring any more, and the
+    /// doorbell is reset when `poll` saw it ring (`rang`). A ring that
+    /// lands after `poll` returned leaves it readable: the next `poll`
+    /// returns at once and resets it then (a spurious wake-up, never a
+    /// lost one). Not reading it when it did not ring saves a system call
+    /// per wake-up by a socket or a disk completion.
+    pub(super) fn unpark(&self, rang: bool) {
         self.bell.parked.store(false, Ordering::SeqCst);
-        let mut b = [0u8; 8];
-        // Nonblocking: EAGAIN when it did not ring.
-        let _ = rustix::io::read(&self.bell.fd, &mut b);
+        if rang {
+            let mut b = [0u8; 8];
+            // Nonblocking: EAGAIN if another reset got there first.
+            let _ = rustix::io::read(&self.bell.fd, &mut b);
+        }
     }
 
     /// The eventfd to poll for readability while parked.
@@ -178,7 +184,7 @@ mod tests {
         tx.send(probe()).unwrap();
         tx.send(probe()).unwrap();
         assert!(sleep_on_doorbell(&mb, 10), "the doorbell did not ring");
-        mb.unpark();
+        mb.unpark(true);
         assert!(matches!(mb.next(), Next::Msg(_)));
         assert!(matches!(mb.next(), Next::Msg(_)));
         assert!(matches!(mb.next(), Next::Empty));
@@ -226,7 +232,7 @@ mod tests {
                         // Messages are still to come, and every send after
                         // `park` rings: only a lost wake-up sleeps to the limit.
                         let woke = sleep_on_doorbell(&mb, 60);
-                        mb.unpark();
+                        mb.unpark(woke);
                         assert!(woke, "lost wake-up after {got} messages");
                     }
                 }

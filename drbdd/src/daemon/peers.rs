@@ -776,7 +776,8 @@ impl Actor {
             if let Some(mb) = mailbox {
                 // Before anything below sends to the mailbox: a parked
                 // mailbox would ring its doorbell for nothing.
-                mb.unpark();
+                let rang = matches!(polled, Ok(n) if n > 0) && !fds[0].revents().is_empty();
+                mb.unpark(rang);
             }
             match polled {
                 Ok(0) | Err(rustix::io::Errno::INTR) => {}
