@@ -10,6 +10,8 @@
 #                   data-integrity-alg = "crc32c": the cost of checksumming replicated data
 #   vm-drbdd-c-reaper (only when named) protocol C with DRBDD_PEER_IO_ENGINE=reaper: peer
 #                   disk I/O completions reaped by a thread instead of the resource actor
+#   vm-drbdd-c-noflush (only when named) protocol C with disk-flushes = false: what the
+#                   secondary's flush per epoch costs
 #   vm-drbd84-a/b/c in-kernel DRBD 8.4 minors 0 (/dev/vdb) and 1 (/dev/vdc) on loopback
 #                   (drbd-utils' drbdsetup-84, initial sync skipped with
 #                   new-current-uuid --clear-bitmap, as ../shared/vm-anchor does)
@@ -42,7 +44,7 @@ ACCEL=${VM_BENCH_ACCEL:-tcg}
 W=${DRBDD_BENCH_WORK_DIR:-${TMPDIR:-/tmp}}/drbdd-vm-bench
 EXE=${DRBDD_BENCH_EXE:-$REPO/target/release/drbdd-bench}
 ALL_TARGETS="raw loop-dio ublk-loop drbdd drbdd-a drbdd-b drbdd-c drbd84-a drbd84-b drbd84-c"
-EXTRA_TARGETS="drbdd-c-crc drbdd-c-reaper"
+EXTRA_TARGETS="drbdd-c-crc drbdd-c-reaper drbdd-c-noflush"
 TARGETS=${VM_BENCH_TARGETS:-$ALL_TARGETS}
 WORKLOADS="randread-4k-qd1 randwrite-4k-qd1 randread-4k-qd32 randwrite-4k-qd32 write-1m-qd8 read-1m-qd8"
 
@@ -57,6 +59,7 @@ row_name() {
     drbdd-c) echo "5 VM drbdd protocol C, peer on loopback, /dev/ublkb0" ;;
     drbdd-c-crc) echo "5 VM drbdd protocol C + data-integrity-alg crc32c, /dev/ublkb0" ;;
     drbdd-c-reaper) echo "5 VM drbdd protocol C, peer disk I/O reaped by a thread, /dev/ublkb0" ;;
+    drbdd-c-noflush) echo "5 VM drbdd protocol C, disk-flushes = false, /dev/ublkb0" ;;
     drbd84-a) echo "5 VM in-kernel DRBD 8.4 protocol A, loopback" ;;
     drbd84-b) echo "5 VM in-kernel DRBD 8.4 protocol B, loopback" ;;
     drbd84-c) echo "5 VM in-kernel DRBD 8.4 protocol C, loopback" ;;

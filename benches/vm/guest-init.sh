@@ -36,12 +36,12 @@ ctl_log() { # ctl_log NODE ARGS...: runs drbdctl, reports a failure with its out
   n=$1; shift
   ctl $n "$@" > /tmp/ctl.out 2>&1 || { err "drbdctl $* on $n: $(tr '\n' ' ' < /tmp/ctl.out)"; return 1; }
 }
-drbdd_conf() { # drbdd_conf PROTOCOL NODES [NET-LINE]: writes /etc/drbdd-$CUR/resources.d/r0.toml
+drbdd_conf() { # drbdd_conf PROTOCOL NODES [NET-LINE [DISK-LINE]]: writes /etc/drbdd-$CUR/resources.d/r0.toml
   mkdir -p /etc/drbdd-$CUR/resources.d
   f=/etc/drbdd-$CUR/resources.d/r0.toml
   { echo 'resource = "r0"'; echo 'frontend = ["ublk"]'; echo 'max-peers = 1'
     echo; echo '[net]'; echo "protocol = \"$1\""; [ -n "${3:-}" ] && echo "$3"
-    echo; echo '[disk]'; echo 'resync-rate = "1000M"'; echo 'c-plan-ahead = 0'
+    echo; echo '[disk]'; echo 'resync-rate = "1000M"'; echo 'c-plan-ahead = 0'; [ -n "${4:-}" ] && echo "$4"
     echo; echo '[on.alpha]'; echo 'node-id = 0'; echo 'address = "127.0.0.1:7789"'
     echo 'minor = 0'; echo 'disk = "/dev/vdb"'; echo 'meta-disk = "internal"'
     if [ "$2" = 2 ]; then
@@ -56,8 +56,8 @@ drbdd_start_node() { # drbdd_start_node NODE
   wait_for 30 test -S /run/drbdd-$1/drbdd.sock || { err "drbdd $1 made no control socket: $(tail -5 /tmp/drbdd-$CUR-$1.log | tr '\n' ' ')"; return 1; }
   ctl_log $1 create-md --force r0 && ctl_log $1 up r0
 }
-drbdd_setup() { # drbdd_setup PROTOCOL NODES [NET-LINE] -> DEV=/dev/ublkb0
-  drbdd_conf "$1" "$2" "${3:-}"
+drbdd_setup() { # drbdd_setup PROTOCOL NODES [NET-LINE [DISK-LINE]] -> DEV=/dev/ublkb0
+  drbdd_conf "$1" "$2" "${3:-}" "${4:-}"
   drbdd_start_node alpha || return 1
   if [ "$2" = 2 ]; then
     drbdd_start_node beta || return 1
@@ -124,6 +124,7 @@ setup() { # setup TARGET -> DEV
     drbdd-b) drbdd_setup B 2 ;;
     drbdd-c) drbdd_setup C 2 ;;
     drbdd-c-crc) drbdd_setup C 2 'data-integrity-alg = "crc32c"' ;;
+    drbdd-c-noflush) drbdd_setup C 2 "" 'disk-flushes = false' ;;
     drbdd-c-reaper) export DRBDD_PEER_IO_ENGINE=reaper; drbdd_setup C 2; rc=$?
       unset DRBDD_PEER_IO_ENGINE; return $rc ;;
     drbd84-a) drbd84_setup A ;;
