@@ -551,6 +551,16 @@ mod tests {
         assert_eq!(decode_preamble(b"GET / HT"), None);
     }
 
+    /// Connection settings for the tests: a long send timeout (no test
+    /// may fail by the clock).
+    fn test_opts(queue_bytes: usize, sndbuf_bytes: u32) -> ConnOpts {
+        ConnOpts {
+            queue_bytes,
+            sndbuf_bytes,
+            send_timeout_ms: 60_000,
+        }
+    }
+
     fn pair(opts: ConnOpts) -> (Conn, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
@@ -571,11 +581,7 @@ mod tests {
 
     #[test]
     fn sends_arrive_in_order_whether_written_directly_queued_or_in_pieces() {
-        let opts = ConnOpts {
-            queue_bytes: 4 << 20,
-            sndbuf_bytes: 64 * 1024,
-            send_timeout_ms: 60_000,
-        };
+        let opts = test_opts(4 << 20, 64 * 1024);
         let (mut conn, mut server) = pair(opts);
         // 32 MiB cannot sit in the socket buffers: while the reader waits,
         // later batches queue up behind a partly sent one, the connection
@@ -622,11 +628,7 @@ mod tests {
 
     #[test]
     fn a_dropped_connection_still_delivers_what_it_queued_then_closes() {
-        let opts = ConnOpts {
-            queue_bytes: 64 << 20,
-            sndbuf_bytes: 64 * 1024,
-            send_timeout_ms: 60_000,
-        };
+        let opts = test_opts(64 << 20, 64 * 1024);
         let (mut conn, mut server) = pair(opts);
         let total = 8 << 20;
         let data: Vec<u8> = (0..251u8).cycle().take(total).collect();
@@ -645,11 +647,7 @@ mod tests {
     #[test]
     fn receive_reports_frames_then_the_close_and_close_drops_the_queue() {
         use drbdd_replication::wire::{FrameCrc, Packet};
-        let opts = ConnOpts {
-            queue_bytes: 1 << 20,
-            sndbuf_bytes: 0,
-            send_timeout_ms: 60_000,
-        };
+        let opts = test_opts(1 << 20, 0);
         let (mut conn, mut server) = pair(opts);
         assert!(matches!(conn.receive(), Receive::Nothing));
         let mut frames = Vec::new();
