@@ -360,9 +360,7 @@ impl Backing {
     /// [`EngineKind::PolledUringOrSync`]); nothing for other engines.
     pub fn reap(&self) {
         if let IoEngine::Uring(e) = &self.engine {
-            if e.completion_fd().is_some() {
-                e.reap();
-            }
+            e.reap();
         }
     }
 

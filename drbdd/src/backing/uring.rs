@@ -95,9 +95,9 @@ impl std::fmt::Debug for Shared {
 pub struct UringEngine {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    /// Completions are reaped by the owner thread, which polls
-    /// [`UringEngine::completion_fd`]; no reaper thread.
-    polled: bool,
+    /// Polled mode: the owner thread reaps with this (its buffers are
+    /// reused between calls); no reaper thread.
+    owner_reaper: Option<Mutex<Reaper>>,
 }
 
 impl UringEngine {
@@ -112,7 +112,7 @@ impl UringEngine {
         Ok(UringEngine {
             shared,
             thread: Mutex::new(Some(thread)),
-            polled: false,
+            owner_reaper: None,
         })
     }
 
@@ -129,17 +129,18 @@ impl UringEngine {
     /// submitter, as the resource actor's peer writes did. Reaped by the
     /// submitter, it wakes one.
     pub fn start_polled(file: Arc<BackingFile>, queue_depth: u32) -> io::Result<Self> {
+        let shared = Self::ring(file, queue_depth)?;
         Ok(UringEngine {
-            shared: Self::ring(file, queue_depth)?,
+            owner_reaper: Some(Mutex::new(Reaper::new(&shared))),
+            shared,
             thread: Mutex::new(None),
-            polled: true,
         })
     }
 
     /// The ring fd (polled mode): readable when completions wait for
     /// [`UringEngine::reap`]. None for an engine with a reaper thread.
     pub fn completion_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        self.polled.then(|| {
+        self.owner_reaper.as_ref().map(|_| {
             // SAFETY: the ring fd stays open as long as `self.shared.ring`,
             // which outlives the returned borrow of `self`.
             unsafe { std::os::fd::BorrowedFd::borrow_raw(self.shared.ring.as_raw_fd()) }
@@ -148,11 +149,10 @@ impl UringEngine {
 
     /// Polled mode: handles every completion that is there (and queued
     /// ops that got a slot), running their callbacks on the calling thread,
-    /// without waiting.
+    /// without waiting. Nothing for an engine with a reaper thread.
     pub fn reap(&self) {
-        debug_assert!(self.polled, "reap is for polled engines");
-        if self.polled {
-            Reaper::new(&self.shared).round(false);
+        if let Some(r) = &self.owner_reaper {
+            r.lock().expect("owner reaper lock").round(false);
         }
     }
 
@@ -226,8 +226,8 @@ impl UringEngine {
             self.shared.push_wake(&mut st);
             let _ = self.shared.ring.submit();
         }
-        if self.polled {
-            let mut reaper = Reaper::new(&self.shared);
+        if let Some(r) = &self.owner_reaper {
+            let mut reaper = r.lock().expect("owner reaper lock");
             while reaper.round(true) {}
             return;
         }
@@ -334,6 +334,14 @@ struct Reaper {
     finished: Vec<Finished>,
 }
 
+impl std::fmt::Debug for Reaper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reaper")
+            .field("finished", &self.finished.len())
+            .finish()
+    }
+}
+
 impl Reaper {
     fn new(shared: &Arc<Shared>) -> Self {
         Reaper {
@@ -349,9 +357,7 @@ impl Reaper {
             done(result);
         }
     }
-}
 
-impl Reaper {
     fn run(&mut self) {
         while self.round(true) {}
     }
