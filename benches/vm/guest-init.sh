@@ -166,6 +166,10 @@ run_job() { # run_job RUN TARGET WORKLOAD
       > "/res/perf-$2-$3.txt" 2>&1 || err "perf report for $2 $3 failed"
     perf report -i /tmp/perf.data --stdio --no-children --sort comm --percent-limit 0.3 \
       >> "/res/perf-$2-$3.txt" 2>&1
+    perf report -i /tmp/perf.data --stdio --no-children --sort comm,dso --percent-limit 0.3 \
+      >> "/res/perf-$2-$3.txt" 2>&1
+    perf report -i /tmp/perf.data --stdio --no-children --dsos drbdd --sort comm,sym --percent-limit 0.02 \
+      >> "/res/perf-$2-$3.txt" 2>&1
     rm -f /tmp/perf.data
   fi
 }

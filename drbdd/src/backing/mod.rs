@@ -356,6 +356,14 @@ impl Backing {
         }
     }
 
+    /// Polled engine: submits the ops pushed since the last call in one
+    /// system call (call before sleeping); nothing for other engines.
+    pub fn submit_pushed(&self) {
+        if let IoEngine::Uring(e) = &self.engine {
+            e.submit_pushed();
+        }
+    }
+
     /// Runs the completions of a polled engine on this thread (see
     /// [`EngineKind::PolledUringOrSync`]); nothing for other engines.
     pub fn reap(&self) {

@@ -738,6 +738,9 @@ impl Actor {
             Some(p) => wait.min(p.next_tick.saturating_duration_since(now)),
             None => wait,
         };
+        if let Some(d) = self.peers.as_ref().and_then(|p| p.disk.as_ref()) {
+            d.submit_pushed();
+        }
         let mut ready: Vec<(usize, PollFlags)> = Vec::new();
         let mut disk_ready = false;
         {
