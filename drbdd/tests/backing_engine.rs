@@ -108,6 +108,8 @@ fn reap_until<T>(backing: &Backing, rx: &mpsc::Receiver<T>, n: usize) -> Vec<T> 
         .expect("a polled io_uring engine has a completion fd");
     let mut got = Vec::new();
     while got.len() < n {
+        // The owner hands its pushed ops to the kernel before it sleeps.
+        backing.submit_pushed();
         let mut fds = [PollFd::from_borrowed_fd(fd, PollFlags::IN)];
         let t = Timespec {
             tv_sec: 20,

@@ -119,7 +119,8 @@ impl UringEngine {
     /// Sets up a ring whose completions the calling thread reaps itself:
     /// it polls [`UringEngine::completion_fd`] for readability and then
     /// calls [`UringEngine::reap`], which runs the callbacks on it. Only
-    /// that thread may submit, reap or shut down.
+    /// that thread may submit, reap or shut down, and before it sleeps it
+    /// must call [`UringEngine::submit_pushed`]: `submit` only pushes.
     ///
     /// Why: the kernel completes an io_uring read or write as task work of
     /// the *submitting* thread, which it interrupts for that, and only then

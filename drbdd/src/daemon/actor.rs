@@ -213,6 +213,9 @@ struct Actor {
     peers: Option<peers::Peers>,
     /// `/dev/ublkb<minor>` while Primary (see `ublk.rs`).
     ublk: ublk::UblkFront,
+    /// Reused before/after keys of `publishing_peer_changes` (it runs for
+    /// every peer message and poll round: no allocation each time).
+    event_keys: [EventKey; 2],
 }
 
 impl Actor {
@@ -228,9 +231,12 @@ impl Actor {
         ublk::check_available(&res, node_name)?;
         let peers = peer_states(&res, node_name);
         let data = DataPath::new(&res, node_name, run_dir, tx)?;
+        let core = ResourceCore::new(&res.name, peers);
+        let key = EventKey::of(&core);
         Ok(Actor {
             data,
-            core: ResourceCore::new(&res.name, peers),
+            event_keys: [key.clone(), key],
+            core,
             res,
             node_name: node_name.to_owned(),
             store: None,
@@ -326,9 +332,11 @@ impl Actor {
     /// Runs `step` (a peer message, socket I/O, the tick) and publishes the
     /// events2 lines of what it changed.
     fn publishing_peer_changes<R>(&mut self, step: impl FnOnce(&mut Self) -> R) -> R {
-        let key = EventKey::of(&self.core);
+        let [mut key, mut key_after] = std::mem::take(&mut self.event_keys);
+        key.refill(&self.core);
         let r = step(self);
-        if EventKey::of(&self.core) != key {
+        key_after.refill(&self.core);
+        if key_after != key {
             // Something visible changed: publish against the snapshot of
             // the state before, rebuilt from the key (the objects the
             // events2 lines show hold nothing else).
@@ -337,6 +345,7 @@ impl Actor {
             key.restore(&mut before);
             self.publish_lines(render::events_change(&before, &after));
         }
+        self.event_keys = [key, key_after];
         r
     }
 
@@ -586,6 +595,17 @@ struct EventKey {
     peers: Vec<(u8, ConnState, Role, ReplState, DiskState)>,
 }
 
+impl Default for EventKey {
+    /// A placeholder until `refill` (no allocation).
+    fn default() -> Self {
+        EventKey {
+            role: Role::Unknown,
+            disk: DiskState::Diskless,
+            peers: Vec::new(),
+        }
+    }
+}
+
 impl EventKey {
     fn of(core: &ResourceCore) -> Self {
         EventKey {
@@ -597,6 +617,18 @@ impl EventKey {
                 .map(|p| (p.node_id, p.conn, p.role, p.repl, p.peer_disk))
                 .collect(),
         }
+    }
+
+    /// Sets the key to `core`'s state, reusing its peer list's memory.
+    fn refill(&mut self, core: &ResourceCore) {
+        self.role = core.role;
+        self.disk = core.disk;
+        self.peers.clear();
+        self.peers.extend(
+            core.peers
+                .iter()
+                .map(|p| (p.node_id, p.conn, p.role, p.repl, p.peer_disk)),
+        );
     }
 
     /// Puts the keyed fields back into a later snapshot of the same resource.

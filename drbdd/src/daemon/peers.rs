@@ -733,6 +733,7 @@ impl Actor {
     /// reported. Runs the tick when it is due.
     pub(super) fn poll_peers(&mut self, mailbox: Option<&Mailbox>, wait: Duration) {
         use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        use smallvec::SmallVec;
         let now = Instant::now();
         let wait = match self.peers.as_ref() {
             Some(p) => wait.min(p.next_tick.saturating_duration_since(now)),
@@ -741,11 +742,12 @@ impl Actor {
         if let Some(d) = self.peers.as_ref().and_then(|p| p.disk.as_ref()) {
             d.submit_pushed();
         }
-        let mut ready: Vec<(usize, PollFlags)> = Vec::new();
+        // On the stack for the usual few peers: this runs every loop.
+        let mut ready: SmallVec<[(usize, PollFlags); 4]> = SmallVec::new();
         let mut disk_ready = false;
         {
-            let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(4);
-            let mut links: Vec<usize> = Vec::with_capacity(4);
+            let mut fds: SmallVec<[PollFd<'_>; 6]> = SmallVec::new();
+            let mut links: SmallVec<[usize; 4]> = SmallVec::new();
             if let Some(mb) = mailbox {
                 fds.push(PollFd::from_borrowed_fd(mb.doorbell_fd(), PollFlags::IN));
             }
