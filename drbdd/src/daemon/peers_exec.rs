@@ -81,8 +81,13 @@ impl Actor {
         }
     }
 
-    /// Sends what every link has buffered (the end of an actor batch).
+    /// Sends what every link has buffered (the end of an actor batch),
+    /// after handing the disk the ops the batch pushed: the disk starts
+    /// before the sends of the round, in the same one `io_uring_enter`.
     pub(in crate::daemon::actor) fn flush_wire(&mut self) {
+        if let Some(d) = self.peers.as_ref().and_then(|p| p.disk.as_ref()) {
+            d.submit_pushed();
+        }
         let n = self.peers.as_ref().map_or(0, |p| p.links.len());
         for i in 0..n {
             self.flush_link_wire(i);
