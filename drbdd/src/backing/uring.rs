@@ -227,9 +227,12 @@ impl UringEngine {
     /// Polled mode: hands the kernel every SQE pushed since the last enter.
     /// The owner calls this before it sleeps; cheap when nothing is pushed.
     pub fn submit_pushed(&self) {
-        // SAFETY: only reads the SQ tail/head counters; the owner thread is
-        // the only producer in polled mode.
+        let st = self.shared.lock_state();
+        // SAFETY: the state lock is held, so no other submission queue view
+        // exists (every push happens under it, see `Shared::push`); this one
+        // only reads the head and tail.
         let pending = unsafe { self.shared.ring.submission_shared().len() };
+        drop(st);
         if pending > 0 {
             // A failed enter shows up again in the next reap's enter.
             let _ = self.shared.ring.submit();

@@ -231,12 +231,10 @@ impl Actor {
         ublk::check_available(&res, node_name)?;
         let peers = peer_states(&res, node_name);
         let data = DataPath::new(&res, node_name, run_dir, tx)?;
-        let core = ResourceCore::new(&res.name, peers);
-        let key = EventKey::of(&core);
         Ok(Actor {
             data,
-            event_keys: [key.clone(), key],
-            core,
+            event_keys: Default::default(),
+            core: ResourceCore::new(&res.name, peers),
             res,
             node_name: node_name.to_owned(),
             store: None,
@@ -607,18 +605,6 @@ impl Default for EventKey {
 }
 
 impl EventKey {
-    fn of(core: &ResourceCore) -> Self {
-        EventKey {
-            role: core.role,
-            disk: core.disk,
-            peers: core
-                .peers
-                .iter()
-                .map(|p| (p.node_id, p.conn, p.role, p.repl, p.peer_disk))
-                .collect(),
-        }
-    }
-
     /// Sets the key to `core`'s state, reusing its peer list's memory.
     fn refill(&mut self, core: &ResourceCore) {
         self.role = core.role;
