@@ -364,6 +364,15 @@ impl Backing {
         }
     }
 
+    /// Polled engine: ops pushed and not yet submitted (see
+    /// [`Backing::submit_pushed`]); false for other engines.
+    pub fn has_unsubmitted(&self) -> bool {
+        match &self.engine {
+            IoEngine::Uring(e) => e.has_unsubmitted(),
+            IoEngine::Sync(_) => false,
+        }
+    }
+
     /// Runs the completions of a polled engine on this thread (see
     /// [`EngineKind::PolledUringOrSync`]); nothing for other engines.
     pub fn reap(&self) {

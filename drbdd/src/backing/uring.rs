@@ -227,16 +227,25 @@ impl UringEngine {
     /// Polled mode: hands the kernel every SQE pushed since the last enter.
     /// The owner calls this before it sleeps; cheap when nothing is pushed.
     pub fn submit_pushed(&self) {
-        let st = self.shared.lock_state();
-        // SAFETY: the state lock is held, so no other submission queue view
-        // exists (every push happens under it, see `Shared::push`); this one
-        // only reads the head and tail.
-        let pending = unsafe { self.shared.ring.submission_shared().len() };
-        drop(st);
-        if pending > 0 {
+        if self.unsubmitted() > 0 {
             // A failed enter shows up again in the next reap's enter.
             let _ = self.shared.ring.submit();
         }
+    }
+
+    /// Polled mode: true while pushed SQEs wait for [`UringEngine::submit_pushed`]
+    /// (an owner about to sleep with any would wait for ops the kernel never
+    /// got). Always false with a reaper thread, whose submitters enter at once.
+    pub fn has_unsubmitted(&self) -> bool {
+        self.owner_reaper.is_some() && self.unsubmitted() > 0
+    }
+
+    fn unsubmitted(&self) -> usize {
+        let _st = self.shared.lock_state();
+        // SAFETY: the state lock is held, so no other submission queue view
+        // exists (every push happens under it, see `Shared::push`); this one
+        // only reads the head and tail.
+        unsafe { self.shared.ring.submission_shared().len() }
     }
 
     /// Lets queued and in-flight ops finish, then stops the reaper (in

@@ -739,9 +739,15 @@ impl Actor {
             Some(p) => wait.min(p.next_tick.saturating_duration_since(now)),
             None => wait,
         };
-        if let Some(d) = self.peers.as_ref().and_then(|p| p.disk.as_ref()) {
-            d.submit_pushed();
-        }
+        // The caller's `flush_wire` submitted what the last batch pushed.
+        debug_assert!(
+            !self
+                .peers
+                .as_ref()
+                .and_then(|p| p.disk.as_ref())
+                .is_some_and(Backing::has_unsubmitted),
+            "disk ops pushed but not submitted before poll"
+        );
         // On the stack for the usual few peers: this runs every loop.
         let mut ready: SmallVec<[(usize, PollFlags); 4]> = SmallVec::new();
         let mut disk_ready = false;
