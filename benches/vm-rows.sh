@@ -44,9 +44,9 @@ ACCEL=${VM_BENCH_ACCEL:-tcg}
 W=${DRBDD_BENCH_WORK_DIR:-${TMPDIR:-/tmp}}/drbdd-vm-bench
 EXE=${DRBDD_BENCH_EXE:-$REPO/target/release/drbdd-bench}
 ALL_TARGETS="raw loop-dio ublk-loop drbdd drbdd-a drbdd-b drbdd-c drbd84-a drbd84-b drbd84-c"
-EXTRA_TARGETS="drbdd-c-crc drbdd-c-reaper drbdd-c-noflush"
+EXTRA_TARGETS="drbdd-c-crc drbdd-c-reaper drbdd-c-noflush drbdd-c-1q drbdd-c-pinned ublk-loop-async ublk-loop-q2"
 TARGETS=${VM_BENCH_TARGETS:-$ALL_TARGETS}
-WORKLOADS="randread-4k-qd1 randwrite-4k-qd1 randread-4k-qd32 randwrite-4k-qd32 write-1m-qd8 read-1m-qd8"
+WORKLOADS=${VM_BENCH_WORKLOADS:-"randread-4k-qd1 randwrite-4k-qd1 randread-4k-qd32 randwrite-4k-qd32 write-1m-qd8 read-1m-qd8"}
 
 row_name() {
   case "$1" in
@@ -60,6 +60,10 @@ row_name() {
     drbdd-c-crc) echo "5 VM drbdd protocol C + data-integrity-alg crc32c, /dev/ublkb0" ;;
     drbdd-c-reaper) echo "5 VM drbdd protocol C, peer disk I/O reaped by a thread, /dev/ublkb0" ;;
     drbdd-c-noflush) echo "5 VM drbdd protocol C, disk-flushes = false, /dev/ublkb0" ;;
+    drbdd-c-1q) echo "5 VM drbdd protocol C, one ublk queue, /dev/ublkb0" ;;
+    drbdd-c-pinned) echo "5 VM drbdd protocol C, ublk queue threads pinned per CPU, /dev/ublkb0" ;;
+    ublk-loop-async) echo "5 VM libublk loop example --async, /dev/ublkb0" ;;
+    ublk-loop-q2) echo "5 VM libublk loop example, 2 queues, /dev/ublkb0" ;;
     drbd84-a) echo "5 VM in-kernel DRBD 8.4 protocol A, loopback" ;;
     drbd84-b) echo "5 VM in-kernel DRBD 8.4 protocol B, loopback" ;;
     drbd84-c) echo "5 VM in-kernel DRBD 8.4 protocol C, loopback" ;;

@@ -115,7 +115,10 @@ setup() { # setup TARGET -> DEV
     loop-dio) DEV=$(/bin/losetup --direct-io=on -f --show /dev/vdb 2>/tmp/losetup.err) \
         || { err "losetup --direct-io=on -f --show /dev/vdb: $(tr '\n' ' ' < /tmp/losetup.err)"; return 1; }
       [ "$(cat /sys/block/${DEV#/dev/}/loop/dio)" = 1 ] || err "loop device without direct I/O" ;;
-    ublk-loop) ublk-loop add -n 0 -f /dev/vdb --foreground > /tmp/ublk-loop.log 2>&1 &
+    ublk-loop|ublk-loop-async|ublk-loop-q2)
+      case "$1" in ublk-loop-async) how="--async" ;; ublk-loop-q2) how="-q 2" ;; *) how="" ;; esac
+      # shellcheck disable=SC2086
+      ublk-loop add -n 0 -f /dev/vdb $how --foreground > /tmp/ublk-loop.log 2>&1 &
       echo $! > /tmp/ublk-loop.pid
       wait_for 20 test -b /dev/ublkb0 || { err "no ublkb0: $(tail -3 /tmp/ublk-loop.log | tr '\n' ' ')"; return 1; }
       DEV=/dev/ublkb0 ;;
@@ -125,6 +128,10 @@ setup() { # setup TARGET -> DEV
     drbdd-c) drbdd_setup C 2 ;;
     drbdd-c-crc) drbdd_setup C 2 'data-integrity-alg = "crc32c"' ;;
     drbdd-c-noflush) drbdd_setup C 2 "" 'disk-flushes = false' ;;
+    drbdd-c-1q) export DRBDD_UBLK_QUEUES=1; drbdd_setup C 2; rc=$?
+      unset DRBDD_UBLK_QUEUES; return $rc ;;
+    drbdd-c-pinned) export DRBDD_UBLK_PIN=1; drbdd_setup C 2; rc=$?
+      unset DRBDD_UBLK_PIN; return $rc ;;
     drbdd-c-reaper) export DRBDD_PEER_IO_ENGINE=reaper; drbdd_setup C 2; rc=$?
       unset DRBDD_PEER_IO_ENGINE; return $rc ;;
     drbd84-a) drbd84_setup A ;;
@@ -136,7 +143,7 @@ setup() { # setup TARGET -> DEV
 teardown() {
   case "$1" in
     loop-dio) [ -n "$DEV" ] && losetup -d "$DEV" ;;
-    ublk-loop) # `del` removes the device (a plain kill leaves ublk device 0 behind, dead,
+    ublk-loop*) # `del` removes the device (a plain kill leaves ublk device 0 behind, dead,
       # and drbdd then refuses minor 0 as someone else's device)
       ublk-loop del -n 0 > /tmp/ublk-del.log 2>&1 || err "ublk-loop del -n 0: $(tr '\n' ' ' < /tmp/ublk-del.log)"
       wait_for 20 sh -c "! kill -0 $(cat /tmp/ublk-loop.pid) 2>/dev/null" || { err "ublk-loop did not exit after del"; kill -9 "$(cat /tmp/ublk-loop.pid)"; sleep 1; }

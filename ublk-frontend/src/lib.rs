@@ -29,6 +29,8 @@ pub use admin::{
     delete_orphans, driver_features, enter_private_mount_namespace, owned_devices, ublk_available,
     DriverFeatures, OwnedDevice, OWNER_PREFIX,
 };
-pub use device::{UblkConfig, UblkDevice, UblkHandle, DEFAULT_DEPTH, DEFAULT_MAX_IO_BYTES};
+pub use device::{
+    UblkConfig, UblkDevice, UblkHandle, DEFAULT_DEPTH, DEFAULT_MAX_IO_BYTES, DEFAULT_QUEUES,
+};
 pub use error::UblkError;
 pub use params::DeviceParams;

@@ -27,7 +27,7 @@ use crate::control::proto::ErrorKind;
 use drbdd_blockio::BlockTarget;
 use drbdd_config::Resource;
 use drbdd_replication::state::Role;
-use drbdd_ublk::{UblkConfig, UblkDevice, UblkHandle};
+use drbdd_ublk::{UblkConfig, UblkDevice, UblkHandle, DEFAULT_QUEUES};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -86,10 +86,13 @@ impl Actor {
             // A discard or write-zeroes travels to the peers as one data
             // packet; the kernel splits bigger ones.
             max_discard_bytes: drbdd_replication::wire::MAX_DATA_BYTES,
-            // One queue per CPU (0). The pipeline takes its write-ordering
-            // sequence number under the ordering lock, so queue threads may
-            // submit at once (pipeline_local::concurrent_submitters_*).
-            queues: 0,
+            // One queue per CPU, not pinned (see `DEFAULT_QUEUES`), unless
+            // `DRBDD_UBLK_QUEUES` / `DRBDD_UBLK_PIN=1` say otherwise. The
+            // pipeline takes its write-ordering sequence number under the
+            // ordering lock, so queue threads may submit at once
+            // (pipeline_local::concurrent_submitters_*).
+            queues: queues_from_env(),
+            pin_queues: std::env::var("DRBDD_UBLK_PIN").as_deref() == Ok("1"),
             ..UblkConfig::new(minor, &name)
         };
         let handle = UblkDevice::start(config, target).map_err(|e| {
@@ -296,6 +299,21 @@ fn ublk_resources(config_dir: &Path, node_name: &str) -> Vec<(String, u32)> {
         .filter(|r| wants_ublk(r, node_name))
         .filter_map(|r| Some((r.name.clone(), r.local_node(node_name).ok()?.minor)))
         .collect()
+}
+
+/// Queue count for `/dev/ublkb<minor>`: [`DEFAULT_QUEUES`] unless
+/// `DRBDD_UBLK_QUEUES` names a count, 0 meaning one per CPU (an A/B knob of
+/// the VM benchmark's `drbdd-c-1q` row).
+fn queues_from_env() -> u16 {
+    match std::env::var("DRBDD_UBLK_QUEUES") {
+        Err(_) => DEFAULT_QUEUES,
+        Ok(v) => v.parse().unwrap_or_else(|_| {
+            tracing::warn!(
+                "DRBDD_UBLK_QUEUES={v} is not a queue count (0 = one per CPU); using one per CPU"
+            );
+            DEFAULT_QUEUES
+        }),
+    }
 }
 
 #[cfg(test)]
