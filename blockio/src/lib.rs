@@ -175,9 +175,13 @@ pub trait BlockSession: Send + Sync + Debug {
     /// Offers to let the frontend write the local copy of the write `req`
     /// (`BlockOp::Write` only) itself, `data` being its payload: `Some` when
     /// the target took the write through everything that precedes the local
-    /// disk write (ordering, activity log, replication: `data` is copied for
-    /// the peers before this returns) without having to wait for anything;
-    /// `None` when the frontend must [`submit`](Self::submit) it as usual.
+    /// disk write (ordering, activity log, replication) without having to
+    /// wait for anything; `None` when the frontend must
+    /// [`submit`](Self::submit) it as usual. `data` is shared, read-only:
+    /// the target may keep clones (the sends to the peers read it in place)
+    /// past the write's completion; the frontend reuses the buffer only once
+    /// it holds the last reference (`Arc::try_unwrap`), else it takes a
+    /// fresh one. On `None` the target kept no clone.
     ///
     /// Contract for the frontend, on receiving `Some(dw)`:
     /// * write `data` to [`DirectWrite::fd`] at [`DirectWrite::offset_bytes`]
@@ -195,7 +199,7 @@ pub trait BlockSession: Send + Sync + Debug {
     ///   the write had completed.
     ///
     /// The default: no direct path.
-    fn direct_write(&self, req: &BlockRequest, data: &[u8]) -> Option<DirectWrite> {
+    fn direct_write(&self, req: &BlockRequest, data: &Arc<AlignedBuf>) -> Option<DirectWrite> {
         let _ = (req, data);
         None
     }
@@ -496,7 +500,9 @@ mod tests {
             op: BlockOp::Write,
             ..read
         };
-        assert!(s.direct_write(&write, &[0; 512]).is_none());
+        assert!(s
+            .direct_write(&write, &Arc::new(AlignedBuf::zeroed(512)))
+            .is_none());
     }
 
     #[test]

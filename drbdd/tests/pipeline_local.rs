@@ -248,6 +248,11 @@ fn req(op: BlockOp, offset_bytes: u64, len_bytes: u32) -> BlockRequest {
     }
 }
 
+/// `data` in a buffer shared as a ublk tag buffer is (`direct_write`).
+fn shared(data: &[u8]) -> Arc<AlignedBuf> {
+    Arc::new(AlignedBuf::from_slice(data))
+}
+
 fn pattern(seed: u64, len: usize) -> AlignedBuf {
     let mut b = AlignedBuf::zeroed(len);
     for (i, x) in b.as_mut_slice().iter_mut().enumerate() {
@@ -1029,7 +1034,7 @@ impl drbdd::pipeline::Replicator for ParkingReplicator {
         self.legs
             .lock()
             .expect("legs")
-            .push((write.req, write.data.to_vec(), handle));
+            .push((write.req, write.data.as_slice().to_vec(), handle));
     }
 }
 
@@ -1278,7 +1283,7 @@ fn direct_write_lands_on_disk_and_completes_when_finished() {
         let mut fua = req(BlockOp::Write, 1 << 20, 8192);
         fua.fua = true;
         let dw = s
-            .direct_write(&fua, data.as_slice())
+            .direct_write(&fua, &shared(data.as_slice()))
             .expect("an active extent with nothing in flight goes direct");
         assert_eq!(dw.offset_bytes(), 1 << 20, "data area starts at 0");
         assert!(dw.dsync(), "FUA with disk-flushes: RWF_DSYNC");
@@ -1325,45 +1330,52 @@ fn direct_write_is_refused_unless_nothing_has_to_wait() {
         BlockOp::WriteZeroes,
     ] {
         assert!(
-            s.direct_write(&req(op, 4096, 4096), d4k.as_slice())
+            s.direct_write(&req(op, 4096, 4096), &shared(d4k.as_slice()))
                 .is_none(),
             "{op:?}"
         );
     }
     assert!(
-        s.direct_write(&write_4k, &d4k.as_slice()[..512]).is_none(),
+        s.direct_write(&write_4k, &shared(&d4k.as_slice()[..512]))
+            .is_none(),
         "length mismatch"
     );
     assert!(
-        s.direct_write(&req(BlockOp::Write, DATA_BYTES, 4096), d4k.as_slice())
-            .is_none(),
+        s.direct_write(
+            &req(BlockOp::Write, DATA_BYTES, 4096),
+            &shared(d4k.as_slice())
+        )
+        .is_none(),
         "out of range"
     );
     let other_extent = req(BlockOp::Write, 3 * AL_EXTENT_BYTES, 4096);
     assert!(
-        s.direct_write(&other_extent, d4k.as_slice()).is_none(),
+        s.direct_write(&other_extent, &shared(d4k.as_slice()))
+            .is_none(),
         "an extent not yet in the AL needs a transaction"
     );
     assert_eq!(fx.pipeline.in_flight(), 0, "refusals admit nothing");
     // The refused write's range is free: a submitted write there completes.
     write(&s, 3 * AL_EXTENT_BYTES, &d4k).expect("submit path");
     assert!(
-        s.direct_write(&other_extent, d4k.as_slice())
+        s.direct_write(&other_extent, &shared(d4k.as_slice()))
             .is_some_and(|dw| {
                 let outcome = pwrite_direct(&dw, &d4k);
                 finish_direct(dw, outcome).try_recv().is_ok()
             }),
         "logged now"
     );
-    let first = s.direct_write(&write_4k, d4k.as_slice()).expect("direct");
+    let first = s
+        .direct_write(&write_4k, &shared(d4k.as_slice()))
+        .expect("direct");
     let overlapping = req(BlockOp::Write, 0, 8192);
     assert!(
-        s.direct_write(&overlapping, pattern(4, 8192).as_slice())
+        s.direct_write(&overlapping, &shared(pattern(4, 8192).as_slice()))
             .is_none(),
         "an overlapping write in flight"
     );
     assert!(
-        s.direct_write(&req(BlockOp::Write, 8192, 4096), d4k.as_slice())
+        s.direct_write(&req(BlockOp::Write, 8192, 4096), &shared(d4k.as_slice()))
             .is_some_and(|dw| {
                 let outcome = pwrite_direct(&dw, &d4k);
                 finish_direct(dw, outcome).try_recv().is_ok()
@@ -1377,25 +1389,26 @@ fn direct_write_is_refused_unless_nothing_has_to_wait() {
         .expect("ok");
     let ro = fx.pipeline.open("ro", false).expect("open read-only");
     assert!(
-        ro.direct_write(&write_4k, d4k.as_slice()).is_none(),
+        ro.direct_write(&write_4k, &shared(d4k.as_slice()))
+            .is_none(),
         "read-only session"
     );
     fx.pipeline.faults().set_hold_writes(true);
     assert!(
-        s.direct_write(&write_4k, d4k.as_slice()).is_none(),
+        s.direct_write(&write_4k, &shared(d4k.as_slice())).is_none(),
         "write faults take the engine"
     );
     fx.pipeline.faults().set_hold_writes(false);
     fx.pipeline.set_role_allows_io(false);
     assert!(
-        s.direct_write(&write_4k, d4k.as_slice()).is_none(),
+        s.direct_write(&write_4k, &shared(d4k.as_slice())).is_none(),
         "Secondary"
     );
     fx.pipeline.set_role_allows_io(true);
     assert_eq!(fx.pipeline.in_flight(), 0);
     fx.pipeline.shutdown().expect("shutdown");
     assert!(
-        s.direct_write(&write_4k, d4k.as_slice()).is_none(),
+        s.direct_write(&write_4k, &shared(d4k.as_slice())).is_none(),
         "stopping"
     );
 }
@@ -1405,7 +1418,7 @@ fn a_write_overlapping_a_direct_write_waits_for_it() {
     let (fx, s) = direct_fixture(EngineKind::UringOrSync, OnIoError::Detach);
     let (old, new) = (pattern(5, 4096), pattern(6, 4096));
     let dw = s
-        .direct_write(&req(BlockOp::Write, 4096, 4096), old.as_slice())
+        .direct_write(&req(BlockOp::Write, 4096, 4096), &shared(old.as_slice()))
         .expect("direct");
     let later = submit(&s, req(BlockOp::Write, 4096, 4096), new.clone());
     assert!(
@@ -1433,7 +1446,7 @@ fn shutdown_waits_for_an_unfinished_direct_write() {
     let (fx, s) = direct_fixture(EngineKind::UringOrSync, OnIoError::Detach);
     let data = pattern(8, 4096);
     let dw = s
-        .direct_write(&req(BlockOp::Write, 4096, 4096), data.as_slice())
+        .direct_write(&req(BlockOp::Write, 4096, 4096), &shared(data.as_slice()))
         .expect("direct");
     let stopping = StoppingPipeline::start(&fx.pipeline, "a direct write");
     let outcome = pwrite_direct(&dw, &data);
@@ -1450,14 +1463,14 @@ fn failed_direct_write_follows_on_io_error_like_a_submitted_write() {
     let (fx, s) = direct_fixture(EngineKind::UringOrSync, OnIoError::Detach);
     let data = pattern(2, 4096);
     let dw = s
-        .direct_write(&req(BlockOp::Write, 4096, 4096), data.as_slice())
+        .direct_write(&req(BlockOp::Write, 4096, 4096), &shared(data.as_slice()))
         .expect("direct");
     let done = finish_direct(dw, Err(libc::EIO));
     assert_eq!(done.try_recv().expect("done").err(), Some(BlockError::Io));
     assert!(fx.pipeline.disk_failed());
     assert_eq!(fx.pipeline.in_flight(), 0);
     assert!(
-        s.direct_write(&req(BlockOp::Write, 0, 4096), data.as_slice())
+        s.direct_write(&req(BlockOp::Write, 0, 4096), &shared(data.as_slice()))
             .is_none(),
         "a detached disk is not written directly"
     );
@@ -1476,7 +1489,7 @@ fn failed_direct_write_follows_on_io_error_like_a_submitted_write() {
     );
     let (pass_on, s) = direct_fixture(EngineKind::UringOrSync, OnIoError::PassOn);
     let dw = s
-        .direct_write(&req(BlockOp::Write, 4096, 4096), data.as_slice())
+        .direct_write(&req(BlockOp::Write, 4096, 4096), &shared(data.as_slice()))
         .expect("direct");
     let done = finish_direct(dw, Ok(512));
     assert_eq!(
@@ -1485,7 +1498,7 @@ fn failed_direct_write_follows_on_io_error_like_a_submitted_write() {
         "short write"
     );
     let dw = s
-        .direct_write(&req(BlockOp::Write, 4096, 4096), data.as_slice())
+        .direct_write(&req(BlockOp::Write, 4096, 4096), &shared(data.as_slice()))
         .expect("pass_on keeps the disk");
     let done = finish_direct(dw, Err(libc::ENOSPC));
     assert_eq!(
@@ -1501,7 +1514,7 @@ fn an_abandoned_direct_write_marks_its_range_out_of_sync_without_failing_the_dis
     let dw = s
         .direct_write(
             &req(BlockOp::Write, 8192, 4096),
-            pattern(1, 4096).as_slice(),
+            &shared(pattern(1, 4096).as_slice()),
         )
         .expect("direct");
     assert_eq!(fx.pipeline.in_flight(), 1);
@@ -1529,7 +1542,7 @@ fn direct_write_still_replicates_and_completes_after_its_peer_leg() {
         .set_replicator(Some(repl.clone() as Arc<dyn drbdd::pipeline::Replicator>));
     let data = pattern(11, 4096);
     let dw = s
-        .direct_write(&req(BlockOp::Write, 4096, 4096), data.as_slice())
+        .direct_write(&req(BlockOp::Write, 4096, 4096), &shared(data.as_slice()))
         .expect("direct");
     let mut legs = std::mem::take(&mut *repl.legs.lock().expect("legs"));
     assert_eq!(legs.len(), 1, "peer leg created before the local write");
@@ -1580,7 +1593,7 @@ fn measure_direct_request_cost() {
     let write_4k = req(BlockOp::Write, 4096, 4096);
     for _ in 0..writes {
         let dw = s
-            .direct_write(&write_4k, data.as_slice())
+            .direct_write(&write_4k, &shared(data.as_slice()))
             .expect("direct write");
         let d = Arc::clone(&done);
         dw.finish(

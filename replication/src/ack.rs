@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 
 use thiserror::Error;
 
-use crate::wire::Packet;
+use crate::wire::{Packet, Payload};
 
 /// DRBD's replication protocols.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -150,7 +150,7 @@ impl AckTracker {
         offset_bytes: u64,
         len_bytes: u32,
         flags: u32,
-        payload: Vec<u8>,
+        payload: impl Into<Payload>,
     ) -> Result<(u64, Vec<AckAction>), AckError> {
         if self.entries.len() >= self.max_in_flight {
             return Err(AckError::Congested {

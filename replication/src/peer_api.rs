@@ -79,7 +79,7 @@ pub enum Event<'a> {
         offset_bytes: u64,
         len_bytes: u32,
         flags: u32,
-        data: Vec<u8>,
+        data: Payload,
     },
     /// An application flush on this node.
     LocalFlush {

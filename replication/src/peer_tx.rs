@@ -10,6 +10,7 @@
 use super::{Action, Peer};
 use crate::ack::{AckAction, PeerOutcome, WriteId};
 use crate::state::ReplState;
+use crate::wire::Payload;
 
 /// A write or flush waiting for room in the write table.
 #[derive(Debug, Clone)]
@@ -19,7 +20,7 @@ pub(super) enum Waiting {
         offset_bytes: u64,
         len_bytes: u32,
         flags: u32,
-        data: Vec<u8>,
+        data: Payload,
         local_done: bool,
     },
     Flush {

@@ -326,20 +326,19 @@ impl Packet {
     /// Like [`Packet::encode_framed`], but a data block of at least
     /// `min_bytes` (of `Data` or `ResyncReply`) is not copied: `out` gets
     /// everything before it and the block is returned, to be sent right
-    /// after those bytes (the frame is their concatenation). A block held
-    /// as [`Payload::Bytes`] (what a sender builds) comes back as that very
-    /// `Vec`; one received into an `AlignedBuf` is copied out.
+    /// after those bytes (the frame is their concatenation), as the very
+    /// [`Payload`] the packet held (no copy, whatever memory it is in).
     pub fn encode_framed_split(
         mut self,
         out: &mut Vec<u8>,
         crc: FrameCrc,
         min_bytes: usize,
-    ) -> Option<Vec<u8>> {
+    ) -> Option<Payload> {
         let block = match &mut self {
             Packet::Data { payload, .. } | Packet::ResyncReply { payload, .. }
                 if payload.len() >= min_bytes =>
             {
-                std::mem::take(payload).into_vec()
+                std::mem::take(payload)
             }
             _ => {
                 self.encode_framed(out, crc);

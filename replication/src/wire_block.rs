@@ -24,6 +24,7 @@ use super::{
 use drbdd_blockio::AlignedBuf;
 use std::fmt;
 use std::ops::Deref;
+use std::sync::Arc;
 
 /// Smallest data block a transport should receive apart from its frame.
 /// Receiving a block apart costs two or three `read`s per frame (head,
@@ -52,6 +53,10 @@ pub enum Payload {
     /// received into it (no copy since the socket), or, arriving inside a
     /// run of frames, copied into it once by the decoder.
     Aligned(AlignedBuf),
+    /// An aligned buffer others hold too, read-only: the ublk tag buffer an
+    /// application write arrived in, which the local O_DIRECT write and the
+    /// sends to the peers read at the same time (no copy for the network).
+    Shared(Arc<AlignedBuf>),
 }
 
 impl Payload {
@@ -59,6 +64,7 @@ impl Payload {
         match self {
             Payload::Bytes(v) => v,
             Payload::Aligned(b) => b.as_slice(),
+            Payload::Shared(b) => b.as_slice(),
         }
     }
 
@@ -67,6 +73,7 @@ impl Payload {
         match self {
             Payload::Bytes(v) => v,
             Payload::Aligned(b) => b.as_slice().to_vec(),
+            Payload::Shared(b) => b.as_slice().to_vec(),
         }
     }
 
@@ -76,6 +83,9 @@ impl Payload {
         match self {
             Payload::Bytes(v) => AlignedBuf::from_slice(&v),
             Payload::Aligned(b) => b,
+            Payload::Shared(b) => {
+                Arc::try_unwrap(b).unwrap_or_else(|b| AlignedBuf::from_slice(b.as_slice()))
+            }
         }
     }
 }
@@ -102,6 +112,12 @@ impl AsRef<[u8]> for Payload {
 impl From<Vec<u8>> for Payload {
     fn from(v: Vec<u8>) -> Self {
         Payload::Bytes(v)
+    }
+}
+
+impl From<Arc<AlignedBuf>> for Payload {
+    fn from(b: Arc<AlignedBuf>) -> Self {
+        Payload::Shared(b)
     }
 }
 

@@ -27,7 +27,7 @@ fn pair_and_data_frame(integrity: bool) -> (Pair, Vec<u8>) {
         offset_bytes: 8192,
         len_bytes: 65_536,
         flags: 0,
-        data: vec![0xc3; 65_536],
+        data: vec![0xc3; 65_536].into(),
     });
     let crc = p.nodes[0].peer.frame_crc();
     let mut frame = Vec::new();
@@ -97,4 +97,42 @@ fn a_corrupted_block_byte_ends_the_connection_with_data_integrity() {
         )),
         "{actions:?}"
     );
+}
+
+#[test]
+fn a_shared_write_buffer_goes_to_the_socket_as_it_is() {
+    use drbdd_replication::wire::FrameCrc;
+    use std::sync::Arc;
+    let mut p = primary_secondary(
+        config(0, 1, None, Protocol::C),
+        config(1, 0, None, Protocol::C),
+    );
+    p.connect();
+    let mut buf = AlignedBuf::with_capacity(65_536, 65_536);
+    buf.as_mut_slice().fill(0x5a);
+    let shared = Arc::new(buf);
+    let actions = p.nodes[0].peer.handle(Event::LocalWrite {
+        id: 1,
+        offset_bytes: 8192,
+        len_bytes: 65_536,
+        flags: 0,
+        data: Arc::clone(&shared).into(),
+    });
+    let mut sent = None;
+    for a in actions {
+        if let Action::Send(packet @ Packet::Data { .. }) = a {
+            let mut head = Vec::new();
+            sent = packet.encode_framed_split(&mut head, FrameCrc::WholePayload, 32 * 1024);
+        }
+    }
+    let Some(Payload::Shared(block)) = sent else {
+        panic!("the block is sent apart from its head, still shared");
+    };
+    assert!(
+        Arc::ptr_eq(&block, &shared),
+        "no copy on the way to the socket"
+    );
+    drop(block);
+    // Once sent, the write's owner gets its buffer back.
+    assert!(Arc::try_unwrap(shared).is_ok());
 }

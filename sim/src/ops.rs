@@ -153,7 +153,7 @@ impl World {
                 offset_bytes: block * 4096,
                 len_bytes: 4096,
                 flags,
-                data: data.clone(),
+                data: data.clone().into(),
             };
             self.peer_event(n, r, event);
         }

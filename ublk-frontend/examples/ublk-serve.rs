@@ -250,7 +250,7 @@ impl BlockSession for FileSession {
         ))
     }
 
-    fn direct_write(&self, req: &BlockRequest, data: &[u8]) -> Option<DirectWrite> {
+    fn direct_write(&self, req: &BlockRequest, data: &Arc<AlignedBuf>) -> Option<DirectWrite> {
         let file = self.direct_writes.as_ref()?;
         let len_ok = usize::try_from(req.len_bytes).is_ok_and(|l| l == data.len());
         if req.op != BlockOp::Write

@@ -81,21 +81,23 @@ pub(crate) async fn serve_direct_read(
 }
 
 /// Serves the write `req` through `dw` from `tag_buf` (holding the
-/// `req.len_bytes` bytes the kernel copied in): writes it, finishes `dw`,
-/// then awaits the request's completion (every leg of the write, possibly on
-/// another thread) and returns the result to commit with the tag buffer,
-/// which the target never owned.
+/// `req.len_bytes` bytes the kernel copied in, shared with the target, which
+/// may send it to the peers in place): writes it, finishes `dw`, then awaits
+/// the request's completion (every leg of the write, possibly on another
+/// thread) and returns the result to commit with the buffer for the next
+/// request: the tag buffer itself when no one else holds it any more, else
+/// a fresh one of the same capacity (the target still reads the old one).
 pub(crate) async fn serve_direct_write(
     ring: RingSubmit,
     doorbell: &Arc<Doorbell>,
     req: &BlockRequest,
     dw: DirectWrite,
-    tag_buf: AlignedBuf,
+    tag_buf: Arc<AlignedBuf>,
 ) -> (i32, AlignedBuf) {
     let len = usize::try_from(req.len_bytes).unwrap_or(usize::MAX);
     assert_eq!(len, tag_buf.len(), "the tag buffer holds the write's data");
-    let dir = Dir::Write { dsync: dw.dsync() };
-    let (outcome, tag_buf) = transfer_at(ring, dir, dw.fd(), dw.offset_bytes(), tag_buf).await;
+    let (outcome, tag_buf) =
+        write_shared_at(ring, dw.dsync(), dw.fd(), dw.offset_bytes(), tag_buf).await;
     let slot = Arc::new(Slot::default());
     let (done_slot, done_bell) = (Arc::clone(&slot), Arc::clone(doorbell));
     let queue_thread = std::thread::current().id();
@@ -111,7 +113,9 @@ pub(crate) async fn serve_direct_write(
         }),
     );
     let outcome = slot.wait().await;
-    (commit_result(req, outcome.as_ref().map(|_| ())), tag_buf)
+    let cap = tag_buf.capacity();
+    let next = Arc::try_unwrap(tag_buf).unwrap_or_else(|_| AlignedBuf::with_capacity(cap, cap));
+    (commit_result(req, outcome.as_ref().map(|_| ())), next)
 }
 
 /// Which way [`transfer_at`] moves data.
@@ -149,18 +153,50 @@ pub(crate) async fn transfer_at(
     let total = u32::try_from(buf.len()).expect("a tag buffer is far below 4 GiB");
     let mut lent = LentBuf(Some(buf));
     let base = lent.as_mut_ptr();
+    let outcome = transfer_raw(ring, dir, fd, offset_bytes, base, total).await;
+    (outcome, lent.take())
+}
+
+/// [`transfer_at`] writing a buffer others hold too (read-only: the kernel
+/// only reads memory a WRITE names). The clone comes back once no SQE names
+/// the buffer anymore.
+pub(crate) async fn write_shared_at(
+    ring: RingSubmit,
+    dsync: bool,
+    fd: RawFd,
+    offset_bytes: u64,
+    buf: Arc<AlignedBuf>,
+) -> (Result<u32, i32>, Arc<AlignedBuf>) {
+    let total = u32::try_from(buf.len()).expect("a tag buffer is far below 4 GiB");
+    let lent = LentShared(Some(buf));
+    // Only a WRITE names it: the kernel reads this memory, never writes it.
+    let base = lent.as_ptr().cast_mut();
+    let outcome = transfer_raw(ring, Dir::Write { dsync }, fd, offset_bytes, base, total).await;
+    (outcome, lent.take())
+}
+
+/// The transfer loop of [`transfer_at`] over `total` bytes at `base`, which
+/// the caller keeps allocated (leaked if this future is dropped mid-flight).
+async fn transfer_raw(
+    ring: RingSubmit,
+    dir: Dir,
+    fd: RawFd,
+    offset_bytes: u64,
+    base: *mut u8,
+    total: u32,
+) -> Result<u32, i32> {
     let (mut done, mut retries) = (0u32, 0u32);
-    let outcome = loop {
+    loop {
         if done == total {
             break Ok(done);
         }
         // The kernel accesses `base + done .. base + total`, inside the
         // buffer (`done < total == len`). No `unsafe` here, but the SQE
-        // outlives nothing it names: `lent` belongs to this future, the
-        // `.await` returns only once the CQE arrived (the kernel is then done
-        // with the memory), and if the future is dropped while the SQE is in
-        // flight (queue torn down), `LentBuf` leaks the buffer instead of
-        // freeing it.
+        // outlives nothing it names: the buffer belongs to the caller's
+        // future, the `.await` returns only once the CQE arrived (the kernel
+        // is then done with the memory), and if the future is dropped while
+        // the SQE is in flight (queue torn down), the caller's lender
+        // (`LentBuf`, `LentShared`) leaks the buffer instead of freeing it.
         let ptr = base.wrapping_add(usize::try_from(done).unwrap_or(usize::MAX));
         let (fd, len, at) = (types::Fd(fd), total - done, offset_bytes + u64::from(done));
         let sqe = match dir {
@@ -184,8 +220,7 @@ pub(crate) async fn transfer_at(
             }
             Err(_) => break Err(res.checked_neg().unwrap_or(libc::EIO)),
         }
-    };
-    (outcome, lent.take())
+    }
 }
 
 /// A buffer an SQE may be accessing: dropping it (the owning future was
@@ -210,6 +245,32 @@ impl Drop for LentBuf {
     fn drop(&mut self) {
         if let Some(buf) = self.0.take() {
             tracing::warn!("ublk direct I/O abandoned in flight; leaking its buffer");
+            std::mem::forget(buf);
+        }
+    }
+}
+
+/// [`LentBuf`] for a shared buffer: dropped mid-transfer, it leaks its
+/// reference, so the buffer is never freed while a WRITE may read it.
+struct LentShared(Option<Arc<AlignedBuf>>);
+
+impl LentShared {
+    fn as_ptr(&self) -> *const u8 {
+        self.0.as_ref().map_or(std::ptr::null(), |b| b.as_ptr())
+    }
+
+    /// The reference back, once no SQE names the buffer anymore.
+    fn take(mut self) -> Arc<AlignedBuf> {
+        self.0
+            .take()
+            .unwrap_or_else(|| Arc::new(AlignedBuf::empty()))
+    }
+}
+
+impl Drop for LentShared {
+    fn drop(&mut self) {
+        if let Some(buf) = self.0.take() {
+            tracing::warn!("ublk direct write abandoned in flight; leaking its buffer");
             std::mem::forget(buf);
         }
     }
@@ -476,7 +537,7 @@ mod tests {
                 &bell,
                 &req,
                 dw,
-                tag,
+                Arc::new(tag),
             ));
             assert_eq!(res, 8192, "elsewhere: {elsewhere}");
             assert_eq!(buf.as_ptr(), tag_ptr, "the tag buffer is kept");
@@ -515,11 +576,42 @@ mod tests {
             &bell,
             &req,
             dw,
-            filled(4096, 1),
+            Arc::new(filled(4096, 1)),
         ));
         assert_eq!(res, -libc::EIO);
         assert_eq!(buf.capacity(), 1 << 16);
         assert_eq!(*log.lock().unwrap(), vec![Err(libc::EIO)]);
+    }
+
+    #[test]
+    fn a_tag_buffer_still_shared_at_commit_is_replaced_not_reused() {
+        let f = backing();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let bell = Arc::new(Doorbell::new().expect("eventfd"));
+        let req = write_req(0, 4096, false);
+        let dw = direct_w(&f, 0, false, false, &log);
+        let tag = Arc::new(filled(4096, 0x77));
+        // Someone (a send to a peer) still reads the buffer after the write.
+        let held = Arc::clone(&tag);
+        let (res, next) = smol::block_on(serve_direct_write(
+            RingSubmit::Other(test_ring),
+            &bell,
+            &req,
+            dw,
+            tag,
+        ));
+        assert_eq!(res, 4096);
+        assert_ne!(
+            next.as_ptr(),
+            held.as_ptr(),
+            "the held buffer is not handed out again"
+        );
+        assert_eq!(next.capacity(), held.capacity());
+        assert!(
+            held.as_slice().iter().all(|&b| b == 0x77),
+            "the holder's bytes stay"
+        );
+        assert_eq!(on_disk(&f, 0, 4096), vec![0x77; 4096]);
     }
 
     #[test]
@@ -534,7 +626,7 @@ mod tests {
             &bell,
             &req,
             dw,
-            filled(4096, 1),
+            Arc::new(filled(4096, 1)),
         ));
         assert!(res < 0, "never acknowledged");
         assert_eq!(*log.lock().unwrap(), vec![Err(libc::ECANCELED)]);

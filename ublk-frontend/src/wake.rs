@@ -172,9 +172,18 @@ pub(crate) async fn serve_request(
     }
     if req.op == BlockOp::Write {
         tag_buf.set_len(len);
-        if let Some(dw) = ctx.session.direct_write(&req, tag_buf.as_slice()) {
-            return serve_direct_write(ctx.ring, doorbell, &req, dw, tag_buf).await;
+        // Shared with the target, which may send it to the peers in place.
+        let shared = Arc::new(tag_buf);
+        if let Some(dw) = ctx.session.direct_write(&req, &shared) {
+            return serve_direct_write(ctx.ring, doorbell, &req, dw, shared).await;
         }
+        // Refused: the target kept no clone (`BlockSession::direct_write`).
+        tag_buf = Arc::try_unwrap(shared).unwrap_or_else(|kept| {
+            debug_assert!(false, "a refused direct write kept its buffer");
+            let mut fresh = AlignedBuf::with_capacity(cap, len);
+            fresh.as_mut_slice().copy_from_slice(kept.as_slice());
+            fresh
+        });
     }
     let (data, kept) = match req.op {
         BlockOp::Read | BlockOp::Write => {

@@ -659,7 +659,7 @@ impl BlockSession for TrackedSession {
 
     /// The pipeline's direct write, counted like a submitted write when the
     /// request completes (the completion handed to `finish` is wrapped).
-    fn direct_write(&self, req: &BlockRequest, data: &[u8]) -> Option<DirectWrite> {
+    fn direct_write(&self, req: &BlockRequest, data: &Arc<AlignedBuf>) -> Option<DirectWrite> {
         let inner = self.inner.as_ref()?.direct_write(req, data)?;
         let counters = Arc::clone(&self.counters);
         counters.upper_pending.fetch_add(1, Ordering::Relaxed);

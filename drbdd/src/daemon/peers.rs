@@ -32,7 +32,7 @@ use crate::control::proto::{PeerStatus as PeerStatusView, ResyncProgress};
 use crate::metadev::FileMetaDevice;
 use crate::net::{self, Conn, ConnOpts, Listener, NetMsg, NetSink, Receive};
 use crate::pipeline::{
-    LegHandle, LegOutcome, PeerFlushDone, Pipeline, ReplicatedWrite, Replicator,
+    LegHandle, LegOutcome, PeerFlushDone, Pipeline, ReplicatedWrite, Replicator, WriteData,
 };
 use drbdd_blockio::BlockOp;
 use drbdd_config::{Protocol as CfgProtocol, Resource};
@@ -44,7 +44,7 @@ use drbdd_replication::peer::{Event, LocalState, Peer, PeerConfig};
 use drbdd_replication::resync::{Progress, RateConfig, SyncBitmap, BLOCK_BYTES};
 use drbdd_replication::state::{ConnState, DiskState, ReplState, Role};
 use drbdd_replication::wire::{
-    Received, DATA_DISCARD, DATA_FUA, DATA_ZEROES, FEATURE_DATA_INTEGRITY, NONCE_BYTES,
+    Payload, Received, DATA_DISCARD, DATA_FUA, DATA_ZEROES, FEATURE_DATA_INTEGRITY, NONCE_BYTES,
 };
 use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, TcpStream};
@@ -100,7 +100,7 @@ pub struct LocalWrite {
     offset_bytes: u64,
     len_bytes: u32,
     flags: u32,
-    data: Vec<u8>,
+    data: Payload,
     legs: Vec<(u8, LegHandle)>,
 }
 
@@ -249,9 +249,16 @@ pub(super) struct NetReplicator {
 impl Replicator for NetReplicator {
     fn replicate(&self, w: &mut ReplicatedWrite<'_>) {
         let (flags, data) = match w.req.op {
-            BlockOp::Write => (if w.req.fua { DATA_FUA } else { 0 }, w.data.to_vec()),
-            BlockOp::Discard => (DATA_DISCARD, Vec::new()),
-            BlockOp::WriteZeroes => (DATA_ZEROES, Vec::new()),
+            // A shared tag buffer goes to the peers as it is (no copy).
+            BlockOp::Write => (
+                if w.req.fua { DATA_FUA } else { 0 },
+                match w.data {
+                    WriteData::Lent(b) => Payload::Bytes(b.to_vec()),
+                    WriteData::Shared(b) => Payload::Shared(Arc::clone(b)),
+                },
+            ),
+            BlockOp::Discard => (DATA_DISCARD, Payload::default()),
+            BlockOp::WriteZeroes => (DATA_ZEROES, Payload::default()),
             BlockOp::Read | BlockOp::Flush => return,
         };
         let legs = self

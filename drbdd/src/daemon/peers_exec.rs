@@ -16,7 +16,7 @@ use drbdd_blockio::AlignedBuf;
 use drbdd_replication::ack::PeerOutcome;
 use drbdd_replication::peer::{Action, Event, GiUpdate};
 use drbdd_replication::state::{ConnState, DiskState, ReplState, Role};
-use drbdd_replication::wire::{Packet, DATA_DISCARD, DATA_FUA, DATA_ZEROES};
+use drbdd_replication::wire::{Packet, Payload, DATA_DISCARD, DATA_FUA, DATA_ZEROES};
 use std::sync::Mutex;
 
 impl Actor {
@@ -43,14 +43,14 @@ impl Actor {
                     // A large data block goes to the socket as its own buffer
                     // right behind its frame head (no copy into `wire`).
                     let block = packet.encode_framed_split(&mut l.wire, crc, WIRE_SPLIT_BYTES);
-                    let block_len = block.as_ref().map_or(0, Vec::len);
+                    let block_len = block.as_ref().map_or(0, |b| b.len());
                     l.stats.sent_bytes +=
                         u64::try_from(l.wire.len() - before + block_len).unwrap_or(0);
                     if let Some(block) = block {
                         let head = std::mem::take(&mut l.wire);
                         if let Some(c) = &mut l.conn {
                             // A failed send is reported by `Conn::failure` (poll loop).
-                            let _ = c.send_bufs(vec![head, block]);
+                            let _ = c.send_bufs(vec![Payload::Bytes(head), block]);
                         }
                     } else if l.wire.len() >= WIRE_FLUSH_BYTES {
                         self.flush_link_wire(i);

@@ -25,7 +25,7 @@
 
 mod frames;
 
-use drbdd_replication::wire::Received;
+use drbdd_replication::wire::{Payload, Received};
 use frames::{FrameReader, ReadOutcome};
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -264,7 +264,7 @@ pub struct Conn {
     stream: TcpStream,
     frames: FrameReader,
     /// Buffers not yet handed to the socket, oldest first.
-    queued: VecDeque<Vec<u8>>,
+    queued: VecDeque<Payload>,
     /// Bytes of `queued[0]` already sent.
     front_sent: usize,
     queued_bytes: usize,
@@ -308,14 +308,15 @@ impl Conn {
     /// Sends `bytes` after everything sent before. False when the
     /// connection failed (see [`Conn::failure`]).
     pub fn send(&mut self, bytes: Vec<u8>) -> bool {
-        self.send_bufs(vec![bytes])
+        self.send_bufs(vec![Payload::Bytes(bytes)])
     }
 
     /// Sends `bufs` in order, after everything sent before, as one vectored
     /// write when the socket takes them at once (a frame head and its data
-    /// block go out together without being copied into one buffer). Never
+    /// block go out together without being copied into one buffer; a block
+    /// still shared with the application write is read in place). Never
     /// blocks.
-    pub fn send_bufs(&mut self, bufs: Vec<Vec<u8>>) -> bool {
+    pub fn send_bufs(&mut self, bufs: Vec<Payload>) -> bool {
         if self.failed.is_some() {
             return false;
         }
@@ -361,7 +362,7 @@ impl Conn {
                 .queued
                 .iter()
                 .take(WRITE_BATCH_BUFS)
-                .map(Vec::as_slice)
+                .map(Payload::as_slice)
                 .collect();
             let batch_bytes = batch.iter().map(|b| b.len()).sum::<usize>() - self.front_sent;
             let n = match send_nonblocking(&self.stream, &batch, self.front_sent) {
@@ -443,7 +444,7 @@ impl Drop for Conn {
             let _ = self.stream.shutdown(Shutdown::Both);
             return;
         };
-        let queued: Vec<Vec<u8>> = std::mem::take(&mut self.queued).into();
+        let queued: Vec<Payload> = std::mem::take(&mut self.queued).into();
         let skip = self.front_sent;
         let timeout = self.send_timeout;
         let spawned = std::thread::Builder::new()
@@ -507,7 +508,7 @@ fn consumed_bufs<B: AsRef<[u8]>>(bufs: &[B], mut n: usize) -> (usize, usize) {
 
 /// Writes `bufs` in order, skipping the first `skip` bytes of `bufs[0]`,
 /// with as few `writev` calls as the socket allows (blocking socket).
-fn write_all_bufs(mut stream: &TcpStream, bufs: &[Vec<u8>], skip: usize) -> io::Result<()> {
+fn write_all_bufs(mut stream: &TcpStream, bufs: &[Payload], skip: usize) -> io::Result<()> {
     let mut i = 0;
     let mut off = skip;
     while i < bufs.len() {
@@ -543,6 +544,7 @@ fn write_all_bufs(mut stream: &TcpStream, bufs: &[Vec<u8>], skip: usize) -> io::
 #[cfg(test)]
 mod tests {
     use super::*;
+    use drbdd_blockio::AlignedBuf;
 
     #[test]
     fn preamble_round_trips_and_rejects_garbage() {
@@ -611,8 +613,10 @@ mod tests {
             let mut b: Vec<u8> = i.to_le_bytes().repeat(batch_bytes / 4);
             if i % 3 == 1 {
                 // A batch in pieces (as a frame head and its data block go).
-                let tail = b.split_off(100);
-                assert!(conn.send_bufs(vec![b, Vec::new(), tail]));
+                // The block may be shared with the application's write.
+                let tail = Arc::new(AlignedBuf::from_slice(&b.split_off(100)));
+                let pieces = vec![Payload::Bytes(b), Payload::default(), Payload::Shared(tail)];
+                assert!(conn.send_bufs(pieces));
             } else {
                 assert!(conn.send(b));
             }

@@ -43,7 +43,9 @@ mod write;
 pub use meta::{
     al_extents_of, recover_after_crash, AlError, CrashRecovery, PipelineMeta, AL_EXTENT_BYTES,
 };
-pub use write::{Leg, LegHandle, LegOutcome, PeerFlushDone, ReplicatedWrite, Replicator};
+pub use write::{
+    Leg, LegHandle, LegOutcome, PeerFlushDone, ReplicatedWrite, Replicator, WriteData,
+};
 
 use crate::backing::{Backing, BackingOp, EngineKind, FaultInjection};
 use drbdd_blockio::{
@@ -491,7 +493,12 @@ impl Pipeline {
     /// Serves [`BlockSession::direct_write`] for a session (`writable`):
     /// plain writes of the right length only, and not while fault injection
     /// acts on writes (it lives in the engine, which a direct write bypasses).
-    fn direct_write(&self, writable: bool, req: &BlockRequest, data: &[u8]) -> Option<DirectWrite> {
+    fn direct_write(
+        &self,
+        writable: bool,
+        req: &BlockRequest,
+        data: &Arc<AlignedBuf>,
+    ) -> Option<DirectWrite> {
         let len_ok = usize::try_from(req.len_bytes).is_ok_and(|len| len == data.len());
         if req.op != BlockOp::Write
             || !writable
@@ -802,7 +809,7 @@ impl BlockSession for PipelineSession {
         self.pipeline.direct_read(req)
     }
 
-    fn direct_write(&self, req: &BlockRequest, data: &[u8]) -> Option<DirectWrite> {
+    fn direct_write(&self, req: &BlockRequest, data: &Arc<AlignedBuf>) -> Option<DirectWrite> {
         self.pipeline.direct_write(self.writable, req, data)
     }
 }

@@ -79,12 +79,31 @@ pub trait Replicator: Send + Sync + std::fmt::Debug {
 /// Completion of [`Replicator::flush`].
 pub type PeerFlushDone = Box<dyn FnOnce() + Send>;
 
+/// The bytes of an application write as the frontend holds them.
+#[derive(Debug, Clone, Copy)]
+pub enum WriteData<'a> {
+    /// Lent for the call: a replicator that needs them later copies them.
+    Lent(&'a [u8]),
+    /// Shared: a replicator may keep a clone (no copy) as long as it likes.
+    Shared(&'a Arc<AlignedBuf>),
+}
+
+impl WriteData<'_> {
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            WriteData::Lent(b) => b,
+            WriteData::Shared(b) => b.as_slice(),
+        }
+    }
+}
+
 /// A write offered to the [`Replicator`].
 pub struct ReplicatedWrite<'a> {
     /// The request (op, range, FUA).
     pub req: BlockRequest,
     /// The data of a `Write`; empty for discard and write-zeroes.
-    pub data: &'a [u8],
+    pub data: WriteData<'a>,
     /// Set by the replicator to be told when the local leg finishes
     /// ([`Replicator::local_done`]).
     pub local_done_token: Option<u64>,
@@ -355,8 +374,8 @@ impl Pipeline {
             done,
         } = w;
         let data = match req.op {
-            BlockOp::Write => buf.as_slice(),
-            _ => &[],
+            BlockOp::Write => WriteData::Lent(buf.as_slice()),
+            _ => WriteData::Lent(&[]),
         };
         let local = self.start_peer_legs(seq, req, extents, Some(done), data);
         let op = match req.op {
@@ -392,7 +411,7 @@ impl Pipeline {
         req: BlockRequest,
         extents: Vec<u64>,
         done: Option<Completion>,
-        data: &[u8],
+        data: WriteData<'_>,
     ) -> LocalLeg {
         let inflight = Arc::new(WriteInFlight {
             seq,
@@ -434,7 +453,7 @@ impl Pipeline {
     pub(super) fn start_direct_write(
         &self,
         req: &BlockRequest,
-        data: &[u8],
+        data: &Arc<AlignedBuf>,
     ) -> Option<DirectWrite> {
         let end = req.offset_bytes + u64::from(req.len_bytes);
         let (seq, slots) = {
@@ -475,7 +494,7 @@ impl Pipeline {
             return None;
         }
         self.lock_state().al_holders += 1;
-        let local = self.start_peer_legs(seq, *req, extents, None, data);
+        let local = self.start_peer_legs(seq, *req, extents, None, WriteData::Shared(data));
         let fd: FdHandle = Arc::clone(self.backing.file_handle()) as FdHandle;
         let dsync = req.fua && self.cfg.disk_flushes;
         Some(DirectWrite::new(

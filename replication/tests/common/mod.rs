@@ -394,7 +394,7 @@ impl Pair {
             offset_bytes: block * BLOCK_BYTES,
             len_bytes: 4096,
             flags: 0,
-            data,
+            data: data.into(),
         };
         let actions = self.nodes[i].peer.handle(event);
         self.apply(i, actions);
