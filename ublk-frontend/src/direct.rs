@@ -564,13 +564,27 @@ mod tests {
         assert_eq!(on_disk(&f, 0, 4096), vec![0x5c; 4096]);
     }
 
-    #[test]
-    fn a_failed_write_is_finished_with_its_errno_and_commits_the_error() {
+    /// A backing file, the finish log, a doorbell, and a 4 KiB plain
+    /// direct write at offset 0 with its request.
+    #[allow(clippy::type_complexity)]
+    fn write_at_zero() -> (
+        File,
+        Arc<Mutex<Vec<Result<u32, i32>>>>,
+        Arc<Doorbell>,
+        BlockRequest,
+        DirectWrite,
+    ) {
         let f = backing();
         let log = Arc::new(Mutex::new(Vec::new()));
         let bell = Arc::new(Doorbell::new().expect("eventfd"));
         let req = write_req(0, 4096, false);
         let dw = direct_w(&f, 0, false, false, &log);
+        (f, log, bell, req, dw)
+    }
+
+    #[test]
+    fn a_failed_write_is_finished_with_its_errno_and_commits_the_error() {
+        let (_f, log, bell, req, dw) = write_at_zero();
         let (res, buf) = smol::block_on(serve_direct_write(
             RingSubmit::Other(failing_ring),
             &bell,
@@ -585,11 +599,7 @@ mod tests {
 
     #[test]
     fn a_tag_buffer_still_shared_at_commit_is_replaced_not_reused() {
-        let f = backing();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let bell = Arc::new(Doorbell::new().expect("eventfd"));
-        let req = write_req(0, 4096, false);
-        let dw = direct_w(&f, 0, false, false, &log);
+        let (f, log, bell, req, dw) = write_at_zero();
         let tag = Arc::new(filled(4096, 0x77));
         // Someone (a send to a peer) still reads the buffer after the write.
         let held = Arc::clone(&tag);
@@ -616,11 +626,7 @@ mod tests {
 
     #[test]
     fn a_write_that_was_never_queued_is_finished_as_cancelled() {
-        let f = backing();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let bell = Arc::new(Doorbell::new().expect("eventfd"));
-        let req = write_req(0, 4096, false);
-        let dw = direct_w(&f, 0, false, false, &log);
+        let (f, log, bell, req, dw) = write_at_zero();
         let (res, _) = smol::block_on(serve_direct_write(
             RingSubmit::Other(unqueued_ring),
             &bell,
