@@ -621,6 +621,7 @@ mod tests {
             held.as_slice().iter().all(|&b| b == 0x77),
             "the holder's bytes stay"
         );
+        assert_eq!(*log.lock().unwrap(), vec![Ok(4096)]);
         assert_eq!(on_disk(&f, 0, 4096), vec![0x77; 4096]);
     }
 
