@@ -1026,11 +1026,17 @@ fn random_overlapping_writes_end_as_if_applied_in_submission_order() {
 #[derive(Debug, Default)]
 struct ParkingReplicator {
     legs: Mutex<Vec<(BlockRequest, Vec<u8>, drbdd::pipeline::LegHandle)>>,
+    /// Where the data of each write handed over shared lives.
+    shared_at: Mutex<Vec<usize>>,
 }
 
 impl drbdd::pipeline::Replicator for ParkingReplicator {
     fn replicate(&self, write: &mut drbdd::pipeline::ReplicatedWrite<'_>) {
         let handle = write.add_peer_leg(1);
+        if let drbdd::pipeline::WriteData::Shared(buf) = write.data {
+            let at = buf.as_ptr() as usize;
+            self.shared_at.lock().expect("shared_at").push(at);
+        }
         self.legs
             .lock()
             .expect("legs")
@@ -1541,12 +1547,18 @@ fn direct_write_still_replicates_and_completes_after_its_peer_leg() {
     fx.pipeline
         .set_replicator(Some(repl.clone() as Arc<dyn drbdd::pipeline::Replicator>));
     let data = pattern(11, 4096);
+    let tag = shared(data.as_slice());
     let dw = s
-        .direct_write(&req(BlockOp::Write, 4096, 4096), &shared(data.as_slice()))
+        .direct_write(&req(BlockOp::Write, 4096, 4096), &tag)
         .expect("direct");
     let mut legs = std::mem::take(&mut *repl.legs.lock().expect("legs"));
     assert_eq!(legs.len(), 1, "peer leg created before the local write");
-    assert_eq!(legs[0].1, data.as_slice(), "replicator copied the data");
+    assert_eq!(legs[0].1, data.as_slice(), "replicator saw the data");
+    assert_eq!(
+        *repl.shared_at.lock().expect("shared_at"),
+        vec![tag.as_ptr() as usize],
+        "the replicator got the tag buffer itself, not a copy"
+    );
     assert_eq!(legs[0].2.leg(), Leg::Peer(1));
     let outcome = pwrite_direct(&dw, &data);
     let done = finish_direct(dw, outcome);
