@@ -304,8 +304,20 @@ impl Peer {
                 }
             }
             Event::LocalDiskChanged { disk } => {
+                let attached =
+                    self.local.disk == DiskState::Diskless && disk != DiskState::Diskless;
                 self.local.disk = disk;
-                if self.established() {
+                let connected = self.established()
+                    || self.handshake.is_some()
+                    || self.pending_connect.is_some();
+                if attached && connected {
+                    // The handshake ran without our data: only a new one
+                    // compares generations and decides the resync (the
+                    // peer may have written since we lost the disk).
+                    let why =
+                        "local disk attached; reconnecting so the handshake decides the resync";
+                    self.lose_connection(why.into(), true, out);
+                } else if self.established() {
                     out.push(Action::Send(self.state_packet(0)));
                 }
             }
@@ -621,7 +633,12 @@ impl Peer {
             }
             Packet::RecvAck { seq } => self.ack.on_recv_ack(seq).map(|a| self.apply_ack(a, out)),
             Packet::WriteAck { seq } => self.ack.on_write_ack(seq).map(|a| self.apply_ack(a, out)),
-            Packet::NegAck { seq } => self.ack.on_neg_ack(seq).map(|a| self.apply_ack(a, out)),
+            Packet::NegAck { seq } => self.ack.on_neg_ack(seq).map(|a| {
+                // Before the write's leg completes (same batch, earlier):
+                // the caller makes the new data generation durable first.
+                out.push(Action::PeerWriteFailed);
+                self.apply_ack(a, out)
+            }),
             Packet::BarrierAck { epoch, .. } => self
                 .ack
                 .on_barrier_ack(epoch)

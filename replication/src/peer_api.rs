@@ -208,6 +208,16 @@ pub enum Action {
         id: WriteId,
         outcome: PeerOutcome,
     },
+    /// The peer could not write data we replicated (NegAck): its copy no
+    /// longer follows ours. A Primary whose bitmap UUID for this peer is
+    /// empty starts a new data generation (the old one becomes this peer's
+    /// bitmap UUID) and persists it before executing the `CompleteWrite`
+    /// that follows in the same batch, as for a lost connection: otherwise
+    /// a later handshake could find equal generations and make this node
+    /// the sync target of a peer that lacks the acknowledged write (DRBD:
+    /// a Primary that loses its peer's copy of the data makes a new current
+    /// UUID). Secondaries ignore it.
+    PeerWriteFailed,
     /// Set these bits in this peer's bitmap slot (persist).
     MarkOutOfSync {
         offset_bytes: u64,

@@ -8,8 +8,11 @@
 //! split-brain detection with and without automatic recovery; that an
 //! Outdated node of the same generation as an UpToDate peer becomes UpToDate;
 //! that two Inconsistent nodes stay connected without a resync; and that a
-//! connected Secondary follows a new data generation of its Primary; and
-//! that `data-integrity-alg` on either side extends the frame CRC both ways.
+//! connected Secondary follows a new data generation of its Primary; that a
+//! write the peer fails to store is reported (`PeerWriteFailed`) before it
+//! completes; that attaching a disk while connected starts a new handshake;
+//! and that `data-integrity-alg` on either side extends the frame CRC both
+//! ways.
 
 mod common;
 
@@ -142,6 +145,52 @@ fn packets_split_anywhere_by_the_transport_are_decoded_alike() {
         }
         assert_eq!(p.nodes[1].disk, p.nodes[0].disk, "chunk {chunk}");
     }
+}
+
+#[test]
+fn a_write_the_peer_fails_reports_the_lost_copy_before_it_completes() {
+    let mut p = pair(Protocol::C, None, None);
+    p.connect();
+    p.nodes[1].fail_peer_writes = true;
+    p.app_write(0, 1, 3, 0xAA);
+    p.run();
+    assert_eq!(p.nodes[0].completed(1), Some(PeerOutcome::OutOfSync));
+    let completed_at = p.nodes[0]
+        .completed
+        .iter()
+        .position(|(id, _)| *id == 1)
+        .unwrap();
+    // The caller persists a new data generation on PeerWriteFailed: it must
+    // come before the write's completion, in the same batch.
+    assert_eq!(p.nodes[0].peer_write_failed_at, vec![completed_at]);
+    assert!(p.nodes[0].persisted_bitmap.is_set(3));
+    assert_eq!(p.nodes[1].block(3), &[0u8; 4096][..]);
+    // A write the peer does store completes as usual, with no report.
+    p.nodes[1].fail_peer_writes = false;
+    p.app_write(0, 2, 4, 0xBB);
+    p.run();
+    assert_eq!(p.nodes[0].completed(2), Some(PeerOutcome::Acked));
+    assert_eq!(p.nodes[0].peer_write_failed_at.len(), 1);
+}
+
+#[test]
+fn attaching_a_disk_while_connected_starts_a_new_handshake() {
+    let mut p = pair(Protocol::C, None, None);
+    p.connect();
+    let disk = |disk| Event::LocalDiskChanged { disk };
+    p.event(1, disk(DiskState::Diskless));
+    p.run();
+    assert!(
+        p.nodes[1].disconnects.is_empty(),
+        "detaching keeps the link"
+    );
+    assert_eq!(p.nodes[0].peer.status().peer_disk, DiskState::Diskless);
+    p.event(1, disk(DiskState::UpToDate));
+    let (reason, retry) = p.nodes[1].disconnects.last().cloned().unwrap();
+    assert!(reason.contains("attached") && retry, "{reason} {retry}");
+    p.connect();
+    assert_established(&p);
+    assert_eq!(p.nodes[0].peer.status().peer_disk, DiskState::UpToDate);
 }
 
 #[test]

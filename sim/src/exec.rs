@@ -21,6 +21,10 @@ use crate::world::{Io, World};
 struct BatchFacts {
     handshake_done: bool,
     split_brain: bool,
+    /// A new data generation the peer must learn once this batch is done
+    /// (not in the middle of it: packets of the batch would follow packets
+    /// of the announcement).
+    announce_generations: bool,
 }
 
 impl World {
@@ -51,6 +55,14 @@ impl World {
             self.log(n, || format!("->n{r} {}", short(&action)));
             self.execute(n, r, action, &mut facts);
         }
+        if facts.announce_generations {
+            let generations = self.nodes[n].local_state(r).generations;
+            self.peer_event(
+                n,
+                r,
+                drbdd_replication::peer::Event::GenerationsChanged { generations },
+            );
+        }
         if facts.handshake_done {
             self.stats.handshakes += 1;
             // Only a handshake both ends still take part in decides
@@ -78,6 +90,9 @@ impl World {
                 self.send(n, r, bytes);
             }
             Action::CompleteWrite { id, outcome } => self.leg_done(n, r, id, outcome),
+            Action::PeerWriteFailed => {
+                facts.announce_generations |= self.primary_lost_peer_copy(n, r, slot);
+            }
             Action::MarkOutOfSync {
                 offset_bytes,
                 len_bytes,
@@ -346,6 +361,26 @@ impl World {
         }
     }
 
+    /// A connected peer could not write a write we replicated (NegAck): as
+    /// for a lost connection, a Primary starts a new data generation before
+    /// the write completes upward. True if it did: the peer stays connected
+    /// and learns our new tuple once the batch is done (it does not follow
+    /// it: its disk left UpToDate before it sent the NegAck).
+    fn primary_lost_peer_copy(&mut self, n: usize, r: usize, slot: usize) -> bool {
+        if !self.nodes[n].is_primary() {
+            return false;
+        }
+        let before = self.nodes[n].md().gens.current;
+        self.primary_lost_peer(n, r, slot);
+        let started = self.nodes[n].alive && self.nodes[n].md().gens.current != before;
+        if started {
+            self.log(n, || {
+                format!("n{r} failed a replicated write: new data generation")
+            });
+        }
+        started
+    }
+
     /// The node's own on-io-error policy after a failed replicated write:
     /// its data is known stale, so it must not stay UpToDate (it could be
     /// promoted). DRBD detaches (`on-io-error detach`); the simulator, which
@@ -427,14 +462,16 @@ impl World {
                 if let Some(meta) = self.nodes[n].meta.as_mut() {
                     meta.al_release(&[0]);
                 }
+                if !ok {
+                    // Durable before the NegAck leaves: a crash in between
+                    // must not bring this node back UpToDate.
+                    self.outdate_after_write_error(n);
+                }
                 self.peer_event(
                     n,
                     remote,
                     drbdd_replication::peer::Event::PeerWriteDone { seq, ok },
                 );
-                if !ok {
-                    self.outdate_after_write_error(n);
-                }
             }
             Io::PeerFlush { remote, epoch } => {
                 self.nodes[n].disk.flush();

@@ -413,6 +413,9 @@ impl World {
                     } => {
                         format!("recv Data seq {seq} epoch {epoch} off {offset_bytes}")
                     }
+                    drbdd_replication::wire::Packet::Barrier { epoch } => {
+                        format!("recv Barrier epoch {epoch}")
+                    }
                     other => format!("recv {}", other.name()),
                 };
                 self.log(to, || format!("<-n{from} {what}"));

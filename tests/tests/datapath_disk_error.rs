@@ -10,109 +10,13 @@
 //! qemu-io and /dev/fuse; skips with a printed reason otherwise.
 
 mod datapath_common;
+mod faulty_disk;
 
 use datapath_common::{have_fuse, have_tools, qemu_io, qemu_io_ok, Node};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use faulty_disk::{wait_until, FaultyDisk};
+use std::path::Path;
 
 const MIB: u64 = 1 << 20;
-
-/// nbdkit (file plugin + error filter) and nbdfuse; stopped on drop.
-#[derive(Debug)]
-struct FaultyDisk {
-    dir: tempfile::TempDir,
-    kit: Child,
-    fuse: Option<Child>,
-}
-
-impl FaultyDisk {
-    fn start(size_bytes: u64) -> FaultyDisk {
-        let dir = tempfile::Builder::new()
-            .prefix("drbdd-dp-faulty-")
-            .tempdir_in("/tmp")
-            .expect("temp dir under /tmp");
-        let under = dir.path().join("under.img");
-        std::fs::File::create(&under)
-            .unwrap()
-            .set_len(size_bytes)
-            .unwrap();
-        let sock = dir.path().join("kit.sock");
-        let kit = Command::new("nbdkit")
-            .arg("-f")
-            .arg("-U")
-            .arg(&sock)
-            .args(["--filter=error", "file"])
-            .arg(&under)
-            .args(["error-pwrite=EIO", "error-pwrite-rate=100%"])
-            .arg(format!(
-                "error-pwrite-file={}",
-                dir.path().join("trigger").display()
-            ))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nbdkit");
-        wait_until("nbdkit socket", || sock.exists());
-        let mnt = dir.path().join("fuse");
-        std::fs::create_dir_all(&mnt).unwrap();
-        let fuse = Command::new("nbdfuse")
-            .arg(mnt.join("disk"))
-            .arg(format!("nbd+unix:///?socket={}", sock.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nbdfuse");
-        let disk = mnt.join("disk");
-        wait_until("nbdfuse file", || {
-            std::fs::metadata(&disk).is_ok_and(|m| m.len() == size_bytes)
-        });
-        FaultyDisk {
-            dir,
-            kit,
-            fuse: Some(fuse),
-        }
-    }
-
-    fn disk(&self) -> PathBuf {
-        self.dir.path().join("fuse/disk")
-    }
-
-    fn set_failing(&self, failing: bool) {
-        let trigger = self.dir.path().join("trigger");
-        if failing {
-            std::fs::write(trigger, b"").unwrap();
-        } else {
-            let _ = std::fs::remove_file(trigger);
-        }
-    }
-}
-
-impl Drop for FaultyDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("fusermount3")
-            .arg("-u")
-            .arg(self.dir.path().join("fuse"))
-            .status();
-        if let Some(mut f) = self.fuse.take() {
-            let _ = f.kill();
-            let _ = f.wait();
-        }
-        let _ = self.kit.kill();
-        let _ = self.kit.wait();
-    }
-}
-
-fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{what} did not appear"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn point_config_at(node: &Node, disk: &Path) {
     let path = node.root.path().join("etc/resources.d/r0.toml");
@@ -201,7 +105,7 @@ fn call_local_io_error_runs_the_handler_and_detaches() {
         return;
     }
     let faulty = FaultyDisk::start(64 * MIB);
-    let marker = faulty.dir.path().join("handler-ran");
+    let marker = faulty.dir().join("handler-ran");
     let mut node = Node::new(
         MIB,
         &format!(

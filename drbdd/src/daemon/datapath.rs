@@ -26,7 +26,7 @@ use drbdd_config::{Node, Resource};
 use drbdd_metadata::{MetaError, MetaStore};
 use drbdd_nbd::{ExportLookup, NbdServer, NbdServerHandle, ServerOptions};
 use drbdd_replication::resource::Command;
-use drbdd_replication::state::Role;
+use drbdd_replication::state::{DiskState, Role};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -508,6 +508,43 @@ impl Actor {
             }
             PipelineEvent::IoErrorPassedOn { .. } => return,
         };
+        self.fail_disk(run_handler);
+    }
+
+    /// A write replicated from a peer failed on our disk. Like DRBD, the
+    /// on-io-error policy applies before the negative acknowledgement goes
+    /// out (the caller feeds the completion next): the peers learn that our
+    /// disk left UpToDate first, and a crash after the NegAck cannot bring
+    /// this node back claiming data that lacks the write. `detach` and
+    /// `call-local-io-error` detach (Diskless); `pass_on` keeps the disk but
+    /// marks it Inconsistent (DRBD 9), persisted, until a resync repairs it.
+    pub(super) fn peer_write_failed(&mut self) {
+        tracing::error!(resource = %self.core.name, "a write replicated from a peer failed on the local disk");
+        match self.res.disk.on_io_error {
+            drbdd_config::OnIoError::Detach => self.fail_disk(false),
+            drbdd_config::OnIoError::CallLocalIoError => self.fail_disk(true),
+            drbdd_config::OnIoError::PassOn => {
+                let consistent = matches!(
+                    self.core.disk,
+                    DiskState::UpToDate | DiskState::Consistent | DiskState::Outdated
+                );
+                if !consistent {
+                    return;
+                }
+                self.core.disk = DiskState::Inconsistent;
+                if let Some(md) = self.core.md.as_mut() {
+                    md.consistent = false;
+                    md.was_up_to_date = false;
+                }
+                self.persist_md();
+                self.announce_disk_change();
+            }
+        }
+    }
+
+    /// Detaches a failed disk: the data path stops, the metadata is left
+    /// alone, the resource becomes Diskless and the peers are told.
+    fn fail_disk(&mut self, run_handler: bool) {
         if self.pipeline.is_none() && self.store.is_none() {
             return; // already detached (several requests failed at once)
         }

@@ -534,7 +534,12 @@ impl Actor {
                     return;
                 };
                 let event = match done {
-                    IoDone::PeerWrite { seq, ok } => Event::PeerWriteDone { seq, ok },
+                    IoDone::PeerWrite { seq, ok } => {
+                        if !ok {
+                            self.peer_write_failed();
+                        }
+                        Event::PeerWriteDone { seq, ok }
+                    }
                     IoDone::PeerFlush { epoch } => Event::PeerFlushDone { epoch },
                     IoDone::ResyncRead { id, data } => Event::ResyncReadDone { id, data },
                     IoDone::ResyncWrite { id } => Event::ResyncWriteDone { id },

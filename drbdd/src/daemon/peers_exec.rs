@@ -31,8 +31,16 @@ impl Actor {
     /// actor's batch ([`Actor::flush_wire`]), when it grows past
     /// [`WIRE_FLUSH_BYTES`], or before the connection is dropped.
     pub(super) fn execute_peer_actions(&mut self, i: usize, actions: Vec<Action>) {
+        let mut new_generation = false;
         for action in actions {
             match action {
+                Action::PeerWriteFailed => {
+                    // Persisted here, before the write's CompleteWrite later
+                    // in this batch; announced after the batch, so no packet
+                    // of the announcement overtakes one of the batch.
+                    let slot = self.link(i).slot;
+                    new_generation |= self.start_generation_without(slot);
+                }
                 Action::Send(packet) => {
                     let l = self.link_mut(i);
                     if let Packet::ResyncReply { payload, .. } = &packet {
@@ -62,6 +70,10 @@ impl Actor {
                 }
                 other => self.execute_local(i, other),
             }
+        }
+        if new_generation {
+            tracing::warn!(resource = %self.core.name, peer = self.link(i).node_id, "peer failed a replicated write while we are Primary: new data generation");
+            self.announce_generations(None);
         }
     }
 
@@ -342,40 +354,52 @@ impl Actor {
     /// generation starts and the old one becomes that peer's bitmap UUID,
     /// so the next handshake finds a bitmap-based resync (guide 23.2).
     pub(super) fn primary_lost_peer(&mut self, slot: usize) {
+        if self.start_generation_without(slot) {
+            tracing::info!(resource = %self.core.name, slot, "peer lost while Primary: new data generation");
+            self.announce_generations(None);
+        }
+    }
+
+    /// The peer in `slot` no longer holds our data (connection lost, or it
+    /// failed a replicated write). A Primary starts a new data generation:
+    /// the old one becomes the bitmap UUID of `slot` and of every peer not
+    /// connected; persisted before returning. True if it started one; the
+    /// caller announces it to the connected peers.
+    pub(super) fn start_generation_without(&mut self, slot: usize) -> bool {
         if self.core.role != Role::Primary {
-            return;
+            return false;
         }
         let Some(md) = self.core.md.as_mut() else {
-            return;
+            return false;
         };
         if md.gens.bitmaps.get(slot).is_none_or(|b| *b != 0) {
-            return; // the bitmap already tracks an older generation
+            return false; // the bitmap already tracks an older generation
         }
         let new_uuid = match crate::daemon::md::random_uuid() {
             Ok(u) if u != md.gens.current => u,
             Ok(_) | Err(_) => {
                 tracing::error!(resource = %self.core.name, "cannot generate a new generation UUID");
-                return;
+                return false;
             }
         };
-        // The old generation goes to the bitmap UUID of every peer that is
-        // not connected; the connected ones follow the new current UUID
-        // (Event::GenerationsChanged), so their bitmaps keep tracking nothing.
-        let disconnected: Vec<usize> = self
+        // The old generation goes to the bitmap UUID of `slot` and of every
+        // peer that is not connected; the connected ones follow the new
+        // current UUID (Event::GenerationsChanged), so their bitmaps keep
+        // tracking nothing.
+        let without: Vec<usize> = self
             .peers
             .as_ref()
             .map(|p| {
                 p.links
                     .iter()
-                    .filter(|l| l.peer.status().conn != ConnState::Connected)
+                    .filter(|l| l.slot == slot || l.peer.status().conn != ConnState::Connected)
                     .map(|l| l.slot)
                     .collect()
             })
             .unwrap_or_default();
-        md.gens.start_new_generation(new_uuid, &disconnected);
-        tracing::info!(resource = %self.core.name, slot, "peer lost while Primary: new data generation");
+        md.gens.start_new_generation(new_uuid, &without);
         self.persist_md();
-        self.announce_generations(None);
+        true
     }
 
     /// Our GI tuple changed outside a connection: every peer (except
@@ -389,7 +413,7 @@ impl Actor {
         }
     }
 
-    pub(super) fn persist_md(&mut self) {
+    pub(in crate::daemon) fn persist_md(&mut self) {
         let Some(view) = self.core.md.clone() else {
             return;
         };

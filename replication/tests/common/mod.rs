@@ -47,6 +47,10 @@ pub struct Node {
     pub hold_resync_reads: bool,
     pub hold_resync_writes: bool,
     pub held: Vec<Io>,
+    /// Replicated writes fail on this node's disk (PeerWriteDone ok=false).
+    pub fail_peer_writes: bool,
+    /// For each `PeerWriteFailed`: how many writes had completed before it.
+    pub peer_write_failed_at: Vec<usize>,
 }
 
 pub fn config(local: u8, peer: u8, secret: Option<&str>, protocol: Protocol) -> PeerConfig {
@@ -113,6 +117,8 @@ impl Node {
             hold_resync_reads: false,
             hold_resync_writes: false,
             held: Vec::new(),
+            fail_peer_writes: false,
+            peer_write_failed_at: Vec::new(),
         }
     }
 
@@ -154,6 +160,7 @@ impl Node {
                     self.sent.push(p);
                 }
                 Action::CompleteWrite { id, outcome } => self.completed.push((id, outcome)),
+                Action::PeerWriteFailed => self.peer_write_failed_at.push(self.completed.len()),
                 Action::MarkOutOfSync {
                     offset_bytes,
                     len_bytes,
@@ -350,8 +357,11 @@ impl Pair {
                     trace(self.now_ms, i, || format!("I/O done: {io:?}"));
                     let event = match io {
                         Io::PeerWrite(seq, offset, data) => {
-                            self.nodes[i].write_disk(offset, &data);
-                            Event::PeerWriteDone { seq, ok: true }
+                            let ok = !self.nodes[i].fail_peer_writes;
+                            if ok {
+                                self.nodes[i].write_disk(offset, &data);
+                            }
+                            Event::PeerWriteDone { seq, ok }
                         }
                         Io::PeerFlush(epoch) => Event::PeerFlushDone { epoch },
                         Io::ResyncRead(id, data) => Event::ResyncReadDone { id, data },
