@@ -49,6 +49,11 @@ pub(super) struct Receiver {
 }
 
 impl Receiver {
+    /// Received writes not yet on our disk (held or in flight).
+    pub(super) fn unfinished_writes(&self) -> usize {
+        self.held.len() + self.inflight.len()
+    }
+
     fn epoch_mut(&mut self, epoch: u32) -> &mut RxEpoch {
         if let Some(i) = self.epochs.iter().position(|e| e.epoch == epoch) {
             return &mut self.epochs[i];

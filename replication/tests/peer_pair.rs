@@ -10,7 +10,9 @@
 //! that two Inconsistent nodes stay connected without a resync; and that a
 //! connected Secondary follows a new data generation of its Primary; that a
 //! write the peer fails to store is reported (`PeerWriteFailed`) before it
-//! completes; that attaching a disk while connected starts a new handshake;
+//! completes; that received writes count as unfinished until they are on
+//! disk (promotion waits for them); that attaching a disk while connected
+//! starts a new handshake;
 //! and that `data-integrity-alg` on either side extends the frame CRC both
 //! ways.
 
@@ -171,6 +173,24 @@ fn a_write_the_peer_fails_reports_the_lost_copy_before_it_completes() {
     p.run();
     assert_eq!(p.nodes[0].completed(2), Some(PeerOutcome::Acked));
     assert_eq!(p.nodes[0].peer_write_failed_at.len(), 1);
+}
+
+#[test]
+fn received_writes_count_as_unfinished_until_they_are_on_disk() {
+    let mut p = pair(Protocol::A, None, None);
+    p.connect();
+    p.nodes[1].hold_peer_writes = true;
+    p.app_write(0, 1, 3, 0xAA);
+    p.app_write(0, 2, 3, 0xBB); // same block: held behind the first
+    p.run();
+    assert_eq!(p.nodes[0].completed(2), Some(PeerOutcome::Acked));
+    assert_eq!(p.nodes[1].peer.applying_peer_writes(), 2);
+    p.nodes[1].release_held();
+    p.run();
+    p.nodes[1].release_held();
+    p.run();
+    assert_eq!(p.nodes[1].peer.applying_peer_writes(), 0);
+    assert_eq!(p.nodes[1].block(3), &[0xBB; 4096][..]);
 }
 
 #[test]

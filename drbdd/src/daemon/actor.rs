@@ -70,6 +70,10 @@ pub enum ActorMsg {
     Status {
         reply: SyncSender<ResourceStatus>,
     },
+    /// How many writes received from peers are not yet on the local disk.
+    PeerWritesUnfinished {
+        reply: SyncSender<usize>,
+    },
     /// New configuration for this resource (`drbdctl adjust`).
     Reconfigure {
         res: Box<Resource>,
@@ -154,8 +158,20 @@ impl ResourceHandle {
         rx.recv().ok()
     }
 
-    /// Runs an admin command.
+    /// Runs an admin command. A promotion first waits (bounded) until the
+    /// writes received from the former Primary are on the local disk; the
+    /// actor refuses it while any are not.
     pub fn admin(&self, cmd: AdminCmd) -> AdminResult {
+        if matches!(cmd, AdminCmd::Primary { .. }) {
+            let deadline = std::time::Instant::now() + PROMOTE_WAIT;
+            while self
+                .ask(|reply| ActorMsg::PeerWritesUnfinished { reply })
+                .is_some_and(|n| n > 0)
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         self.ask(|reply| ActorMsg::Admin { cmd, reply })
             .unwrap_or_else(|| Err(gone()))
     }
@@ -361,6 +377,10 @@ impl Actor {
                 let _ = reply.send(self.status());
                 false
             }
+            ActorMsg::PeerWritesUnfinished { reply } => {
+                let _ = reply.send(self.peer_writes_unfinished());
+                false
+            }
             ActorMsg::Reconfigure { res, reply } => {
                 let _ = reply.send(self.reconfigure(*res));
                 false
@@ -402,6 +422,18 @@ impl Actor {
                 ublk::check_available(&self.res, &self.node_name)?;
                 let new_uuid = md::random_uuid()
                     .map_err(|e| (ErrorKind::Failed, format!("cannot read /dev/urandom: {e}")))?;
+                let unfinished = self.peer_writes_unfinished();
+                if self.core.role != Role::Primary && unfinished > 0 {
+                    // Our application writes could reach the disk before
+                    // the former Primary's older ones and be overwritten.
+                    return Err((
+                        ErrorKind::StateRefused,
+                        format!(
+                            "{name}: {unfinished} writes received from the former Primary are not yet \
+                             on the local disk (a slow or stuck backing device?); retry when they are"
+                        ),
+                    ));
+                }
                 let before = self.core.md.as_ref().map(|m| m.gens.current);
                 self.step(Command::Promote { force, new_uuid })?;
                 let after = self.core.md.as_ref().map(|m| m.gens.current);
@@ -576,6 +608,10 @@ impl Actor {
         }
     }
 }
+
+/// How long `primary` waits for writes received from the former Primary to
+/// reach the local disk before it is refused.
+const PROMOTE_WAIT: Duration = Duration::from_secs(20);
 
 /// Messages handled at most before the actor sends the packets they
 /// produced (bounds the latency one batch adds to its first packet).
