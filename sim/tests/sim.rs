@@ -163,6 +163,15 @@ fn seeds_that_found_core_bugs_pass() {
             13583,
             "Inconsistent node chosen as sync source: StandAlone for good",
         ),
+        (
+            12118,
+            "a write the peer failed completed without a new data generation",
+        ),
+        (
+            20135,
+            "promotion while the former Primary's writes were still held",
+        ),
+        (27624, "same, with a slow disk under protocol A"),
     ] {
         let out = run_seed(seed, false, Mutation::None);
         assert!(
