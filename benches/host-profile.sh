@@ -43,27 +43,15 @@ for n in alice bob; do
   fallocate -l 256M "$D/$n/disk.img"
   LOOPS+=("$(losetup --direct-io=on -f --show "$D/$n/disk.img")")
 done
-for n in alice bob; do
-  cat > "$D/$n/etc/resources.d/r0.toml" <<EOF
-resource = "r0"
-frontend = ["nbd"]
-[net]
-protocol = "$PROTO"
-[disk]
-resync-rate = "400M"
-[on.alice]
-node-id = 0
-address = "127.0.0.1:$PORT"
-minor = 0
-disk = "${LOOPS[0]}"
-meta-disk = "internal"
-[on.bob]
-node-id = 1
-address = "127.0.0.1:$((PORT + 1))"
-minor = 1
-disk = "${LOOPS[1]}"
-meta-disk = "internal"
-EOF
+NAMES=(alice bob)
+for n in "${NAMES[@]}"; do
+  {
+    printf 'resource = "r0"\nfrontend = ["nbd"]\n[net]\nprotocol = "%s"\n[disk]\nresync-rate = "400M"\n' "$PROTO"
+    for i in 0 1; do
+      printf '[on.%s]\nnode-id = %d\naddress = "127.0.0.1:%d"\nminor = %d\ndisk = "%s"\nmeta-disk = "internal"\n' \
+        "${NAMES[$i]}" "$i" $((PORT + i)) "$i" "${LOOPS[$i]}"
+    done
+  } >"$D/$n/etc/resources.d/r0.toml"
 done
 for n in alice bob; do ctl "$n" create-md r0 >/dev/null; done
 for n in alice bob; do
