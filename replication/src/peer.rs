@@ -162,13 +162,15 @@ impl Peer {
         self.tx_waiting.len()
     }
 
-    /// Writes received from this peer that are not yet on our disk (held
-    /// for write ordering, or submitted and not completed). A node must not
-    /// be promoted while any are: an application write to the same block
-    /// could reach the disk first and then be overwritten by the former
-    /// Primary's older data (drbdd-sim seeds 20135 and 27624).
+    /// Writes received from this peer that are not yet on our disk: held
+    /// for write ordering, submitted and not completed, or submitted on a
+    /// connection that is gone (replication and resync writes still
+    /// draining). A node must not be promoted while any are: an application
+    /// write to the same block could reach the disk first and then be
+    /// overwritten by the former Primary's older data (drbdd-sim seeds
+    /// 20135, 27624 and 228007).
     pub fn applying_peer_writes(&self) -> usize {
-        self.rx.unfinished_writes()
+        self.rx.unfinished_writes() + self.draining.len()
     }
 
     /// This peer's out-of-sync bitmap (in memory).

@@ -172,6 +172,10 @@ fn seeds_that_found_core_bugs_pass() {
             "promotion while the former Primary's writes were still held",
         ),
         (27624, "same, with a slow disk under protocol A"),
+        (
+            228007,
+            "promotion while writes of a lost connection were still in flight",
+        ),
     ] {
         let out = run_seed(seed, false, Mutation::None);
         assert!(
