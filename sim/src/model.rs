@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use drbdd_replication::ack::{PeerOutcome, Protocol};
 use drbdd_replication::state::{ConnState, DiskState, ReplState};
 
-use crate::node::{OpKind, DEV_BLOCKS};
+use crate::node::{AppOp, OpKind, DEV_BLOCKS};
 use crate::world::{key, World};
 use crate::Mutation;
 
@@ -71,23 +71,14 @@ impl World {
         }
         let op = self.nodes[n].ops.remove(&id).expect("checked");
         match op.kind {
-            OpKind::Write { block, stamp, fua } => {
-                self.write_acked(n, block, stamp, fua, &op.legs, &op.boots)
-            }
+            OpKind::Write { block, stamp, fua } => self.write_acked(n, block, stamp, fua, &op),
             OpKind::Flush { floors } => self.flush_acked(n, &floors, &op.legs, &op.boots),
             OpKind::Read { .. } => unreachable!("reads complete in read_done"),
         }
     }
 
-    fn write_acked(
-        &mut self,
-        n: usize,
-        block: u64,
-        stamp: u64,
-        fua: bool,
-        legs: &std::collections::BTreeMap<usize, Option<PeerOutcome>>,
-        boots: &[u64],
-    ) {
+    fn write_acked(&mut self, n: usize, block: u64, stamp: u64, fua: bool, op: &AppOp) {
+        let (legs, boots) = (&op.legs, &op.boots);
         self.stats.writes_acked += 1;
         if fua {
             self.stats.fua_writes_acked += 1;
@@ -97,10 +88,15 @@ impl World {
         let c = self.protocol() == Protocol::C;
         for (&x, outcome) in legs {
             let same_boot = self.nodes[x].alive && self.nodes[x].boot == boots[x];
+            // A peer promoted while this write was on its way split the
+            // brain (allowed in this run): it may have overwritten the block
+            // with its own data after it acknowledged ours.
+            let diverged =
+                self.nodes[x].promoted_at_ms >= op.issued_ms && self.nodes[x].promoted_at_ms > 0;
             match outcome {
                 Some(PeerOutcome::Acked) if c && same_boot => {
                     let has = self.nodes[x].disk.read(block);
-                    if has != stamp {
+                    if has != stamp && !diverged {
                         self.violation(format!(
                             "protocol C: n{x} acknowledged write {stamp} to block {block} but holds {has}"
                         ));

@@ -57,6 +57,8 @@ pub(crate) struct AppOp {
     pub(crate) legs: BTreeMap<usize, Option<PeerOutcome>>,
     /// Every node's boot number when the request was issued.
     pub(crate) boots: Vec<u64>,
+    /// When the request was issued (simulated ms).
+    pub(crate) issued_ms: u64,
 }
 
 /// One node of the cluster.

@@ -75,6 +75,7 @@ impl World {
                 local_done: false,
                 legs: BTreeMap::new(),
                 boots,
+                issued_ms: self.now_ms,
             };
             self.nodes[n].ops.insert(id, op);
             let eio = self.rng.chance(self.cfg.faults.eio_permille);
@@ -86,6 +87,7 @@ impl World {
                 local_done: false,
                 legs,
                 boots,
+                issued_ms: self.now_ms,
             };
             self.nodes[n].ops.insert(id, op);
             self.submit_io(n, Io::AppFlush { id });
@@ -128,6 +130,7 @@ impl World {
             local_done: false,
             legs,
             boots,
+            issued_ms: self.now_ms,
         };
         self.nodes[n].ops.insert(id, op);
         self.log(n, || format!("app write {stamp} block {block} fua {fua}"));
