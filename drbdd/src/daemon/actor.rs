@@ -153,25 +153,12 @@ impl ResourceHandle {
     }
 
     fn ask<T>(&self, make: impl FnOnce(SyncSender<T>) -> ActorMsg) -> Option<T> {
-        let (reply, rx) = sync_channel(1);
-        self.tx.send(make(reply)).ok()?;
-        rx.recv().ok()
+        ask(&self.tx, make)
     }
 
-    /// Runs an admin command. A promotion first waits (bounded) until the
-    /// writes received from the former Primary are on the local disk; the
-    /// actor refuses it while any are not.
+    /// Runs an admin command (see [`before_admin`]).
     pub fn admin(&self, cmd: AdminCmd) -> AdminResult {
-        if matches!(cmd, AdminCmd::Primary { .. }) {
-            let deadline = std::time::Instant::now() + PROMOTE_WAIT;
-            while self
-                .ask(|reply| ActorMsg::PeerWritesUnfinished { reply })
-                .is_some_and(|n| n > 0)
-                && std::time::Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
+        before_admin(&self.tx, &cmd);
         self.ask(|reply| ActorMsg::Admin { cmd, reply })
             .unwrap_or_else(|| Err(gone()))
     }
@@ -201,6 +188,30 @@ impl ResourceHandle {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Sends a request to an actor and waits for its answer (None: the actor
+/// is gone).
+pub(super) fn ask<T>(tx: &ActorTx, make: impl FnOnce(SyncSender<T>) -> ActorMsg) -> Option<T> {
+    let (reply, rx) = sync_channel(1);
+    tx.send(make(reply)).ok()?;
+    rx.recv().ok()
+}
+
+/// Runs on the caller's thread before `cmd` goes to the actor: a promotion
+/// first waits (at most [`PROMOTE_WAIT`]) until the writes received from the
+/// former Primary are on the local disk. The actor refuses the promotion
+/// while any are not, so a wait cut short still cannot promote too early.
+pub(super) fn before_admin(tx: &ActorTx, cmd: &AdminCmd) {
+    if !matches!(cmd, AdminCmd::Primary { .. }) {
+        return;
+    }
+    let deadline = std::time::Instant::now() + PROMOTE_WAIT;
+    while ask(tx, |reply| ActorMsg::PeerWritesUnfinished { reply }).is_some_and(|n| n > 0)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -6,14 +6,16 @@
 //! more than one request). Must never: touch metadata or state directly (the
 //! actors do).
 
-use super::actor::{ActorMsg, ActorTx, AdminCmd, AdminError, AdminResult, ResourceHandle};
+use super::actor::{
+    ask, before_admin, ActorMsg, ActorTx, AdminCmd, AdminError, AdminResult, ResourceHandle,
+};
 use super::events::EventBus;
 use crate::control::proto::{Command, ErrorKind, Request, ResourceStatus, Response};
 use crate::control::render;
 use crate::control::server::{Dispatch, Responder};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -123,6 +125,7 @@ impl Daemon {
 
     fn admin(&self, name: &str, cmd: AdminCmd) -> AdminResult {
         let tx = self.sender(name)?;
+        before_admin(&tx, &cmd);
         let c = cmd.clone();
         let result = ask(&tx, |reply| ActorMsg::Admin { cmd: c, reply })
             .unwrap_or_else(|| Err(actor_gone(name)));
@@ -222,12 +225,6 @@ impl Daemon {
 }
 
 /// Sends one request to an actor and waits for its answer (`None`: the actor is gone).
-fn ask<T>(tx: &ActorTx, make: impl FnOnce(SyncSender<T>) -> ActorMsg) -> Option<T> {
-    let (reply, rx) = sync_channel(1);
-    tx.send(make(reply)).ok()?;
-    rx.recv().ok()
-}
-
 fn actor_gone(name: &str) -> AdminError {
     (
         ErrorKind::Failed,

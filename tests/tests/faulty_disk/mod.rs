@@ -1,8 +1,10 @@
-//! A backing "device" that fails writes on demand, for the disk-error
-//! tests: a file served by nbdkit's error filter and mounted as a file by
-//! nbdfuse; every write fails with EIO exactly while a trigger file exists.
-//! Callers check for nbdkit, nbdfuse and /dev/fuse first (and skip with a
-//! printed reason without them).
+//! A backing "device" that misbehaves on demand, for the disk-error tests:
+//! a file served by nbdkit and mounted as a file by nbdfuse. With the error
+//! filter ([`FaultyDisk::start`]) every write fails with EIO exactly while a
+//! trigger file exists; with the pause filter ([`FaultyDisk::start_pausable`])
+//! every request hangs between [`FaultyDisk::pause`] and
+//! [`FaultyDisk::resume`]. Callers check for nbdkit, nbdfuse and /dev/fuse
+//! first (and skip with a printed reason without them).
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -19,7 +21,36 @@ pub struct FaultyDisk {
 }
 
 impl FaultyDisk {
+    /// Writes fail while [`FaultyDisk::set_failing`] says so.
     pub fn start(size_bytes: u64) -> FaultyDisk {
+        Self::start_filtered(size_bytes, |dir| {
+            vec![
+                "--filter=error".into(),
+                "file".into(),
+                dir.join("under.img").display().to_string(),
+                "error-pwrite=EIO".into(),
+                "error-pwrite-rate=100%".into(),
+                format!("error-pwrite-file={}", dir.join("trigger").display()),
+            ]
+        })
+    }
+
+    /// Requests hang between [`FaultyDisk::pause`] and [`FaultyDisk::resume`].
+    pub fn start_pausable(size_bytes: u64) -> FaultyDisk {
+        Self::start_filtered(size_bytes, |dir| {
+            vec![
+                "--filter=pause".into(),
+                "file".into(),
+                dir.join("under.img").display().to_string(),
+                format!("pause-control={}", dir.join("pause.sock").display()),
+            ]
+        })
+    }
+
+    fn start_filtered(
+        size_bytes: u64,
+        plugin_args: impl FnOnce(&std::path::Path) -> Vec<String>,
+    ) -> FaultyDisk {
         let dir = tempfile::Builder::new()
             .prefix("drbdd-dp-faulty-")
             .tempdir_in("/tmp")
@@ -34,13 +65,7 @@ impl FaultyDisk {
             .arg("-f")
             .arg("-U")
             .arg(&sock)
-            .args(["--filter=error", "file"])
-            .arg(&under)
-            .args(["error-pwrite=EIO", "error-pwrite-rate=100%"])
-            .arg(format!(
-                "error-pwrite-file={}",
-                dir.path().join("trigger").display()
-            ))
+            .args(plugin_args(dir.path()))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -73,6 +98,31 @@ impl FaultyDisk {
 
     pub fn disk(&self) -> PathBuf {
         self.dir.path().join("fuse/disk")
+    }
+
+    /// Holds every request received from now on (pause filter); returns
+    /// once the requests already running are done.
+    pub fn pause(&self) {
+        self.control(b'p', b'P');
+    }
+
+    /// Lets the held requests and new ones through again.
+    pub fn resume(&self) {
+        self.control(b'r', b'R');
+    }
+
+    fn control(&self, cmd: u8, answer: u8) {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(self.dir.path().join("pause.sock"))
+            .expect("connect to nbdkit's pause-control socket");
+        s.write_all(&[cmd]).unwrap();
+        let mut got = [0u8; 1];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(
+            got[0], answer,
+            "nbdkit pause filter answered {:?}",
+            got[0] as char
+        );
     }
 
     pub fn set_failing(&self, failing: bool) {
