@@ -12,6 +12,9 @@
 #                   disk I/O completions reaped by a thread instead of the resource actor
 #   vm-drbdd-c-noflush (only when named) protocol C with disk-flushes = false: what the
 #                   secondary's flush per epoch costs
+#   vm-drbdd-c-alt (only when named) protocol C with another build's static drbdd and
+#                   drbdctl from VM_BENCH_ALT_DIR (A/B of two commits in one boot; boots
+#                   differ more than most changes do)
 #   vm-drbd84-a/b/c in-kernel DRBD 8.4 minors 0 (/dev/vdb) and 1 (/dev/vdc) on loopback
 #                   (drbd-utils' drbdsetup-84, initial sync skipped with
 #                   new-current-uuid --clear-bitmap, as ../shared/vm-anchor does)
@@ -44,7 +47,7 @@ ACCEL=${VM_BENCH_ACCEL:-tcg}
 W=${DRBDD_BENCH_WORK_DIR:-${TMPDIR:-/tmp}}/drbdd-vm-bench
 EXE=${DRBDD_BENCH_EXE:-$REPO/target/release/drbdd-bench}
 ALL_TARGETS="raw loop-dio ublk-loop drbdd drbdd-a drbdd-b drbdd-c drbd84-a drbd84-b drbd84-c"
-EXTRA_TARGETS="drbdd-c-crc drbdd-c-reaper drbdd-c-noflush drbdd-c-1q drbdd-c-pinned ublk-loop-async ublk-loop-q2"
+EXTRA_TARGETS="drbdd-c-crc drbdd-c-reaper drbdd-c-noflush drbdd-c-1q drbdd-c-pinned drbdd-c-alt ublk-loop-async ublk-loop-q2"
 TARGETS=${VM_BENCH_TARGETS:-$ALL_TARGETS}
 WORKLOADS=${VM_BENCH_WORKLOADS:-"randread-4k-qd1 randwrite-4k-qd1 randread-4k-qd32 randwrite-4k-qd32 write-1m-qd8 read-1m-qd8"}
 
@@ -62,6 +65,7 @@ row_name() {
     drbdd-c-noflush) echo "5 VM drbdd protocol C, disk-flushes = false, /dev/ublkb0" ;;
     drbdd-c-1q) echo "5 VM drbdd protocol C, one ublk queue, /dev/ublkb0" ;;
     drbdd-c-pinned) echo "5 VM drbdd protocol C, ublk queue threads pinned per CPU, /dev/ublkb0" ;;
+    drbdd-c-alt) echo "5 VM drbdd protocol C, other build ($(json_str "${VM_BENCH_ALT_LABEL:-VM_BENCH_ALT_DIR}")), /dev/ublkb0" ;;
     ublk-loop-async) echo "5 VM libublk loop example --async, /dev/ublkb0" ;;
     ublk-loop-q2) echo "5 VM libublk loop example, 2 queues, /dev/ublkb0" ;;
     drbd84-a) echo "5 VM in-kernel DRBD 8.4 protocol A, loopback" ;;
@@ -128,6 +132,14 @@ for m in drivers/block/loop drivers/block/ublk_drv drivers/block/virtio_blk lib/
   xz -dc "$MODDIR/kernel/$m.ko.xz" > "root/lib/$(basename $m).ko"
 done
 cp "${DRBDD_BINS[@]}" root/bin/
+case " $TARGETS " in *" drbdd-c-alt "*)
+  ALT=${VM_BENCH_ALT_DIR:-}
+  for b in drbdd drbdctl; do
+    [ -n "$ALT" ] && file -L "$ALT/$b" 2>/dev/null | grep -Eq 'statically linked|static-pie linked' \
+      || skip_all "drbdd-c-alt needs VM_BENCH_ALT_DIR with static drbdd and drbdctl (see benches/README.md)"
+  done
+  mkdir -p root/opt/alt && cp "$ALT/drbdd" "$ALT/drbdctl" root/opt/alt/ ;;
+esac
 cp "$UBLK_LOOP" root/bin/ublk-loop
 vm_copy_with_libs root "$(command -v fio)" "$(command -v losetup)" "$DRBDSETUP84" "$(command -v drbdmeta)"
 # VM_BENCH_PERF="TARGET:WORKLOAD ...": profile those jobs with perf (cpu-clock, whole guest).

@@ -134,6 +134,8 @@ setup() { # setup TARGET -> DEV
       unset DRBDD_UBLK_PIN; return $rc ;;
     drbdd-c-reaper) export DRBDD_PEER_IO_ENGINE=reaper; drbdd_setup C 2; rc=$?
       unset DRBDD_PEER_IO_ENGINE; return $rc ;;
+    drbdd-c-alt) # the other build's drbdd and drbdctl until teardown
+      BASE_PATH=$PATH; export PATH=/opt/alt:$PATH; drbdd_setup C 2 ;;
     drbd84-a) drbd84_setup A ;;
     drbd84-b) drbd84_setup B ;;
     drbd84-c) drbd84_setup C ;;
@@ -148,7 +150,8 @@ teardown() {
       ublk-loop del -n 0 > /tmp/ublk-del.log 2>&1 || err "ublk-loop del -n 0: $(tr '\n' ' ' < /tmp/ublk-del.log)"
       wait_for 20 sh -c "! kill -0 $(cat /tmp/ublk-loop.pid) 2>/dev/null" || { err "ublk-loop did not exit after del"; kill -9 "$(cat /tmp/ublk-loop.pid)"; sleep 1; }
       [ -e /dev/ublkc0 ] && err "ublk device 0 left behind" ;;
-    drbdd*) drbdd_teardown ;;
+    drbdd*) drbdd_teardown
+      [ -n "${BASE_PATH:-}" ] && export PATH=$BASE_PATH && BASE_PATH="" ;;
     drbd84-*) drbd84_teardown ;;
   esac
 }

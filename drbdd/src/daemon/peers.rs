@@ -1029,9 +1029,6 @@ impl Actor {
         }
     }
 
-    /// After a successful promote/demote: tell the peers; a forced promotion
-    /// that started a new generation makes us the full-sync source of every
-    /// connected peer.
     /// Writes received from peers that are not yet on the local disk.
     pub(super) fn peer_writes_unfinished(&self) -> usize {
         self.peers.as_ref().map_or(0, |p| {
@@ -1039,6 +1036,9 @@ impl Actor {
         })
     }
 
+    /// After a successful promote/demote: tell the peers; a forced promotion
+    /// that started a new generation makes us the full-sync source of every
+    /// connected peer.
     pub(super) fn peers_role_changed(&mut self, new_generation: bool) {
         let n = self.peers.as_ref().map_or(0, |p| p.links.len());
         let role = self.core.role;

@@ -224,7 +224,6 @@ impl Daemon {
     }
 }
 
-/// Sends one request to an actor and waits for its answer (`None`: the actor is gone).
 fn actor_gone(name: &str) -> AdminError {
     (
         ErrorKind::Failed,
