@@ -16,19 +16,12 @@ mod faulty_disk;
 mod replication_common;
 
 use faulty_disk::FaultyDisk;
-use replication_common::{have_tool, peer_of, Cluster, ResOpts};
+use replication_common::{peer_of, Cluster, ResOpts};
 
 #[test]
 fn secondary_write_error_detaches_it_and_the_primary_starts_a_new_generation() {
     let test = "secondary_write_error_detaches_it";
-    if !std::path::Path::new("/dev/fuse").exists() {
-        eprintln!("SKIP: {test}: /dev/fuse is missing");
-        return;
-    }
-    if !["nbdkit", "nbdfuse", "qemu-io"]
-        .iter()
-        .all(|t| have_tool(test, t))
-    {
+    if !faulty_disk::available(test) {
         return;
     }
     let opts = ResOpts::default();

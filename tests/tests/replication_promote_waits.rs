@@ -20,7 +20,7 @@ mod faulty_disk;
 mod replication_common;
 
 use faulty_disk::FaultyDisk;
-use replication_common::{bin_dir, have_tool, peer_of, Cluster, ResOpts};
+use replication_common::{bin_dir, peer_of, Cluster, ResOpts};
 use std::process::Command;
 use std::time::Duration;
 
@@ -37,14 +37,7 @@ fn qemu_io_on(c: &Cluster, i: usize, cmd: &str) -> Command {
 #[test]
 fn primary_waits_until_the_former_primarys_writes_are_on_disk() {
     let test = "primary_waits_for_the_former_primarys_writes";
-    if !std::path::Path::new("/dev/fuse").exists() {
-        eprintln!("SKIP: {test}: /dev/fuse is missing");
-        return;
-    }
-    if !["nbdkit", "nbdfuse", "qemu-io"]
-        .iter()
-        .all(|t| have_tool(test, t))
-    {
+    if !faulty_disk::available(test) {
         return;
     }
     let opts = ResOpts {

@@ -12,6 +12,29 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// True when /dev/fuse, nbdkit, nbdfuse and qemu-io are all there;
+/// otherwise prints why `test` skips.
+pub fn available(test: &str) -> bool {
+    if !std::path::Path::new("/dev/fuse").exists() {
+        eprintln!("SKIP: {test}: /dev/fuse is missing");
+        return false;
+    }
+    for tool in ["nbdkit", "nbdfuse", "qemu-io"] {
+        let found = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            eprintln!(
+                "SKIP: {test}: {tool} is not installed (apt-get install nbdkit libnbd-bin qemu-utils)"
+            );
+            return false;
+        }
+    }
+    true
+}
+
 /// nbdkit (file plugin + error filter) and nbdfuse; stopped on drop.
 #[derive(Debug)]
 pub struct FaultyDisk {
