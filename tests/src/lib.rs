@@ -242,6 +242,17 @@ pub fn have_tool(tool: &str) -> bool {
         .is_ok()
 }
 
+/// True when `tool` is on PATH (`command -v`), for skipping tests with a
+/// printed reason.
+pub fn on_path(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// A TCP port that was free on 127.0.0.1 a moment ago (tests run in parallel,
 /// so every node gets its own replication port).
 pub fn free_port() -> u16 {

@@ -21,13 +21,7 @@ pub use drbdd_tests::{bin_dir, ensure_binaries, free_port};
 /// True when every tool is on PATH; otherwise prints the SKIP line.
 pub fn have_tools(test: &str, tools: &[&str]) -> bool {
     for t in tools {
-        let found = Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {t}"))
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
+        if !drbdd_tests::on_path(t) {
             eprintln!("SKIP: {test}: {t} is not installed (scripts/install-deps.sh)");
             return false;
         }

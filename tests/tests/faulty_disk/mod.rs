@@ -20,12 +20,7 @@ pub fn available(test: &str) -> bool {
         return false;
     }
     for tool in ["nbdkit", "nbdfuse", "qemu-io"] {
-        let found = Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {tool}"))
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
+        if !drbdd_tests::on_path(tool) {
             eprintln!(
                 "SKIP: {test}: {tool} is not installed (apt-get install nbdkit libnbd-bin qemu-utils)"
             );

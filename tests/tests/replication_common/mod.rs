@@ -511,11 +511,7 @@ fn pump(mut from: std::net::TcpStream, mut to: std::net::TcpStream, st: &ProxySt
 
 /// True when `tool` is on PATH; otherwise prints the SKIP line.
 pub fn have_tool(test: &str, tool: &str) -> bool {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let found = drbdd_tests::on_path(tool);
     if !found {
         eprintln!("SKIP: {test}: {tool} is not installed (apt-get install qemu-utils)");
     }
