@@ -517,7 +517,8 @@ impl Actor {
     /// disk left UpToDate first, and a crash after the NegAck cannot bring
     /// this node back claiming data that lacks the write. `detach` and
     /// `call-local-io-error` detach (Diskless); `pass_on` keeps the disk but
-    /// marks it Inconsistent (DRBD 9), persisted, until a resync repairs it.
+    /// marks it Inconsistent (DRBD 9), persisted, until a resync repairs it
+    /// (or detaches when even that metadata write fails).
     pub(super) fn peer_write_failed(&mut self) {
         tracing::error!(resource = %self.core.name, "a write replicated from a peer failed on the local disk");
         match self.res.disk.on_io_error {
@@ -536,7 +537,12 @@ impl Actor {
                     md.consistent = false;
                     md.was_up_to_date = false;
                 }
-                self.persist_md();
+                if let Err(e) = self.try_persist_md() {
+                    // As for any metadata I/O error (DRBD too): the disk
+                    // cannot even record that it is inconsistent; detach.
+                    tracing::error!(resource = %self.core.name, error = %e, "cannot record the disk as Inconsistent; detaching");
+                    return self.fail_disk(false);
+                }
                 self.announce_disk_change();
             }
         }

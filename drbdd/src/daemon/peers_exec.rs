@@ -414,13 +414,18 @@ impl Actor {
     }
 
     pub(in crate::daemon) fn persist_md(&mut self) {
-        let Some(view) = self.core.md.clone() else {
-            return;
-        };
-        if let Some(Err(e)) =
-            self.with_store(|s| s.update_superblock(|sb| crate::daemon::md::apply_view(sb, &view)))
-        {
+        if let Err(e) = self.try_persist_md() {
             tracing::error!(resource = %self.core.name, error = %e, "metadata write failed");
         }
+    }
+
+    /// Writes the core's metadata view to the superblock (nothing to do
+    /// without metadata or a store).
+    pub(in crate::daemon) fn try_persist_md(&mut self) -> Result<(), drbdd_metadata::MetaError> {
+        let Some(view) = self.core.md.clone() else {
+            return Ok(());
+        };
+        self.with_store(|s| s.update_superblock(|sb| crate::daemon::md::apply_view(sb, &view)))
+            .unwrap_or(Ok(()))
     }
 }
