@@ -315,6 +315,7 @@ impl Peer {
                 }
             }
             Event::LocalDiskChanged { disk } => {
+                let changed = self.local.disk != disk;
                 let attached =
                     self.local.disk == DiskState::Diskless && disk != DiskState::Diskless;
                 self.local.disk = disk;
@@ -327,6 +328,13 @@ impl Peer {
                     // peer may have written since we lost the disk).
                     let why =
                         "local disk attached; reconnecting so the handshake decides the resync";
+                    self.lose_connection(why.into(), true, out);
+                } else if changed && self.handshake.is_some() {
+                    // The handshake announced the old disk state (e.g. a
+                    // resync with another peer finished meanwhile): both
+                    // sides would keep a stale view of it, and a decision
+                    // on it may be wrong ("both Inconsistent" for good).
+                    let why = "local disk state changed during the handshake; reconnecting";
                     self.lose_connection(why.into(), true, out);
                 } else if self.established() {
                     out.push(Action::Send(self.state_packet(0)));

@@ -11,8 +11,8 @@
 //! connected Secondary follows a new data generation of its Primary; that a
 //! write the peer fails to store is reported (`PeerWriteFailed`) before it
 //! completes; that received writes count as unfinished until they are on
-//! disk (promotion waits for them); that attaching a disk while connected
-//! starts a new handshake;
+//! disk (promotion waits for them); that attaching a disk while connected,
+//! or a disk state change during the handshake, starts a new handshake;
 //! and that `data-integrity-alg` on either side extends the frame CRC both
 //! ways.
 
@@ -191,6 +191,23 @@ fn received_writes_count_as_unfinished_until_they_are_on_disk() {
     p.run();
     assert_eq!(p.nodes[1].peer.applying_peer_writes(), 0);
     assert_eq!(p.nodes[1].block(3), &[0xBB; 4096][..]);
+}
+
+#[test]
+fn a_disk_state_change_during_the_handshake_starts_it_over() {
+    let mut p = pair(Protocol::C, None, None);
+    let disk = |disk| Event::LocalDiskChanged { disk };
+    p.event(1, disk(DiskState::Outdated));
+    p.start_connect();
+    // Another peer's resync ends while this handshake runs: it announced
+    // Outdated, which would stay the peer's view of us.
+    p.event(1, disk(DiskState::UpToDate));
+    let (reason, retry) = p.nodes[1].disconnects.last().cloned().unwrap();
+    assert!(reason.contains("during the handshake") && retry, "{reason}");
+    p.cut();
+    p.connect();
+    assert_established(&p);
+    assert_eq!(p.nodes[0].peer.status().peer_disk, DiskState::UpToDate);
 }
 
 #[test]

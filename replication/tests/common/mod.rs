@@ -317,6 +317,13 @@ impl Pair {
     }
 
     pub fn connect(&mut self) {
+        self.start_connect();
+        self.run();
+    }
+
+    /// Both ends see the transport come up; the handshake has begun but
+    /// nothing is delivered yet.
+    pub fn start_connect(&mut self) {
         self.link_up = true;
         for i in 0..2 {
             self.next_uuid += 0x100;
@@ -329,7 +336,6 @@ impl Pair {
             let actions = self.nodes[i].peer.handle(event);
             self.apply(i, actions);
         }
-        self.run();
     }
 
     /// Delivers bytes and completions until nothing moves.
