@@ -47,24 +47,15 @@ fn failed_secondary_write(
     let faulty = FaultyDisk::start(opts.disk_bytes);
     let mut c = Cluster::new(2, &opts);
     c.nodes[1].disk = faulty.disk();
-    let meta_file = c.nodes[1].dir.join("meta.img");
-    std::fs::File::create(&meta_file)
-        .unwrap()
-        .set_len(8 << 20)
-        .unwrap();
-    let disk_line = format!("disk = \"{}\"\n", faulty.disk().display());
-    for i in 0..2 {
-        c.write_config(i, &opts);
-        let path = c.nodes[i].config_dir().join("resources.d/r0.toml");
-        let mut text = std::fs::read_to_string(&path).unwrap();
-        let policy_line = format!("[disk]\non-io-error = \"{policy}\"\n");
-        text = text.replace("[disk]\n", &policy_line);
-        if meta == BobMeta::Apart {
-            let meta_line = format!("meta-disk = \"{}\"\n", meta_file.display());
-            text = text.replace(&disk_line, &format!("{disk_line}{meta_line}"));
+    let apart = c.meta_apart(1);
+    let policy_line = format!("[disk]\non-io-error = \"{policy}\"\n");
+    c.write_configs_with(&opts, |text| {
+        let text = text.replace("[disk]\n", &policy_line);
+        match meta {
+            BobMeta::Apart => apart(text),
+            BobMeta::OnTheFailingDisk => text,
         }
-        std::fs::write(&path, text).unwrap();
-    }
+    });
     c.bring_up_all();
     c.wait_peer(0, "bob", "Established", "Inconsistent");
     c.ctl_ok(0, &["primary", "r0", "--force"]);

@@ -48,20 +48,8 @@ fn primary_waits_until_the_former_primarys_writes_are_on_disk() {
     let mut c = Cluster::new(2, &opts);
     c.nodes[1].disk = disk.disk();
     // bob's metadata stays off the paused device: a promotion writes it.
-    let meta = c.nodes[1].dir.join("meta.img");
-    std::fs::File::create(&meta)
-        .unwrap()
-        .set_len(8 << 20)
-        .unwrap();
-    for i in 0..2 {
-        c.write_config(i, &opts);
-        let path = c.nodes[i].config_dir().join("resources.d/r0.toml");
-        let text = std::fs::read_to_string(&path).unwrap();
-        let line = format!("disk = \"{}\"\n", disk.disk().display());
-        assert!(text.contains(&line), "{text}");
-        let with_meta = format!("{line}meta-disk = \"{}\"\n", meta.display());
-        std::fs::write(&path, text.replace(&line, &with_meta)).unwrap();
-    }
+    let apart = c.meta_apart(1);
+    c.write_configs_with(&opts, apart);
     c.bring_up_all();
     c.wait_peer(0, "bob", "Established", "Inconsistent");
     c.ctl_ok(0, &["primary", "r0", "--force"]);

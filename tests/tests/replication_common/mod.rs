@@ -151,6 +151,34 @@ impl Cluster {
         std::fs::write(path, text).unwrap();
     }
 
+    /// Writes every node's resource file (as `write_config`), passed
+    /// through `edit` (e.g. extra options for one test).
+    pub fn write_configs_with(&self, opts: &ResOpts, edit: impl Fn(String) -> String) {
+        for i in 0..self.nodes.len() {
+            self.write_config(i, opts);
+            let path = self.nodes[i].config_dir().join("resources.d/r0.toml");
+            let text = std::fs::read_to_string(&path).unwrap();
+            std::fs::write(&path, edit(text)).unwrap();
+        }
+    }
+
+    /// An edit for [`Cluster::write_configs_with`] that puts node `i`'s
+    /// metadata on a fresh 8 MiB file of its own (`meta-disk`) instead of
+    /// its backing device.
+    pub fn meta_apart(&self, i: usize) -> impl Fn(String) -> String {
+        let meta = self.nodes[i].dir.join("meta.img");
+        std::fs::File::create(&meta)
+            .unwrap()
+            .set_len(8 << 20)
+            .unwrap();
+        let disk_line = format!("disk = \"{}\"\n", self.nodes[i].disk.display());
+        let meta_line = format!("meta-disk = \"{}\"\n", meta.display());
+        move |text: String| {
+            assert!(text.contains(&disk_line), "{text}");
+            text.replace(&disk_line, &format!("{disk_line}{meta_line}"))
+        }
+    }
+
     /// Runs drbdctl as node `i`.
     pub fn ctl(&self, i: usize, args: &[&str]) -> Output {
         let n = &self.nodes[i];
