@@ -84,7 +84,15 @@ pub enum Command {
     DiskFailed,
     /// Promote to Primary. `new_uuid` is a fresh random non-empty UUID the
     /// caller generated, used if a new data generation starts.
-    Promote { force: bool, new_uuid: u64 },
+    /// `peer_writes_unfinished`: writes received from peers that are not yet
+    /// on the local disk (the sum of `Peer::applying_peer_writes`); refused
+    /// while any are, since our own writes to the same blocks could land
+    /// first and be overwritten by the former Primary's older data.
+    Promote {
+        force: bool,
+        new_uuid: u64,
+        peer_writes_unfinished: usize,
+    },
     /// Demote to Secondary.
     Demote,
     /// Take the resource down (detach, disconnect).
@@ -152,7 +160,11 @@ impl ResourceCore {
             Command::Attach { md } => self.attach(md),
             Command::Detach => self.detach(),
             Command::DiskFailed => Ok(self.disk_failed()),
-            Command::Promote { force, new_uuid } => self.promote(force, new_uuid),
+            Command::Promote {
+                force,
+                new_uuid,
+                peer_writes_unfinished,
+            } => self.promote(force, new_uuid, peer_writes_unfinished),
             Command::Demote => self.demote(),
             Command::Down => self.down(),
             Command::SessionOpened { client } => {
@@ -219,9 +231,22 @@ impl ResourceCore {
         Ok(actions)
     }
 
-    fn promote(&mut self, force: bool, new_uuid: u64) -> Result<Vec<Action>, Refusal> {
+    fn promote(
+        &mut self,
+        force: bool,
+        new_uuid: u64,
+        peer_writes_unfinished: usize,
+    ) -> Result<Vec<Action>, Refusal> {
         if self.role == Role::Primary {
             return Ok(Vec::new());
+        }
+        if peer_writes_unfinished > 0 {
+            // drbdd-sim seeds 20135, 27624, 228007.
+            return Err(Refusal::StateChange(format!(
+                "{}: {peer_writes_unfinished} writes received from the former Primary are not yet \
+                 on the local disk (a slow or stuck backing device?); retry when they are",
+                self.name
+            )));
         }
         let Some(md) = self.md.as_ref() else {
             return Err(Refusal::NoUpToDateData(format!(
@@ -350,6 +375,26 @@ mod tests {
     }
 
     #[test]
+    fn promote_while_peer_writes_are_unfinished_is_refused_and_changes_nothing() {
+        let mut md = fresh_md(1);
+        md.consistent = true;
+        md.was_up_to_date = true;
+        let mut core = attached(md, 1);
+        let before = core.clone();
+        let promote = |unfinished| Command::Promote {
+            force: true,
+            new_uuid: 0xabcd,
+            peer_writes_unfinished: unfinished,
+        };
+        let err = core.handle(promote(3)).unwrap_err();
+        assert!(matches!(err, Refusal::StateChange(_)), "{err}");
+        assert!(err.to_string().contains("3 writes"), "{err}");
+        assert_eq!(core, before);
+        core.handle(promote(0)).unwrap();
+        assert_eq!(core.role, Role::Primary);
+    }
+
+    #[test]
     fn promote_of_inconsistent_without_force_is_refused_and_changes_nothing() {
         let mut core = attached(fresh_md(1), 1);
         let before = core.clone();
@@ -357,6 +402,7 @@ mod tests {
             .handle(Command::Promote {
                 force: false,
                 new_uuid: 99,
+                peer_writes_unfinished: 0,
             })
             .unwrap_err();
         assert!(matches!(err, Refusal::NoUpToDateData(_)), "{err}");
@@ -370,6 +416,7 @@ mod tests {
             .handle(Command::Promote {
                 force: true,
                 new_uuid: 0xabcd,
+                peer_writes_unfinished: 0,
             })
             .unwrap();
         assert_eq!(core.role, Role::Primary);
@@ -394,6 +441,7 @@ mod tests {
         core.handle(Command::Promote {
             force: false,
             new_uuid: 0x2222,
+            peer_writes_unfinished: 0,
         })
         .unwrap();
         let gens = &core.md.as_ref().unwrap().gens;
@@ -405,6 +453,7 @@ mod tests {
         core.handle(Command::Promote {
             force: false,
             new_uuid: 0x3333,
+            peer_writes_unfinished: 0,
         })
         .unwrap();
         assert_eq!(core.md.as_ref().unwrap().gens.current, 0x2222);
@@ -425,6 +474,7 @@ mod tests {
         core.handle(Command::Promote {
             force: false,
             new_uuid: 0x2222,
+            peer_writes_unfinished: 0,
         })
         .unwrap();
         let gens = &core.md.as_ref().unwrap().gens;
@@ -446,6 +496,7 @@ mod tests {
             .handle(Command::Promote {
                 force: false,
                 new_uuid: 0x2222,
+                peer_writes_unfinished: 0,
             })
             .unwrap_err();
         assert!(err.to_string().contains("sync target"), "{err}");
@@ -458,6 +509,7 @@ mod tests {
         core.handle(Command::Promote {
             force: true,
             new_uuid: 7,
+            peer_writes_unfinished: 0,
         })
         .unwrap();
         core.handle(Command::SessionOpened {
@@ -481,6 +533,7 @@ mod tests {
         core.handle(Command::Promote {
             force: true,
             new_uuid: 7,
+            peer_writes_unfinished: 0,
         })
         .unwrap();
         assert!(matches!(
@@ -501,6 +554,7 @@ mod tests {
         core.handle(Command::Promote {
             force: true,
             new_uuid: 7,
+            peer_writes_unfinished: 0,
         })
         .unwrap();
         let actions = core.handle(Command::DiskFailed).unwrap();
@@ -518,6 +572,7 @@ mod tests {
             .handle(Command::Promote {
                 force: true,
                 new_uuid: 7,
+                peer_writes_unfinished: 0,
             })
             .unwrap_err();
         assert!(matches!(err, Refusal::NoUpToDateData(_)));

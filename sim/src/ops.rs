@@ -312,23 +312,16 @@ impl World {
 
     pub(crate) fn promote(&mut self, n: usize, force: bool) {
         let new_uuid = self.rng.uuid();
-        // As the daemon: the former Primary's writes must be on our disk
-        // before our own application writes may start.
-        let applying: usize = self.nodes[n]
+        let peer_writes_unfinished = self.nodes[n]
             .peers
             .values()
             .map(|p| p.applying_peer_writes())
             .sum();
-        if applying > 0 {
-            self.log(n, || {
-                format!("ADMIN primary refused: {applying} writes of a peer not yet on disk")
-            });
-            return;
-        }
-        match self.nodes[n]
-            .core
-            .handle(Command::Promote { force, new_uuid })
-        {
+        match self.nodes[n].core.handle(Command::Promote {
+            force,
+            new_uuid,
+            peer_writes_unfinished,
+        }) {
             Ok(actions) => {
                 self.stats.promotes += 1;
                 if force {

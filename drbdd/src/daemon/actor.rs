@@ -433,20 +433,12 @@ impl Actor {
                 ublk::check_available(&self.res, &self.node_name)?;
                 let new_uuid = md::random_uuid()
                     .map_err(|e| (ErrorKind::Failed, format!("cannot read /dev/urandom: {e}")))?;
-                let unfinished = self.peer_writes_unfinished();
-                if self.core.role != Role::Primary && unfinished > 0 {
-                    // Our application writes could reach the disk before
-                    // the former Primary's older ones and be overwritten.
-                    return Err((
-                        ErrorKind::StateRefused,
-                        format!(
-                            "{name}: {unfinished} writes received from the former Primary are not yet \
-                             on the local disk (a slow or stuck backing device?); retry when they are"
-                        ),
-                    ));
-                }
                 let before = self.core.md.as_ref().map(|m| m.gens.current);
-                self.step(Command::Promote { force, new_uuid })?;
+                self.step(Command::Promote {
+                    force,
+                    new_uuid,
+                    peer_writes_unfinished: self.peer_writes_unfinished(),
+                })?;
                 let after = self.core.md.as_ref().map(|m| m.gens.current);
                 self.peers_role_changed(force && before != after);
                 self.ublk_after_promote()?;
