@@ -13,6 +13,7 @@
 //! flags consistent,al-clean
 //! current-uuid 51CC8C0B06D6F75C
 //! history-uuids 0000000000000000 0000000000000000
+//!   (newest first: at least two, up to the last non-empty of 32)
 //! peer 0 node-id 1 bitmap-uuid 0000000000000000 flags -
 //! peer 1 node-id - bitmap-uuid 0000000000000000 flags -
 //! bitmap 0 bits 256 set 3
@@ -36,8 +37,8 @@ use crate::gi::format_uuid;
 use crate::layout::Layout;
 use crate::store::{read_ring, MetaStore};
 use crate::superblock::{
-    flag_list, parse_flag_list, MdFlags, PeerFlags, PeerSlot, Superblock, MD_FLAG_NAMES,
-    PEER_FLAG_NAMES,
+    flag_list, parse_flag_list, MdFlags, PeerFlags, PeerSlot, Superblock, HISTORY_UUIDS,
+    MD_FLAG_NAMES, PEER_FLAG_NAMES,
 };
 use crate::MetaError;
 
@@ -97,11 +98,7 @@ impl<D: MetaDevice> MetaStore<D> {
             format!("al-extents {}", sb.al_extents),
             format!("flags {}", flag_list(sb.flags.to_bits(), &MD_FLAG_NAMES)),
             format!("current-uuid {}", format_uuid(sb.current_uuid)),
-            format!(
-                "history-uuids {} {}",
-                format_uuid(sb.history_uuids[0]),
-                format_uuid(sb.history_uuids[1])
-            ),
+            format!("history-uuids {}", history_words(&sb.history_uuids)),
         ];
         for (i, p) in sb.peers.iter().enumerate() {
             let node = p.node_id.map_or("-".to_string(), |n| n.to_string());
@@ -278,7 +275,15 @@ fn parse_superblock(l: &mut Lines<'_>, layout: &Layout) -> Result<Superblock, Me
     let w = l.expect("current-uuid")?;
     let current_uuid = l.uuid(w.get(1))?;
     let w = l.expect("history-uuids")?;
-    let history_uuids = [l.uuid(w.get(1))?, l.uuid(w.get(2))?];
+    if w.len() < 2 || w.len() > HISTORY_UUIDS + 1 {
+        return Err(l.err(format!(
+            "expected `history-uuids` and 1 to {HISTORY_UUIDS} UUIDs (newest first)"
+        )));
+    }
+    let mut history_uuids = [0u64; HISTORY_UUIDS];
+    for (i, h) in history_uuids.iter_mut().enumerate().take(w.len() - 1) {
+        *h = l.uuid(w.get(i + 1))?;
+    }
     let mut peers = Vec::new();
     for i in 0..usize::from(max_peers) {
         let w = l.expect("peer")?;
@@ -427,4 +432,16 @@ fn parse_block(l: &mut Lines<'_>, layout: &Layout, index: u32) -> Result<RingBlo
         ctx_start,
         context,
     }))
+}
+
+/// The history UUIDs of a dump line: at least two (the version 1 form), up
+/// to the last non-empty one.
+fn history_words(history: &[u64; HISTORY_UUIDS]) -> String {
+    let used = history
+        .iter()
+        .rposition(|h| *h != 0)
+        .map_or(0, |i| i + 1)
+        .max(2);
+    let words: Vec<String> = history[..used].iter().map(|h| format_uuid(*h)).collect();
+    words.join(" ")
 }

@@ -88,7 +88,7 @@ mod tests {
                 ..Default::default()
             },
             current_uuid: 0x51CC_8C0B_06D6_F75C,
-            history_uuids: [1, 0],
+            history_uuids: std::array::from_fn(|i| u64::from(i == 0)),
             peers,
         };
         assert_eq!(

@@ -22,7 +22,9 @@ pub use gi::{format_uuid, show_gi, show_gi_all};
 pub use layout::{layout_external, layout_internal, Layout, AL_EXTENT_BYTES, BITMAP_GRANULE_BYTES};
 pub use signature::detect_signature;
 pub use store::{CheckReport, CopyStatus, CreateOptions, MetaStore};
-pub use superblock::{MdFlags, PeerFlags, PeerSlot, Superblock, FORMAT_VERSION, MAX_PEERS};
+pub use superblock::{
+    MdFlags, PeerFlags, PeerSlot, Superblock, FORMAT_VERSION, HISTORY_UUIDS, MAX_PEERS,
+};
 
 /// Everything that can go wrong with metadata. Messages say what is wrong and what to do.
 #[derive(Debug, thiserror::Error)]

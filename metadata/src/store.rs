@@ -276,7 +276,7 @@ impl<D: MetaDevice> MetaStore<D> {
                 ..MdFlags::default()
             },
             current_uuid: 0,
-            history_uuids: [0; 2],
+            history_uuids: [0; superblock::HISTORY_UUIDS],
             peers: vec![PeerSlot::default(); usize::from(opts.max_peers)],
         };
         let ring = vec![RingBlock::Empty; usize::try_from(layout.al_ring_blocks).unwrap_or(0)];

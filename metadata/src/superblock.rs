@@ -6,8 +6,14 @@ use crate::layout::Layout;
 
 /// Magic at offset 0 of each superblock copy.
 pub(crate) const SB_MAGIC: [u8; 8] = *b"DRBDDMD\0";
-/// The metadata format version this code reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The metadata format version this code writes. It reads 1 and 2;
+/// version 2 keeps [`HISTORY_UUIDS`] history UUIDs (version 1 kept two and
+/// has zeros where the others go).
+pub const FORMAT_VERSION: u32 = 2;
+/// History UUIDs a superblock keeps, newest first (DRBD 9 keeps 32).
+pub const HISTORY_UUIDS: usize = 32;
+/// Where history UUIDs 2.. live (0 and 1 sit at 64 and 72, as in version 1).
+const HISTORY_EXT_OFFSET: usize = 1152;
 /// Peer slots a superblock can describe.
 pub const MAX_PEERS: usize = 31;
 pub(crate) const SB_BYTES: usize = 4096;
@@ -15,7 +21,8 @@ const PEERS_OFFSET: usize = 128;
 const PEER_BYTES: usize = 32;
 const NO_NODE: u8 = 0xFF;
 // Compile-time size assertion: header + every peer slot fits one 4 KiB block.
-const _: () = assert!(PEERS_OFFSET + MAX_PEERS * PEER_BYTES <= SB_BYTES);
+const _: () = assert!(PEERS_OFFSET + MAX_PEERS * PEER_BYTES <= HISTORY_EXT_OFFSET);
+const _: () = assert!(HISTORY_EXT_OFFSET + (HISTORY_UUIDS - 2) * 8 <= SB_BYTES);
 
 /// Node-wide flags.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -61,7 +68,7 @@ pub struct Superblock {
     pub al_extents: u32,
     pub flags: MdFlags,
     pub current_uuid: u64,
-    pub history_uuids: [u64; 2],
+    pub history_uuids: [u64; HISTORY_UUIDS],
     pub peers: Vec<PeerSlot>,
 }
 
@@ -180,6 +187,10 @@ pub(crate) fn block_crc(buf: &[u8], crc_at: usize) -> u32 {
 
 /// Encodes one superblock copy with sequence number `seq`.
 pub(crate) fn encode(sb: &Superblock, seq: u64, layout: &Layout) -> Vec<u8> {
+    encode_version(sb, seq, layout, FORMAT_VERSION)
+}
+
+fn encode_version(sb: &Superblock, seq: u64, layout: &Layout, version: u32) -> Vec<u8> {
     assert_eq!(
         sb.peers.len(),
         usize::from(sb.max_peers),
@@ -187,7 +198,7 @@ pub(crate) fn encode(sb: &Superblock, seq: u64, layout: &Layout) -> Vec<u8> {
     );
     let mut buf = vec![0u8; SB_BYTES];
     buf[0..8].copy_from_slice(&SB_MAGIC);
-    put_u32(&mut buf, 8, FORMAT_VERSION);
+    put_u32(&mut buf, 8, version);
     put_u64(&mut buf, 16, seq);
     put_u64(&mut buf, 24, layout.md_size_bytes);
     put_u64(&mut buf, 32, sb.data_size_bytes);
@@ -199,6 +210,9 @@ pub(crate) fn encode(sb: &Superblock, seq: u64, layout: &Layout) -> Vec<u8> {
     put_u64(&mut buf, 56, sb.current_uuid);
     put_u64(&mut buf, 64, sb.history_uuids[0]);
     put_u64(&mut buf, 72, sb.history_uuids[1]);
+    for (i, h) in sb.history_uuids[2..].iter().enumerate() {
+        put_u64(&mut buf, HISTORY_EXT_OFFSET + i * 8, *h);
+    }
     put_u64(&mut buf, 80, layout.bitmap_bytes_per_peer);
     for (i, p) in sb.peers.iter().enumerate() {
         let at = PEERS_OFFSET + i * PEER_BYTES;
@@ -278,7 +292,11 @@ pub(crate) fn decode(buf: &[u8]) -> Result<SbCopy, SbDefect> {
         al_extents: get_u32(buf, 44),
         flags: MdFlags::from_bits(get_u32(buf, 52)),
         current_uuid: get_u64(buf, 56),
-        history_uuids: [get_u64(buf, 64), get_u64(buf, 72)],
+        history_uuids: std::array::from_fn(|i| match i {
+            0 => get_u64(buf, 64),
+            1 => get_u64(buf, 72),
+            _ => get_u64(buf, HISTORY_EXT_OFFSET + (i - 2) * 8),
+        }),
         peers,
     };
     let copy = SbCopy {
@@ -300,7 +318,7 @@ pub(crate) fn decode(buf: &[u8]) -> Result<SbCopy, SbDefect> {
         bitmap_bytes_per_peer: copy.bitmap_bytes_per_peer,
         internal: false,
     };
-    if encode(&copy.sb, copy.seq, &layout_fields) != buf {
+    if encode_version(&copy.sb, copy.seq, &layout_fields, version) != buf {
         return Err(SbDefect::Malformed(
             "unknown flags or non-zero reserved bytes".into(),
         ));
@@ -335,7 +353,7 @@ mod tests {
                 ..Default::default()
             },
             current_uuid: 0x1234_5678_9ABC_DEF0,
-            history_uuids: [7, 8],
+            history_uuids: std::array::from_fn(|i| 7 + u64::try_from(i).unwrap()),
             peers,
         };
         (sb, layout)
@@ -360,6 +378,32 @@ mod tests {
             bad[at] ^= 0x10;
             assert!(decode(&bad).is_err(), "flip at {at} accepted");
         }
+    }
+
+    #[test]
+    fn version_1_block_reads_with_two_history_uuids_and_rewrites_as_version_2() {
+        let (mut sb, layout) = sample();
+        sb.history_uuids = [0; HISTORY_UUIDS];
+        sb.history_uuids[..2].copy_from_slice(&[0x77, 0x88]);
+        // What a version 1 build wrote: same fields, nothing in the
+        // extension area, version 1.
+        let v1 = encode_version(&sb, 5, &layout, 1);
+        assert_eq!(get_u32(&v1, 8), 1);
+        assert!(v1[HISTORY_EXT_OFFSET..].iter().all(|b| *b == 0));
+        let copy = decode(&v1).unwrap();
+        assert_eq!(copy.sb.history_uuids[..3], [0x77, 0x88, 0]);
+        let v2 = encode(&copy.sb, 6, &layout);
+        assert_eq!(get_u32(&v2, 8), 2);
+        assert_eq!(decode(&v2).unwrap().sb, sb);
+    }
+
+    #[test]
+    fn history_beyond_two_lives_in_the_extension_area() {
+        let (sb, layout) = sample();
+        let buf = encode(&sb, 1, &layout);
+        assert_eq!(get_u64(&buf, HISTORY_EXT_OFFSET), sb.history_uuids[2]);
+        let last = HISTORY_EXT_OFFSET + (HISTORY_UUIDS - 3) * 8;
+        assert_eq!(get_u64(&buf, last), sb.history_uuids[HISTORY_UUIDS - 1]);
     }
 
     #[test]

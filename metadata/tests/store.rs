@@ -113,14 +113,14 @@ fn newer_format_version_is_refused_without_writing() {
             err,
             MetaError::NewerVersion {
                 found: 9,
-                supported: 1
+                supported: 2
             }
         ),
         "{err}"
     );
     assert!(err
         .to_string()
-        .contains("metadata format version 9 is newer than this drbdd supports (1)"));
+        .contains("metadata format version 9 is newer than this drbdd supports (2)"));
     assert_eq!(raw(&dev, &l), before);
 }
 
@@ -367,7 +367,9 @@ fn busy_store() -> MetaStore<MemDevice> {
     let mut s = create(3, 1000);
     s.update_superblock(|sb| {
         sb.current_uuid = 0x51CC_8C0B_06D6_F75C;
-        sb.history_uuids = [0x1111, 0x2222];
+        // Entries past the second live in version 2's extension area.
+        sb.history_uuids[..3].copy_from_slice(&[0x1111, 0x2222, 0x3333]);
+        sb.history_uuids[31] = 0x3131;
         sb.peers[0].node_id = Some(2);
         sb.peers[0].bitmap_uuid = 0xABCDEF;
         sb.peers[0].flags.outdated = true;

@@ -15,8 +15,25 @@ use std::fmt;
 
 /// No generation at all (never initialised).
 pub const UUID_EMPTY: u64 = 0;
+/// History UUIDs a tuple keeps (newest first), as DRBD 9 (`HISTORY_UUIDS`,
+/// one per possible peer): a node with several peers pushes its own old
+/// generations and every peer's finished sync UUIDs, and with DRBD 8.4's
+/// two slots a shared ancestor fell out after two rotations, so two nodes
+/// of one lineage were declared "unrelated" (drbdd-sim seed 393054).
+pub const HISTORY_UUIDS: usize = 32;
 /// Current UUID of freshly created metadata: no data generation yet.
 pub const UUID_JUST_CREATED: u64 = 4;
+
+/// A history array holding `newest_first` followed by empty entries.
+pub fn history_of(newest_first: &[u64]) -> [u64; HISTORY_UUIDS] {
+    assert!(
+        newest_first.len() <= HISTORY_UUIDS,
+        "history holds {HISTORY_UUIDS} UUIDs"
+    );
+    let mut history = [UUID_EMPTY; HISTORY_UUIDS];
+    history[..newest_first.len()].copy_from_slice(newest_first);
+    history
+}
 
 /// True for UUIDs that name no data generation.
 pub fn is_empty_uuid(uuid: u64) -> bool {
@@ -29,7 +46,7 @@ pub struct Generations {
     pub current: u64,
     /// Bitmap UUID per peer slot (0 = the bitmap tracks nothing).
     pub bitmaps: Vec<u64>,
-    pub history: [u64; 2],
+    pub history: [u64; HISTORY_UUIDS],
 }
 
 /// One node's tuple as seen by one connection: current, the bitmap UUID for
@@ -38,7 +55,7 @@ pub struct Generations {
 pub struct GiView {
     pub current: u64,
     pub bitmap: u64,
-    pub history: [u64; 2],
+    pub history: [u64; HISTORY_UUIDS],
     pub crashed_primary: bool,
 }
 
@@ -48,7 +65,7 @@ impl Generations {
         Self {
             current: UUID_JUST_CREATED,
             bitmaps: vec![UUID_EMPTY; peer_slots],
-            history: [UUID_EMPTY; 2],
+            history: [UUID_EMPTY; HISTORY_UUIDS],
         }
     }
 
@@ -67,7 +84,7 @@ impl Generations {
         if is_empty_uuid(uuid) || self.history[0] == uuid {
             return;
         }
-        self.history[1] = self.history[0];
+        self.history.copy_within(..HISTORY_UUIDS - 1, 1);
         self.history[0] = uuid;
     }
 
@@ -252,9 +269,13 @@ fn in_history(uuid: u64, view: &GiView) -> bool {
 }
 
 fn any_common(a: &GiView, b: &GiView) -> bool {
-    let la = [a.current, a.bitmap, a.history[0], a.history[1]];
-    let lb = [b.current, b.bitmap, b.history[0], b.history[1]];
-    la.iter().any(|x| lb.iter().any(|y| same(*x, *y)))
+    let la = [a.current, a.bitmap].into_iter().chain(a.history);
+    la.into_iter().any(|x| {
+        [b.current, b.bitmap]
+            .into_iter()
+            .chain(b.history)
+            .any(|y| same(x, y))
+    })
 }
 
 /// The decision table of user's guide 23.2.4, from the local node's side.

@@ -9,7 +9,7 @@ fn gi(current: u64, bitmap: u64, history: [u64; 2]) -> GiView {
     GiView {
         current,
         bitmap,
-        history,
+        history: history_of(&history),
         crashed_primary: false,
     }
 }
@@ -56,12 +56,12 @@ fn primary_that_lost_its_secondary_is_bitmap_source() {
     let mut primary = Generations {
         current: 0x10,
         bitmaps: vec![0],
-        history: [0, 0],
+        history: history_of(&[0, 0]),
     };
     let secondary = Generations {
         current: 0x10,
         bitmaps: vec![0],
-        history: [0, 0],
+        history: history_of(&[0, 0]),
     };
     primary.start_new_generation(0x20, &[0]);
     assert_eq!(primary.bitmaps[0], 0x10);
@@ -88,7 +88,7 @@ fn both_promoted_while_apart_is_split_brain_with_shared_parent() {
     let mut a = Generations {
         current: 0x10,
         bitmaps: vec![0],
-        history: [0, 0],
+        history: history_of(&[0, 0]),
     };
     let mut b = a.clone();
     a.start_new_generation(0x20, &[0]);
@@ -126,12 +126,12 @@ fn resync_finish_leaves_equal_generations() {
     let mut source = Generations {
         current: 0x20,
         bitmaps: vec![0x10],
-        history: [0x10, 0],
+        history: history_of(&[0x10, 0]),
     };
     let mut target = Generations {
         current: 0x10,
         bitmaps: vec![0],
-        history: [0, 0],
+        history: history_of(&[0, 0]),
     };
     source.resync_started_as_source(0, 0x55);
     target.resync_started_as_target(0, 0x55);
@@ -154,12 +154,38 @@ fn history_rotates_newest_first() {
     let mut g = Generations {
         current: 1 << 8,
         bitmaps: vec![],
-        history: [0, 0],
+        history: history_of(&[0, 0]),
     };
     g.start_new_generation(2 << 8, &[]);
     g.start_new_generation(3 << 8, &[]);
     g.start_new_generation(4 << 8, &[]);
-    assert_eq!(g.history, [3 << 8, 2 << 8]);
+    assert_eq!(g.history, history_of(&[3 << 8, 2 << 8, 1 << 8]));
+    // Past HISTORY_UUIDS rotations the oldest falls out.
+    for i in 5..=40u64 {
+        g.start_new_generation(i << 8, &[]);
+    }
+    let expected: Vec<u64> = (0..HISTORY_UUIDS as u64).map(|i| (39 - i) << 8).collect();
+    assert_eq!(g.history, history_of(&expected));
+}
+
+#[test]
+fn shared_ancestor_deep_in_history_is_found() {
+    // A hub that rotated many times (its own generations and its peers'
+    // sync UUIDs) still recognises a peer that stopped at an old one: the
+    // peer is behind (full resync), not unrelated (drbdd-sim seed 393054).
+    let ancestor = 0x5500;
+    let mut hub = Generations {
+        current: ancestor,
+        bitmaps: vec![0; 3],
+        history: history_of(&[]),
+    };
+    for i in 1..=20u64 {
+        hub.start_new_generation(ancestor + (i << 16), &[]);
+    }
+    let behind = gi(ancestor, 0, [0x10, 0]);
+    let view = hub.view(1);
+    assert_eq!(decide(&view, &behind), SyncDecision::SourceFull);
+    assert_eq!(decide(&behind, &view), SyncDecision::TargetFull);
 }
 
 fn side(node_id: u8, primary: bool, changed_blocks: u64, promoted_at_ms: u64) -> SbSide {
@@ -288,7 +314,7 @@ fn arb_view() -> impl Strategy<Value = GiView> {
         .prop_map(|(c, b, h0, h1, crashed)| GiView {
             current: c,
             bitmap: b,
-            history: [h0, h1],
+            history: history_of(&[h0, h1]),
             crashed_primary: crashed,
         })
 }

@@ -394,7 +394,7 @@ impl Handshake {
             Packet::GenerationIds {
                 current: l.gi.current,
                 bitmap: l.gi.bitmap,
-                history: l.gi.history,
+                history: Box::new(l.gi.history),
                 dirty_blocks: l.dirty_blocks,
                 promoted_at_ms: l.promoted_at_ms,
                 flags: u32::from(l.gi.crashed_primary) | (u32::from(l.discard_my_data) << 1),
@@ -430,7 +430,7 @@ impl Handshake {
                 let gi = GiView {
                     current,
                     bitmap,
-                    history,
+                    history: *history,
                     crashed_primary: flags & 1 != 0,
                 };
                 self.peer.gi = Some((gi, dirty_blocks, promoted_at_ms, flags & 2 != 0));

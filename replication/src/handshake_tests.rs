@@ -26,7 +26,7 @@ fn info(disk: DiskState, backing_bytes: u64, current: u64) -> NodeInfo {
         gi: GiView {
             current,
             bitmap: 0,
-            history: [0, 0],
+            history: [0; crate::generation::HISTORY_UUIDS],
             crashed_primary: false,
         },
         dirty_blocks: 0,
@@ -158,8 +158,8 @@ fn state_before_authentication_is_refused() {
     );
     a.start();
     let hello = Packet::Hello {
-        protocol_min: 1,
-        protocol_max: 1,
+        protocol_min: PROTOCOL_VERSION_MIN,
+        protocol_max: PROTOCOL_VERSION_MAX,
         node_id: 1,
         resource: "r0".into(),
         features: FEATURE_AUTH,
@@ -190,8 +190,8 @@ fn reflected_challenge_is_refused() {
     );
     a.start();
     let hello = Packet::Hello {
-        protocol_min: 1,
-        protocol_max: 1,
+        protocol_min: PROTOCOL_VERSION_MIN,
+        protocol_max: PROTOCOL_VERSION_MAX,
         node_id: 1,
         resource: "r0".into(),
         features: FEATURE_AUTH,

@@ -282,6 +282,7 @@ impl Peer {
             | Event::RoleChanged { .. }
             | Event::LocalDiskChanged { .. }
             | Event::GenerationsChanged { .. }
+            | Event::ResyncedFromAnotherPeer { .. }
             | Event::AdminConnect { .. }
             | Event::AdminDisconnect) => self.on_admin(admin, &mut out),
         }
@@ -354,6 +355,23 @@ impl Peer {
                     self.lose_connection(why.into(), true, out);
                 } else if self.established() {
                     out.push(Action::Send(self.gi_packet()));
+                }
+            }
+            Event::ResyncedFromAnotherPeer { generations } => {
+                let peer_differs = self.agreement.as_ref().is_some_and(|a| {
+                    a.peer.disk == DiskState::UpToDate && a.peer.gi.current != generations.current
+                });
+                if self.established() && peer_differs {
+                    let why = "our data was resynced from another peer and this peer holds another data generation; reconnecting so the handshake compares generations";
+                    self.local.generations = generations;
+                    self.gens = Generations {
+                        current: generations.current,
+                        bitmaps: vec![generations.bitmap],
+                        history: generations.history,
+                    };
+                    self.lose_connection(why.into(), true, out);
+                } else {
+                    self.on_admin(Event::GenerationsChanged { generations }, out);
                 }
             }
             Event::AdminConnect { discard_my_data } => {
@@ -455,7 +473,7 @@ impl Peer {
         Packet::GenerationIds {
             current: info.gi.current,
             bitmap: info.gi.bitmap,
-            history: info.gi.history,
+            history: Box::new(info.gi.history),
             dirty_blocks: info.dirty_blocks,
             promoted_at_ms: info.promoted_at_ms,
             flags: u32::from(info.gi.crashed_primary),
@@ -689,7 +707,7 @@ impl Peer {
                 let gi = GiView {
                     current,
                     bitmap,
-                    history,
+                    history: *history,
                     crashed_primary: flags & 1 != 0,
                 };
                 self.on_peer_generations(gi, dirty_blocks, promoted_at_ms, out);

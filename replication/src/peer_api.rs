@@ -138,6 +138,17 @@ pub enum Event<'a> {
     GenerationsChanged {
         generations: GiView,
     },
+    /// This node finished a resync as target of another peer: its data is
+    /// now that peer's, outside this connection (resync writes are not
+    /// replicated). `generations` is the new tuple as it concerns this peer.
+    /// An established connection to an UpToDate peer with another current
+    /// UUID starts over, so the handshake compares generations (DRBD 9
+    /// marks resynced blocks out of sync towards all other peers for the
+    /// same reason): otherwise a split-brain victim that discarded its data
+    /// and a third node still holding that data stay "in sync" for good.
+    ResyncedFromAnotherPeer {
+        generations: GiView,
+    },
     /// Admin `disconnect`: go StandAlone.
     AdminDisconnect,
     /// Admin `connect`: leave StandAlone and accept connections again.
@@ -159,7 +170,7 @@ pub struct PeerStatus {
 
 /// A change of the GI tuple the caller must persist (and apply to
 /// [`Generations`] with this peer's slot).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GiUpdate {
     ResyncStartedAsSource {
         sync_uuid: u64,
@@ -169,7 +180,9 @@ pub enum GiUpdate {
     },
     ResyncFinishedAsSource,
     ResyncFinishedAsTarget {
-        source: GiView,
+        /// Boxed: a whole tuple (32 history UUIDs) would make every
+        /// `Action` of the data path 280 bytes.
+        source: Box<GiView>,
     },
     /// The connected Primary started data generation `uuid`; we hold its
     /// data and follow ([`Generations::follow_peer_generation`]). The

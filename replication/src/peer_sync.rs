@@ -642,7 +642,9 @@ impl Peer {
             return self.protocol_error(reason, out);
         }
         out.push(Action::Send(Packet::ResyncFinished));
-        let update = GiUpdate::ResyncFinishedAsTarget { source };
+        let update = GiUpdate::ResyncFinishedAsTarget {
+            source: Box::new(source),
+        };
         update.apply(&mut self.gens, 0);
         out.push(Action::UpdateGenerations(update));
         self.local.disk = DiskState::UpToDate;

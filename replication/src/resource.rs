@@ -70,6 +70,9 @@ impl PeerState {
 }
 
 /// An admin command or event fed into the state machine.
+// `Attach` carries the whole metadata view (32 history UUIDs); commands are
+// rare admin events, so the size is not worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// The metadata was read: attach the local disk.
@@ -104,6 +107,8 @@ pub enum Command {
 }
 
 /// What the caller must do, in order.
+// As `Command`: admin-path results, rare; not worth boxing the view.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Write these superblock fields durably.
@@ -340,7 +345,7 @@ impl ResourceCore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::generation::UUID_JUST_CREATED;
+    use crate::generation::{HISTORY_UUIDS, UUID_JUST_CREATED};
 
     fn fresh_md(slots: usize) -> MdView {
         MdView {
@@ -424,7 +429,10 @@ mod tests {
         let md = core.md.clone().unwrap();
         assert!(md.consistent && md.was_up_to_date && md.primary && !md.outdated);
         assert_eq!(md.gens.current, 0xabcd);
-        assert_eq!(md.gens.history, [0, 0], "just-created UUID is not history");
+        assert_eq!(
+            md.gens.history, [0; HISTORY_UUIDS],
+            "just-created UUID is not history"
+        );
         assert_eq!(
             actions,
             vec![Action::PersistSuperblock(md), Action::SetRoleAllowsIo(true)]
@@ -469,7 +477,7 @@ mod tests {
         md.was_up_to_date = true;
         md.gens.current = 0x1111;
         md.gens.bitmaps[0] = 0x5555;
-        md.gens.history = [0x0999, 0];
+        md.gens.history = crate::generation::history_of(&[0x0999]);
         let mut core = attached(md, 1);
         core.handle(Command::Promote {
             force: false,

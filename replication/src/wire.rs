@@ -6,6 +6,7 @@
 //! came from the network, allocate more than the declared (bounded) payload, or
 //! know what a packet means — the handshake and peer state machines decide that.
 
+use crate::generation::HISTORY_UUIDS;
 use crate::state::{DiskState, Role};
 use drbdd_blockio::AlignedBuf;
 use thiserror::Error;
@@ -45,9 +46,12 @@ pub const NONCE_BYTES: usize = 32;
 pub const MAC_BYTES: usize = 32;
 
 /// Replication-protocol versions this build speaks (negotiated in `Hello`).
-pub const PROTOCOL_VERSION_MIN: u16 = 1;
+/// Version 2 carries up to [`HISTORY_UUIDS`] history UUIDs in
+/// `GenerationIds` (version 1 carried two); a version 1 peer is refused at
+/// `Hello` with both ranges named, so the admin upgrades it.
+pub const PROTOCOL_VERSION_MIN: u16 = 2;
 /// Highest replication-protocol version this build speaks.
-pub const PROTOCOL_VERSION_MAX: u16 = 1;
+pub const PROTOCOL_VERSION_MAX: u16 = 2;
 
 /// Feature bit: the sender has a shared secret configured and will authenticate.
 pub const FEATURE_AUTH: u64 = 1 << 0;
@@ -170,7 +174,11 @@ pub enum Packet {
         current: u64,
         /// The sender's bitmap UUID for the receiver's slot.
         bitmap: u64,
-        history: [u64; 2],
+        /// Newest first; on the wire a count (at most [`HISTORY_UUIDS`])
+        /// and the entries up to the last non-empty one.
+        /// Boxed: the array would make every `Packet` (a `Data` per write)
+        /// 300 bytes.
+        history: Box<[u64; HISTORY_UUIDS]>,
         /// Out-of-sync 4 KiB blocks the sender tracks for the receiver.
         dirty_blocks: u64,
         /// When the sender last became primary (caller's wall clock, ms; 0 = never).
@@ -401,17 +409,15 @@ impl Packet {
                 promoted_at_ms,
                 flags,
             } => {
-                for v in [
-                    *current,
-                    *bitmap,
-                    history[0],
-                    history[1],
-                    *dirty_blocks,
-                    *promoted_at_ms,
-                ] {
+                for v in [*current, *bitmap, *dirty_blocks, *promoted_at_ms] {
                     w.u64(v);
                 }
                 w.u32(*flags);
+                let used = history.iter().rposition(|h| *h != 0).map_or(0, |i| i + 1);
+                w.u8(u8::try_from(used).expect("HISTORY_UUIDS fits a u8"));
+                for h in &history[..used] {
+                    w.u64(*h);
+                }
             }
             Packet::Sizes {
                 backing_bytes,
@@ -670,14 +676,7 @@ fn decode_payload(kind: u16, r: &mut Reader<'_>) -> Result<Packet, WireError> {
             disk: decode_disk(r)?,
             flags: r.u32()?,
         },
-        5 => Packet::GenerationIds {
-            current: r.u64()?,
-            bitmap: r.u64()?,
-            history: [r.u64()?, r.u64()?],
-            dirty_blocks: r.u64()?,
-            promoted_at_ms: r.u64()?,
-            flags: r.u32()?,
-        },
+        5 => decode_generation_ids(r)?,
         6 => Packet::Sizes {
             backing_bytes: r.u64()?,
             current_bytes: r.u64()?,
@@ -728,6 +727,29 @@ fn decode_payload(kind: u16, r: &mut Reader<'_>) -> Result<Packet, WireError> {
         },
         22 => Packet::SyncUuid { uuid: r.u64()? },
         other => return Err(WireError::UnknownType(other)),
+    })
+}
+
+fn decode_generation_ids(r: &mut Reader<'_>) -> Result<Packet, WireError> {
+    let (current, bitmap, dirty_blocks, promoted_at_ms) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
+    let flags = r.u32()?;
+    let used = usize::from(r.u8()?);
+    if used > HISTORY_UUIDS {
+        return Err(r.bad(format!(
+            "{used} history UUIDs exceed the limit of {HISTORY_UUIDS}"
+        )));
+    }
+    let mut history = Box::new([0u64; HISTORY_UUIDS]);
+    for h in &mut history[..used] {
+        *h = r.u64()?;
+    }
+    Ok(Packet::GenerationIds {
+        current,
+        bitmap,
+        history,
+        dirty_blocks,
+        promoted_at_ms,
+        flags,
     })
 }
 

@@ -67,13 +67,18 @@ fn arb_packet() -> impl Strategy<Value = Packet> {
             disk,
             flags
         }),
-        any::<[u64; 7]>().prop_map(|v| Packet::GenerationIds {
-            current: v[0],
-            bitmap: v[1],
-            history: [v[2], v[3]],
-            dirty_blocks: v[4],
-            promoted_at_ms: v[5],
-            flags: u32::try_from(v[6] >> 32).unwrap(),
+        (any::<[u64; 7]>(), 0..=crate::generation::HISTORY_UUIDS).prop_map(|(v, used)| {
+            Packet::GenerationIds {
+                current: v[0],
+                bitmap: v[1],
+                // Up to the whole history, the first entries from v.
+                history: Box::new(std::array::from_fn(
+                    |i| if i < used { v[i % 7] | 1 } else { 0 },
+                )),
+                dirty_blocks: v[4],
+                promoted_at_ms: v[5],
+                flags: u32::try_from(v[6] >> 32).unwrap(),
+            }
         }),
         (any::<u64>(), any::<u64>(), any::<u32>()).prop_map(
             |(backing_bytes, current_bytes, max_io_bytes)| {
@@ -246,6 +251,35 @@ fn resource_name_longer_than_limit_is_rejected() {
             ..
         })
     ));
+}
+
+fn frame(kind: u16, payload: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    buf.extend_from_slice(&MAGIC.to_be_bytes());
+    buf.extend_from_slice(&FRAME_VERSION.to_be_bytes());
+    buf.extend_from_slice(&kind.to_be_bytes());
+    buf.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
+    buf.extend_from_slice(&crc32c::crc32c(payload).to_be_bytes());
+    buf.extend_from_slice(payload);
+    buf
+}
+
+#[test]
+fn more_history_uuids_than_the_limit_are_rejected() {
+    let count = crate::generation::HISTORY_UUIDS + 1;
+    let mut payload = vec![0u8; 4 * 8 + 4];
+    payload.push(u8::try_from(count).unwrap());
+    payload.extend(std::iter::repeat_n(7u8, count * 8));
+    match decode(&frame(5, &payload)) {
+        Err(WireError::BadField { packet, what }) => {
+            assert_eq!(packet, "GenerationIds");
+            assert!(
+                what.contains("33 history UUIDs exceed the limit of 32"),
+                "{what}"
+            );
+        }
+        other => panic!("accepted: {other:?}"),
+    }
 }
 
 fn data_packet() -> Packet {

@@ -30,7 +30,7 @@ fn random_packet(rng: &mut Rng) -> Packet {
         13 => Packet::GenerationIds {
             current: v % 3,
             bitmap: small % 3,
-            history: [0, v % 5],
+            history: Box::new(drbdd_replication::generation::history_of(&[0, v % 5])),
             dirty_blocks: small,
             promoted_at_ms: v,
             flags: u32::try_from(v % 8).unwrap(),

@@ -20,7 +20,7 @@ mod common;
 
 use common::*;
 use drbdd_replication::ack::{PeerOutcome, Protocol};
-use drbdd_replication::generation::{AfterSb0Pri, SbPolicy, SyncDecision};
+use drbdd_replication::generation::{AfterSb0Pri, GiView, SbPolicy, SyncDecision};
 use drbdd_replication::peer::Event;
 use drbdd_replication::state::{ConnState, DiskState, ReplState, Role};
 use drbdd_replication::wire::{FrameCrc, Packet, FEATURE_DATA_INTEGRITY};
@@ -1056,4 +1056,57 @@ fn target_of_a_secondary_source_finishes_under_the_generation_the_resync_started
     assert_established(&p);
     assert_eq!(p.nodes[1].disk_state, DiskState::UpToDate);
     assert_eq!(p.nodes[1].gens.current, 0x10);
+}
+
+#[test]
+fn data_resynced_from_another_peer_reconnects_a_peer_of_another_generation() {
+    // Node 0 was the victim of a split brain with a third node and took its
+    // data by a full resync (generation 0x7700, descended from 0x10). Node 1
+    // still holds 0x10 and the data node 0 discarded: the link must not
+    // stay "in sync"; the handshake gives node 1 node 0's new data.
+    let mut p = pair(Protocol::C, None, None);
+    p.connect();
+    let source = GiView {
+        current: 0x7700,
+        bitmap: 0,
+        history: drbdd_replication::generation::history_of(&[0x10]),
+        crashed_primary: false,
+    };
+    p.nodes[0].gens.resync_finished_as_target(0, &source);
+    p.nodes[0].disk = disk(0x3C);
+    let generations = p.nodes[0].gens.view(0);
+    p.event(0, Event::ResyncedFromAnotherPeer { generations });
+    let (reason, retry) = p.nodes[0].disconnects.last().cloned().unwrap();
+    assert!(
+        reason.contains("resynced from another peer") && retry,
+        "{reason}"
+    );
+    p.cut();
+    p.connect();
+    p.advance(1000);
+    assert_established(&p);
+    assert_eq!(
+        p.nodes[1].peer.agreement().unwrap().decision,
+        SyncDecision::TargetFull
+    );
+    assert_eq!(p.nodes[0].disk, p.nodes[1].disk);
+    assert_eq!(p.nodes[1].gens.current, 0x7700);
+}
+
+#[test]
+fn data_resynced_from_another_peer_of_the_same_generation_keeps_the_link() {
+    // The common case: node 0 resynced from the Primary whose writes node 1
+    // receives too; both name the same generation, nothing to compare.
+    let mut p = pair(Protocol::C, None, None);
+    p.connect();
+    let generations = p.nodes[0].gens.view(0);
+    p.nodes[0].sent.clear();
+    p.event(0, Event::ResyncedFromAnotherPeer { generations });
+    p.run();
+    assert!(p.nodes.iter().all(|n| n.disconnects.is_empty()));
+    assert!(p.nodes[0]
+        .sent
+        .iter()
+        .any(|s| matches!(s, Packet::GenerationIds { .. })));
+    assert_established(&p);
 }

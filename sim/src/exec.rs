@@ -160,7 +160,7 @@ impl World {
                 }
             },
             Action::UpdateGenerations(u) => self.update_generations(n, r, u),
-            Action::LocalDisk(d) => self.local_disk(n, d),
+            Action::LocalDisk(d) => self.local_disk(n, r, d),
             Action::StateChanged(st) => self.state_changed(n, r, st),
             Action::SizeAgreed { .. } => {}
             Action::Log(s) | Action::Warn(s) => self.note_log(n, r, &s, facts),
@@ -280,13 +280,22 @@ impl World {
             GiUpdate::ResyncFinishedAsTarget { .. } => {
                 self.stats.resyncs_finished += 1;
                 self.model_resync_finished(n, r);
+                // As the daemon's `announce_resynced_data`.
+                for other in self.nodes[n].peers.keys().copied().collect::<Vec<_>>() {
+                    if other != r {
+                        let generations = self.nodes[n].local_state(other).generations;
+                        let event =
+                            drbdd_replication::peer::Event::ResyncedFromAnotherPeer { generations };
+                        self.peer_event(n, other, event);
+                    }
+                }
             }
             _ => {}
         }
         self.persist(n);
     }
 
-    fn local_disk(&mut self, n: usize, d: DiskState) {
+    fn local_disk(&mut self, n: usize, from: usize, d: DiskState) {
         let node = &mut self.nodes[n];
         node.core.disk = d;
         let md = node.md_mut();
@@ -307,6 +316,14 @@ impl World {
             _ => {}
         }
         self.persist(n);
+        // As the daemon's `tell_peers_disk`: every other peer learns it (a
+        // handshake running there starts over with the new state).
+        for other in self.nodes[n].peers.keys().copied().collect::<Vec<_>>() {
+            if other != from {
+                let event = drbdd_replication::peer::Event::LocalDiskChanged { disk: d };
+                self.peer_event(n, other, event);
+            }
+        }
     }
 
     fn state_changed(&mut self, n: usize, r: usize, st: drbdd_replication::peer::PeerStatus) {
@@ -410,6 +427,9 @@ impl World {
         };
         if let Some(leg) = op.legs.get_mut(&r) {
             *leg = Some(outcome);
+            if outcome == PeerOutcome::OutOfSync {
+                op.oos_at_resync.insert(r, self.model.resync_starts[n][r]);
+            }
         }
         self.maybe_complete(n, id);
     }

@@ -10,7 +10,7 @@
 //! Must never: peek at core internals to decide what is right; it judges the
 //! core only by what an application and an operator can observe.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use drbdd_replication::ack::{PeerOutcome, Protocol};
 use drbdd_replication::state::{ConnState, DiskState, ReplState};
@@ -27,9 +27,14 @@ pub(crate) struct Model {
     pub(crate) ahead: Vec<Vec<bool>>,
     /// Connections on which a split brain was detected (until it is resolved).
     pub(crate) sb_declared: BTreeSet<(usize, usize)>,
-    /// `missing[a][b]`: blocks of writes acknowledged on a whose leg to b
+    /// `missing[a][b]`: block -> newest stamp of writes acknowledged on a whose leg to b
     /// went out of sync since the last resync from a to b started.
-    pub(crate) missing: Vec<Vec<BTreeSet<u64>>>,
+    pub(crate) missing: Vec<Vec<BTreeMap<u64, u64>>>,
+    /// `resync_starts[s][t]`: resyncs from s to t started so far. A leg that
+    /// went out of sync before the latest one started is that resync's
+    /// business (its bit was in the bitmap the resync began with), even when
+    /// the whole request completes later.
+    pub(crate) resync_starts: Vec<Vec<u64>>,
     /// Connections refused as "unrelated data" (until the operator acts).
     pub(crate) unrelated: BTreeSet<(usize, usize)>,
     /// stamp -> block it was written to.
@@ -43,7 +48,8 @@ impl Model {
             acked: vec![vec![0; blocks]; nodes],
             flushed: vec![vec![0; blocks]; nodes],
             ahead: vec![vec![false; nodes]; nodes],
-            missing: vec![vec![BTreeSet::new(); nodes]; nodes],
+            missing: vec![vec![BTreeMap::new(); nodes]; nodes],
+            resync_starts: vec![vec![0; nodes]; nodes],
             sb_declared: BTreeSet::new(),
             unrelated: BTreeSet::new(),
             stamp_block: std::collections::BTreeMap::new(),
@@ -103,9 +109,12 @@ impl World {
                     }
                     self.model.acked[x][bi(block)] = stamp;
                 }
-                Some(PeerOutcome::OutOfSync) => {
+                Some(PeerOutcome::OutOfSync)
+                    if op.oos_at_resync.get(&x) == Some(&self.model.resync_starts[n][x]) =>
+                {
                     self.model.ahead[n][x] = true;
-                    self.model.missing[n][x].insert(block);
+                    let m = self.model.missing[n][x].entry(block).or_insert(stamp);
+                    *m = (*m).max(stamp);
                 }
                 _ => {}
             }
@@ -225,21 +234,33 @@ impl World {
     pub(crate) fn model_resync_started(&mut self, t: usize, s: usize) {
         if self.model.ahead[t][s] && !self.model.sb_declared.contains(&key(t, s)) {
             self.violation(format!(
-                "n{t} became sync target of n{s} although it has acknowledged writes n{s} never saw and no split brain was detected (they would be silently discarded)"
+                "n{t} became sync target of n{s} although it has acknowledged writes n{s} never saw and no split brain was detected (they would be silently discarded; block -> write: {:?})",
+                self.model.missing[t][s]
             ));
         }
         // From here on the target's own changes are being discarded, and
         // the source's bitmap carries what the target missed so far.
         self.model.ahead[t][s] = false;
-        self.model.missing[s][t].clear();
+        // Unless the source already dropped this connection: the target is
+        // working through packets still in flight (delayed), and what the
+        // source marked out of sync since the drop is in no bitmap it sent.
+        let source_open = self
+            .links
+            .get(&key(t, s))
+            .is_some_and(|l| l.open[usize::from(s > t)]);
+        if source_open {
+            self.model.missing[s][t].clear();
+            self.model.resync_starts[s][t] += 1;
+        }
     }
 
     pub(crate) fn model_resync_finished(&mut self, t: usize, s: usize) {
         // A miss the resync repaired (e.g. a failed replicated write the
-        // target refetched) is no longer a miss: judged by the data.
+        // target refetched) is no longer a miss: judged by the data against
+        // the write that went out of sync (not against the source's newest
+        // write, which may still be on its way to the target, in sync).
         let disk = &self.nodes[t].disk;
-        let acked_s = &self.model.acked[s];
-        self.model.missing[s][t].retain(|&b| disk.read(b) < acked_s[bi(b)]);
+        self.model.missing[s][t].retain(|&b, &mut stamp| disk.read(b) < stamp);
         if self.protocol() == Protocol::C {
             // Every acknowledged write reached the target or the source's
             // bitmap for it (a bit the source set after the connection this
@@ -249,7 +270,7 @@ impl World {
             // application flush.
             for b in 0..DEV_BLOCKS {
                 let m = &mut self.model;
-                let known_missing = m.missing[s][t].contains(&b);
+                let known_missing = m.missing[s][t].contains_key(&b);
                 let i = bi(b);
                 if known_missing {
                     m.acked[t][i] = m.acked[t][i].min(m.acked[s][i]);

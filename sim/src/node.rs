@@ -59,6 +59,9 @@ pub(crate) struct AppOp {
     pub(crate) boots: Vec<u64>,
     /// When the request was issued (simulated ms).
     pub(crate) issued_ms: u64,
+    /// remote node -> how many resyncs from this node to it had started
+    /// when its leg went out of sync (see `Model::resync_starts`).
+    pub(crate) oos_at_resync: BTreeMap<usize, u64>,
 }
 
 /// One node of the cluster.

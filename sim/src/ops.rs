@@ -76,6 +76,7 @@ impl World {
                 legs: BTreeMap::new(),
                 boots,
                 issued_ms: self.now_ms,
+                oos_at_resync: BTreeMap::new(),
             };
             self.nodes[n].ops.insert(id, op);
             let eio = self.rng.chance(self.cfg.faults.eio_permille);
@@ -88,6 +89,7 @@ impl World {
                 legs,
                 boots,
                 issued_ms: self.now_ms,
+                oos_at_resync: BTreeMap::new(),
             };
             self.nodes[n].ops.insert(id, op);
             self.submit_io(n, Io::AppFlush { id });
@@ -131,6 +133,7 @@ impl World {
             legs,
             boots,
             issued_ms: self.now_ms,
+            oos_at_resync: BTreeMap::new(),
         };
         self.nodes[n].ops.insert(id, op);
         self.log(n, || format!("app write {stamp} block {block} fua {fua}"));

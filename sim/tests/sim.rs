@@ -176,6 +176,31 @@ fn seeds_that_found_core_bugs_pass() {
             228007,
             "promotion while writes of a lost connection were still in flight",
         ),
+        (
+            154729,
+            "a resync finishing on one link during another link's handshake (disk change told to every peer)",
+        ),
+        (
+            209475,
+            "same, in a 4-node star",
+        ),
+        (
+            393054,
+            "a hub whose history rotated past the shared ancestor (32 history UUIDs)",
+        ),
+        (
+            389851,
+            "a resync run from packets of a connection the source had dropped (model)",
+        ),
+        (312480, "same (model)"),
+        (295299, "same, then a manual split-brain resolution (model)"),
+        (
+            353504,
+            "a write whose leg went out of sync before a resync began, completed after it (model)",
+        ),
+        (131584, "same (model)"),
+        (242585, "same (model)"),
+        (368885, "same (model)"),
     ] {
         let out = run_seed(seed, false, Mutation::None);
         assert!(

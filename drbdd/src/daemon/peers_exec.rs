@@ -267,8 +267,10 @@ impl Actor {
                     update.apply(&mut md.gens, slot);
                 }
                 self.persist_md();
-                if matches!(update, GiUpdate::FollowedPeerGeneration { .. }) {
-                    self.announce_generations(Some(i));
+                match update {
+                    GiUpdate::FollowedPeerGeneration { .. } => self.announce_generations(Some(i)),
+                    GiUpdate::ResyncFinishedAsTarget { .. } => self.announce_resynced_data(i),
+                    _ => {}
                 }
             }
             Action::LocalDisk(disk) => {
@@ -410,6 +412,17 @@ impl Actor {
         for j in (0..n).filter(|j| Some(*j) != except) {
             let generations = local_state(&self.core, self.link(j).slot, size).generations;
             self.feed(j, Event::GenerationsChanged { generations });
+        }
+    }
+
+    /// A resync from the peer of link `from` replaced our data: every other
+    /// peer learns the new tuple (`Event::ResyncedFromAnotherPeer`).
+    fn announce_resynced_data(&mut self, from: usize) {
+        let size = self.data_size_bytes();
+        let n = self.peers.as_ref().map_or(0, |p| p.links.len());
+        for j in (0..n).filter(|j| *j != from) {
+            let generations = local_state(&self.core, self.link(j).slot, size).generations;
+            self.feed(j, Event::ResyncedFromAnotherPeer { generations });
         }
     }
 

@@ -449,7 +449,7 @@ pub fn gens(current: u64) -> Generations {
     Generations {
         current,
         bitmaps: vec![0],
-        history: [0, 0],
+        history: [0; drbdd_replication::generation::HISTORY_UUIDS],
     }
 }
 
@@ -457,7 +457,7 @@ pub fn just_created() -> Generations {
     Generations {
         current: UUID_JUST_CREATED,
         bitmaps: vec![0],
-        history: [0, 0],
+        history: [0; drbdd_replication::generation::HISTORY_UUIDS],
     }
 }
 
