@@ -6,7 +6,8 @@
 //! with a readable trace.
 //!
 //! Environment: `DRBDD_SIM_SEEDS=N` runs N seeds instead of the default
-//! batch; `DRBDD_SOAK=1` runs 200,000; `DRBDD_SIM_SEED=S` with
+//! batch (`DRBDD_SIM_FIRST=F` starts at seed F instead of 0, to search past
+//! the seeds already searched); `DRBDD_SOAK=1` runs 200,000; `DRBDD_SIM_SEED=S` with
 //! `DRBDD_SIM_TRACE=1` replays one seed in `replay`.
 
 use drbdd_sim::{replay_command, run_batch, run_seed, BatchReport, Mutation};
@@ -24,13 +25,23 @@ fn batch_size() -> u64 {
         .unwrap_or(DEFAULT_SEEDS)
 }
 
-/// Runs `0..seeds` on two threads (each seed is independent and deterministic).
+fn first_seed() -> u64 {
+    std::env::var("DRBDD_SIM_FIRST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Runs `seeds` seeds from `first_seed()` on two threads (each seed is
+/// independent and deterministic).
 fn parallel_batch(seeds: u64, mutation: Mutation) -> BatchReport {
-    let half = seeds / 2;
+    let first = first_seed();
+    let half = first + seeds / 2;
+    let end = first + seeds;
     let started = std::time::Instant::now();
     let (a, b) = std::thread::scope(|s| {
-        let a = s.spawn(|| run_batch(0..half, mutation));
-        let b = s.spawn(|| run_batch(half..seeds, mutation));
+        let a = s.spawn(|| run_batch(first..half, mutation));
+        let b = s.spawn(|| run_batch(half..end, mutation));
         (a.join().expect("worker"), b.join().expect("worker"))
     });
     let mut report = a;
