@@ -5,13 +5,7 @@
 //! epoch overtake an earlier one, RecvAck (protocol B) on arrival, WriteAck
 //! (protocol C) or NegAck when our disk is done, and BarrierAck once every
 //! write of an epoch is done and flushed (one flush may cover several
-//! epochs, never a write that was not done when it was issued). A flush
-//! also starts, ahead of the barrier, whenever every received write is done
-//! (the receiver is idle): under QD1 the barrier of write N arrives only
-//! with write N+1, and a flush issued then ran beside that write on the
-//! disk; issued when write N is done it overlaps the ack's way back instead
-//! (DRBD 8.4's idle sender sends the barrier at once, to the same effect).
-//! Must never: submit a write of epoch
+//! epochs, never a write that was not done when it was issued). Must never: submit a write of epoch
 //! e+1 while a write of epoch e is still on its way to the disk, or submit a
 //! peer write over a block that an earlier peer write or a resync write is
 //! still writing (the disk could complete them in either order).
@@ -41,18 +35,7 @@ struct RxEpoch {
     pending: u32,
     writes: u32,
     barrier: bool,
-    /// Writes of this epoch a completed flush made durable (all of them
-    /// were done when it was issued).
-    durable: u32,
-    /// Writes of this epoch the flush in flight covers.
-    flushing: Option<u32>,
-}
-
-impl RxEpoch {
-    /// Every write of it is done and durable.
-    fn is_durable(&self) -> bool {
-        self.pending == 0 && self.durable == self.writes
-    }
+    flushing: bool,
 }
 
 /// Receive-side state of one connection.
@@ -63,8 +46,6 @@ pub(super) struct Receiver {
     inflight: BTreeMap<u64, (u32, u64, u64)>,
     /// Writes waiting for an earlier epoch or an overlapping resync write.
     held: VecDeque<PeerWrite>,
-    /// The newest epoch the flush in flight covers (one flush at a time).
-    flush_in_flight: Option<u32>,
 }
 
 impl Receiver {
@@ -82,8 +63,7 @@ impl Receiver {
             pending: 0,
             writes: 0,
             barrier: false,
-            durable: 0,
-            flushing: None,
+            flushing: false,
         });
         self.epochs.back_mut().expect("just pushed")
     }
@@ -203,84 +183,55 @@ impl Peer {
             return Err(format!("barrier {epoch} received twice"));
         }
         e.barrier = true;
-        // Already flushed ahead of its barrier (the receiver was idle).
-        self.rx_ack_durable(out);
         self.rx_maybe_flush(out);
         Ok(())
     }
 
-    /// Flushes the oldest epochs once their writes are done: every epoch
-    /// whose barrier arrived, and the newest (still open) one too when the
-    /// receiver is idle. One flush for all of them (group commit): a flush
-    /// covers every write completed before it was issued; with one flush
-    /// per epoch, short epochs (protocol A completes writes quickly, so
-    /// nearly every write starts one) made the flushes the receiver's
-    /// bottleneck. One flush at a time; epochs that become ready meanwhile
-    /// wait for the next one.
+    /// Flushes the oldest epochs once their barriers arrived and their
+    /// writes are done: one flush for every such epoch at the front (group
+    /// commit). A flush covers every write completed before it was issued,
+    /// so it makes all of them durable; with one flush per epoch, short
+    /// epochs (protocol A completes writes quickly, so nearly every write
+    /// starts one) made the flushes the receiver's bottleneck. One flush at
+    /// a time; epochs that become ready meanwhile wait for the next one.
     fn rx_maybe_flush(&mut self, out: &mut Vec<Action>) {
-        if self.rx.flush_in_flight.is_some() {
+        if self.rx.epochs.front().is_none_or(|e| e.flushing) {
             return;
         }
-        let idle = self.rx.inflight.is_empty() && self.rx.held.is_empty();
         let mut last = None;
-        let mut needed = false;
         for i in 0..self.rx.epochs.len() {
             let e = &self.rx.epochs[i];
             let epoch = e.epoch;
             let held = self.rx.held.iter().any(|w| w.epoch == epoch);
-            if !((e.barrier || idle) && e.pending == 0 && !held) {
+            if !(e.barrier && e.pending == 0 && !held) {
                 break;
             }
-            if e.durable < e.writes {
-                needed = true;
-                let writes = e.writes;
-                self.rx.epochs[i].flushing = Some(writes);
-            }
+            self.rx.epochs[i].flushing = true;
             last = Some(epoch);
         }
-        match last {
-            Some(epoch) if needed => {
-                self.rx.flush_in_flight = Some(epoch);
-                out.push(Action::SubmitPeerFlush { epoch });
-            }
-            _ => {
-                for e in &mut self.rx.epochs {
-                    e.flushing = None;
-                }
-            }
+        if let Some(epoch) = last {
+            out.push(Action::SubmitPeerFlush { epoch });
         }
     }
 
-    /// The flush issued for the epochs up to `epoch` is done: what it
-    /// covered is durable, and every epoch at the front whose barrier came
-    /// and whose writes are all durable is acknowledged, oldest first.
+    /// The flush issued for the epochs up to `epoch` is done: each of them
+    /// is acknowledged, oldest first.
     pub(super) fn rx_flush_done(&mut self, epoch: u32, out: &mut Vec<Action>) {
-        if self.rx.flush_in_flight != Some(epoch) {
+        let covered = self
+            .rx
+            .epochs
+            .iter()
+            .take_while(|e| e.flushing)
+            .position(|e| e.epoch == epoch);
+        let Some(last) = covered else {
             return; // from a connection that is gone
-        }
-        self.rx.flush_in_flight = None;
-        for e in &mut self.rx.epochs {
-            if let Some(writes) = e.flushing.take() {
-                e.durable = e.durable.max(writes);
-            }
-        }
-        self.rx_ack_durable(out);
-        self.rx_release(out);
-    }
-
-    /// Acknowledges the epochs at the front whose barrier arrived and whose
-    /// writes are all done and durable.
-    fn rx_ack_durable(&mut self, out: &mut Vec<Action>) {
-        while let Some(e) = self.rx.epochs.front() {
-            let held = self.rx.held.iter().any(|w| w.epoch == e.epoch);
-            if !(e.barrier && e.is_durable() && !held && e.flushing.is_none()) {
-                return;
-            }
-            let e = self.rx.epochs.pop_front().expect("front exists");
+        };
+        for e in self.rx.epochs.drain(..=last) {
             out.push(Action::Send(Packet::BarrierAck {
                 epoch: e.epoch,
                 writes: e.writes,
             }));
         }
+        self.rx_release(out);
     }
 }
