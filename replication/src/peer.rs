@@ -680,6 +680,21 @@ impl Peer {
                 .ack
                 .on_barrier_ack(epoch)
                 .map(|a| self.apply_ack(a, out)),
+            Packet::State {
+                role: Role::Primary,
+                ..
+            } if self.local.role == Role::Primary => {
+                // Each promoted while the other's State was on its way (or
+                // held by a partition): two Primaries on one connection are a
+                // split brain, and the peer's writes must not overwrite ours
+                // (drbdd-sim seed 959920). Reconnect: losing the connection
+                // as Primary starts a new data generation on each side, and
+                // the handshake finds the split brain.
+                let why = "the peer became Primary while this node is Primary (two primaries are not allowed): split brain; reconnecting so the handshake compares generations";
+                out.push(Action::Warn(why.into()));
+                self.lose_connection(why.into(), true, out);
+                Ok(())
+            }
             Packet::State { role, disk, flags } => {
                 self.set_status(out, |s| {
                     s.peer_role = role;

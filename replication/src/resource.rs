@@ -253,6 +253,20 @@ impl ResourceCore {
                 self.name
             )));
         }
+        if let Some(p) = self
+            .peers
+            .iter()
+            .find(|p| p.conn == ConnState::Connected && p.role == Role::Primary)
+        {
+            // DRBD: "Multiple primaries not allowed by config" (exit 11).
+            // Both would write, and each one's writes would overwrite the
+            // other's on the other's disk.
+            return Err(Refusal::StateChange(format!(
+                "{}: peer {} is Primary and two primaries are not allowed; demote it first \
+                 (drbdctl secondary {} on {})",
+                self.name, p.name, self.name, p.name
+            )));
+        }
         let Some(md) = self.md.as_ref() else {
             return Err(Refusal::NoUpToDateData(format!(
                 "{} is Diskless and no peer with UpToDate data is connected; attach the disk first",
@@ -509,6 +523,38 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("sync target"), "{err}");
         assert_eq!(core, before);
+    }
+
+    #[test]
+    fn promote_refused_while_a_connected_peer_is_primary() {
+        let mut md = fresh_md(1);
+        md.consistent = true;
+        md.was_up_to_date = true;
+        md.gens.current = 0x1111;
+        let mut core = attached(md, 1);
+        core.peers[0].conn = ConnState::Connected;
+        core.peers[0].repl = ReplState::Established;
+        core.peers[0].role = Role::Primary;
+        let before = core.clone();
+        let err = core
+            .handle(Command::Promote {
+                force: true,
+                new_uuid: 0x2222,
+                peer_writes_unfinished: 0,
+            })
+            .unwrap_err();
+        assert!(matches!(err, Refusal::StateChange(_)), "{err}");
+        assert!(err.to_string().contains("two primaries"), "{err}");
+        assert_eq!(core, before);
+        // Once the peer is Secondary again, the promotion goes through.
+        core.peers[0].role = Role::Secondary;
+        core.handle(Command::Promote {
+            force: false,
+            new_uuid: 0x2222,
+            peer_writes_unfinished: 0,
+        })
+        .unwrap();
+        assert_eq!(core.role, Role::Primary);
     }
 
     #[test]

@@ -1110,3 +1110,22 @@ fn data_resynced_from_another_peer_of_the_same_generation_keeps_the_link() {
         .any(|s| matches!(s, Packet::GenerationIds { .. })));
     assert_established(&p);
 }
+
+#[test]
+fn a_primary_drops_the_connection_when_the_peer_announces_primary_too() {
+    // Both promoted while the other's State was on its way: the Primary
+    // must not apply the other Primary's writes over its own.
+    let mut p = pair(Protocol::C, None, None);
+    p.connect();
+    assert_eq!(p.nodes[0].peer.status().peer_role, Role::Secondary);
+    p.event(
+        1,
+        Event::RoleChanged {
+            role: Role::Primary,
+        },
+    );
+    p.run();
+    let (reason, retry) = p.nodes[0].disconnects.last().cloned().unwrap();
+    assert!(reason.contains("two primaries") && retry, "{reason}");
+    assert_eq!(p.nodes[0].peer.status().conn, ConnState::Connecting);
+}

@@ -212,6 +212,10 @@ fn seeds_that_found_core_bugs_pass() {
         (131584, "same (model)"),
         (242585, "same (model)"),
         (368885, "same (model)"),
+        (
+            959920,
+            "two primaries on one connection (a partition held each one's State): the peer's writes overwrote the Primary's",
+        ),
     ] {
         let out = run_seed(seed, false, Mutation::None);
         assert!(

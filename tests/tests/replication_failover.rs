@@ -1,7 +1,8 @@
 //! Failover as in the two-node guide: after the initial sync, demote alice,
 //! promote bob (its data is UpToDate), fail back; a node whose data is not
 //! UpToDate cannot be promoted (exit code 17, like drbdadm) while `--force`
-//! can. Roles are visible to the peer (`role:` in status, events2 lines).
+//! can; nor can a node while its connected peer is Primary (exit 11). Roles
+//! are visible to the peer (`role:` in status, events2 lines).
 
 mod replication_common;
 
@@ -33,7 +34,13 @@ fn demote_promote_peer_and_fail_back() {
     c.wait_for("alice seen as Primary", 1, |st| {
         peer_of(st, "alice").is_some_and(|p| p["role"] == "Primary")
     });
-    // Two primaries are not allowed: bob cannot take over while alice is Primary.
+    // Two primaries are not allowed: bob cannot take over while alice is
+    // Primary (drbdsetup: "Multiple primaries not allowed by config", 11).
+    let out = c.ctl(1, &["primary", "r0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(11), "{stderr}");
+    assert!(stderr.contains("two primaries are not allowed"), "{stderr}");
+    assert_eq!(c.status(1)["role"], "Secondary");
     c.ctl_ok(0, &["secondary", "r0"]);
     c.wait_for("alice seen as Secondary", 1, |st| {
         peer_of(st, "alice").is_some_and(|p| p["role"] == "Secondary")
