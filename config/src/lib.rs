@@ -22,9 +22,9 @@ use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, ConfigErrors, ErrorKind};
 pub use model::{
-    AfterSb0Pri, AfterSb1Pri, AfterSb2Pri, Common, Config, Connection, Disk, Frontends, Global,
-    Handlers, MetaDisk, Net, Node, OnIoError, OnNoQuorum, Options, Protocol, Quorum, Resource,
-    DEFAULT_MAX_PEERS, MAX_PEERS_LIMIT, NODE_ID_LIMIT,
+    AfterSb0Pri, AfterSb1Pri, AfterSb2Pri, Common, Config, Connection, CpuMask, Disk, Frontends,
+    Global, Handlers, MetaDisk, Net, Node, OnIoError, OnNoQuorum, Options, Protocol, Quorum,
+    Resource, DEFAULT_MAX_PEERS, MAX_PEERS_LIMIT, NODE_ID_LIMIT,
 };
 
 /// Default configuration directory.

@@ -173,6 +173,7 @@ fn options_lines(o: &Options) -> Vec<(&'static str, String)> {
         ("quorum", quorum),
         ("on-no-quorum", quote(on_no_quorum)),
         ("auto-promote", o.auto_promote.to_string()),
+        ("cpu-mask", quote(&o.cpu_mask.to_hex())),
     ]
 }
 

@@ -8,8 +8,8 @@ use toml::de::DeTable;
 
 use crate::error::ErrorKind;
 use crate::model::{
-    AfterSb0Pri, AfterSb1Pri, AfterSb2Pri, Disk, Handlers, Net, OnIoError, OnNoQuorum, Options,
-    Protocol, Quorum,
+    AfterSb0Pri, AfterSb1Pri, AfterSb2Pri, CpuMask, Disk, Handlers, Net, OnIoError, OnNoQuorum,
+    Options, Protocol, Quorum,
 };
 use crate::reader::{entries, Ctx, Val};
 
@@ -42,7 +42,7 @@ pub(crate) const DISK_KEYS: &[&str] = &[
     "md-flushes",
     "al-extents",
 ];
-pub(crate) const OPTIONS_KEYS: &[&str] = &["quorum", "on-no-quorum", "auto-promote"];
+pub(crate) const OPTIONS_KEYS: &[&str] = &["quorum", "on-no-quorum", "auto-promote", "cpu-mask"];
 
 /// Where a key known to drbdd belongs, for "wrong section" hints.
 pub(crate) fn home_of(key: &str) -> Option<&'static str> {
@@ -358,6 +358,14 @@ pub(crate) fn apply_options(
             }
             "auto-promote" => {
                 options.auto_promote = ctx.boolean(key, v).unwrap_or(options.auto_promote)
+            }
+            "cpu-mask" => {
+                if let Some(text) = ctx.string(key, v) {
+                    match CpuMask::parse(text) {
+                        Ok(mask) => options.cpu_mask = mask,
+                        Err(why) => ctx.invalid(v, format!("`cpu-mask` = \"{text}\" {why}")),
+                    }
+                }
             }
             _ => ctx.unknown_key(k, section, OPTIONS_KEYS),
         }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use drbdd_config::{
-    parse_resource, AfterSb0Pri, AfterSb1Pri, AfterSb2Pri, Disk, Frontends, MetaDisk, Net,
+    parse_resource, AfterSb0Pri, AfterSb1Pri, AfterSb2Pri, CpuMask, Disk, Frontends, MetaDisk, Net,
     OnIoError, OnNoQuorum, Options, Protocol, Quorum, Resource,
 };
 
@@ -61,7 +61,8 @@ fn left_out_options_take_drbd_defaults() {
         Options {
             quorum: Quorum::Off,
             on_no_quorum: OnNoQuorum::SuspendIo,
-            auto_promote: true
+            auto_promote: true,
+            cpu_mask: CpuMask::default(),
         }
     );
     assert_eq!(
@@ -96,7 +97,7 @@ fn drbd_units_and_suffixes_are_converted() {
     let text = format!(
         "{MINIMAL}[net]\ntimeout = 30\nconnect-int = 3\nping-int = 2\nping-timeout = 10\nsndbuf-size = \"512k\"\n\
          [disk]\nresync-rate = \"40M\"\nc-plan-ahead = 0\nc-fill-target = \"1M\"\nc-max-rate = \"1G\"\nc-min-rate = 0\n\
-         disk-flushes = \"no\"\non-io-error = \"pass_on\"\n[options]\nquorum = 2\non-no-quorum = \"io-error\"\nauto-promote = false\n"
+         disk-flushes = \"no\"\non-io-error = \"pass_on\"\n[options]\nquorum = 2\non-no-quorum = \"io-error\"\nauto-promote = false\ncpu-mask = \"0x3,00000004\"\n"
     );
     let r = parse(&text);
     assert_eq!(
@@ -121,7 +122,8 @@ fn drbd_units_and_suffixes_are_converted() {
         Options {
             quorum: Quorum::Nodes(2),
             on_no_quorum: OnNoQuorum::IoError,
-            auto_promote: false
+            auto_promote: false,
+            cpu_mask: CpuMask::from_cpus([2, 32, 33]),
         }
     );
 }
@@ -328,4 +330,39 @@ protocol = \"A\"
     let dumped = r.to_toml();
     assert_eq!(dumped.matches("[[connection]]").count(), 2, "{dumped}");
     assert_eq!(parse(&dumped), r);
+}
+
+#[test]
+fn cpu_mask_parses_drbd_hex_and_names_what_is_wrong() {
+    assert!(CpuMask::parse("0").unwrap().is_empty());
+    assert_eq!(
+        CpuMask::parse("3").unwrap().cpus().collect::<Vec<_>>(),
+        [0, 1]
+    );
+    assert_eq!(
+        CpuMask::parse("0x10,00000001")
+            .unwrap()
+            .cpus()
+            .collect::<Vec<_>>(),
+        [0, 36]
+    );
+    let wide = CpuMask::from_cpus([1, 64, 200]);
+    assert_eq!(CpuMask::parse(&wide.to_hex()).unwrap(), wide);
+    assert_eq!(CpuMask::default().to_hex(), "0");
+    assert!(CpuMask::parse("").unwrap_err().contains("empty"));
+    assert!(CpuMask::parse("3g")
+        .unwrap_err()
+        .contains("`g` is not a hex digit"));
+    let too_wide = format!("1{}", "0".repeat(256));
+    assert!(CpuMask::parse(&too_wide).unwrap_err().contains("beyond"));
+    // In a file: the error points at the value and says what to write.
+    let text = format!("{MINIMAL}[options]\ncpu-mask = \"zz\"\n");
+    let err = parse_resource(Path::new("r0.toml"), &text)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("r0.toml:") && err.contains("cpu-mask"),
+        "{err}"
+    );
+    assert!(err.contains("hexadecimal"), "{err}");
 }

@@ -199,9 +199,10 @@ impl UblkDevice {
     }
 }
 
-/// Lets the threads `tids` run on every CPU this process may use.
+/// Lets the threads `tids` run on every CPU this process may use (the main
+/// thread's set: the calling thread may itself be bound to fewer).
 fn unpin_threads(tids: &[rustix::process::Pid]) {
-    let all = match rustix::thread::sched_getaffinity(None) {
+    let all = match rustix::thread::sched_getaffinity(Some(rustix::process::getpid())) {
         Ok(set) => set,
         Err(e) => return tracing::warn!("ublk queues stay pinned: sched_getaffinity: {e}"),
     };

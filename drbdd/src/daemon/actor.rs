@@ -132,9 +132,18 @@ impl ResourceHandle {
             }
         }
         let name = format!("drbdd-res-{}", actor.core.name);
+        let cpus = super::placement::resource_cpus(
+            &actor.res.options.cpu_mask,
+            &super::placement::process_cpus(),
+            actor.local_node().minor,
+        );
+        let resource = actor.core.name.clone();
         let thread = std::thread::Builder::new()
             .name(name)
-            .spawn(move || actor.run(mailbox))
+            .spawn(move || {
+                super::placement::bind_current_thread(&cpus, &resource);
+                actor.run(mailbox)
+            })
             .map_err(|e| {
                 (
                     ErrorKind::Failed,
@@ -555,7 +564,18 @@ impl Actor {
             }
         }
         self.core.peers = peers;
+        let rebind = res.options.cpu_mask != self.res.options.cpu_mask;
         self.res = res;
+        if rebind {
+            // Runs on the actor's own thread: as DRBD applies a changed
+            // cpu-mask to its running threads.
+            let cpus = super::placement::resource_cpus(
+                &self.res.options.cpu_mask,
+                &super::placement::process_cpus(),
+                self.local_node().minor,
+            );
+            super::placement::bind_current_thread(&cpus, &self.core.name);
+        }
         self.peers_reconfigure();
         Ok(format!("{}: adjusted", self.core.name))
     }

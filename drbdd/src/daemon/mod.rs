@@ -6,11 +6,13 @@
 //! - [`md`] locates, opens and creates metadata (also used by drbdctl).
 //! - [`events`] fans events2 lines out to `drbdctl events` subscribers.
 //! - [`process`] is the process plumbing: run-dir lock, signals, logging.
+//! - [`placement`] binds each resource thread to its CPUs (`cpu-mask`).
 //!
 //! Must never: make protocol decisions (those live in `drbdd-replication`).
 
 pub mod actor;
 pub mod events;
 pub mod md;
+pub mod placement;
 pub mod process;
 pub mod runtime;
