@@ -504,15 +504,21 @@ mod tests {
         assert_eq!(gens.history[0], 0x1111);
     }
 
-    #[test]
-    fn promote_refused_while_becoming_sync_target() {
+    /// An UpToDate Secondary whose one peer is connected in `repl`.
+    fn up_to_date_with_connected_peer(repl: ReplState) -> ResourceCore {
         let mut md = fresh_md(1);
         md.consistent = true;
         md.was_up_to_date = true;
         md.gens.current = 0x1111;
         let mut core = attached(md, 1);
         core.peers[0].conn = ConnState::Connected;
-        core.peers[0].repl = ReplState::WFBitMapT;
+        core.peers[0].repl = repl;
+        core
+    }
+
+    #[test]
+    fn promote_refused_while_becoming_sync_target() {
+        let mut core = up_to_date_with_connected_peer(ReplState::WFBitMapT);
         let before = core.clone();
         let err = core
             .handle(Command::Promote {
@@ -527,13 +533,7 @@ mod tests {
 
     #[test]
     fn promote_refused_while_a_connected_peer_is_primary() {
-        let mut md = fresh_md(1);
-        md.consistent = true;
-        md.was_up_to_date = true;
-        md.gens.current = 0x1111;
-        let mut core = attached(md, 1);
-        core.peers[0].conn = ConnState::Connected;
-        core.peers[0].repl = ReplState::Established;
+        let mut core = up_to_date_with_connected_peer(ReplState::Established);
         core.peers[0].role = Role::Primary;
         let before = core.clone();
         let err = core
