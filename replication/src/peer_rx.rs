@@ -82,6 +82,17 @@ impl Receiver {
             .any(|(_, o, l)| *o < end && offset_bytes < o.saturating_add(*l))
     }
 
+    /// True if a write received from the peer and not yet on our disk
+    /// (held or in flight) overlaps the range.
+    pub(super) fn overlaps_unfinished(&self, offset_bytes: u64, len_bytes: u64) -> bool {
+        let end = offset_bytes.saturating_add(len_bytes);
+        self.overlaps_inflight(offset_bytes, len_bytes)
+            || self.held.iter().any(|w| {
+                w.offset_bytes < end
+                    && offset_bytes < w.offset_bytes.saturating_add(u64::from(w.len_bytes))
+            })
+    }
+
     fn earlier_pending(&self, epoch: u32) -> bool {
         self.epochs
             .iter()
@@ -175,6 +186,8 @@ impl Peer {
         let e = self.rx.epoch_mut(epoch);
         e.pending -= 1;
         self.rx_release(out);
+        // A resync read deferred behind this write may go now.
+        self.source_retry_deferred(out);
     }
 
     pub(super) fn rx_barrier(&mut self, epoch: u32, out: &mut Vec<Action>) -> Result<(), String> {

@@ -688,12 +688,17 @@ impl Peer {
         Ok(())
     }
 
-    /// Issues deferred reads whose range has no unfinished local write.
+    /// Issues deferred reads whose range has no unfinished write: neither
+    /// a local one nor one received from this peer (the target, a former
+    /// Primary, sent it before its request; read first, the reply would
+    /// carry the older data over the target's acknowledged write — drbdd-sim
+    /// seed 1957135).
     pub(super) fn source_retry_deferred(&mut self, out: &mut Vec<Action>) {
         let mut still = VecDeque::new();
         while let Some((id, offset, len)) = self.sync.source_deferred.pop_front() {
             if self.ack.overlaps_unfinished_local(offset, u64::from(len))
                 || self.overlaps_local_unfinished(offset, u64::from(len))
+                || self.rx.overlaps_unfinished(offset, u64::from(len))
             {
                 still.push_back((id, offset, len));
             } else {

@@ -216,6 +216,10 @@ fn seeds_that_found_core_bugs_pass() {
             959920,
             "two primaries on one connection (a partition held each one's State): the peer's writes overwrote the Primary's",
         ),
+        (
+            1957135,
+            "a resync read on the source overtook a write the target sent before its request",
+        ),
     ] {
         let out = run_seed(seed, false, Mutation::None);
         assert!(
