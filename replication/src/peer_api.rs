@@ -41,6 +41,12 @@ pub struct LocalState {
     /// The GI tuple as it concerns this peer (its bitmap slot only).
     pub generations: GiView,
     pub promoted_at_ms: u64,
+    /// This node is (becoming) sync target of another peer: it is
+    /// Inconsistent for now but will not stay so, and its own lineage may
+    /// be ahead of this peer ([`ResourceCore::sync_target_of_another`]).
+    ///
+    /// [`ResourceCore::sync_target_of_another`]: crate::resource::ResourceCore::sync_target_of_another
+    pub sync_target_of_another: bool,
 }
 
 /// Inputs.

@@ -151,6 +151,22 @@ impl Peer {
             // current UUID may be the sync UUID of a source that is gone (a
             // sync target of a lost Primary meeting another, already
             // finished target), and Inconsistent data is nothing to keep.
+            // The generations make us the source, but we are Inconsistent
+            // because another peer is resyncing us right now (an operator's
+            // `invalidate`, say): our lineage is ahead of this peer, whose
+            // "UpToDate" data is older, so taking it (the rule below) would
+            // mix stale blocks into ours (drbdd-sim seed 1518258). DRBD:
+            // "I shall become SyncSource, but I am inconsistent!" — drop the
+            // connection and retry; once that resync is done we are the
+            // source.
+            SyncDecision::SourceBitmap | SyncDecision::SourceFull
+                if self.local.disk == DiskState::Inconsistent
+                    && self.local.sync_target_of_another =>
+            {
+                let why = "this node should become sync source but is Inconsistent while another peer resyncs it; retrying after that resync";
+                out.push(Action::Warn(why.into()));
+                self.lose_connection(why.into(), true, out);
+            }
             SyncDecision::NoSync
             | SyncDecision::SourceBitmap
             | SyncDecision::SourceFull

@@ -236,6 +236,21 @@ impl ResourceCore {
         Ok(actions)
     }
 
+    /// True if a peer other than the one in `slot` is resyncing this node
+    /// (or about to: bitmap exchange, sync UUID).
+    pub fn sync_target_of_another(&self, slot: usize) -> bool {
+        self.peers.iter().any(|p| {
+            p.slot != slot
+                && matches!(
+                    p.repl,
+                    ReplState::WFBitMapT
+                        | ReplState::WFSyncUUID
+                        | ReplState::SyncTarget
+                        | ReplState::PausedSyncT
+                )
+        })
+    }
+
     fn promote(
         &mut self,
         force: bool,

@@ -1129,3 +1129,44 @@ fn a_primary_drops_the_connection_when_the_peer_announces_primary_too() {
     assert!(reason.contains("two primaries") && retry, "{reason}");
     assert_eq!(p.nodes[0].peer.status().conn, ConnState::Connecting);
 }
+
+#[test]
+fn an_inconsistent_node_resynced_by_another_peer_does_not_take_an_older_peers_data() {
+    // Bob is being resynced by a third node (his current is that resync's
+    // sync UUID; his old generation 0x10 went to the history). Carol still
+    // holds 0x10: the generations make bob the source. He is Inconsistent,
+    // but taking carol's older data would mix it into his: he drops the
+    // connection and retries after his own resync (DRBD: "I shall become
+    // SyncSource, but I am inconsistent!").
+    let mut bob_gens = gens(0x10);
+    bob_gens.resync_started_as_target(0, 0x6600);
+    let bob = Node::new(
+        config(0, 1, None, Protocol::C),
+        Role::Secondary,
+        DiskState::Inconsistent,
+        bob_gens.clone(),
+        disk(0x5B),
+    );
+    let carol = Node::new(
+        config(1, 0, None, Protocol::C),
+        Role::Secondary,
+        DiskState::UpToDate,
+        gens(0x10),
+        disk(0),
+    );
+    let mut p = Pair::new(bob, carol);
+    let mut local = local_state(Role::Secondary, DiskState::Inconsistent, &bob_gens);
+    local.sync_target_of_another = true;
+    p.nodes[0].peer.set_local(local);
+    p.connect();
+    let (reason, retry) = p.nodes[0].disconnects.last().cloned().unwrap();
+    assert!(
+        reason.contains("another peer resyncs it") && retry,
+        "{reason}"
+    );
+    assert!(
+        resync_blocks_sent(&p.nodes[1]).is_empty(),
+        "carol sent no data"
+    );
+    assert_eq!(p.nodes[0].disk, disk(0x5B), "bob's data untouched");
+}

@@ -246,6 +246,7 @@ impl Node {
             max_io_bytes: 1 << 20,
             generations,
             promoted_at_ms: self.promoted_at_ms,
+            sync_target_of_another: self.core.sync_target_of_another(slot_of(self.id, remote)),
         }
     }
 

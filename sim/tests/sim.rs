@@ -220,6 +220,10 @@ fn seeds_that_found_core_bugs_pass() {
             1957135,
             "a resync read on the source overtook a write the target sent before its request",
         ),
+        (
+            1518258,
+            "a node resynced by one peer took an older peer's data too (generations said it was the source)",
+        ),
     ] {
         let out = run_seed(seed, false, Mutation::None);
         assert!(

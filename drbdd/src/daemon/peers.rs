@@ -1185,5 +1185,6 @@ fn local_state(
         max_io_bytes: MAX_IO_BYTES,
         generations,
         promoted_at_ms: promoted,
+        sync_target_of_another: core.sync_target_of_another(slot),
     }
 }

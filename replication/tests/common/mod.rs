@@ -89,6 +89,7 @@ pub fn local_state(role: Role, disk: DiskState, gens: &Generations) -> LocalStat
         max_io_bytes: 1 << 20,
         generations: gens.view(0),
         promoted_at_ms: 0,
+        sync_target_of_another: false,
     }
 }
 
