@@ -59,6 +59,19 @@ pub struct GiView {
     pub crashed_primary: bool,
 }
 
+impl GiView {
+    /// The tuple a `GenerationIds` packet carries (`flags` bit 0: crashed
+    /// while primary).
+    pub fn from_wire(current: u64, bitmap: u64, history: [u64; HISTORY_UUIDS], flags: u32) -> Self {
+        GiView {
+            current,
+            bitmap,
+            history,
+            crashed_primary: flags & 1 != 0,
+        }
+    }
+}
+
 impl Generations {
     /// The tuple of freshly created metadata.
     pub fn just_created(peer_slots: usize) -> Self {

@@ -427,12 +427,7 @@ impl Handshake {
                 promoted_at_ms,
                 flags,
             } if self.peer.gi.is_none() => {
-                let gi = GiView {
-                    current,
-                    bitmap,
-                    history: *history,
-                    crashed_primary: flags & 1 != 0,
-                };
+                let gi = GiView::from_wire(current, bitmap, *history, flags);
                 self.peer.gi = Some((gi, dirty_blocks, promoted_at_ms, flags & 2 != 0));
             }
             _ => return Err(dup()),

@@ -342,12 +342,7 @@ impl Peer {
                 }
             }
             Event::GenerationsChanged { generations } => {
-                self.local.generations = generations;
-                self.gens = Generations {
-                    current: generations.current,
-                    bitmaps: vec![generations.bitmap],
-                    history: generations.history,
-                };
+                self.set_local_generations(generations);
                 if self.handshake.is_some() || self.pending_connect.is_some() {
                     // The handshake announced the old tuple; a decision on
                     // it could miss what the new generation changes.
@@ -363,12 +358,7 @@ impl Peer {
                 });
                 if self.established() && peer_differs {
                     let why = "our data was resynced from another peer and this peer holds another data generation; reconnecting so the handshake compares generations";
-                    self.local.generations = generations;
-                    self.gens = Generations {
-                        current: generations.current,
-                        bitmaps: vec![generations.bitmap],
-                        history: generations.history,
-                    };
+                    self.set_local_generations(generations);
                     self.lose_connection(why.into(), true, out);
                 } else {
                     self.on_admin(Event::GenerationsChanged { generations }, out);
@@ -390,6 +380,16 @@ impl Peer {
             }
             _ => unreachable!("handle_inner routes only admin events here"),
         }
+    }
+
+    /// Our GI tuple changed outside this connection: keep both views of it.
+    fn set_local_generations(&mut self, generations: GiView) {
+        self.local.generations = generations;
+        self.gens = Generations {
+            current: generations.current,
+            bitmaps: vec![generations.bitmap],
+            history: generations.history,
+        };
     }
 
     fn on_connected(
@@ -719,12 +719,7 @@ impl Peer {
                 promoted_at_ms,
                 flags,
             } => {
-                let gi = GiView {
-                    current,
-                    bitmap,
-                    history: *history,
-                    crashed_primary: flags & 1 != 0,
-                };
+                let gi = GiView::from_wire(current, bitmap, *history, flags);
                 self.on_peer_generations(gi, dirty_blocks, promoted_at_ms, out);
                 Ok(())
             }

@@ -14,6 +14,7 @@ use crate::daemon::actor::ActorMsg;
 use crate::pipeline::LegOutcome;
 use drbdd_blockio::AlignedBuf;
 use drbdd_replication::ack::PeerOutcome;
+use drbdd_replication::generation::GiView;
 use drbdd_replication::peer::{Action, Event, GiUpdate};
 use drbdd_replication::state::{ConnState, DiskState, ReplState, Role};
 use drbdd_replication::wire::{Packet, Payload, DATA_DISCARD, DATA_FUA, DATA_ZEROES};
@@ -407,22 +408,27 @@ impl Actor {
     /// Our GI tuple changed outside a connection: every peer (except
     /// `except`) learns its view of it.
     pub(super) fn announce_generations(&mut self, except: Option<usize>) {
-        let size = self.data_size_bytes();
-        let n = self.peers.as_ref().map_or(0, |p| p.links.len());
-        for j in (0..n).filter(|j| Some(*j) != except) {
-            let generations = local_state(&self.core, self.link(j).slot, size).generations;
-            self.feed(j, Event::GenerationsChanged { generations });
-        }
+        self.feed_tuple(except, |generations| Event::GenerationsChanged {
+            generations,
+        });
     }
 
     /// A resync from the peer of link `from` replaced our data: every other
     /// peer learns the new tuple (`Event::ResyncedFromAnotherPeer`).
     fn announce_resynced_data(&mut self, from: usize) {
+        self.feed_tuple(Some(from), |generations| Event::ResyncedFromAnotherPeer {
+            generations,
+        });
+    }
+
+    /// Feeds every link but `except` the event `make` builds from our GI
+    /// tuple as it concerns that link's slot.
+    fn feed_tuple(&mut self, except: Option<usize>, make: impl Fn(GiView) -> Event<'static>) {
         let size = self.data_size_bytes();
         let n = self.peers.as_ref().map_or(0, |p| p.links.len());
-        for j in (0..n).filter(|j| *j != from) {
+        for j in (0..n).filter(|j| Some(*j) != except) {
             let generations = local_state(&self.core, self.link(j).slot, size).generations;
-            self.feed(j, Event::ResyncedFromAnotherPeer { generations });
+            self.feed(j, make(generations));
         }
     }
 
